@@ -1,0 +1,3 @@
+"""cctrain: multi-party confidential training."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,136 @@
+"""One pipeline for every platform: parse → verify → validate.
+
+Production callers use :func:`verify_evidence` then :func:`validate_claims`.
+The simulated platform is reachable only with ``allow_simulated=True``; its
+root is never trusted otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cryptography import x509
+
+from cctrain.attestation.base import (
+    CollateralGetter,
+    Evidence,
+    VerifiedClaims,
+    get_platform,
+    registered_platforms,
+    utcnow,
+)
+from cctrain.errors import (
+    EvidenceParseError,
+    EvidenceValidationError,
+    EvidenceVerificationError,
+)
+
+log = logging.getLogger("cctrain.attestation")
+
+SIMULATED_WARNING = (
+    "SIMULATED TEE: this evidence is signed by cctrain's simulated vendor key, "
+    "whose private key is public. It proves NOTHING about confidentiality or "
+    "integrity. Use only for local development and tests."
+)
+
+
+def load_certificates(blobs: Sequence[bytes]) -> list[x509.Certificate]:
+    """DER or PEM (possibly several PEM blocks per blob) into certificates."""
+    certs: list[x509.Certificate] = []
+    for blob in blobs:
+        try:
+            if b"-----BEGIN" in blob:
+                certs.extend(x509.load_pem_x509_certificates(blob))
+            else:
+                certs.append(x509.load_der_x509_certificate(blob))
+        except ValueError as exc:
+            raise EvidenceParseError(f"certificate cannot be parsed: {exc}") from None
+    return certs
+
+
+def detect_platform(raw: bytes) -> str:
+    """Guess the platform of raw evidence bytes (``--platform auto``)."""
+    for name in registered_platforms():
+        if get_platform(name).sniff(raw):
+            return name
+    raise EvidenceParseError("cannot tell the platform of this evidence; pass --platform")
+
+
+def verify_evidence(
+    evidence: Evidence,
+    *,
+    now: _dt.datetime | None = None,
+    getter: CollateralGetter | None = None,
+    allow_simulated: bool = False,
+) -> VerifiedClaims:
+    """Parse and verify ``evidence`` at ``now`` (default: the current time).
+
+    Raises EvidenceParseError or EvidenceVerificationError.  Simulated evidence
+    is refused unless ``allow_simulated`` is true, and then logged loudly.
+    """
+    if evidence.platform == "simulated" and not allow_simulated:
+        raise EvidenceVerificationError(
+            ["simulated evidence is not trusted (the policy and the caller must both allow it)"]
+        )
+    platform = get_platform(evidence.platform)
+    report = platform.parse(evidence.report)
+    certs = load_certificates(evidence.certificates)
+    claims = platform.verify(
+        report,
+        certificates=certs,
+        collateral=evidence.collateral,
+        now=now if now is not None else utcnow(),
+        getter=getter,
+    )
+    if claims.platform == "simulated":
+        log.warning(SIMULATED_WARNING)
+    return claims
+
+
+def _hexset(values: Any) -> set[str]:
+    return {str(v).lower() for v in (values or [])}
+
+
+def validate_claims(
+    claims: VerifiedClaims,
+    *,
+    accepted_platforms: Sequence[str],
+    reference: Mapping[str, Any],
+    allow_debug: bool,
+    expected_report_data: bytes | None,
+) -> None:
+    """Check verified claims against the policy; raise with every mismatch at once.
+
+    ``reference`` is the policy's reference-value table for ``claims.platform``.
+    """
+    problems: list[str] = []
+    if claims.platform not in accepted_platforms:
+        problems.append(
+            f"platform: got {claims.platform!r}, want one of {sorted(accepted_platforms)}"
+        )
+    measurements = _hexset(reference.get("measurements"))
+    if measurements and claims.measurement.hex() not in measurements:
+        problems.append(
+            f"measurement: got {claims.measurement.hex()}, want one of {sorted(measurements)}"
+        )
+    if claims.debug and not allow_debug:
+        problems.append("debug: got True, want False (the policy forbids debug enclaves)")
+    if expected_report_data is not None and claims.report_data != expected_report_data:
+        problems.append(
+            f"report_data: got {claims.report_data.hex()}, want {expected_report_data.hex()} "
+            "(evidence is bound to another nonce, policy, TLS key or enclave key)"
+        )
+    statuses = reference.get("accepted_tcb_statuses")
+    if statuses is not None and claims.tcb_status is not None and claims.tcb_status not in statuses:
+        problems.append(f"tcb_status: got {claims.tcb_status!r}, want one of {list(statuses)}")
+    accepted_adv = reference.get("accepted_advisories")
+    if accepted_adv is not None:
+        extra_adv = sorted(set(claims.advisories) - set(accepted_adv))
+        if extra_adv:
+            problems.append(f"advisories: got {extra_adv}, want only {list(accepted_adv)}")
+    problems.extend(get_platform(claims.platform).validate(claims, reference))
+    if problems:
+        raise EvidenceValidationError(problems)

@@ -1,0 +1,115 @@
+"""The cctrain exception tree.
+
+Every error the SDK raises on purpose derives from :class:`CctrainError`;
+lower-layer errors (``grpc.RpcError``, ``OSError``, ``ValueError`` from
+parsers) are mapped onto it at the module that meets them::
+
+    CctrainError
+    ├── PolicyError              invalid or incompletely signed policy (.problems)
+    ├── KeyFileError             a key file is missing, malformed or too permissive
+    ├── SignatureError           a signature does not verify
+    ├── AttestationError         evidence cannot be trusted
+    │   ├── EvidenceParseError       bytes are not evidence of the claimed format
+    │   ├── EvidenceVerificationError signatures / chain / collateral fail (.errors)
+    │   ├── EvidenceValidationError  verified claims do not match the policy (.mismatches)
+    │   └── NoEvidenceProviderError  no TEE device present to produce evidence
+    ├── ShardError               a shard file is unreadable or violates the schema
+    ├── ProtocolError            the peer broke the protocol or refused a request
+    │   ├── AuthenticationError      request not signed by a party of the policy
+    │   ├── PermissionDeniedError    the party may not do this
+    │   └── UploadRejectedError      the enclave rejected an upload
+    ├── ReceiptError             a receipt fails verification
+    └── ReleaseError             a release / manifest fails verification
+
+Messages say what was wrong; they never contain plaintext or key material.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class CctrainError(Exception):
+    """Base of every error cctrain raises on purpose."""
+
+
+class PolicyError(CctrainError):
+    """A policy document is invalid, or its signatures are incomplete."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        if self.problems:
+            message = message + ":\n  - " + "\n  - ".join(self.problems)
+        super().__init__(message)
+
+
+class KeyFileError(CctrainError):
+    """A key file is missing, malformed, or readable by others."""
+
+
+class SignatureError(CctrainError):
+    """A signature does not verify."""
+
+
+class AttestationError(CctrainError):
+    """Evidence cannot be trusted."""
+
+
+class EvidenceParseError(AttestationError):
+    """The bytes are not evidence of the claimed format (length, version, structure)."""
+
+
+class EvidenceVerificationError(AttestationError):
+    """Signatures, certificate chain or collateral do not verify."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors: tuple[str, ...] = tuple(errors)
+        super().__init__("evidence does not verify: " + "; ".join(self.errors))
+
+
+class EvidenceValidationError(AttestationError):
+    """Verified claims do not match the policy's reference values.
+
+    ``mismatches`` holds every mismatch, each naming the field, what was found
+    and what was wanted.
+    """
+
+    def __init__(self, mismatches: Sequence[str]) -> None:
+        self.mismatches: tuple[str, ...] = tuple(mismatches)
+        super().__init__("evidence does not satisfy the policy: " + "; ".join(self.mismatches))
+
+
+class NoEvidenceProviderError(AttestationError):
+    """No TEE interface was found to produce evidence on this host."""
+
+
+class ShardError(CctrainError):
+    """A shard is unreadable, in an unsafe format, or violates the policy schema."""
+
+
+class ProtocolError(CctrainError):
+    """The peer broke the protocol or refused the request."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class AuthenticationError(ProtocolError):
+    """The request was not signed by a party of the policy, or is stale or replayed."""
+
+
+class PermissionDeniedError(ProtocolError):
+    """The authenticated party may not perform this operation."""
+
+
+class UploadRejectedError(ProtocolError):
+    """The enclave rejected an upload; it kept nothing of it."""
+
+
+class ReceiptError(CctrainError):
+    """A receipt does not verify against the enclave key, policy or shard."""
+
+
+class ReleaseError(CctrainError):
+    """A release or its manifest does not verify."""
