@@ -134,3 +134,17 @@ def validate_claims(
     problems.extend(get_platform(claims.platform).validate(claims, reference))
     if problems:
         raise EvidenceValidationError(problems)
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF \t\r\n")
+
+
+def read_evidence_bytes(data: bytes) -> bytes:
+    """Evidence files come raw or hex-encoded (as in the vectors); return raw bytes."""
+    stripped = data.strip()
+    if stripped and len(stripped) % 2 == 0 and all(b in _HEX for b in stripped):
+        try:
+            return bytes.fromhex(stripped.decode("ascii"))
+        except ValueError:
+            pass
+    return data
