@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 
 from cctrain.attestation.base import (
     CollateralGetter,
@@ -42,10 +44,14 @@ def load_certificates(blobs: Sequence[bytes]) -> list[x509.Certificate]:
     certs: list[x509.Certificate] = []
     for blob in blobs:
         try:
-            if b"-----BEGIN" in blob:
-                certs.extend(x509.load_pem_x509_certificates(blob))
-            else:
-                certs.append(x509.load_der_x509_certificate(blob))
+            # AMD VCEKs carry serial number 0, which cryptography deprecates; they are
+            # what the hardware vendor issues, so accept them quietly.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                if b"-----BEGIN" in blob:
+                    certs.extend(x509.load_pem_x509_certificates(blob))
+                else:
+                    certs.append(x509.load_der_x509_certificate(blob))
         except ValueError as exc:
             raise EvidenceParseError(f"certificate cannot be parsed: {exc}") from None
     return certs
