@@ -90,6 +90,10 @@ class Platform(Protocol):
     """What a platform plug-in registers with :func:`register_platform`."""
 
     name: str
+    #: Reference-value keys a policy may set for this platform, beyond the common
+    #: ``measurements``, ``accepted_tcb_statuses`` and ``accepted_advisories``.
+    #: The policy validator rejects any other key.
+    reference_keys: frozenset[str]
 
     def sniff(self, raw: bytes) -> bool:
         """True when ``raw`` looks like this platform's evidence (for ``--platform auto``)."""

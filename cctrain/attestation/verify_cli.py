@@ -1,0 +1,120 @@
+"""The ``cctrain attest verify`` contract, as a function (the CLI only prints its result).
+
+Returns ``(exit_code, document)``: 0 verified, 1 parsed but not verified,
+2 unparseable evidence or bad arguments.  The document always has ``platform``,
+``verified``, ``errors``, ``measurement``, ``report_data``, ``debug``,
+``signer``, ``chip_id``, ``tcb_status``, ``advisories``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cctrain.attestation.base import Evidence, get_platform
+from cctrain.attestation.pipeline import (
+    detect_platform,
+    load_certificates,
+    read_evidence_bytes,
+    verify_evidence,
+)
+from cctrain.errors import (
+    AttestationError,
+    EvidenceParseError,
+    EvidenceVerificationError,
+)
+
+
+def _empty(platform: str | None) -> dict[str, Any]:
+    return {
+        "platform": platform,
+        "verified": False,
+        "errors": [],
+        "measurement": None,
+        "report_data": None,
+        "debug": None,
+        "signer": None,
+        "chip_id": None,
+        "tcb_status": None,
+        "advisories": [],
+    }
+
+
+def parse_time(at: str | None) -> _dt.datetime | None:
+    if at is None:
+        return None
+    t = _dt.datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
+
+
+def load_collateral(path: Path) -> dict[str, Any]:
+    try:
+        from cctrain.attestation.dcap.collateral import load_collateral_path
+    except ImportError:  # pragma: no cover - DCAP always ships
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    result: dict[str, Any] = load_collateral_path(path)
+    return result
+
+
+def run_attest_verify(
+    evidence_file: Path,
+    *,
+    platform: str = "auto",
+    cert_files: Sequence[Path] = (),
+    collateral_path: Path | None = None,
+    at: str | None = None,
+    allow_simulated: bool = False,
+) -> tuple[int, dict[str, Any]]:
+    doc = _empty(None if platform == "auto" else platform)
+    try:
+        now = parse_time(at)
+    except ValueError:
+        doc["errors"] = [f"--at: not an ISO-8601 time: {at!r}"]
+        return 2, doc
+    try:
+        raw = read_evidence_bytes(evidence_file.read_bytes())
+    except OSError as exc:
+        doc["errors"] = [f"cannot read {evidence_file}: {exc.strerror}"]
+        return 2, doc
+    try:
+        name = detect_platform(raw) if platform == "auto" else platform
+        doc["platform"] = name
+        get_platform(name)
+        certs: list[bytes] = []
+        for f in cert_files:
+            try:
+                certs.append(f.read_bytes())
+            except OSError as exc:
+                raise EvidenceParseError(f"cannot read --cert {f}: {exc.strerror}") from None
+        load_certificates(certs)  # fail early, with exit 2, on an unparseable certificate
+        collateral = load_collateral(collateral_path) if collateral_path is not None else None
+        evidence = Evidence(platform=name, report=raw, certificates=tuple(certs), collateral=collateral)
+        # Parse separately so parse errors (exit 2) are told apart from verification ones (exit 1).
+        get_platform(name).parse(raw)
+    except EvidenceParseError as exc:
+        doc["errors"] = [str(exc)]
+        return 2, doc
+    except (OSError, ValueError) as exc:
+        doc["errors"] = [f"cannot read the input: {exc}"]
+        return 2, doc
+    try:
+        claims = verify_evidence(evidence, now=now, allow_simulated=allow_simulated)
+    except EvidenceVerificationError as exc:
+        doc["errors"] = list(exc.errors)
+        return 1, doc
+    except EvidenceParseError as exc:
+        doc["errors"] = [str(exc)]
+        return 2, doc
+    except AttestationError as exc:
+        doc["errors"] = [str(exc)]
+        return 1, doc
+    out = claims.to_json()
+    doc.update({k: out[k] for k in doc if k in out})
+    doc["verified"] = True
+    doc["errors"] = []
+    doc["extra"] = out["extra"]
+    return 0, doc

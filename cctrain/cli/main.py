@@ -1,0 +1,335 @@
+"""``cctrain``: keys, policy, attestation, upload, training and release from the shell.
+
+Exit codes: 0 success; 1 a check failed (verification, signatures incomplete,
+upload rejected); 2 bad arguments or unreadable input.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from cctrain.errors import CctrainError, KeyFileError, PolicyError
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _simulated_banner() -> None:
+    click.secho(
+        "WARNING: accepting SIMULATED attestation. Its root key is public; this proves nothing. "
+        "Local development only.",
+        fg="red",
+        bold=True,
+        err=True,
+    )
+
+
+class _CctrainGroup(click.Group):
+    """Maps cctrain errors to a one-line message and exit status 1 (never a traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (KeyFileError, PolicyError) as exc:
+            _fail(str(exc), 2 if isinstance(exc, KeyFileError) else 1)
+        except CctrainError as exc:
+            _fail(str(exc), 1)
+
+
+@click.group(cls=_CctrainGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+@click.version_option(package_name="cctrain")
+def main(verbose: bool) -> None:
+    """Multi-party confidential training: attest, upload, train, release."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    warnings.simplefilter("default")
+
+
+# --------------------------------------------------------------------------- keys
+
+
+@main.command()
+@click.argument("party_id")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+def keygen(party_id: str, out_dir: Path) -> None:
+    """Create PARTY_ID.key (0600: Ed25519 identity + X25519 HPKE) and PARTY_ID.pub.json."""
+    from cctrain.crypto.keys import PartyKeys
+    from cctrain.policy import PARTY_ID
+
+    if not PARTY_ID.match(party_id):
+        _fail(f"party id must match {PARTY_ID.pattern}", 2)
+    priv, pub = PartyKeys.generate(party_id).save(out_dir)
+    click.echo(f"private key: {priv} (mode 0600; never share it)")
+    click.echo(f"public keys: {pub} (put them in the policy's [[parties]] entry)")
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@main.group()
+def policy() -> None:
+    """Check, sign and verify the consortium policy."""
+
+
+@policy.command("check")
+@click.argument("policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def policy_check(policy_file: Path) -> None:
+    """Validate a TOML/JSON policy strictly and print its digest."""
+    from cctrain.policy import load_policy_file
+
+    p = load_policy_file(policy_file)
+    click.echo(f"policy {p.name!r} is valid")
+    click.echo(f"digest: {p.digest.hex()}")
+
+
+@policy.command("sign")
+@click.argument("policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "key_file", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--envelope",
+    "envelope_file",
+    type=click.Path(path_type=Path),
+    help="Signed envelope to add to (created if missing). Default: POLICY.signed.json",
+)
+def policy_sign(policy_file: Path, key_file: Path, envelope_file: Path | None) -> None:
+    """Add your signature over the exact POLICY_FILE bytes to the DSSE envelope."""
+    from cctrain.crypto.keys import PartyKeys
+    from cctrain.policy import SignedPolicy, load_policy_file
+
+    keys = PartyKeys.load(key_file)
+    p = load_policy_file(policy_file)
+    party = p.party(keys.party_id)
+    if party is None:
+        _fail(f"the policy names no party {keys.party_id!r}; refusing to sign")
+    if party.signing_key != keys.signing_public:
+        _fail(f"the policy lists another signing key for {keys.party_id!r}; refusing to sign")
+    envelope_file = envelope_file or policy_file.with_suffix(".signed.json")
+    if envelope_file.exists():
+        sp = SignedPolicy.load(envelope_file)
+        if sp.digest != p.digest:
+            _fail(f"{envelope_file} holds another policy (digest {sp.digest.hex()[:16]}…)")
+    else:
+        sp = SignedPolicy.new(p)
+    sp = SignedPolicy(sp.envelope.sign(keys.party_id, keys.signing_key), sp.policy)
+    envelope_file.write_text(sp.envelope.to_json())
+    st = sp.status()
+    click.echo(f"signed as {keys.party_id}; digest {p.digest.hex()}")
+    click.echo(f"signatures: {len(st.signed)}/{len(p.parties)}; missing: {', '.join(st.missing) or 'none'}")
+
+
+@policy.command("verify")
+@click.argument("envelope_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def policy_verify(envelope_file: Path, fmt: str) -> None:
+    """Show digest, who signed, who is missing; exit 1 unless fully signed and unexpired."""
+    from cctrain.policy import SignedPolicy
+
+    sp = SignedPolicy.load(envelope_file)
+    st = sp.status()
+    problem = None
+    try:
+        sp.require_complete()
+    except PolicyError as exc:
+        problem = "; ".join(exc.problems) or str(exc)
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "name": sp.policy.name,
+                    "digest": sp.digest.hex(),
+                    "signed": list(st.signed),
+                    "missing": list(st.missing),
+                    "invalid": list(st.invalid),
+                    "threshold": sp.policy.signature_threshold,
+                    "complete": problem is None,
+                    "problem": problem,
+                }
+            )
+        )
+    else:
+        click.echo(f"policy:  {sp.policy.name}")
+        click.echo(f"digest:  {sp.digest.hex()}")
+        click.echo(f"signed:  {', '.join(st.signed) or '-'}")
+        click.echo(f"missing: {', '.join(st.missing) or '-'}")
+        if st.invalid:
+            click.echo(f"INVALID: {', '.join(st.invalid)}")
+        click.echo("status:  complete" if problem is None else f"status:  INCOMPLETE ({problem})")
+    if problem is not None:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- measure
+
+
+@main.command()
+def measure() -> None:
+    """Print the simulated-platform measurement of the installed enclave code (pin it in the policy)."""
+    from cctrain.measure import code_measurement
+
+    click.echo(code_measurement().hex())
+
+
+# --------------------------------------------------------------------------- attestation
+
+
+@main.group()
+def attest() -> None:
+    """Verify attestation evidence offline, or attest a running enclave."""
+
+
+@attest.command("verify")
+@click.argument("evidence_file", type=click.Path(path_type=Path))
+@click.option(
+    "--platform",
+    default="auto",
+    type=click.Choice(["auto", "sev-snp", "tdx", "sgx", "nvidia-gpu", "simulated"]),
+)
+@click.option("--cert", "cert_files", multiple=True, type=click.Path(path_type=Path))
+@click.option("--collateral", "collateral_path", type=click.Path(path_type=Path))
+@click.option("--at", "at", help="Verification time, ISO-8601 (default: now).")
+@click.option("--allow-simulated", is_flag=True, help="Accept the simulated root (insecure).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def attest_verify(
+    evidence_file: Path,
+    platform: str,
+    cert_files: tuple[Path, ...],
+    collateral_path: Path | None,
+    at: str | None,
+    allow_simulated: bool,
+    fmt: str,
+) -> None:
+    """Verify EVIDENCE (raw or hex). Exit 0 verified, 1 does not verify, 2 unparseable/bad args."""
+    from cctrain.attestation.verify_cli import run_attest_verify
+
+    code, doc = run_attest_verify(
+        evidence_file,
+        platform=platform,
+        cert_files=cert_files,
+        collateral_path=collateral_path,
+        at=at,
+        allow_simulated=allow_simulated,
+    )
+    if fmt == "json":
+        click.echo(json.dumps(doc))
+    else:
+        status = "VERIFIED" if doc["verified"] else "NOT VERIFIED"
+        click.echo(f"{status} ({doc['platform']})")
+        for k in ("signer", "measurement", "report_data", "debug", "chip_id", "tcb_status", "advisories"):
+            click.echo(f"  {k}: {doc.get(k)}")
+        for e in doc["errors"]:
+            click.echo(f"  error: {e}", err=True)
+    if doc.get("platform") == "simulated" and doc["verified"]:
+        _simulated_banner()
+    sys.exit(code)
+
+
+def _session_options(f: Any) -> Any:
+    f = click.option("--allow-simulated", is_flag=True, help="Accept simulated evidence (insecure).")(f)
+    f = click.option("--key", "key_file", required=True, type=click.Path(path_type=Path))(f)
+    f = click.option("--policy", "policy_file", required=True, type=click.Path(path_type=Path))(f)
+    f = click.option("--enclave", "address", required=True, help="host:port of the enclave")(f)
+    return f
+
+
+@attest.command("enclave")
+@_session_options
+def attest_enclave(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
+    """Attest a running enclave against the signed policy and print the verified claims."""
+    from cctrain.client import EnclaveSession
+
+    if allow_simulated:
+        _simulated_banner()
+    with EnclaveSession(address, policy=policy_file, key=key_file, allow_simulated=allow_simulated) as s:
+        click.echo(json.dumps(s.enclave.claims.to_json(), indent=2))
+        click.echo(f"policy digest: {s.policy.digest.hex()}")
+
+
+# --------------------------------------------------------------------------- upload
+
+
+@main.command()
+@click.argument("shard", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_session_options
+@click.option("--shard-id", help="Default: the file name without extension.")
+@click.option("--receipt-out", type=click.Path(path_type=Path), help="Also write the receipt here.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def upload(
+    shard: Path,
+    address: str,
+    policy_file: Path,
+    key_file: Path,
+    allow_simulated: bool,
+    shard_id: str | None,
+    receipt_out: Path | None,
+    progress: bool | None,
+) -> None:
+    """Attest the enclave, then stream SHARD (.npz or .csv) encrypted to it; verify the receipt."""
+    from cctrain.client import DataOwner
+
+    if allow_simulated:
+        _simulated_banner()
+    with DataOwner(address, policy=policy_file, key=key_file, allow_simulated=allow_simulated) as owner:
+        receipt = owner.upload(shard, shard_id=shard_id, progress=progress)
+    doc = receipt.to_json()
+    if receipt_out:
+        receipt_out.write_text(json.dumps(doc, indent=2) + "\n")
+    click.echo(
+        f"receipt verified: party={receipt.party_id} shard={receipt.shard_id} rows={receipt.rows} "
+        f"policy={receipt.policy_digest.hex()}"
+    )
+
+
+# --------------------------------------------------------------------------- enclave
+
+
+@main.group()
+def enclave() -> None:
+    """Run the enclave service (needs the cctrain[enclave] extra for training)."""
+
+
+@enclave.command("serve")
+@click.option("--policy", "policy_file", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--state-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=0, show_default=True, help="0 picks a free port (see STATE/endpoint.json).")
+@click.option(
+    "--platform",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "simulated", "sev-snp", "tdx", "sgx"]),
+)
+@click.option("--model-source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def enclave_serve(
+    policy_file: Path, state_dir: Path, host: str, port: int, platform: str, model_source: Path | None
+) -> None:
+    """Serve the signed policy over gRPC+TLS until SIGTERM."""
+    from cctrain_enclave.cli import serve_command
+
+    serve_command(
+        policy_file=policy_file,
+        state_dir=state_dir,
+        host=host,
+        port=port,
+        platform=platform,
+        model_source=model_source,
+    )
+
+
+def _now_from(at: str | None) -> _dt.datetime | None:
+    if at is None:
+        return None
+    t = _dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)

@@ -1,0 +1,550 @@
+"""The SDK for data owners and recipients: attest, then talk over the pinned channel.
+
+::
+
+    owner = DataOwner("https://127.0.0.1:50051", policy="policy.signed.json", key="hospital-a.key",
+                      allow_simulated=True)
+    receipt = owner.upload("hospital-a.npz")
+
+Every connection first attests the enclave with a fresh nonce (parse → verify →
+validate against the signed policy), and only then uses the channel, which is
+pinned to the TLS certificate the evidence binds.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import socket
+import ssl
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from cctrain.attestation.base import CollateralGetter, Evidence, VerifiedClaims
+from cctrain.attestation.binding import EnclaveIdentity, report_data_for, spki_sha256
+from cctrain.attestation.pipeline import SIMULATED_WARNING, validate_claims, verify_evidence
+from cctrain.crypto import hpke
+from cctrain.crypto.keys import PartyKeys, x25519_public
+from cctrain.crypto.stream import NONCE_PREFIX_SIZE, StreamSealer
+from cctrain.errors import (
+    AttestationError,
+    AuthenticationError,
+    CctrainError,
+    PermissionDeniedError,
+    ProtocolError,
+    ReceiptError,
+    UploadRejectedError,
+)
+from cctrain.policy import SignedPolicy
+from cctrain.protocol import (
+    DEFAULT_CHUNK_SIZE,
+    HEADER_VERSION,
+    MAX_MESSAGE_SIZE,
+    MD_NONCE,
+    MD_PARTY,
+    MD_SIG,
+    MD_TIME,
+    SHARD_ID,
+    Receipt,
+    request_signing_bytes,
+    sha256,
+    shard_key_info,
+    sign_header,
+    verify_receipt,
+)
+from cctrain.v1 import enclave_pb2 as pb
+from cctrain.v1 import enclave_pb2_grpc as pb_grpc
+
+log = logging.getLogger("cctrain")
+
+TLS_SERVER_NAME = "cctrain-enclave"
+SERVICE = "/cctrain.v1.Enclave/"
+CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", TLS_SERVER_NAME),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+]
+SHARD_FORMATS = {".npz": "npz", ".csv": "csv"}
+
+
+class SimulatedEvidenceWarning(UserWarning):
+    """Emitted on every use of simulated (never trustworthy) attestation."""
+
+
+def _parse_address(address: str) -> tuple[str, int]:
+    addr = address.removeprefix("https://").removeprefix("grpcs://").rstrip("/")
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ProtocolError(f"enclave address must be host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def fetch_server_certificate(host: str, port: int, *, timeout: float = 10.0) -> bytes:
+    """The certificate the server presents (DER), unverified: attestation decides whether to trust it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            with ctx.wrap_socket(sock, server_hostname=TLS_SERVER_NAME) as tls:
+                der = tls.getpeercert(binary_form=True)
+    except OSError as exc:
+        raise ProtocolError(f"cannot reach the enclave at {host}:{port}: {exc}", code="UNAVAILABLE") from None
+    if not der:
+        raise ProtocolError("the enclave presented no TLS certificate")
+    return der
+
+
+def map_rpc_error(exc: grpc.RpcError, *, upload: bool = False) -> CctrainError:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "UNKNOWN"
+    msg = f"{details} [{name}]"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(msg, code=name)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDeniedError(msg, code=name)
+    if upload and code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.ABORTED,
+    ):
+        return UploadRejectedError(msg, code=name)
+    return ProtocolError(msg, code=name)
+
+
+@dataclass(frozen=True)
+class AttestedEnclave:
+    """What a successful attestation established."""
+
+    claims: VerifiedClaims
+    evidence: Evidence
+    hpke_public_key: bytes
+    signing_public_key: bytes
+    tls_certificate_der: bytes
+    policy_digest: bytes
+
+    @property
+    def evidence_sha256(self) -> bytes:
+        return evidence_digest(self.evidence)
+
+
+def evidence_digest(ev: Evidence) -> bytes:
+    h = hashlib.sha256(b"cctrain/evidence/v1\x00")
+    for part in (ev.platform.encode(), ev.report, *ev.certificates):
+        h.update(len(part).to_bytes(4, "big") + part)
+    return h.digest()
+
+
+def evidence_from_pb(msg: pb.Evidence) -> Evidence:
+    try:
+        collateral = json.loads(msg.collateral_json) if msg.collateral_json else None
+    except json.JSONDecodeError:
+        raise AttestationError("evidence collateral is not valid JSON") from None
+    return Evidence(
+        platform=msg.platform,
+        report=bytes(msg.report),
+        certificates=tuple(bytes(c) for c in msg.certificates),
+        collateral=collateral,
+    )
+
+
+def check_attestation(
+    resp: pb.AttestResponse,
+    *,
+    signed_policy: SignedPolicy,
+    nonce: bytes,
+    tls_certificate_der: bytes,
+    allow_simulated: bool,
+    now: _dt.datetime | None = None,
+    getter: CollateralGetter | None = None,
+) -> AttestedEnclave:
+    """parse → verify → validate one Attest answer; raise AttestationError naming every problem."""
+    policy = signed_policy.policy
+    evidence = evidence_from_pb(resp.evidence)
+    if resp.policy_digest != policy.digest:
+        raise AttestationError(
+            f"enclave serves policy {bytes(resp.policy_digest).hex()[:16]}…, "
+            f"ours is {policy.digest.hex()[:16]}…"
+        )
+    if bytes(resp.tls_certificate) != tls_certificate_der:
+        raise AttestationError("the attested TLS certificate is not the one this connection uses")
+    simulated = evidence.platform == "simulated"
+    if simulated:
+        if not policy.attestation["allow_simulated"]:
+            raise AttestationError("the enclave offers simulated evidence; the policy does not allow it")
+        if not allow_simulated:
+            raise AttestationError(
+                "the enclave offers simulated evidence; refusing (pass allow_simulated=True / "
+                "--allow-simulated to accept it for local development)"
+            )
+        warnings.warn(SIMULATED_WARNING, SimulatedEvidenceWarning, stacklevel=3)
+    claims = verify_evidence(evidence, now=now, getter=getter, allow_simulated=simulated and allow_simulated)
+    cert = x509.load_der_x509_certificate(tls_certificate_der)
+    identity = EnclaveIdentity(
+        hpke_public_key=bytes(resp.hpke_public_key),
+        signing_public_key=bytes(resp.signing_public_key),
+        tls_spki_sha256=spki_sha256(cert),
+    )
+    validate_claims(
+        claims,
+        accepted_platforms=list(policy.attestation["platforms"]),
+        reference=policy.reference_for(claims.platform),
+        allow_debug=bool(policy.attestation["allow_debug"]),
+        expected_report_data=report_data_for(identity, policy_digest=policy.digest, nonce=nonce),
+    )
+    return AttestedEnclave(
+        claims=claims,
+        evidence=evidence,
+        hpke_public_key=identity.hpke_public_key,
+        signing_public_key=identity.signing_public_key,
+        tls_certificate_der=tls_certificate_der,
+        policy_digest=policy.digest,
+    )
+
+
+class EnclaveSession:
+    """An attested, certificate-pinned, request-signing connection to one enclave."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        policy: SignedPolicy | str | Path,
+        key: PartyKeys | str | Path,
+        allow_simulated: bool = False,
+        now: _dt.datetime | None = None,
+        getter: CollateralGetter | None = None,
+    ) -> None:
+        self.signed_policy = policy if isinstance(policy, SignedPolicy) else SignedPolicy.load(Path(policy))
+        self.signed_policy.require_complete()
+        self.policy = self.signed_policy.policy
+        self.keys = key if isinstance(key, PartyKeys) else PartyKeys.load(Path(key))
+        party = self.policy.party(self.keys.party_id)
+        if party is None or party.signing_key != self.keys.signing_public:
+            raise AuthenticationError(f"key of {self.keys.party_id!r} is not a party key of this policy")
+        self.address = address
+        host, port = _parse_address(address)
+        der = fetch_server_certificate(host, port)
+        pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+        self._channel = grpc.secure_channel(
+            f"{host}:{port}", grpc.ssl_channel_credentials(root_certificates=pem), options=CHANNEL_OPTIONS
+        )
+        self.stub = pb_grpc.EnclaveStub(self._channel)
+        nonce = os.urandom(32)
+        resp = self.unary("Attest", pb.AttestRequest(nonce=nonce))
+        self.enclave = check_attestation(
+            resp,
+            signed_policy=self.signed_policy,
+            nonce=nonce,
+            tls_certificate_der=der,
+            allow_simulated=allow_simulated,
+            now=now,
+            getter=getter,
+        )
+
+    # -- request authentication
+    def metadata(self, method: str, body: bytes) -> list[tuple[str, Any]]:
+        t = int(time.time() * 1000)
+        nonce = os.urandom(16)
+        sig = self.keys.signing_key.sign(
+            request_signing_bytes(
+                method=SERVICE + method,
+                party=self.keys.party_id,
+                time_ms=t,
+                nonce=nonce,
+                policy_digest=self.policy.digest,
+                body_sha256=sha256(body),
+            )
+        )
+        return [(MD_PARTY, self.keys.party_id), (MD_TIME, str(t)), (MD_NONCE, nonce.hex()), (MD_SIG, sig)]
+
+    def unary(self, method: str, request: Any, *, timeout: float = 60.0) -> Any:
+        body = request.SerializeToString()
+        try:
+            return getattr(self.stub, method)(request, metadata=self.metadata(method, body), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> EnclaveSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def status(self) -> pb.GetStatusResponse:
+        return self.unary("GetStatus", pb.GetStatusRequest())
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("CCTRAIN_HOME", Path.home() / ".cctrain"))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> tuple[bytes, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            h.update(block)
+            size += len(block)
+    return h.digest(), size
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+class DataOwner(EnclaveSession):
+    """A data provider: attests the enclave, then uploads encrypted shards and keeps receipts."""
+
+    def upload(
+        self,
+        path: str | Path,
+        *,
+        shard_id: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: ProgressFn | bool | None = None,
+        state_dir: Path | None = None,
+    ) -> Receipt:
+        path = Path(path)
+        fmt = SHARD_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise UploadRejectedError(f"{path.name}: unsupported shard format (use .npz or .csv)")
+        shard_id = shard_id or path.stem
+        if not SHARD_ID.match(shard_id):
+            raise UploadRejectedError(f"shard id {shard_id!r} must match {SHARD_ID.pattern}")
+        party = self.keys.party_id
+        state_dir = state_dir or default_state_dir()
+        resume_path = state_dir / "uploads" / f"{self.policy.digest.hex()[:16]}-{party}-{shard_id}.json"
+        receipts_dir = state_dir / "receipts" / self.policy.digest.hex()[:16]
+
+        status = self.unary("UploadStatus", pb.UploadStatusRequest(shard_id=shard_id))
+        commitment, size = file_sha256(path)
+        if status.state == pb.UploadStatusResponse.ACCEPTED:
+            receipt = self._check_receipt(status.receipt, shard_id, commitment, size, None)
+            self._save_receipt(receipts_dir, receipt)
+            return receipt
+
+        saved = self._load_resume(resume_path)
+        resume_from = 0
+        if (
+            saved is not None
+            and status.state == pb.UploadStatusResponse.PARTIAL
+            and bytes.fromhex(saved["header_sha256"]) == bytes(status.header_sha256)
+            and bytes.fromhex(saved["plaintext_sha256"]) == commitment
+        ):
+            header_bytes = bytes.fromhex(saved["header"])
+            signature = bytes.fromhex(saved["signature"])
+            data_key = bytes.fromhex(saved["data_key"])
+            resume_from = int(status.next_index)
+            log.info("resuming upload of %s from chunk %d", shard_id, resume_from)
+        else:
+            header_bytes, signature, data_key = self._new_header(fmt, shard_id, chunk_size, size, commitment)
+            _write_private(
+                resume_path,
+                json.dumps(
+                    {
+                        "header": header_bytes.hex(),
+                        "signature": signature.hex(),
+                        "data_key": data_key.hex(),
+                        "header_sha256": sha256(header_bytes).hex(),
+                        "plaintext_sha256": commitment.hex(),
+                    }
+                ).encode(),
+            )
+        header = pb.ShardHeader()
+        header.ParseFromString(header_bytes)
+        report = _progress_reporter(progress, size, path.name)
+        requests = self._requests(path, header, header_bytes, signature, data_key, resume_from, report)
+        receipt_msg = None
+        try:
+            responses = self.stub.Upload(requests, metadata=self.metadata("Upload", b""))
+            for resp in responses:
+                if resp.WhichOneof("kind") == "receipt":
+                    receipt_msg = resp.receipt
+        except grpc.RpcError as exc:
+            err = map_rpc_error(exc, upload=True)
+            if isinstance(err, UploadRejectedError | AuthenticationError | PermissionDeniedError):
+                resume_path.unlink(missing_ok=True)
+            else:
+                err = ProtocolError(f"{err}; run the upload again to resume", code=err.code)
+            raise err from None
+        finally:
+            report(None, None)
+        if receipt_msg is None:
+            raise ProtocolError("the enclave closed the upload without a receipt")
+        receipt = self._check_receipt(receipt_msg, shard_id, commitment, size, sha256(header_bytes))
+        self._save_receipt(receipts_dir, receipt)
+        resume_path.unlink(missing_ok=True)
+        return receipt
+
+    def _new_header(
+        self, fmt: str, shard_id: str, chunk_size: int, size: int, commitment: bytes
+    ) -> tuple[bytes, bytes, bytes]:
+        data_key = os.urandom(32)
+        enc = hpke.seal(
+            x25519_public_raw(self.enclave.hpke_public_key),
+            data_key,
+            info=shard_key_info(self.policy.digest, self.keys.party_id, shard_id),
+        )
+        header = pb.ShardHeader(
+            version=HEADER_VERSION,
+            policy_digest=self.policy.digest,
+            party_id=self.keys.party_id,
+            shard_id=shard_id,
+            format=fmt,
+            encapsulated_key=enc,
+            nonce_prefix=os.urandom(NONCE_PREFIX_SIZE),
+            chunk_size=chunk_size,
+            plaintext_size=size,
+            chunk_count=max(1, -(-size // chunk_size)),
+            plaintext_sha256=commitment,
+            created_unix_ms=int(time.time() * 1000),
+        )
+        header_bytes = header.SerializeToString()
+        return header_bytes, sign_header(self.keys.signing_key, header_bytes), data_key
+
+    @staticmethod
+    def _requests(
+        path: Path,
+        header: pb.ShardHeader,
+        header_bytes: bytes,
+        signature: bytes,
+        data_key: bytes,
+        resume_from: int,
+        report: Callable[[int | None, int | None], None],
+    ) -> Iterator[pb.UploadRequest]:
+        yield pb.UploadRequest(
+            header=pb.UploadHeader(header=header_bytes, signature=signature, resume_from=resume_from)
+        )
+        sealer = StreamSealer(data_key, header.nonce_prefix, sha256(header_bytes))
+        cs = header.chunk_size
+        with open(path, "rb") as fh:
+            fh.seek(resume_from * cs)
+            sent = resume_from * cs
+            report(sent, None)
+            for index in range(resume_from, header.chunk_count):
+                block = fh.read(cs)
+                last = index == header.chunk_count - 1
+                yield pb.UploadRequest(
+                    chunk=pb.Chunk(index=index, last=last, ciphertext=sealer.seal(index, block, last=last))
+                )
+                sent += len(block)
+                report(sent, None)
+
+    def _check_receipt(
+        self,
+        msg: pb.SignedReceipt,
+        shard_id: str,
+        commitment: bytes,
+        size: int,
+        header_sha256: bytes | None,
+    ) -> Receipt:
+        r = verify_receipt(msg, enclave_key=self.enclave.signing_public_key, policy_digest=self.policy.digest)
+        problems = []
+        if r.party_id != self.keys.party_id:
+            problems.append(f"party {r.party_id!r}")
+        if r.shard_id != shard_id:
+            problems.append(f"shard {r.shard_id!r}")
+        if r.plaintext_sha256 != commitment:
+            problems.append("plaintext commitment (the file changed, or another upload)")
+        if r.plaintext_size != size:
+            problems.append("size")
+        if header_sha256 is not None and r.header_sha256 != header_sha256:
+            problems.append("header digest")
+        if problems:
+            raise ReceiptError("receipt does not match this upload: " + ", ".join(problems))
+        return r
+
+    @staticmethod
+    def _save_receipt(directory: Path, receipt: Receipt) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{receipt.party_id}-{receipt.shard_id}.receipt.json"
+        path.write_text(json.dumps(receipt.to_json(), indent=2) + "\n")
+        return path
+
+    @staticmethod
+    def _load_resume(path: Path) -> dict[str, str] | None:
+        try:
+            data: dict[str, str] = json.loads(path.read_text())
+            return data
+        except (OSError, ValueError):
+            return None
+
+    def receipts(self) -> list[Receipt]:
+        resp = self.unary("ListReceipts", pb.ListReceiptsRequest())
+        return [
+            verify_receipt(r, enclave_key=self.enclave.signing_public_key, policy_digest=self.policy.digest)
+            for r in resp.receipts
+        ]
+
+
+def x25519_public_raw(raw: bytes) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def _progress_reporter(
+    progress: ProgressFn | bool | None, total: int, name: str
+) -> Callable[[int | None, int | None], None]:
+    """A callable(sent, _) fed by the request generator; (None, None) closes it."""
+    if callable(progress):
+        fn = progress
+
+        def call(sent: int | None, _: int | None) -> None:
+            if sent is not None:
+                fn(sent, total)
+
+        return call
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return lambda sent, _: None
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn()
+    )
+    task = bar.add_task(f"upload {name}", total=total)
+    bar.start()
+
+    def update(sent: int | None, _: int | None) -> None:
+        if sent is None:
+            bar.stop()
+        else:
+            bar.update(task, completed=sent)
+
+    return update
+
+
+__all__ = ["DataOwner", "EnclaveSession", "AttestedEnclave", "check_attestation", "x25519_public"]

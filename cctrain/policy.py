@@ -1,0 +1,595 @@
+"""The consortium policy: authored as TOML or JSON, validated strictly, signed by every party.
+
+The signed object is a DSSE envelope over the exact policy bytes; the policy
+digest (SHA-256 of those bytes) is what evidence, uploads, receipts and the
+release manifest all bind to.  Validation collects every problem, each naming
+its field, before refusing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from cctrain.crypto.dsse import Envelope
+from cctrain.crypto.keys import decode_public, ed25519_public
+from cctrain.errors import PolicyError
+
+PAYLOAD_TYPES = {
+    "toml": "application/vnd.cctrain.policy+toml",
+    "json": "application/vnd.cctrain.policy+json",
+}
+ROLES = frozenset({"data_provider", "recipient"})
+PARTY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+SHARD_FORMATS = frozenset({"npz", "csv"})
+FEATURE_DTYPES = frozenset({"float32", "float64"})
+MODELS = frozenset({"logreg", "mlp", "cnn", "custom"})
+OPTIMIZERS = frozenset({"sgd", "adam"})
+ACCOUNTANTS = frozenset({"rdp", "prv"})
+NOISE_SOURCES = frozenset({"csprng", "insecure-fast"})
+GRAD_SAMPLE_MODES = frozenset({"auto", "hooks", "ghost", "fast"})
+RELEASABLE_METRICS = frozenset({"train_loss", "train_accuracy", "steps", "samples"})
+COMMON_REFERENCE_KEYS = frozenset({"measurements", "accepted_tcb_statuses", "accepted_advisories"})
+HEX = re.compile(r"^[0-9a-fA-F]*$")
+
+
+@dataclass(frozen=True)
+class Party:
+    id: str
+    roles: frozenset[str]
+    signing_key: str
+    hpke_key: str | None
+    name: str
+
+    @property
+    def is_provider(self) -> bool:
+        return "data_provider" in self.roles
+
+    @property
+    def is_recipient(self) -> bool:
+        return "recipient" in self.roles
+
+    @property
+    def signing_public_raw(self) -> bytes:
+        return decode_public(self.signing_key, "ed25519")
+
+
+@dataclass(frozen=True)
+class Policy:
+    raw: bytes
+    format: str
+    name: str
+    expires: _dt.datetime | None
+    parties: tuple[Party, ...]
+    signature_threshold: int
+    attestation: Mapping[str, Any]
+    data: Mapping[str, Any]
+    training: Mapping[str, Any]
+    privacy: Mapping[str, Any]
+    start: Mapping[str, Any]
+    release: Mapping[str, Any]
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
+
+    def party(self, party_id: str) -> Party | None:
+        for p in self.parties:
+            if p.id == party_id:
+                return p
+        return None
+
+    @property
+    def providers(self) -> list[str]:
+        return [p.id for p in self.parties if p.is_provider]
+
+    @property
+    def recipients(self) -> list[str]:
+        return list(self.release["recipients"])
+
+    def reference_for(self, platform: str) -> Mapping[str, Any]:
+        ref: Mapping[str, Any] = self.attestation.get("reference", {}).get(platform, {})
+        return ref
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Checker:
+    """Walks a parsed document, recording problems as ``field: message``."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, path: str, msg: str) -> None:
+        self.problems.append(f"{path}: {msg}")
+
+    def table(
+        self,
+        doc: Any,
+        path: str,
+        *,
+        required: Sequence[str] = (),
+        optional: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        if not isinstance(doc, Mapping):
+            self.add(path, f"must be a table/object, got {type(doc).__name__}")
+            return {}
+        allowed = set(required) | set(optional)
+        for key in doc:
+            if key not in allowed:
+                self.add(f"{path}.{key}" if path else key, "unknown key")
+        for key in required:
+            if key not in doc:
+                self.add(f"{path}.{key}" if path else key, "missing required key")
+        return dict(doc)
+
+    def typed(self, value: Any, path: str, kind: type | tuple[type, ...], what: str) -> bool:
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float))
+        if kind == (int, float) and isinstance(value, bool):
+            ok = False
+        if not ok:
+            self.add(path, f"must be {what}, got {value!r}")
+        return ok
+
+    def positive_int(self, value: Any, path: str) -> None:
+        if self.typed(value, path, int, "a positive integer") and value <= 0:
+            self.add(path, f"must be a positive integer, got {value}")
+
+    def number(self, value: Any, path: str, check: Callable[[float], bool], what: str) -> None:
+        if self.typed(value, path, (int, float), what) and not check(float(value)):
+            self.add(path, f"must be {what}, got {value}")
+
+    def choice(self, value: Any, path: str, choices: frozenset[str]) -> None:
+        if not isinstance(value, str) or value not in choices:
+            self.add(path, f"must be one of {sorted(choices)}, got {value!r}")
+
+    def str_list(self, value: Any, path: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.add(path, f"must be a list of strings, got {value!r}")
+            return []
+        return list(value)
+
+
+def _parse_bytes(raw: bytes, fmt: str) -> Any:
+    try:
+        if fmt == "toml":
+            return tomllib.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise PolicyError(f"policy is not valid {fmt.upper()}: {exc}") from None
+
+
+def _check_parties(c: _Checker, doc: Any) -> list[Party]:
+    parties: list[Party] = []
+    if not isinstance(doc, list) or not doc:
+        c.add("parties", "must be a non-empty list of party tables")
+        return parties
+    seen: set[str] = set()
+    seen_keys: dict[str, str] = {}
+    for i, entry in enumerate(doc):
+        path = f"parties[{i}]"
+        t = c.table(entry, path, required=("id", "roles", "signing_key"), optional=("hpke_key", "name"))
+        pid = t.get("id")
+        if not isinstance(pid, str) or not PARTY_ID.match(pid):
+            c.add(f"{path}.id", f"must match {PARTY_ID.pattern}, got {pid!r}")
+            continue
+        if pid in seen:
+            c.add(f"{path}.id", f"duplicate party id {pid!r}")
+        seen.add(pid)
+        roles = c.str_list(t.get("roles", []), f"{path}.roles")
+        if not roles:
+            c.add(f"{path}.roles", "must name at least one role")
+        for r in roles:
+            if r not in ROLES:
+                c.add(f"{path}.roles", f"unknown role {r!r} (known: {sorted(ROLES)})")
+        sk = t.get("signing_key")
+        if isinstance(sk, str):
+            try:
+                decode_public(sk, "ed25519")
+            except ValueError as exc:
+                c.add(f"{path}.signing_key", str(exc))
+            if sk in seen_keys:
+                c.add(f"{path}.signing_key", f"same key as party {seen_keys[sk]!r}")
+            seen_keys[sk] = pid
+        else:
+            c.add(f"{path}.signing_key", "must be a string 'ed25519:<base64>'")
+        hk = t.get("hpke_key")
+        if hk is not None:
+            if not isinstance(hk, str):
+                c.add(f"{path}.hpke_key", "must be a string 'x25519:<base64>'")
+            else:
+                try:
+                    decode_public(hk, "x25519")
+                except ValueError as exc:
+                    c.add(f"{path}.hpke_key", str(exc))
+        if "recipient" in roles and hk is None:
+            c.add(f"{path}.hpke_key", f"recipient {pid!r} has no HPKE key to seal the release to")
+        name = t.get("name", pid)
+        parties.append(
+            Party(
+                id=pid,
+                roles=frozenset(roles),
+                signing_key=sk if isinstance(sk, str) else "",
+                hpke_key=hk if isinstance(hk, str) else None,
+                name=str(name),
+            )
+        )
+    return parties
+
+
+def _check_attestation(c: _Checker, doc: Any) -> dict[str, Any]:
+    from cctrain.attestation.base import get_platform, registered_platforms
+
+    t = c.table(
+        doc,
+        "attestation",
+        required=("platforms",),
+        optional=("allow_simulated", "allow_debug", "reference"),
+    )
+    known = set(registered_platforms())
+    platforms = c.str_list(t.get("platforms", []), "attestation.platforms")
+    if not platforms and "platforms" in t:
+        c.add("attestation.platforms", "must accept at least one platform")
+    for p in platforms:
+        if p not in known:
+            c.add("attestation.platforms", f"unknown platform {p!r} (known: {sorted(known)})")
+    allow_sim = t.setdefault("allow_simulated", False)
+    c.typed(allow_sim, "attestation.allow_simulated", bool, "true or false")
+    c.typed(t.setdefault("allow_debug", False), "attestation.allow_debug", bool, "true or false")
+    if "simulated" in platforms and allow_sim is not True:
+        c.add(
+            "attestation.allow_simulated",
+            "platforms lists 'simulated' but allow_simulated is not true",
+        )
+    ref = t.setdefault("reference", {})
+    if not isinstance(ref, Mapping):
+        c.add("attestation.reference", "must be a table of platform → reference values")
+        return t
+    for plat, values in ref.items():
+        path = f"attestation.reference.{plat}"
+        if plat not in known:
+            c.add(path, f"unknown platform {plat!r}")
+            continue
+        if plat not in platforms:
+            c.add(path, f"reference values for {plat!r}, which attestation.platforms does not accept")
+        allowed = COMMON_REFERENCE_KEYS | get_platform(plat).reference_keys
+        vt = c.table(values, path, optional=sorted(allowed))
+        for m in c.str_list(vt.get("measurements", []), f"{path}.measurements"):
+            if not HEX.match(m) or len(m) % 2:
+                c.add(f"{path}.measurements", f"not a hex string: {m!r}")
+    return t
+
+
+def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
+    t = c.table(
+        doc,
+        "data",
+        required=("features", "labels", "max_rows", "max_bytes"),
+        optional=("formats", "min_rows", "csv"),
+    )
+    formats = c.str_list(t.setdefault("formats", ["npz", "csv"]), "data.formats")
+    for f in formats:
+        c.choice(f, "data.formats", SHARD_FORMATS)
+    ft = c.table(t.get("features", {}), "data.features", required=("shape", "dtype"))
+    shape = ft.get("shape")
+    if not isinstance(shape, list) or not shape or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+    ):
+        c.add("data.features.shape", f"must be a non-empty list of positive integers, got {shape!r}")
+    if "dtype" in ft:
+        c.choice(ft["dtype"], "data.features.dtype", FEATURE_DTYPES)
+    lt = c.table(t.get("labels", {}), "data.labels", required=("num_classes",))
+    nc = lt.get("num_classes")
+    if c.typed(nc, "data.labels.num_classes", int, "an integer ≥ 2") and nc < 2:
+        c.add("data.labels.num_classes", f"must be ≥ 2, got {nc}")
+    for key in ("max_rows", "max_bytes"):
+        if key in t:
+            c.positive_int(t[key], f"data.{key}")
+    t.setdefault("min_rows", 1)
+    c.positive_int(t["min_rows"], "data.min_rows")
+    if isinstance(t.get("max_rows"), int) and isinstance(t["min_rows"], int):
+        if t["min_rows"] > t["max_rows"]:
+            c.add("data.min_rows", f"{t['min_rows']} exceeds data.max_rows {t['max_rows']}")
+    csv = c.table(t.setdefault("csv", {}), "data.csv", optional=("header", "label_column"))
+    csv.setdefault("header", True)
+    csv.setdefault("label_column", "label")
+    c.typed(csv["header"], "data.csv.header", bool, "true or false")
+    c.typed(csv["label_column"], "data.csv.label_column", str, "a column name")
+    if "features" in t and isinstance(shape, list) and len(shape) != 1 and "csv" in formats:
+        c.add("data.formats", "csv shards need 1-D features; use npz for shaped features")
+    t["csv"] = csv
+    return t
+
+
+def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
+    t = c.table(
+        doc,
+        "training",
+        required=("model", "optimizer", "epochs", "batch_size"),
+        optional=("task", "seed"),
+    )
+    t.setdefault("task", "classification")
+    c.choice(t["task"], "training.task", frozenset({"classification"}))
+    t.setdefault("seed", 0)
+    c.typed(t["seed"], "training.seed", int, "an integer")
+    m = c.table(
+        t.get("model", {}), "training.model", required=("name",), optional=("params", "source_sha256", "entry")
+    )
+    if "name" in m:
+        c.choice(m["name"], "training.model.name", MODELS)
+    m.setdefault("params", {})
+    if not isinstance(m["params"], Mapping):
+        c.add("training.model.params", "must be a table")
+    if m.get("name") == "custom":
+        sha = m.get("source_sha256")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            c.add("training.model.source_sha256", "custom model needs the SHA-256 (64 lowercase hex) of its source")
+        m.setdefault("entry", "build_model")
+    elif "source_sha256" in m or "entry" in m:
+        c.add("training.model", "source_sha256/entry apply only to name = 'custom'")
+    o = c.table(
+        t.get("optimizer", {}),
+        "training.optimizer",
+        required=("name", "lr"),
+        optional=("momentum", "weight_decay", "betas"),
+    )
+    if "name" in o:
+        c.choice(o["name"], "training.optimizer.name", OPTIMIZERS)
+    if "lr" in o:
+        c.number(o["lr"], "training.optimizer.lr", lambda v: v > 0, "a positive number")
+    for key in ("epochs", "batch_size"):
+        if key in t:
+            c.positive_int(t[key], f"training.{key}")
+    t["model"], t["optimizer"] = m, o
+    return t
+
+
+def _check_privacy(c: _Checker, doc: Any, *, simulated_only: bool) -> dict[str, Any]:
+    t = c.table(
+        doc,
+        "privacy",
+        required=("enabled",),
+        optional=(
+            "target_epsilon",
+            "delta",
+            "max_grad_norm",
+            "accountant",
+            "noise_source",
+            "grad_sample_mode",
+        ),
+    )
+    enabled = t.get("enabled")
+    c.typed(enabled, "privacy.enabled", bool, "true or false")
+    if enabled is not True:
+        return t
+    for key in ("target_epsilon", "delta", "max_grad_norm"):
+        if key not in t:
+            c.add(f"privacy.{key}", "missing: required when privacy.enabled = true")
+    if "target_epsilon" in t:
+        c.number(t["target_epsilon"], "privacy.target_epsilon", lambda v: 0 < v <= 100, "in (0, 100]")
+    if "delta" in t:
+        c.number(t["delta"], "privacy.delta", lambda v: 0 < v < 1, "in (0, 1)")
+    if "max_grad_norm" in t:
+        c.number(t["max_grad_norm"], "privacy.max_grad_norm", lambda v: v > 0, "a positive number")
+    t.setdefault("accountant", "rdp")
+    c.choice(t["accountant"], "privacy.accountant", ACCOUNTANTS)
+    t.setdefault("noise_source", "csprng")
+    c.choice(t["noise_source"], "privacy.noise_source", NOISE_SOURCES)
+    t.setdefault("grad_sample_mode", "auto")
+    c.choice(t["grad_sample_mode"], "privacy.grad_sample_mode", GRAD_SAMPLE_MODES)
+    if t["noise_source"] == "insecure-fast" and not simulated_only:
+        c.add(
+            "privacy.noise_source",
+            "'insecure-fast' noise is allowed only when attestation.platforms is ['simulated']",
+        )
+    return t
+
+
+def _check_start(c: _Checker, doc: Any, providers: list[str]) -> dict[str, Any]:
+    t = c.table(doc, "start", optional=("require_uploads_from", "auto_start"))
+    req = c.str_list(t.setdefault("require_uploads_from", list(providers)), "start.require_uploads_from")
+    for pid in req:
+        if pid not in providers:
+            c.add("start.require_uploads_from", f"{pid!r} is not a data_provider of this policy")
+    if not req:
+        c.add("start.require_uploads_from", "must name at least one data provider")
+    c.typed(t.setdefault("auto_start", True), "start.auto_start", bool, "true or false")
+    return t
+
+
+def _check_release(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any]:
+    t = c.table(doc, "release", required=("recipients",), optional=("metrics", "approvals_required_from"))
+    by_id = {p.id: p for p in parties}
+    recips = c.str_list(t.get("recipients", []), "release.recipients")
+    if "recipients" in t and not recips:
+        c.add("release.recipients", "must name at least one recipient")
+    for pid in recips:
+        p = by_id.get(pid)
+        if p is None:
+            c.add("release.recipients", f"{pid!r} is not a party of this policy")
+        elif not p.is_recipient:
+            c.add("release.recipients", f"{pid!r} does not have the 'recipient' role")
+    for m in c.str_list(t.setdefault("metrics", []), "release.metrics"):
+        c.choice(m, "release.metrics", RELEASABLE_METRICS)
+    for pid in c.str_list(t.setdefault("approvals_required_from", []), "release.approvals_required_from"):
+        p = by_id.get(pid)
+        if p is None or not p.is_provider:
+            c.add("release.approvals_required_from", f"{pid!r} is not a data_provider of this policy")
+    return t
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A plain dict/list copy of a frozen policy section (for code that wants dicts)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+def parse_policy(raw: bytes, fmt: str) -> Policy:
+    """Parse and strictly validate policy bytes; raise PolicyError listing every problem."""
+    if fmt not in PAYLOAD_TYPES:
+        raise PolicyError(f"unknown policy format {fmt!r}")
+    doc = _parse_bytes(raw, fmt)
+    c = _Checker()
+    top = c.table(
+        doc,
+        "",
+        required=("version", "name", "parties", "attestation", "data", "training", "privacy", "release"),
+        optional=("expires", "start", "signature_threshold"),
+    )
+    if top.get("version") != 1:
+        c.add("version", f"must be 1, got {top.get('version')!r}")
+    name = top.get("name")
+    c.typed(name, "name", str, "a string")
+    expires: _dt.datetime | None = None
+    if "expires" in top:
+        exp = top["expires"]
+        if isinstance(exp, _dt.datetime):
+            expires = exp
+        elif isinstance(exp, str):
+            try:
+                expires = _dt.datetime.fromisoformat(exp.replace("Z", "+00:00"))
+            except ValueError:
+                c.add("expires", f"not an ISO-8601 time: {exp!r}")
+        else:
+            c.add("expires", f"must be an ISO-8601 time, got {exp!r}")
+        if expires is not None and expires.tzinfo is None:
+            c.add("expires", "must carry a time zone (e.g. ...Z)")
+            expires = None
+    parties = _check_parties(c, top.get("parties"))
+    threshold = top.get("signature_threshold", len(parties))
+    if c.typed(threshold, "signature_threshold", int, "an integer") and not (
+        1 <= threshold <= max(len(parties), 1)
+    ):
+        c.add("signature_threshold", f"must be between 1 and {len(parties)}, got {threshold}")
+    att = _check_attestation(c, top.get("attestation", {}))
+    simulated_only = list(att.get("platforms", [])) == ["simulated"]
+    data = _check_data(c, top.get("data", {}))
+    training = _check_training(c, top.get("training", {}))
+    privacy = _check_privacy(c, top.get("privacy", {}), simulated_only=simulated_only)
+    providers = [p.id for p in parties if p.is_provider]
+    if parties and not providers:
+        c.add("parties", "no party has the data_provider role")
+    start = _check_start(c, top.get("start", {}), providers)
+    release = _check_release(c, top.get("release", {}), parties)
+    if (
+        privacy.get("enabled") is True
+        and isinstance(training.get("batch_size"), int)
+        and isinstance(data.get("max_rows"), int)
+        and isinstance(privacy.get("delta"), (int, float))
+    ):
+        total_rows = data["max_rows"] * max(len(providers), 1)
+        if training["batch_size"] > total_rows:
+            c.add("training.batch_size", f"{training['batch_size']} exceeds the most rows possible")
+    if c.problems:
+        raise PolicyError("invalid policy", c.problems)
+    return Policy(
+        raw=raw,
+        format=fmt,
+        name=str(name),
+        expires=expires,
+        parties=tuple(parties),
+        signature_threshold=int(threshold),
+        attestation=_freeze(att),
+        data=_freeze(data),
+        training=_freeze(training),
+        privacy=_freeze(privacy),
+        start=_freeze(start),
+        release=_freeze(release),
+    )
+
+
+def load_policy_file(path: Path) -> Policy:
+    fmt = "toml" if path.suffix == ".toml" else "json"
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_policy(raw, fmt)
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+@dataclass(frozen=True)
+class SignatureStatus:
+    signed: tuple[str, ...]
+    missing: tuple[str, ...]
+    invalid: tuple[str, ...]  # keyids whose signature does not verify or who are not parties
+
+    def complete(self, threshold: int) -> bool:
+        return not self.invalid and len(self.signed) >= threshold
+
+
+@dataclass(frozen=True)
+class SignedPolicy:
+    envelope: Envelope
+    policy: Policy
+
+    @property
+    def digest(self) -> bytes:
+        return self.policy.digest
+
+    @classmethod
+    def new(cls, policy: Policy) -> SignedPolicy:
+        return cls(Envelope(PAYLOAD_TYPES[policy.format], policy.raw), policy)
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> SignedPolicy:
+        fmt = next((f for f, t in PAYLOAD_TYPES.items() if t == envelope.payload_type), None)
+        if fmt is None:
+            raise PolicyError(f"envelope payloadType {envelope.payload_type!r} is not a cctrain policy")
+        return cls(envelope, parse_policy(envelope.payload, fmt))
+
+    @classmethod
+    def load(cls, path: Path) -> SignedPolicy:
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise PolicyError(f"cannot read {path}: {exc.strerror}") from None
+        return cls.from_envelope(Envelope.from_json(text))
+
+    def status(self) -> SignatureStatus:
+        signed, invalid = [], []
+        for keyid in self.envelope.signatures:
+            party = self.policy.party(keyid)
+            if party is None or not self.envelope.verify_one(keyid, ed25519_public(party.signing_key)):
+                invalid.append(keyid)
+            else:
+                signed.append(keyid)
+        missing = [p.id for p in self.policy.parties if p.id not in self.envelope.signatures]
+        return SignatureStatus(tuple(signed), tuple(missing), tuple(invalid))
+
+    def require_complete(self, *, now: _dt.datetime | None = None) -> None:
+        st = self.status()
+        problems = [f"signature of {k!r} does not verify or is not a party" for k in st.invalid]
+        if len(st.signed) < self.policy.signature_threshold:
+            problems.append(
+                f"{len(st.signed)} of {self.policy.signature_threshold} required signatures; "
+                f"missing: {', '.join(st.missing) or '-'}"
+            )
+        if self.policy.expires is not None:
+            t = now or _dt.datetime.now(_dt.timezone.utc)
+            if t >= self.policy.expires:
+                problems.append(f"policy expired at {self.policy.expires.isoformat()}")
+        if problems:
+            raise PolicyError("policy is not fully signed and valid", problems)

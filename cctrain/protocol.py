@@ -1,0 +1,144 @@
+"""Wire-level constants and the signed objects both sides build and check.
+
+Everything signed is signed over ``domain tag ‖ 0x00 ‖ exact bytes`` so a
+signature made for one purpose (a header, a receipt, a request) can never be
+replayed as another.  Protobuf stays here and in the servicer; the logic works
+on dataclasses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from google.protobuf.message import DecodeError
+
+from cctrain.crypto.hpke import info_for
+from cctrain.errors import ReceiptError
+from cctrain.v1 import enclave_pb2 as pb
+
+HEADER_VERSION = 1
+RECEIPT_VERSION = 1
+DEFAULT_CHUNK_SIZE = 1 << 20
+MAX_CHUNK_SIZE = 4 << 20
+#: gRPC message limit on both sides: one chunk plus framing.
+MAX_MESSAGE_SIZE = MAX_CHUNK_SIZE + (64 << 10)
+SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+HEADER_SIG_TAG = b"cctrain/shard-header/v1\x00"
+RECEIPT_SIG_TAG = b"cctrain/receipt/v1\x00"
+MANIFEST_SIG_TAG = b"cctrain/release-manifest/v1\x00"
+SHARD_KEY_INFO_TAG = b"cctrain/shard-key/v1"
+RELEASE_KEY_INFO_TAG = b"cctrain/release-key/v1"
+REQUEST_SIG_TAG = b"cctrain/rpc-request/v1\x00"
+
+# Request-authentication metadata keys.
+MD_PARTY = "cctrain-party"
+MD_TIME = "cctrain-time-ms"
+MD_NONCE = "cctrain-nonce"
+MD_SIG = "cctrain-signature-bin"
+AUTH_WINDOW_MS = 120_000
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def shard_key_info(policy_digest: bytes, party_id: str, shard_id: str) -> bytes:
+    return info_for(SHARD_KEY_INFO_TAG, policy_digest, party_id.encode(), shard_id.encode())
+
+
+def release_key_info(policy_digest: bytes, recipient_id: str, manifest_sha256: bytes) -> bytes:
+    return info_for(RELEASE_KEY_INFO_TAG, policy_digest, recipient_id.encode(), manifest_sha256)
+
+
+def request_signing_bytes(
+    *, method: str, party: str, time_ms: int, nonce: bytes, policy_digest: bytes, body_sha256: bytes
+) -> bytes:
+    """What a party signs to authenticate one RPC (unary: body digest; streams: empty body)."""
+    parts = (method.encode(), party.encode(), struct.pack(">q", time_ms), nonce, policy_digest, body_sha256)
+    return REQUEST_SIG_TAG + b"".join(struct.pack(">I", len(p)) + p for p in parts)
+
+
+def sign_header(key: Ed25519PrivateKey, header_bytes: bytes) -> bytes:
+    return key.sign(HEADER_SIG_TAG + header_bytes)
+
+
+def verify_signature(key: Ed25519PublicKey, tag: bytes, data: bytes, signature: bytes) -> bool:
+    try:
+        key.verify(signature, tag + data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A verified receipt: the enclave accepted shard ``shard_id`` of ``party_id``."""
+
+    policy_digest: bytes
+    party_id: str
+    shard_id: str
+    plaintext_sha256: bytes
+    rows: int
+    plaintext_size: int
+    header_sha256: bytes
+    accepted_unix_ms: int
+    enclave_signing_key: bytes
+    body: bytes
+    signature: bytes
+
+    def to_json(self) -> dict[str, object]:
+        import base64
+
+        return {
+            "type": "cctrain-receipt/v1",
+            "policy_digest": self.policy_digest.hex(),
+            "party_id": self.party_id,
+            "shard_id": self.shard_id,
+            "plaintext_sha256": self.plaintext_sha256.hex(),
+            "rows": self.rows,
+            "plaintext_size": self.plaintext_size,
+            "header_sha256": self.header_sha256.hex(),
+            "accepted_unix_ms": self.accepted_unix_ms,
+            "enclave_signing_key": self.enclave_signing_key.hex(),
+            "body": base64.b64encode(self.body).decode(),
+            "signature": base64.b64encode(self.signature).decode(),
+        }
+
+
+def verify_receipt(
+    signed: pb.SignedReceipt, *, enclave_key: bytes, policy_digest: bytes
+) -> Receipt:
+    """Check the enclave's signature and the policy; return the receipt's fields."""
+    key = Ed25519PublicKey.from_public_bytes(enclave_key)
+    if not verify_signature(key, RECEIPT_SIG_TAG, signed.body, signed.signature):
+        raise ReceiptError("receipt signature does not verify with the attested enclave key")
+    body = pb.ReceiptBody()
+    try:
+        body.ParseFromString(signed.body)
+    except DecodeError:
+        raise ReceiptError("receipt body is malformed") from None
+    if body.version != RECEIPT_VERSION:
+        raise ReceiptError(f"receipt version {body.version} unsupported")
+    if body.policy_digest != policy_digest:
+        raise ReceiptError("receipt is for another policy")
+    if body.enclave_signing_key != enclave_key:
+        raise ReceiptError("receipt names another enclave key")
+    return Receipt(
+        policy_digest=body.policy_digest,
+        party_id=body.party_id,
+        shard_id=body.shard_id,
+        plaintext_sha256=body.plaintext_sha256,
+        rows=body.rows,
+        plaintext_size=body.plaintext_size,
+        header_sha256=body.header_sha256,
+        accepted_unix_ms=body.accepted_unix_ms,
+        enclave_signing_key=body.enclave_signing_key,
+        body=bytes(signed.body),
+        signature=bytes(signed.signature),
+    )

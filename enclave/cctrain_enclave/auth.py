@@ -1,0 +1,173 @@
+"""Server interceptor: every RPC (but health and reflection) must come from a party of the policy.
+
+A party signs (method, party, time, nonce, policy digest, request digest) with
+its Ed25519 identity key; for unary requests the digest covers the exact
+request bytes, which this interceptor receives undeserialized so it can check
+them before any handler sees the request.  Stale (outside ±window) or replayed
+(party, nonce) pairs are refused.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.message import DecodeError
+
+from cctrain.crypto.keys import ed25519_public
+from cctrain.policy import Policy
+from cctrain.protocol import (
+    AUTH_WINDOW_MS,
+    MD_NONCE,
+    MD_PARTY,
+    MD_SIG,
+    MD_TIME,
+    request_signing_bytes,
+    sha256,
+)
+
+#: The authenticated party of the RPC being handled.
+current_party: contextvars.ContextVar[str] = contextvars.ContextVar("cctrain_party")
+
+UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+class AuthError(Exception):
+    pass
+
+
+class ReplayCache:
+    """Remembers (party, nonce) until its timestamp leaves the freshness window."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, bytes], int] = {}
+        self._lock = threading.Lock()
+
+    def check_and_add(self, party: str, nonce: bytes, time_ms: int, now_ms: int) -> bool:
+        with self._lock:
+            if len(self._seen) > 10_000:
+                cutoff = now_ms - AUTH_WINDOW_MS
+                self._seen = {k: t for k, t in self._seen.items() if t >= cutoff}
+            key = (party, nonce)
+            if key in self._seen:
+                return False
+            self._seen[key] = time_ms
+            return True
+
+
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, policy: Policy, *, clock_ms: Callable[[], int] | None = None) -> None:
+        self._policy = policy
+        self._keys: dict[str, Ed25519PublicKey] = {
+            p.id: ed25519_public(p.signing_key) for p in policy.parties
+        }
+        self._clock = clock_ms or (lambda: int(time.time() * 1000))
+        self._replay = ReplayCache()
+
+    def _authenticate(self, method: str, metadata: dict[str, Any], body_sha256: bytes) -> str:
+        try:
+            party = str(metadata[MD_PARTY])
+            time_ms = int(metadata[MD_TIME])
+            nonce = bytes.fromhex(str(metadata[MD_NONCE]))
+            sig = metadata[MD_SIG]
+        except (KeyError, ValueError, TypeError):
+            raise AuthError("missing or malformed authentication metadata") from None
+        key = self._keys.get(party)
+        if key is None:
+            raise AuthError(f"party {party!r} is not in the policy")
+        if len(nonce) != 16 or not isinstance(sig, bytes):
+            raise AuthError("authentication nonce must be 16 bytes and the signature binary")
+        now = self._clock()
+        if abs(now - time_ms) > AUTH_WINDOW_MS:
+            raise AuthError(f"request time is {abs(now - time_ms) / 1000:.0f}s off (stale or clock skew)")
+        signed = request_signing_bytes(
+            method=method,
+            party=party,
+            time_ms=time_ms,
+            nonce=nonce,
+            policy_digest=self._policy.digest,
+            body_sha256=body_sha256,
+        )
+        try:
+            key.verify(sig, signed)
+        except InvalidSignature:
+            raise AuthError("request signature does not verify") from None
+        if not self._replay.check_and_add(party, nonce, time_ms, now):
+            raise AuthError("replayed request (nonce already used)")
+        return party
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        method = details.method
+        if method.startswith(UNAUTHENTICATED_PREFIXES):
+            return continuation(details)
+        handler = continuation(details)
+        if handler is None:
+            return None
+        metadata = dict(details.invocation_metadata or ())
+
+        if handler.request_streaming:
+            try:
+                party = self._authenticate(method, metadata, sha256(b""))
+            except AuthError as exc:
+                return _deny_handler(handler, str(exc))
+            inner = handler.stream_unary or handler.stream_stream
+
+            def stream_behavior(request_iterator: Any, context: grpc.ServicerContext) -> Any:
+                current_party.set(party)
+                return inner(request_iterator, context)
+
+            factory = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.response_streaming
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return factory(
+                stream_behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        inner_unary = handler.unary_unary or handler.unary_stream
+        deserialize = handler.request_deserializer
+
+        def unary_behavior(raw: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                party = self._authenticate(method, metadata, sha256(raw))
+            except AuthError as exc:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            try:
+                request = deserialize(raw)
+            except DecodeError:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request message")
+            current_party.set(party)
+            return inner_unary(request, context)
+
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.response_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        return factory(
+            unary_behavior,
+            request_deserializer=None,  # raw bytes: the digest is checked first
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _deny_handler(handler: Any, message: str) -> Any:
+    def deny(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    factory = {
+        (True, True): grpc.stream_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+    }[(True, bool(handler.response_streaming))]
+    return factory(deny, request_deserializer=None, response_serializer=handler.response_serializer)

@@ -1,0 +1,534 @@
+"""Encrypted shard ingest: the upload state machine and the shard store.
+
+Design (see DESIGN.md, protocol step 2):
+
+* The enclave decrypts each chunk as it arrives (STREAM over AES-256-GCM) to
+  reject tampering at once and to hash the plaintext for the commitment.
+* What it writes to disk is the *received ciphertext*; the data key is kept
+  sealed under the platform key.  So shards are encrypted at rest at no extra
+  cost, and a partial upload is resumable after a crash.
+* Progress is acknowledged only after it is durable (fsync), so an owner that
+  resumes from the last ack never skips a chunk the enclave lost.
+* Any rejection deletes every byte of the upload; a lost connection keeps the
+  acknowledged prefix for resumption (until ``PARTIAL_TTL_S``).
+* Only after the whole plaintext matches the signed commitment and the schema
+  is the upload moved (one rename) into ``shards/`` and a receipt signed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import DecodeError
+
+from cctrain.crypto import hpke
+from cctrain.crypto.keys import ed25519_public
+from cctrain.crypto.stream import NONCE_PREFIX_SIZE, TAG_SIZE, StreamOpener
+from cctrain.errors import ShardError
+from cctrain.policy import Policy
+from cctrain.protocol import (
+    HEADER_SIG_TAG,
+    HEADER_VERSION,
+    MAX_CHUNK_SIZE,
+    RECEIPT_SIG_TAG,
+    RECEIPT_VERSION,
+    SHARD_ID,
+    shard_key_info,
+    verify_signature,
+)
+from cctrain.v1 import enclave_pb2 as pb
+from cctrain_enclave.sealing import Sealer, atomic_write, fsync_dir
+from cctrain_enclave.shards import ShardArrays, parse_shard
+
+log = logging.getLogger("cctrain.enclave.ingest")
+
+MIN_CHUNK_SIZE = 4096
+#: Acknowledge (after fsync) at least every this many bytes of ciphertext.
+ACK_EVERY_BYTES = 16 << 20
+PARTIAL_TTL_S = 24 * 3600
+
+
+class IngestError(Exception):
+    """A refusal with the gRPC status to send; the message is safe to show the sender."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ParsedHeader:
+    raw: bytes
+    msg: pb.ShardHeader
+    sha256: bytes
+
+    @property
+    def chunk_count(self) -> int:
+        return int(self.msg.chunk_count)
+
+    def chunk_plain_size(self, index: int) -> int:
+        size, cs = int(self.msg.plaintext_size), int(self.msg.chunk_size)
+        if index < self.chunk_count - 1:
+            return cs
+        return size - cs * (self.chunk_count - 1)
+
+    def chunk_offset(self, index: int) -> int:
+        """Byte offset of ciphertext chunk ``index`` in chunks.bin."""
+        return index * (int(self.msg.chunk_size) + TAG_SIZE)
+
+
+def expected_chunk_count(plaintext_size: int, chunk_size: int) -> int:
+    return max(1, math.ceil(plaintext_size / chunk_size))
+
+
+class DecryptingReader(io.RawIOBase):
+    """A seekable plaintext view of a stored shard that decrypts one chunk at a time.
+
+    Lets ``np.load`` read an NPZ (a zip, which needs seeking) without the whole
+    plaintext ever being held, or written, anywhere.
+    """
+
+    def __init__(self, path: Path, header: ParsedHeader, key: bytes) -> None:
+        super().__init__()
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._h = header
+        self._opener = StreamOpener(key, header.msg.nonce_prefix, header.sha256)
+        self._pos = 0
+        self._size = int(header.msg.plaintext_size)
+        self._cache: tuple[int, bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _chunk(self, index: int) -> bytes:
+        if self._cache is not None and self._cache[0] == index:
+            return self._cache[1]
+        self._fh.seek(self._h.chunk_offset(index))
+        ct = self._fh.read(self._h.chunk_plain_size(index) + TAG_SIZE)
+        pt = self._opener.open(index, ct, last=index == self._h.chunk_count - 1)
+        if pt is None:
+            raise ShardError("stored shard does not authenticate (tampered at rest)")
+        self._cache = (index, pt)
+        return pt
+
+    def readinto(self, buffer: Any) -> int:
+        if self._pos >= self._size:
+            return 0
+        mv = memoryview(buffer).cast("B")
+        cs = int(self._h.msg.chunk_size)
+        written = 0
+        while written < len(mv) and self._pos < self._size:
+            idx, off = divmod(self._pos, cs)
+            chunk = self._chunk(idx)
+            n = min(len(mv) - written, len(chunk) - off)
+            mv[written : written + n] = chunk[off : off + n]
+            written += n
+            self._pos += n
+        return written
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fh.close()
+        super().close()
+
+
+class ShardStore:
+    """``state/uploads/<party>/<shard>/`` (partial) and ``state/shards/<party>/<shard>/`` (accepted)."""
+
+    def __init__(self, root: Path, sealer: Sealer) -> None:
+        self.root = root
+        self.sealer = sealer
+        self.uploads = root / "uploads"
+        self.shards = root / "shards"
+        for d in (self.uploads, self.shards):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.recover()
+
+    # -- paths and locks
+    def partial_dir(self, party: str, shard: str) -> Path:
+        return self.uploads / party / shard
+
+    def accepted_dir(self, party: str, shard: str) -> Path:
+        return self.shards / party / shard
+
+    def lock(self, party: str, shard: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((party, shard), threading.Lock())
+
+    def key_label(self, party: str, shard: str) -> bytes:
+        return f"shard-key:{party}/{shard}".encode()
+
+    # -- crash recovery
+    def recover(self) -> None:
+        """After a crash: drop temp dirs, stale partials, and un-acked tails of partials."""
+        now = time.time()
+        for tmp in self.root.glob("**/.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        for party_dir in list(self.uploads.iterdir()):
+            for pdir in list(party_dir.iterdir()) if party_dir.is_dir() else []:
+                try:
+                    progress = json.loads((pdir / "progress.json").read_text())
+                    if now - float(progress["updated"]) > PARTIAL_TTL_S:
+                        raise ValueError("expired")
+                    with open(pdir / "chunks.bin", "r+b") as fh:
+                        fh.truncate(int(progress["offset"]))
+                        os.fsync(fh.fileno())
+                except (OSError, ValueError, KeyError):
+                    log.info("discarding unresumable partial upload %s", pdir.relative_to(self.root))
+                    shutil.rmtree(pdir, ignore_errors=True)
+
+    # -- queries
+    def receipt(self, party: str, shard: str) -> pb.SignedReceipt | None:
+        path = self.accepted_dir(party, shard) / "receipt.bin"
+        if not path.exists():
+            return None
+        r = pb.SignedReceipt()
+        r.ParseFromString(path.read_bytes())
+        return r
+
+    def list_receipts(self, party: str | None = None) -> list[pb.SignedReceipt]:
+        out = []
+        for pdir in sorted(self.shards.iterdir()):
+            if party is not None and pdir.name != party:
+                continue
+            for sdir in sorted(pdir.iterdir()):
+                r = self.receipt(pdir.name, sdir.name)
+                if r is not None:
+                    out.append(r)
+        return out
+
+    def providers_with_receipts(self) -> set[str]:
+        return {p.name for p in self.shards.iterdir() if any(p.iterdir())}
+
+    def partial_progress(self, party: str, shard: str) -> tuple[bytes, int] | None:
+        pdir = self.partial_dir(party, shard)
+        try:
+            progress = json.loads((pdir / "progress.json").read_text())
+            header_sha = hashlib.sha256((pdir / "header.bin").read_bytes()).digest()
+            return header_sha, int(progress["next_index"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def open_shard(self, party: str, shard: str, directory: Path | None = None) -> DecryptingReader:
+        d = directory or self.accepted_dir(party, shard)
+        raw = (d / "header.bin").read_bytes()
+        msg = pb.ShardHeader()
+        msg.ParseFromString(raw)
+        header = ParsedHeader(raw, msg, hashlib.sha256(raw).digest())
+        key = self.sealer.unseal((d / "key.sealed").read_bytes(), label=self.key_label(party, shard))
+        return DecryptingReader(d / "chunks.bin", header, key)
+
+    def load_dataset(self, schema: Mapping[str, Any]) -> tuple[ShardArrays, list[pb.SignedReceipt]]:
+        """All accepted shards, pooled (for the trainer)."""
+        feats, labels, receipts = [], [], []
+        for r in self.list_receipts():
+            body = pb.ReceiptBody()
+            body.ParseFromString(r.body)
+            d = self.accepted_dir(body.party_id, body.shard_id)
+            msg = pb.ShardHeader()
+            msg.ParseFromString((d / "header.bin").read_bytes())
+            with self.open_shard(body.party_id, body.shard_id) as reader:
+                arrays = parse_shard(msg.format, reader, schema)  # type: ignore[arg-type]
+            feats.append(arrays.features)
+            labels.append(arrays.labels)
+            receipts.append(r)
+        if not feats:
+            raise ShardError("no accepted shards")
+        return ShardArrays(np.concatenate(feats), np.concatenate(labels)), receipts
+
+
+class UploadSession:
+    """One Upload stream. ``begin`` → ``add_chunk``* → ``finish``; or ``reject`` / ``suspend``."""
+
+    def __init__(
+        self,
+        *,
+        store: ShardStore,
+        policy: Policy,
+        party_id: str,
+        upload_header: pb.UploadHeader,
+        hpke_key: Any,
+        signing_key: Ed25519PrivateKey,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.party_id = party_id
+        self.signing_key = signing_key
+        self.header = self._check_header(upload_header)
+        msg = self.header.msg
+        self.shard_id = msg.shard_id
+        self._lock = store.lock(party_id, self.shard_id)
+        if not self._lock.acquire(blocking=False):
+            raise IngestError(grpc.StatusCode.ABORTED, f"shard {self.shard_id!r} is already being uploaded")
+        try:
+            if store.accepted_dir(party_id, self.shard_id).exists():
+                raise IngestError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"shard {self.shard_id!r} was already accepted; fetch its receipt with UploadStatus",
+                )
+            try:
+                self.key = hpke.open_sealed(
+                    hpke_key,
+                    msg.encapsulated_key,
+                    info=shard_key_info(policy.digest, party_id, self.shard_id),
+                )
+            except hpke.HpkeError:
+                raise IngestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "the data key does not open with the enclave key for this policy, party and shard",
+                ) from None
+            if len(self.key) != 32:
+                raise IngestError(grpc.StatusCode.INVALID_ARGUMENT, "data key must be 32 bytes")
+            self.opener = StreamOpener(self.key, msg.nonce_prefix, self.header.sha256)
+            self.hasher = hashlib.sha256()
+            self.dir = store.partial_dir(party_id, self.shard_id)
+            self.next_index = self._prepare(int(upload_header.resume_from))
+            self.finished = False
+            self._unacked = 0
+        except BaseException:
+            self._lock.release()
+            raise
+
+    # -- header
+    def _check_header(self, uh: pb.UploadHeader) -> ParsedHeader:
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if not uh.header or not uh.signature:
+            raise IngestError(bad, "upload header: header and signature are required")
+        party = self.policy.party(self.party_id)
+        if party is None or not verify_signature(
+            ed25519_public(party.signing_key), HEADER_SIG_TAG, uh.header, uh.signature
+        ):
+            raise IngestError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"upload header is not signed by the policy key of party {self.party_id!r}",
+            )
+        msg = pb.ShardHeader()
+        try:
+            msg.ParseFromString(uh.header)
+        except DecodeError:
+            raise IngestError(bad, "upload header: malformed ShardHeader bytes") from None
+        if msg.version != HEADER_VERSION:
+            raise IngestError(bad, f"upload header: version {msg.version}, want {HEADER_VERSION}")
+        if msg.policy_digest != self.policy.digest:
+            raise IngestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"upload header is for policy {msg.policy_digest.hex()[:16]}…, this enclave serves "
+                f"{self.policy.digest.hex()[:16]}…",
+            )
+        if msg.party_id != self.party_id:
+            raise IngestError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"upload header names party {msg.party_id!r} but the request is from {self.party_id!r}",
+            )
+        if not party.is_provider:
+            raise IngestError(grpc.StatusCode.PERMISSION_DENIED, f"{self.party_id!r} is not a data_provider")
+        if not SHARD_ID.match(msg.shard_id):
+            raise IngestError(bad, f"upload header: shard_id must match {SHARD_ID.pattern}")
+        schema = self.policy.data
+        if msg.format not in schema["formats"]:
+            raise IngestError(
+                bad, f"upload header: format {msg.format!r} not allowed (policy: {list(schema['formats'])})"
+            )
+        if not MIN_CHUNK_SIZE <= msg.chunk_size <= MAX_CHUNK_SIZE:
+            raise IngestError(bad, f"upload header: chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
+        if msg.plaintext_size > int(schema["max_bytes"]):
+            raise IngestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"shard of {msg.plaintext_size} bytes exceeds data.max_bytes = {schema['max_bytes']}",
+            )
+        if msg.plaintext_size == 0:
+            raise IngestError(bad, "upload header: empty shard")
+        if msg.chunk_count != expected_chunk_count(msg.plaintext_size, msg.chunk_size):
+            raise IngestError(bad, "upload header: chunk_count does not match plaintext_size/chunk_size")
+        if len(msg.nonce_prefix) != NONCE_PREFIX_SIZE or len(msg.plaintext_sha256) != 32:
+            raise IngestError(bad, "upload header: nonce_prefix must be 7 bytes, plaintext_sha256 32")
+        return ParsedHeader(bytes(uh.header), msg, hashlib.sha256(uh.header).digest())
+
+    def _prepare(self, resume_from: int) -> int:
+        existing = self.store.partial_progress(self.party_id, self.shard_id)
+        if resume_from:
+            if existing is None or existing[0] != self.header.sha256:
+                raise IngestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "nothing to resume for this header; start the upload from chunk 0",
+                )
+            if existing[1] != resume_from:
+                raise IngestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"resume_from {resume_from}, but the enclave holds chunks [0, {existing[1]})",
+                )
+            # Re-hash the durable prefix so the commitment covers the whole shard.
+            with open(self.dir / "chunks.bin", "rb") as fh:
+                for i in range(resume_from):
+                    ct = fh.read(self.header.chunk_plain_size(i) + TAG_SIZE)
+                    pt = self.opener.open(i, ct, last=False)
+                    if pt is None:
+                        raise IngestError(grpc.StatusCode.DATA_LOSS, "stored partial upload is corrupt")
+                    self.hasher.update(pt)
+            self._fh = open(self.dir / "chunks.bin", "ab")  # noqa: SIM115
+            return resume_from
+        # A fresh upload replaces any earlier partial of the same shard.
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        tmp = self.dir.parent / f".tmp-{self.shard_id}-{os.getpid()}"
+        tmp.mkdir(parents=True, mode=0o700)
+        (tmp / "header.bin").write_bytes(self.header.raw)
+        (tmp / "key.sealed").write_bytes(
+            self.store.sealer.seal(self.key, label=self.store.key_label(self.party_id, self.shard_id))
+        )
+        (tmp / "chunks.bin").write_bytes(b"")
+        (tmp / "progress.json").write_text(json.dumps({"next_index": 0, "offset": 0, "updated": time.time()}))
+        for name in ("header.bin", "key.sealed", "chunks.bin", "progress.json"):
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, self.dir)
+        fsync_dir(self.dir.parent)
+        self._fh = open(self.dir / "chunks.bin", "ab")  # noqa: SIM115
+        return 0
+
+    # -- chunks
+    def add_chunk(self, chunk: pb.Chunk) -> int | None:
+        """Check, decrypt and store one chunk; return the new ack index when one is due."""
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if self.finished:
+            raise IngestError(bad, f"chunk {chunk.index} arrived after the final chunk")
+        if chunk.index != self.next_index:
+            raise IngestError(
+                bad, f"chunk out of order: got index {chunk.index}, want {self.next_index} "
+                "(reordered, duplicated or dropped chunk)"
+            )
+        last_expected = chunk.index == self.header.chunk_count - 1
+        if chunk.last != last_expected:
+            raise IngestError(
+                bad,
+                f"chunk {chunk.index}: last flag is {chunk.last}, but the header announces "
+                f"{self.header.chunk_count} chunks",
+            )
+        want_len = self.header.chunk_plain_size(chunk.index) + TAG_SIZE
+        if len(chunk.ciphertext) != want_len:
+            raise IngestError(bad, f"chunk {chunk.index}: {len(chunk.ciphertext)} bytes, want {want_len}")
+        pt = self.opener.open(chunk.index, chunk.ciphertext, last=chunk.last)
+        if pt is None:
+            raise IngestError(
+                bad, f"chunk {chunk.index} failed authentication (ciphertext, header or key tampered)"
+            )
+        self.hasher.update(pt)
+        self._fh.write(chunk.ciphertext)
+        self.next_index += 1
+        self._unacked += len(chunk.ciphertext)
+        if chunk.last:
+            self.finished = True
+            return None
+        if self._unacked >= ACK_EVERY_BYTES:
+            return self._make_durable()
+        return None
+
+    def _make_durable(self) -> int:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        atomic_write(
+            self.dir / "progress.json",
+            json.dumps(
+                {
+                    "next_index": self.next_index,
+                    "offset": self.header.chunk_offset(self.next_index),
+                    "updated": time.time(),
+                }
+            ).encode(),
+        )
+        self._unacked = 0
+        return self.next_index
+
+    # -- endings
+    def finish(self, *, now_ms: int) -> pb.SignedReceipt:
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if not self.finished:
+            raise IngestError(
+                bad, f"stream ended before the final chunk (got {self.next_index} of {self.header.chunk_count})"
+            )
+        if self.hasher.digest() != self.header.msg.plaintext_sha256:
+            raise IngestError(bad, "decrypted shard does not match the plaintext commitment in the header")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        try:
+            with DecryptingReader(self.dir / "chunks.bin", self.header, self.key) as reader:
+                arrays = parse_shard(self.header.msg.format, reader, self.policy.data)  # type: ignore[arg-type]
+        except ShardError as exc:
+            raise IngestError(bad, str(exc)) from None
+        body = pb.ReceiptBody(
+            version=RECEIPT_VERSION,
+            policy_digest=self.policy.digest,
+            party_id=self.party_id,
+            shard_id=self.shard_id,
+            plaintext_sha256=self.header.msg.plaintext_sha256,
+            rows=arrays.rows,
+            plaintext_size=self.header.msg.plaintext_size,
+            header_sha256=self.header.sha256,
+            accepted_unix_ms=now_ms,
+            enclave_signing_key=self.signing_key.public_key().public_bytes_raw(),
+        )
+        del arrays
+        body_bytes = body.SerializeToString()
+        receipt = pb.SignedReceipt(body=body_bytes, signature=self.signing_key.sign(RECEIPT_SIG_TAG + body_bytes))
+        atomic_write(self.dir / "receipt.bin", receipt.SerializeToString())
+        (self.dir / "progress.json").unlink()
+        dest = self.store.accepted_dir(self.party_id, self.shard_id)
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.replace(self.dir, dest)  # the single step that makes the shard accepted
+        fsync_dir(dest.parent)
+        fsync_dir(self.dir.parent)
+        log.info("accepted shard %s/%s (%d rows)", self.party_id, self.shard_id, body.rows)
+        return receipt
+
+    def reject(self) -> None:
+        """Keep nothing of a rejected upload."""
+        if not self._fh.closed:
+            self._fh.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def suspend(self) -> None:
+        """The connection dropped: keep the acknowledged prefix for a resume."""
+        if not self._fh.closed:
+            self._fh.close()
+        try:
+            progress = json.loads((self.dir / "progress.json").read_text())
+            with open(self.dir / "chunks.bin", "r+b") as fh:
+                fh.truncate(int(progress["offset"]))
+                os.fsync(fh.fileno())
+        except (OSError, ValueError, KeyError):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._lock.locked():
+            self._lock.release()
+

@@ -1,0 +1,89 @@
+"""Build the enclave's gRPC server (apart from running it), and run it until SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cctrain.protocol import MAX_MESSAGE_SIZE
+from cctrain.v1 import enclave_pb2, enclave_pb2_grpc
+from cctrain_enclave.app import AppConfig, EnclaveApp
+from cctrain_enclave.auth import AuthInterceptor
+from cctrain_enclave.providers.base import EvidenceProvider
+from cctrain_enclave.service import EnclaveServicer
+
+log = logging.getLogger("cctrain.enclave")
+
+SERVICE_NAME = enclave_pb2.DESCRIPTOR.services_by_name["Enclave"].full_name
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def make_provider(platform: str, state_dir: Path) -> EvidenceProvider:
+    if platform == "simulated":
+        from cctrain_enclave.providers.simulated import SimulatedProvider
+
+        return SimulatedProvider(state_dir)
+    from cctrain_enclave.providers.detect import detect_provider
+
+    provider: EvidenceProvider = detect_provider(platform, state_dir=state_dir)
+    return provider
+
+
+def create_server(
+    config: AppConfig, *, port: int = 0, max_workers: int = 32
+) -> tuple[grpc.Server, int, EnclaveApp]:
+    """A started-not server bound to ``host:port`` (port 0: any free port) with TLS."""
+    app = EnclaveApp(config, make_provider(config.platform, config.state_dir))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cctrain-rpc"),
+        interceptors=[AuthInterceptor(app.policy)],
+        options=GRPC_OPTIONS,
+    )
+    enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveServicer(app), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    creds = grpc.ssl_server_credentials([(app.tls.key_pem, app.tls.cert_pem)])
+    bound = server.add_secure_port(f"{config.hosts[0]}:{port}", creds)
+    if bound == 0:
+        raise OSError(f"cannot bind {config.hosts[0]}:{port}")
+    return server, bound, app
+
+
+def serve(config: AppConfig, *, port: int = 0, grace_s: float = 10.0) -> None:
+    """Run until SIGTERM/SIGINT; then stop accepting, let RPCs finish for ``grace_s``."""
+    server, bound, app = create_server(config, port=port)
+    server.start()
+    endpoint = {"address": f"{config.hosts[0]}:{bound}", "policy_digest": app.policy.digest.hex()}
+    (config.state_dir / "endpoint.json").write_text(json.dumps(endpoint) + "\n")
+    log.info("cctrain enclave serving policy %s on %s (TLS)", app.policy.digest.hex(), endpoint["address"])
+    print(f"listening on {endpoint['address']}", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down gracefully", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    server.stop(grace_s).wait()
+    app.shutdown()
+    (config.state_dir / "endpoint.json").unlink(missing_ok=True)

@@ -1,0 +1,161 @@
+"""The gRPC servicer: thin. It converts protobuf, calls the app, maps errors to status codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from cctrain.attestation.binding import NONCE_SIZE, EnclaveIdentity, report_data_for, spki_sha256
+from cctrain.v1 import enclave_pb2 as pb
+from cctrain.v1 import enclave_pb2_grpc as pb_grpc
+from cctrain_enclave.app import EnclaveApp
+from cctrain_enclave.auth import current_party
+from cctrain_enclave.ingest import IngestError, UploadSession
+
+log = logging.getLogger("cctrain.enclave")
+
+
+def _evidence_pb(ev: Any) -> pb.Evidence:
+    return pb.Evidence(
+        platform=ev.platform,
+        report=ev.report,
+        certificates=list(ev.certificates),
+        collateral_json=json.dumps(ev.collateral) if ev.collateral else "",
+    )
+
+
+class EnclaveServicer(pb_grpc.EnclaveServicer):
+    def __init__(self, app: EnclaveApp) -> None:
+        self.app = app
+
+    # -- attestation
+    def Attest(self, request: pb.AttestRequest, context: grpc.ServicerContext) -> pb.AttestResponse:
+        if len(request.nonce) != NONCE_SIZE:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nonce must be {NONCE_SIZE} bytes")
+        app = self.app
+        identity = EnclaveIdentity(
+            hpke_public_key=app.keys.hpke_public,
+            signing_public_key=app.keys.signing_public,
+            tls_spki_sha256=spki_sha256(app.tls.cert),
+        )
+        report_data = report_data_for(identity, policy_digest=app.policy.digest, nonce=request.nonce)
+        evidence = app.provider.get_evidence(report_data)
+        return pb.AttestResponse(
+            evidence=_evidence_pb(evidence),
+            hpke_public_key=identity.hpke_public_key,
+            signing_public_key=identity.signing_public_key,
+            tls_certificate=app.tls.cert_der,
+            policy_digest=app.policy.digest,
+        )
+
+    # -- ingest
+    def Upload(
+        self, request_iterator: Iterator[pb.UploadRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.UploadResponse]:
+        party = current_party.get()
+        session: UploadSession | None = None
+        try:
+            try:
+                first = next(request_iterator)
+            except StopIteration:
+                raise IngestError(grpc.StatusCode.INVALID_ARGUMENT, "upload stream is empty") from None
+            if first.WhichOneof("kind") != "header":
+                raise IngestError(grpc.StatusCode.INVALID_ARGUMENT, "the first upload message must be the header")
+            self.app.check_accepting_uploads()
+            session = UploadSession(
+                store=self.app.store,
+                policy=self.app.policy,
+                party_id=party,
+                upload_header=first.header,
+                hpke_key=self.app.keys.hpke,
+                signing_key=self.app.keys.signing,
+            )
+            for msg in request_iterator:
+                kind = msg.WhichOneof("kind")
+                if kind != "chunk":
+                    raise IngestError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"expected a chunk, got {kind or 'an empty message'}",
+                    )
+                ack = session.add_chunk(msg.chunk)
+                if ack is not None:
+                    yield pb.UploadResponse(ack=pb.Ack(next_index=ack))
+            receipt = session.finish(now_ms=int(time.time() * 1000))
+            self.app.on_shard_accepted()
+            yield pb.UploadResponse(receipt=receipt)
+        except IngestError as exc:
+            if session is not None:
+                session.reject()
+            log.warning("upload from %s rejected: %s", party, exc.message)
+            context.abort(exc.code, exc.message)
+        except grpc.RpcError:
+            # The client went away mid-stream: keep what was acknowledged.
+            if session is not None:
+                session.suspend()
+            log.info("upload from %s interrupted; acknowledged prefix kept for resume", party)
+        except Exception:
+            if session is not None:
+                session.reject()
+            log.exception("internal error during upload from %s", party)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; the upload was discarded")
+        finally:
+            if session is not None:
+                session.close()
+
+    def UploadStatus(
+        self, request: pb.UploadStatusRequest, context: grpc.ServicerContext
+    ) -> pb.UploadStatusResponse:
+        party = current_party.get()
+        receipt = self.app.store.receipt(party, request.shard_id)
+        if receipt is not None:
+            return pb.UploadStatusResponse(state=pb.UploadStatusResponse.ACCEPTED, receipt=receipt)
+        progress = self.app.store.partial_progress(party, request.shard_id)
+        if progress is not None:
+            return pb.UploadStatusResponse(
+                state=pb.UploadStatusResponse.PARTIAL, header_sha256=progress[0], next_index=progress[1]
+            )
+        return pb.UploadStatusResponse(state=pb.UploadStatusResponse.UNKNOWN)
+
+    def ListReceipts(
+        self, request: pb.ListReceiptsRequest, context: grpc.ServicerContext
+    ) -> pb.ListReceiptsResponse:
+        return pb.ListReceiptsResponse(receipts=self.app.store.list_receipts(current_party.get()))
+
+    # -- training and release
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:
+        return self.app.status()
+
+    def StartTraining(
+        self, request: pb.StartTrainingRequest, context: grpc.ServicerContext
+    ) -> pb.StartTrainingResponse:
+        try:
+            phase = self.app.request_start(current_party.get())
+        except IngestError as exc:
+            context.abort(exc.code, exc.message)
+        return pb.StartTrainingResponse(phase=phase)
+
+    def WatchTraining(
+        self, request: pb.WatchTrainingRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.TrainingEvent]:
+        yield from self.app.watch(context)
+
+    def ApproveRelease(
+        self, request: pb.ApproveReleaseRequest, context: grpc.ServicerContext
+    ) -> pb.ApproveReleaseResponse:
+        try:
+            return self.app.approve(current_party.get(), bytes(request.manifest_sha256))
+        except IngestError as exc:
+            context.abort(exc.code, exc.message)
+
+    def FetchRelease(
+        self, request: pb.FetchReleaseRequest, context: grpc.ServicerContext
+    ) -> pb.FetchReleaseResponse:
+        try:
+            return self.app.fetch_release(current_party.get())
+        except IngestError as exc:
+            context.abort(exc.code, exc.message)
