@@ -40,7 +40,7 @@ def policy_document(keys: dict[str, PartyKeys], **overrides: Any) -> dict[str, A
         "data": {
             "features": {"shape": [4], "dtype": "float32"},
             "labels": {"num_classes": 2},
-            "max_rows": 10_000,
+            "max_rows": 1_000_000,
             "max_bytes": 8 << 20,
         },
         "training": {

@@ -59,7 +59,7 @@ log = logging.getLogger("cctrain.enclave.ingest")
 
 MIN_CHUNK_SIZE = 4096
 #: Acknowledge (after fsync) at least every this many bytes of ciphertext.
-ACK_EVERY_BYTES = 16 << 20
+ACK_EVERY_BYTES = int(os.environ.get("CCTRAIN_ACK_EVERY_BYTES", 16 << 20))
 PARTIAL_TTL_S = 24 * 3600
 
 

@@ -93,7 +93,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
                 session.reject()
             log.warning("upload from %s rejected: %s", party, exc.message)
             context.abort(exc.code, exc.message)
-        except grpc.RpcError:
+        except (grpc.RpcError, GeneratorExit):
             # The client went away mid-stream: keep what was acknowledged.
             if session is not None:
                 session.suspend()

@@ -1,0 +1,3 @@
+from cctrain_enclave.cli import main
+
+main()
