@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from cryptography import x509
@@ -102,7 +102,9 @@ def fetch_server_certificate(host: str, port: int, *, timeout: float = 10.0) -> 
             with ctx.wrap_socket(sock, server_hostname=TLS_SERVER_NAME) as tls:
                 der = tls.getpeercert(binary_form=True)
     except OSError as exc:
-        raise ProtocolError(f"cannot reach the enclave at {host}:{port}: {exc}", code="UNAVAILABLE") from None
+        raise ProtocolError(
+            f"cannot reach the enclave at {host}:{port}: {exc}", code="UNAVAILABLE"
+        ) from None
     if not der:
         raise ProtocolError("the enclave presented no TLS certificate")
     return der
@@ -188,14 +190,18 @@ def check_attestation(
     simulated = evidence.platform == "simulated"
     if simulated:
         if not policy.attestation["allow_simulated"]:
-            raise AttestationError("the enclave offers simulated evidence; the policy does not allow it")
+            raise AttestationError(
+                "the enclave offers simulated evidence; the policy does not allow it"
+            )
         if not allow_simulated:
             raise AttestationError(
                 "the enclave offers simulated evidence; refusing (pass allow_simulated=True / "
                 "--allow-simulated to accept it for local development)"
             )
         warnings.warn(SIMULATED_WARNING, SimulatedEvidenceWarning, stacklevel=3)
-    claims = verify_evidence(evidence, now=now, getter=getter, allow_simulated=simulated and allow_simulated)
+    claims = verify_evidence(
+        evidence, now=now, getter=getter, allow_simulated=simulated and allow_simulated
+    )
     cert = x509.load_der_x509_certificate(tls_certificate_der)
     identity = EnclaveIdentity(
         hpke_public_key=bytes(resp.hpke_public_key),
@@ -232,19 +238,25 @@ class EnclaveSession:
         now: _dt.datetime | None = None,
         getter: CollateralGetter | None = None,
     ) -> None:
-        self.signed_policy = policy if isinstance(policy, SignedPolicy) else SignedPolicy.load(Path(policy))
+        self.signed_policy = (
+            policy if isinstance(policy, SignedPolicy) else SignedPolicy.load(Path(policy))
+        )
         self.signed_policy.require_complete()
         self.policy = self.signed_policy.policy
         self.keys = key if isinstance(key, PartyKeys) else PartyKeys.load(Path(key))
         party = self.policy.party(self.keys.party_id)
         if party is None or party.signing_key != self.keys.signing_public:
-            raise AuthenticationError(f"key of {self.keys.party_id!r} is not a party key of this policy")
+            raise AuthenticationError(
+                f"key of {self.keys.party_id!r} is not a party key of this policy"
+            )
         self.address = address
         host, port = _parse_address(address)
         der = fetch_server_certificate(host, port)
         pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
         self._channel = grpc.secure_channel(
-            f"{host}:{port}", grpc.ssl_channel_credentials(root_certificates=pem), options=CHANNEL_OPTIONS
+            f"{host}:{port}",
+            grpc.ssl_channel_credentials(root_certificates=pem),
+            options=CHANNEL_OPTIONS,
         )
         self.stub = pb_grpc.EnclaveStub(self._channel)
         nonce = os.urandom(32)
@@ -273,19 +285,26 @@ class EnclaveSession:
                 body_sha256=sha256(body),
             )
         )
-        return [(MD_PARTY, self.keys.party_id), (MD_TIME, str(t)), (MD_NONCE, nonce.hex()), (MD_SIG, sig)]
+        return [
+            (MD_PARTY, self.keys.party_id),
+            (MD_TIME, str(t)),
+            (MD_NONCE, nonce.hex()),
+            (MD_SIG, sig),
+        ]
 
     def unary(self, method: str, request: Any, *, timeout: float = 60.0) -> Any:
         body = request.SerializeToString()
         try:
-            return getattr(self.stub, method)(request, metadata=self.metadata(method, body), timeout=timeout)
+            return getattr(self.stub, method)(
+                request, metadata=self.metadata(method, body), timeout=timeout
+            )
         except grpc.RpcError as exc:
             raise map_rpc_error(exc) from None
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> EnclaveSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -344,7 +363,9 @@ class DataOwner(EnclaveSession):
             raise UploadRejectedError(f"shard id {shard_id!r} must match {SHARD_ID.pattern}")
         party = self.keys.party_id
         state_dir = state_dir or default_state_dir()
-        resume_path = state_dir / "uploads" / f"{self.policy.digest.hex()[:16]}-{party}-{shard_id}.json"
+        resume_path = (
+            state_dir / "uploads" / f"{self.policy.digest.hex()[:16]}-{party}-{shard_id}.json"
+        )
         receipts_dir = state_dir / "receipts" / self.policy.digest.hex()[:16]
 
         status = self.unary("UploadStatus", pb.UploadStatusRequest(shard_id=shard_id))
@@ -368,7 +389,9 @@ class DataOwner(EnclaveSession):
             resume_from = int(status.next_index)
             log.info("resuming upload of %s from chunk %d", shard_id, resume_from)
         else:
-            header_bytes, signature, data_key = self._new_header(fmt, shard_id, chunk_size, size, commitment)
+            header_bytes, signature, data_key = self._new_header(
+                fmt, shard_id, chunk_size, size, commitment
+            )
             _write_private(
                 resume_path,
                 json.dumps(
@@ -384,13 +407,27 @@ class DataOwner(EnclaveSession):
         header = pb.ShardHeader()
         header.ParseFromString(header_bytes)
         report = _progress_reporter(progress, size, path.name)
-        requests = self._requests(path, header, header_bytes, signature, data_key, resume_from, report)
+        requests = self._requests(
+            path, header, header_bytes, signature, data_key, resume_from, report
+        )
         receipt_msg = None
         try:
-            responses = self.stub.Upload(requests, metadata=self.metadata("Upload", b""))
-            for resp in responses:
-                if resp.WhichOneof("kind") == "receipt":
-                    receipt_msg = resp.receipt
+            for attempt in range(20):
+                requests = self._requests(
+                    path, header, header_bytes, signature, data_key, resume_from, report
+                )
+                try:
+                    responses = self.stub.Upload(requests, metadata=self.metadata("Upload", b""))
+                    for resp in responses:
+                        if resp.WhichOneof("kind") == "receipt":
+                            receipt_msg = resp.receipt
+                    break
+                except grpc.RpcError as exc:
+                    # ABORTED: the enclave is still tearing down our previous, broken stream
+                    # for this shard; it changed nothing. Retry shortly with a fresh stream.
+                    if exc.code() != grpc.StatusCode.ABORTED or attempt == 19:
+                        raise
+                    time.sleep(0.25)
         except grpc.RpcError as exc:
             err = map_rpc_error(exc, upload=True)
             if isinstance(err, UploadRejectedError | AuthenticationError | PermissionDeniedError):
@@ -444,7 +481,9 @@ class DataOwner(EnclaveSession):
         report: Callable[[int | None, int | None], None],
     ) -> Iterator[pb.UploadRequest]:
         yield pb.UploadRequest(
-            header=pb.UploadHeader(header=header_bytes, signature=signature, resume_from=resume_from)
+            header=pb.UploadHeader(
+                header=header_bytes, signature=signature, resume_from=resume_from
+            )
         )
         sealer = StreamSealer(data_key, header.nonce_prefix, sha256(header_bytes))
         cs = header.chunk_size
@@ -456,7 +495,9 @@ class DataOwner(EnclaveSession):
                 block = fh.read(cs)
                 last = index == header.chunk_count - 1
                 yield pb.UploadRequest(
-                    chunk=pb.Chunk(index=index, last=last, ciphertext=sealer.seal(index, block, last=last))
+                    chunk=pb.Chunk(
+                        index=index, last=last, ciphertext=sealer.seal(index, block, last=last)
+                    )
                 )
                 sent += len(block)
                 report(sent, None)
@@ -469,7 +510,9 @@ class DataOwner(EnclaveSession):
         size: int,
         header_sha256: bytes | None,
     ) -> Receipt:
-        r = verify_receipt(msg, enclave_key=self.enclave.signing_public_key, policy_digest=self.policy.digest)
+        r = verify_receipt(
+            msg, enclave_key=self.enclave.signing_public_key, policy_digest=self.policy.digest
+        )
         problems = []
         if r.party_id != self.keys.party_id:
             problems.append(f"party {r.party_id!r}")
@@ -503,7 +546,9 @@ class DataOwner(EnclaveSession):
     def receipts(self) -> list[Receipt]:
         resp = self.unary("ListReceipts", pb.ListReceiptsRequest())
         return [
-            verify_receipt(r, enclave_key=self.enclave.signing_public_key, policy_digest=self.policy.digest)
+            verify_receipt(
+                r, enclave_key=self.enclave.signing_public_key, policy_digest=self.policy.digest
+            )
             for r in resp.receipts
         ]
 
@@ -533,7 +578,10 @@ def _progress_reporter(
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     bar = Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn()
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
     )
     task = bar.add_task(f"upload {name}", total=total)
     bar.start()

@@ -31,7 +31,11 @@ def measured_files() -> list[tuple[str, Path]]:
     for pkg in MEASURED_PACKAGES:
         root = package_root(pkg)
         for path in root.rglob("*"):
-            if path.is_file() and path.suffix in MEASURED_SUFFIXES and "__pycache__" not in path.parts:
+            if (
+                path.is_file()
+                and path.suffix in MEASURED_SUFFIXES
+                and "__pycache__" not in path.parts
+            ):
                 files.append((f"{pkg}/{path.relative_to(root).as_posix()}", path))
     files.sort(key=lambda item: item[0])
     return files

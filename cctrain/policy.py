@@ -12,12 +12,13 @@ import datetime as _dt
 import hashlib
 import json
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+import tomllib
 
 from cctrain.crypto.dsse import Envelope
 from cctrain.crypto.keys import decode_public, ed25519_public
@@ -38,6 +39,9 @@ NOISE_SOURCES = frozenset({"csprng", "insecure-fast"})
 GRAD_SAMPLE_MODES = frozenset({"auto", "hooks", "ghost", "fast"})
 RELEASABLE_METRICS = frozenset({"train_loss", "train_accuracy", "steps", "samples"})
 COMMON_REFERENCE_KEYS = frozenset({"measurements", "accepted_tcb_statuses", "accepted_advisories"})
+#: Hardware platforms whose launch measurement the policy must pin: without an
+#: allow-list, any code on a genuine chip would be trusted with the data.
+MUST_PIN_MEASUREMENT = frozenset({"sev-snp", "tdx", "sgx"})
 HEX = re.compile(r"^[0-9a-fA-F]*$")
 
 
@@ -177,7 +181,9 @@ def _check_parties(c: _Checker, doc: Any) -> list[Party]:
     seen_keys: dict[str, str] = {}
     for i, entry in enumerate(doc):
         path = f"parties[{i}]"
-        t = c.table(entry, path, required=("id", "roles", "signing_key"), optional=("hpke_key", "name"))
+        t = c.table(
+            entry, path, required=("id", "roles", "signing_key"), optional=("hpke_key", "name")
+        )
         pid = t.get("id")
         if not isinstance(pid, str) or not PARTY_ID.match(pid):
             c.add(f"{path}.id", f"must match {PARTY_ID.pattern}, got {pid!r}")
@@ -254,13 +260,23 @@ def _check_attestation(c: _Checker, doc: Any) -> dict[str, Any]:
     if not isinstance(ref, Mapping):
         c.add("attestation.reference", "must be a table of platform → reference values")
         return t
+    for plat in platforms:
+        if plat in MUST_PIN_MEASUREMENT and not (
+            isinstance(ref.get(plat), Mapping) and ref[plat].get("measurements")
+        ):
+            c.add(
+                f"attestation.reference.{plat}.measurements",
+                f"platform {plat!r} is accepted but no launch measurement is pinned",
+            )
     for plat, values in ref.items():
         path = f"attestation.reference.{plat}"
         if plat not in known:
             c.add(path, f"unknown platform {plat!r}")
             continue
         if plat not in platforms:
-            c.add(path, f"reference values for {plat!r}, which attestation.platforms does not accept")
+            c.add(
+                path, f"reference values for {plat!r}, which attestation.platforms does not accept"
+            )
         allowed = COMMON_REFERENCE_KEYS | get_platform(plat).reference_keys
         vt = c.table(values, path, optional=sorted(allowed))
         for m in c.str_list(vt.get("measurements", []), f"{path}.measurements"):
@@ -281,10 +297,14 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
         c.choice(f, "data.formats", SHARD_FORMATS)
     ft = c.table(t.get("features", {}), "data.features", required=("shape", "dtype"))
     shape = ft.get("shape")
-    if not isinstance(shape, list) or not shape or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
     ):
-        c.add("data.features.shape", f"must be a non-empty list of positive integers, got {shape!r}")
+        c.add(
+            "data.features.shape", f"must be a non-empty list of positive integers, got {shape!r}"
+        )
     if "dtype" in ft:
         c.choice(ft["dtype"], "data.features.dtype", FEATURE_DTYPES)
     lt = c.table(t.get("labels", {}), "data.labels", required=("num_classes",))
@@ -322,7 +342,10 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
     t.setdefault("seed", 0)
     c.typed(t["seed"], "training.seed", int, "an integer")
     m = c.table(
-        t.get("model", {}), "training.model", required=("name",), optional=("params", "source_sha256", "entry")
+        t.get("model", {}),
+        "training.model",
+        required=("name",),
+        optional=("params", "source_sha256", "entry"),
     )
     if "name" in m:
         c.choice(m["name"], "training.model.name", MODELS)
@@ -332,7 +355,10 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
     if m.get("name") == "custom":
         sha = m.get("source_sha256")
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
-            c.add("training.model.source_sha256", "custom model needs the SHA-256 (64 lowercase hex) of its source")
+            c.add(
+                "training.model.source_sha256",
+                "custom model needs the SHA-256 (64 lowercase hex) of its source",
+            )
         m.setdefault("entry", "build_model")
     elif "source_sha256" in m or "entry" in m:
         c.add("training.model", "source_sha256/entry apply only to name = 'custom'")
@@ -375,7 +401,9 @@ def _check_privacy(c: _Checker, doc: Any, *, simulated_only: bool) -> dict[str, 
         if key not in t:
             c.add(f"privacy.{key}", "missing: required when privacy.enabled = true")
     if "target_epsilon" in t:
-        c.number(t["target_epsilon"], "privacy.target_epsilon", lambda v: 0 < v <= 100, "in (0, 100]")
+        c.number(
+            t["target_epsilon"], "privacy.target_epsilon", lambda v: 0 < v <= 100, "in (0, 100]"
+        )
     if "delta" in t:
         c.number(t["delta"], "privacy.delta", lambda v: 0 < v < 1, "in (0, 1)")
     if "max_grad_norm" in t:
@@ -396,7 +424,9 @@ def _check_privacy(c: _Checker, doc: Any, *, simulated_only: bool) -> dict[str, 
 
 def _check_start(c: _Checker, doc: Any, providers: list[str]) -> dict[str, Any]:
     t = c.table(doc, "start", optional=("require_uploads_from", "auto_start"))
-    req = c.str_list(t.setdefault("require_uploads_from", list(providers)), "start.require_uploads_from")
+    req = c.str_list(
+        t.setdefault("require_uploads_from", list(providers)), "start.require_uploads_from"
+    )
     for pid in req:
         if pid not in providers:
             c.add("start.require_uploads_from", f"{pid!r} is not a data_provider of this policy")
@@ -407,7 +437,9 @@ def _check_start(c: _Checker, doc: Any, providers: list[str]) -> dict[str, Any]:
 
 
 def _check_release(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any]:
-    t = c.table(doc, "release", required=("recipients",), optional=("metrics", "approvals_required_from"))
+    t = c.table(
+        doc, "release", required=("recipients",), optional=("metrics", "approvals_required_from")
+    )
     by_id = {p.id: p for p in parties}
     recips = c.str_list(t.get("recipients", []), "release.recipients")
     if "recipients" in t and not recips:
@@ -420,10 +452,14 @@ def _check_release(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any
             c.add("release.recipients", f"{pid!r} does not have the 'recipient' role")
     for m in c.str_list(t.setdefault("metrics", []), "release.metrics"):
         c.choice(m, "release.metrics", RELEASABLE_METRICS)
-    for pid in c.str_list(t.setdefault("approvals_required_from", []), "release.approvals_required_from"):
+    for pid in c.str_list(
+        t.setdefault("approvals_required_from", []), "release.approvals_required_from"
+    ):
         p = by_id.get(pid)
         if p is None or not p.is_provider:
-            c.add("release.approvals_required_from", f"{pid!r} is not a data_provider of this policy")
+            c.add(
+                "release.approvals_required_from", f"{pid!r} is not a data_provider of this policy"
+            )
     return t
 
 
@@ -453,7 +489,16 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
     top = c.table(
         doc,
         "",
-        required=("version", "name", "parties", "attestation", "data", "training", "privacy", "release"),
+        required=(
+            "version",
+            "name",
+            "parties",
+            "attestation",
+            "data",
+            "training",
+            "privacy",
+            "release",
+        ),
         optional=("expires", "start", "signature_threshold"),
     )
     if top.get("version") != 1:
@@ -557,7 +602,9 @@ class SignedPolicy:
     def from_envelope(cls, envelope: Envelope) -> SignedPolicy:
         fmt = next((f for f, t in PAYLOAD_TYPES.items() if t == envelope.payload_type), None)
         if fmt is None:
-            raise PolicyError(f"envelope payloadType {envelope.payload_type!r} is not a cctrain policy")
+            raise PolicyError(
+                f"envelope payloadType {envelope.payload_type!r} is not a cctrain policy"
+            )
         return cls(envelope, parse_policy(envelope.payload, fmt))
 
     @classmethod
@@ -572,7 +619,9 @@ class SignedPolicy:
         signed, invalid = [], []
         for keyid in self.envelope.signatures:
             party = self.policy.party(keyid)
-            if party is None or not self.envelope.verify_one(keyid, ed25519_public(party.signing_key)):
+            if party is None or not self.envelope.verify_one(
+                keyid, ed25519_public(party.signing_key)
+            ):
                 invalid.append(keyid)
             else:
                 signed.append(keyid)

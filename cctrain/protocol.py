@@ -60,7 +60,14 @@ def request_signing_bytes(
     *, method: str, party: str, time_ms: int, nonce: bytes, policy_digest: bytes, body_sha256: bytes
 ) -> bytes:
     """What a party signs to authenticate one RPC (unary: body digest; streams: empty body)."""
-    parts = (method.encode(), party.encode(), struct.pack(">q", time_ms), nonce, policy_digest, body_sha256)
+    parts = (
+        method.encode(),
+        party.encode(),
+        struct.pack(">q", time_ms),
+        nonce,
+        policy_digest,
+        body_sha256,
+    )
     return REQUEST_SIG_TAG + b"".join(struct.pack(">I", len(p)) + p for p in parts)
 
 

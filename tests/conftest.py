@@ -12,5 +12,7 @@ VECTORS = REPO.parent / "shared" / "attestation-vectors"
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
     if not (VECTORS / "PROVENANCE.md").is_file():
-        pytest.skip(f"attestation vectors not found at {VECTORS} (they live in ../shared/, beside the checkout)")
+        pytest.skip(
+            f"attestation vectors not found at {VECTORS} (they live in ../shared/, beside the checkout)"
+        )
     return VECTORS

@@ -88,7 +88,9 @@ def running_enclave(consortium: Consortium, state_dir: Path) -> Iterator[tuple[s
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.server import create_server
 
-    config = AppConfig(policy_path=consortium.policy_path, state_dir=state_dir, platform="simulated")
+    config = AppConfig(
+        policy_path=consortium.policy_path, state_dir=state_dir, platform="simulated"
+    )
     server, port, app = create_server(config, port=0)
     server.start()
     try:

@@ -177,7 +177,9 @@ class _SimulatedPlatform:
         try:
             root_pub.verify(chip_cert.signature, chip_cert.tbs_certificate_bytes)
         except InvalidSignature:
-            errors.append("chip certificate is not signed by the simulated vendor root (untrusted root)")
+            errors.append(
+                "chip certificate is not signed by the simulated vendor root (untrusted root)"
+            )
         if not (chip_cert.not_valid_before_utc <= now <= chip_cert.not_valid_after_utc):
             errors.append(
                 f"chip certificate not valid at {now.isoformat()} "

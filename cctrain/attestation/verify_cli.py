@@ -92,7 +92,9 @@ def run_attest_verify(
                 raise EvidenceParseError(f"cannot read --cert {f}: {exc.strerror}") from None
         load_certificates(certs)  # fail early, with exit 2, on an unparseable certificate
         collateral = load_collateral(collateral_path) if collateral_path is not None else None
-        evidence = Evidence(platform=name, report=raw, certificates=tuple(certs), collateral=collateral)
+        evidence = Evidence(
+            platform=name, report=raw, certificates=tuple(certs), collateral=collateral
+        )
         # Parse separately so parse errors (exit 2) are told apart from verification ones (exit 1).
         get_platform(name).parse(raw)
     except EvidenceParseError as exc:

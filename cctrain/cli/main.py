@@ -63,7 +63,9 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.argument("party_id")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True
+)
 def keygen(party_id: str, out_dir: Path) -> None:
     """Create PARTY_ID.key (0600: Ed25519 identity + X25519 HPKE) and PARTY_ID.pub.json."""
     from cctrain.crypto.keys import PartyKeys
@@ -127,7 +129,9 @@ def policy_sign(policy_file: Path, key_file: Path, envelope_file: Path | None) -
     envelope_file.write_text(sp.envelope.to_json())
     st = sp.status()
     click.echo(f"signed as {keys.party_id}; digest {p.digest.hex()}")
-    click.echo(f"signatures: {len(st.signed)}/{len(p.parties)}; missing: {', '.join(st.missing) or 'none'}")
+    click.echo(
+        f"signatures: {len(st.signed)}/{len(p.parties)}; missing: {', '.join(st.missing) or 'none'}"
+    )
 
 
 @policy.command("verify")
@@ -227,7 +231,15 @@ def attest_verify(
     else:
         status = "VERIFIED" if doc["verified"] else "NOT VERIFIED"
         click.echo(f"{status} ({doc['platform']})")
-        for k in ("signer", "measurement", "report_data", "debug", "chip_id", "tcb_status", "advisories"):
+        for k in (
+            "signer",
+            "measurement",
+            "report_data",
+            "debug",
+            "chip_id",
+            "tcb_status",
+            "advisories",
+        ):
             click.echo(f"  {k}: {doc.get(k)}")
         for e in doc["errors"]:
             click.echo(f"  error: {e}", err=True)
@@ -237,7 +249,9 @@ def attest_verify(
 
 
 def _session_options(f: Any) -> Any:
-    f = click.option("--allow-simulated", is_flag=True, help="Accept simulated evidence (insecure).")(f)
+    f = click.option(
+        "--allow-simulated", is_flag=True, help="Accept simulated evidence (insecure)."
+    )(f)
     f = click.option("--key", "key_file", required=True, type=click.Path(path_type=Path))(f)
     f = click.option("--policy", "policy_file", required=True, type=click.Path(path_type=Path))(f)
     f = click.option("--enclave", "address", required=True, help="host:port of the enclave")(f)
@@ -252,7 +266,9 @@ def attest_enclave(address: str, policy_file: Path, key_file: Path, allow_simula
 
     if allow_simulated:
         _simulated_banner()
-    with EnclaveSession(address, policy=policy_file, key=key_file, allow_simulated=allow_simulated) as s:
+    with EnclaveSession(
+        address, policy=policy_file, key=key_file, allow_simulated=allow_simulated
+    ) as s:
         click.echo(json.dumps(s.enclave.claims.to_json(), indent=2))
         click.echo(f"policy digest: {s.policy.digest.hex()}")
 
@@ -265,7 +281,9 @@ def attest_enclave(address: str, policy_file: Path, key_file: Path, allow_simula
 @_session_options
 @click.option("--shard-id", help="Default: the file name without extension.")
 @click.option("--receipt-out", type=click.Path(path_type=Path), help="Also write the receipt here.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
 def upload(
     shard: Path,
     address: str,
@@ -281,7 +299,9 @@ def upload(
 
     if allow_simulated:
         _simulated_banner()
-    with DataOwner(address, policy=policy_file, key=key_file, allow_simulated=allow_simulated) as owner:
+    with DataOwner(
+        address, policy=policy_file, key=key_file, allow_simulated=allow_simulated
+    ) as owner:
         receipt = owner.upload(shard, shard_id=shard_id, progress=progress)
     doc = receipt.to_json()
     if receipt_out:
@@ -301,10 +321,14 @@ def enclave() -> None:
 
 
 @enclave.command("serve")
-@click.option("--policy", "policy_file", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--policy", "policy_file", required=True, type=click.Path(exists=True, path_type=Path)
+)
 @click.option("--state-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=0, show_default=True, help="0 picks a free port (see STATE/endpoint.json).")
+@click.option(
+    "--port", default=0, show_default=True, help="0 picks a free port (see STATE/endpoint.json)."
+)
 @click.option(
     "--platform",
     default="auto",
@@ -313,7 +337,12 @@ def enclave() -> None:
 )
 @click.option("--model-source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def enclave_serve(
-    policy_file: Path, state_dir: Path, host: str, port: int, platform: str, model_source: Path | None
+    policy_file: Path,
+    state_dir: Path,
+    host: str,
+    port: int,
+    platform: str,
+    model_source: Path | None,
 ) -> None:
     """Serve the signed policy over gRPC+TLS until SIGTERM."""
     from cctrain_enclave.cli import serve_command

@@ -35,4 +35,6 @@ def open_sealed(private_key: X25519PrivateKey, sealed: bytes, *, info: bytes) ->
     try:
         return SUITE.decrypt(sealed, private_key, info=info)
     except (InvalidTag, ValueError):
-        raise HpkeError("sealed key does not open: wrong recipient key, context, or tampered") from None
+        raise HpkeError(
+            "sealed key does not open: wrong recipient key, context, or tampered"
+        ) from None

@@ -44,7 +44,9 @@ class EnclaveApp:
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise PolicyError(f"state directory {state} is in use by another enclave process") from None
+            raise PolicyError(
+                f"state directory {state} is in use by another enclave process"
+            ) from None
         self.signed_policy = SignedPolicy.load(config.policy_path)
         self.signed_policy.require_complete()
         self.policy = self.signed_policy.policy
@@ -73,7 +75,9 @@ class EnclaveApp:
                 )
         else:
             atomic_write(marker, (digest + "\n").encode())
-            atomic_write(state / "policy.signed.json", self.signed_policy.envelope.to_json().encode())
+            atomic_write(
+                state / "policy.signed.json", self.signed_policy.envelope.to_json().encode()
+            )
         os.chmod(marker, 0o600)
 
     def shutdown(self) -> None:

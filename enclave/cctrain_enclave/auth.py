@@ -85,7 +85,9 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise AuthError("authentication nonce must be 16 bytes and the signature binary")
         now = self._clock()
         if abs(now - time_ms) > AUTH_WINDOW_MS:
-            raise AuthError(f"request time is {abs(now - time_ms) / 1000:.0f}s off (stale or clock skew)")
+            raise AuthError(
+                f"request time is {abs(now - time_ms) / 1000:.0f}s off (stale or clock skew)"
+            )
         signed = request_signing_bytes(
             method=method,
             party=party,

@@ -23,7 +23,9 @@ def serve_command(
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.server import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     hosts = (host,) + tuple(h for h in ("127.0.0.1", "localhost") if h != host)
     config = AppConfig(
         policy_path=policy_file,
@@ -45,7 +47,9 @@ def main() -> None:
 
 
 @main.command("serve")
-@click.option("--policy", "policy_file", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--policy", "policy_file", required=True, type=click.Path(exists=True, path_type=Path)
+)
 @click.option("--state-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=0, show_default=True)
@@ -57,7 +61,12 @@ def main() -> None:
 )
 @click.option("--model-source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def serve_cmd(
-    policy_file: Path, state_dir: Path, host: str, port: int, platform: str, model_source: Path | None
+    policy_file: Path,
+    state_dir: Path,
+    host: str,
+    port: int,
+    platform: str,
+    model_source: Path | None,
 ) -> None:
     """Serve the signed policy over gRPC+TLS until SIGTERM."""
     serve_command(

@@ -203,7 +203,9 @@ class ShardStore:
                         fh.truncate(int(progress["offset"]))
                         os.fsync(fh.fileno())
                 except (OSError, ValueError, KeyError):
-                    log.info("discarding unresumable partial upload %s", pdir.relative_to(self.root))
+                    log.info(
+                        "discarding unresumable partial upload %s", pdir.relative_to(self.root)
+                    )
                     shutil.rmtree(pdir, ignore_errors=True)
 
     # -- queries
@@ -244,7 +246,9 @@ class ShardStore:
         msg = pb.ShardHeader()
         msg.ParseFromString(raw)
         header = ParsedHeader(raw, msg, hashlib.sha256(raw).digest())
-        key = self.sealer.unseal((d / "key.sealed").read_bytes(), label=self.key_label(party, shard))
+        key = self.sealer.unseal(
+            (d / "key.sealed").read_bytes(), label=self.key_label(party, shard)
+        )
         return DecryptingReader(d / "chunks.bin", header, key)
 
     def load_dataset(self, schema: Mapping[str, Any]) -> tuple[ShardArrays, list[pb.SignedReceipt]]:
@@ -288,7 +292,9 @@ class UploadSession:
         self.shard_id = msg.shard_id
         self._lock = store.lock(party_id, self.shard_id)
         if not self._lock.acquire(blocking=False):
-            raise IngestError(grpc.StatusCode.ABORTED, f"shard {self.shard_id!r} is already being uploaded")
+            raise IngestError(
+                grpc.StatusCode.ABORTED, f"shard {self.shard_id!r} is already being uploaded"
+            )
         try:
             if store.accepted_dir(party_id, self.shard_id).exists():
                 raise IngestError(
@@ -350,16 +356,21 @@ class UploadSession:
                 f"upload header names party {msg.party_id!r} but the request is from {self.party_id!r}",
             )
         if not party.is_provider:
-            raise IngestError(grpc.StatusCode.PERMISSION_DENIED, f"{self.party_id!r} is not a data_provider")
+            raise IngestError(
+                grpc.StatusCode.PERMISSION_DENIED, f"{self.party_id!r} is not a data_provider"
+            )
         if not SHARD_ID.match(msg.shard_id):
             raise IngestError(bad, f"upload header: shard_id must match {SHARD_ID.pattern}")
         schema = self.policy.data
         if msg.format not in schema["formats"]:
             raise IngestError(
-                bad, f"upload header: format {msg.format!r} not allowed (policy: {list(schema['formats'])})"
+                bad,
+                f"upload header: format {msg.format!r} not allowed (policy: {list(schema['formats'])})",
             )
         if not MIN_CHUNK_SIZE <= msg.chunk_size <= MAX_CHUNK_SIZE:
-            raise IngestError(bad, f"upload header: chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
+            raise IngestError(
+                bad, f"upload header: chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]"
+            )
         if msg.plaintext_size > int(schema["max_bytes"]):
             raise IngestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -368,9 +379,13 @@ class UploadSession:
         if msg.plaintext_size == 0:
             raise IngestError(bad, "upload header: empty shard")
         if msg.chunk_count != expected_chunk_count(msg.plaintext_size, msg.chunk_size):
-            raise IngestError(bad, "upload header: chunk_count does not match plaintext_size/chunk_size")
+            raise IngestError(
+                bad, "upload header: chunk_count does not match plaintext_size/chunk_size"
+            )
         if len(msg.nonce_prefix) != NONCE_PREFIX_SIZE or len(msg.plaintext_sha256) != 32:
-            raise IngestError(bad, "upload header: nonce_prefix must be 7 bytes, plaintext_sha256 32")
+            raise IngestError(
+                bad, "upload header: nonce_prefix must be 7 bytes, plaintext_sha256 32"
+            )
         return ParsedHeader(bytes(uh.header), msg, hashlib.sha256(uh.header).digest())
 
     def _prepare(self, resume_from: int) -> int:
@@ -392,7 +407,9 @@ class UploadSession:
                     ct = fh.read(self.header.chunk_plain_size(i) + TAG_SIZE)
                     pt = self.opener.open(i, ct, last=False)
                     if pt is None:
-                        raise IngestError(grpc.StatusCode.DATA_LOSS, "stored partial upload is corrupt")
+                        raise IngestError(
+                            grpc.StatusCode.DATA_LOSS, "stored partial upload is corrupt"
+                        )
                     self.hasher.update(pt)
             self._fh = open(self.dir / "chunks.bin", "ab")  # noqa: SIM115
             return resume_from
@@ -403,10 +420,14 @@ class UploadSession:
         tmp.mkdir(parents=True, mode=0o700)
         (tmp / "header.bin").write_bytes(self.header.raw)
         (tmp / "key.sealed").write_bytes(
-            self.store.sealer.seal(self.key, label=self.store.key_label(self.party_id, self.shard_id))
+            self.store.sealer.seal(
+                self.key, label=self.store.key_label(self.party_id, self.shard_id)
+            )
         )
         (tmp / "chunks.bin").write_bytes(b"")
-        (tmp / "progress.json").write_text(json.dumps({"next_index": 0, "offset": 0, "updated": time.time()}))
+        (tmp / "progress.json").write_text(
+            json.dumps({"next_index": 0, "offset": 0, "updated": time.time()})
+        )
         for name in ("header.bin", "key.sealed", "chunks.bin", "progress.json"):
             with open(tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -423,8 +444,9 @@ class UploadSession:
             raise IngestError(bad, f"chunk {chunk.index} arrived after the final chunk")
         if chunk.index != self.next_index:
             raise IngestError(
-                bad, f"chunk out of order: got index {chunk.index}, want {self.next_index} "
-                "(reordered, duplicated or dropped chunk)"
+                bad,
+                f"chunk out of order: got index {chunk.index}, want {self.next_index} "
+                "(reordered, duplicated or dropped chunk)",
             )
         last_expected = chunk.index == self.header.chunk_count - 1
         if chunk.last != last_expected:
@@ -435,11 +457,14 @@ class UploadSession:
             )
         want_len = self.header.chunk_plain_size(chunk.index) + TAG_SIZE
         if len(chunk.ciphertext) != want_len:
-            raise IngestError(bad, f"chunk {chunk.index}: {len(chunk.ciphertext)} bytes, want {want_len}")
+            raise IngestError(
+                bad, f"chunk {chunk.index}: {len(chunk.ciphertext)} bytes, want {want_len}"
+            )
         pt = self.opener.open(chunk.index, chunk.ciphertext, last=chunk.last)
         if pt is None:
             raise IngestError(
-                bad, f"chunk {chunk.index} failed authentication (ciphertext, header or key tampered)"
+                bad,
+                f"chunk {chunk.index} failed authentication (ciphertext, header or key tampered)",
             )
         self.hasher.update(pt)
         self._fh.write(chunk.ciphertext)
@@ -473,10 +498,13 @@ class UploadSession:
         bad = grpc.StatusCode.INVALID_ARGUMENT
         if not self.finished:
             raise IngestError(
-                bad, f"stream ended before the final chunk (got {self.next_index} of {self.header.chunk_count})"
+                bad,
+                f"stream ended before the final chunk (got {self.next_index} of {self.header.chunk_count})",
             )
         if self.hasher.digest() != self.header.msg.plaintext_sha256:
-            raise IngestError(bad, "decrypted shard does not match the plaintext commitment in the header")
+            raise IngestError(
+                bad, "decrypted shard does not match the plaintext commitment in the header"
+            )
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
@@ -499,7 +527,9 @@ class UploadSession:
         )
         del arrays
         body_bytes = body.SerializeToString()
-        receipt = pb.SignedReceipt(body=body_bytes, signature=self.signing_key.sign(RECEIPT_SIG_TAG + body_bytes))
+        receipt = pb.SignedReceipt(
+            body=body_bytes, signature=self.signing_key.sign(RECEIPT_SIG_TAG + body_bytes)
+        )
         atomic_write(self.dir / "receipt.bin", receipt.SerializeToString())
         (self.dir / "progress.json").unlink()
         dest = self.store.accepted_dir(self.party_id, self.shard_id)
@@ -531,4 +561,3 @@ class UploadSession:
     def close(self) -> None:
         if self._lock.locked():
             self._lock.release()
-

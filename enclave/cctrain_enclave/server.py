@@ -18,6 +18,7 @@ from cctrain.v1 import enclave_pb2, enclave_pb2_grpc
 from cctrain_enclave.app import AppConfig, EnclaveApp
 from cctrain_enclave.auth import AuthInterceptor
 from cctrain_enclave.providers.base import EvidenceProvider
+from cctrain_enclave.sealing import atomic_write
 from cctrain_enclave.service import EnclaveServicer
 
 log = logging.getLogger("cctrain.enclave")
@@ -57,7 +58,11 @@ def create_server(
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     creds = grpc.ssl_server_credentials([(app.tls.key_pem, app.tls.cert_pem)])
@@ -72,8 +77,12 @@ def serve(config: AppConfig, *, port: int = 0, grace_s: float = 10.0) -> None:
     server, bound, app = create_server(config, port=port)
     server.start()
     endpoint = {"address": f"{config.hosts[0]}:{bound}", "policy_digest": app.policy.digest.hex()}
-    (config.state_dir / "endpoint.json").write_text(json.dumps(endpoint) + "\n")
-    log.info("cctrain enclave serving policy %s on %s (TLS)", app.policy.digest.hex(), endpoint["address"])
+    atomic_write(config.state_dir / "endpoint.json", (json.dumps(endpoint) + "\n").encode())
+    log.info(
+        "cctrain enclave serving policy %s on %s (TLS)",
+        app.policy.digest.hex(),
+        endpoint["address"],
+    )
     print(f"listening on {endpoint['address']}", flush=True)
     stop = threading.Event()
 

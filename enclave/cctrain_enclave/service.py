@@ -43,7 +43,9 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             signing_public_key=app.keys.signing_public,
             tls_spki_sha256=spki_sha256(app.tls.cert),
         )
-        report_data = report_data_for(identity, policy_digest=app.policy.digest, nonce=request.nonce)
+        report_data = report_data_for(
+            identity, policy_digest=app.policy.digest, nonce=request.nonce
+        )
         evidence = app.provider.get_evidence(report_data)
         return pb.AttestResponse(
             evidence=_evidence_pb(evidence),
@@ -63,9 +65,13 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             try:
                 first = next(request_iterator)
             except StopIteration:
-                raise IngestError(grpc.StatusCode.INVALID_ARGUMENT, "upload stream is empty") from None
+                raise IngestError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "upload stream is empty"
+                ) from None
             if first.WhichOneof("kind") != "header":
-                raise IngestError(grpc.StatusCode.INVALID_ARGUMENT, "the first upload message must be the header")
+                raise IngestError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "the first upload message must be the header"
+                )
             self.app.check_accepting_uploads()
             session = UploadSession(
                 store=self.app.store,
@@ -117,7 +123,9 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         progress = self.app.store.partial_progress(party, request.shard_id)
         if progress is not None:
             return pb.UploadStatusResponse(
-                state=pb.UploadStatusResponse.PARTIAL, header_sha256=progress[0], next_index=progress[1]
+                state=pb.UploadStatusResponse.PARTIAL,
+                header_sha256=progress[0],
+                next_index=progress[1],
             )
         return pb.UploadStatusResponse(state=pb.UploadStatusResponse.UNKNOWN)
 
@@ -127,7 +135,9 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         return pb.ListReceiptsResponse(receipts=self.app.store.list_receipts(current_party.get()))
 
     # -- training and release
-    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:
+    def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetStatusResponse:
         return self.app.status()
 
     def StartTraining(

@@ -53,7 +53,9 @@ def load_npz(fh: BinaryIO, schema: Mapping[str, Any]) -> ShardArrays:
             limit = _max_member_bytes(schema)
             for info in zf.infolist():
                 if info.file_size > limit:
-                    raise ShardError(f"npz member {info.filename} declares {info.file_size} bytes, over the schema bound")
+                    raise ShardError(
+                        f"npz member {info.filename} declares {info.file_size} bytes, over the schema bound"
+                    )
         fh.seek(0)
         with np.load(fh, allow_pickle=False) as npz:
             features = npz["features"]

@@ -26,7 +26,9 @@ def enclave(consortium: Consortium, tmp_path: Path) -> Iterator[tuple[str, Any]]
 def make_owner(address: str, consortium: Consortium, party: str = "hospital-a") -> DataOwner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SimulatedEvidenceWarning)
-        return DataOwner(address, policy=consortium.signed, key=consortium.keys[party], allow_simulated=True)
+        return DataOwner(
+            address, policy=consortium.signed, key=consortium.keys[party], allow_simulated=True
+        )
 
 
 @pytest.fixture

@@ -25,16 +25,22 @@ def attest_raw(owner: DataOwner, nonce: bytes) -> pb.AttestResponse:
     return resp
 
 
-def check(resp: pb.AttestResponse, *, signed: SignedPolicy, nonce: bytes, tls: bytes, allow: bool = True) -> Any:
+def check(
+    resp: pb.AttestResponse, *, signed: SignedPolicy, nonce: bytes, tls: bytes, allow: bool = True
+) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SimulatedEvidenceWarning)
-        return check_attestation(resp, signed_policy=signed, nonce=nonce, tls_certificate_der=tls, allow_simulated=allow)
+        return check_attestation(
+            resp, signed_policy=signed, nonce=nonce, tls_certificate_der=tls, allow_simulated=allow
+        )
 
 
 def test_genuine_evidence_verifies(owner: DataOwner, consortium: Consortium) -> None:
     nonce = os.urandom(32)
     resp = attest_raw(owner, nonce)
-    attested = check(resp, signed=consortium.signed, nonce=nonce, tls=owner.enclave.tls_certificate_der)
+    attested = check(
+        resp, signed=consortium.signed, nonce=nonce, tls=owner.enclave.tls_certificate_der
+    )
     assert attested.claims.platform == "simulated"
     assert attested.claims.signer == "simulated"
 
@@ -42,10 +48,17 @@ def test_genuine_evidence_verifies(owner: DataOwner, consortium: Consortium) -> 
 def test_evidence_bound_to_another_nonce(owner: DataOwner, consortium: Consortium) -> None:
     resp = attest_raw(owner, os.urandom(32))
     with pytest.raises(EvidenceValidationError, match="report_data: got"):
-        check(resp, signed=consortium.signed, nonce=os.urandom(32), tls=owner.enclave.tls_certificate_der)
+        check(
+            resp,
+            signed=consortium.signed,
+            nonce=os.urandom(32),
+            tls=owner.enclave.tls_certificate_der,
+        )
 
 
-def test_evidence_for_another_policy(owner: DataOwner, consortium: Consortium, tmp_path: Any) -> None:
+def test_evidence_for_another_policy(
+    owner: DataOwner, consortium: Consortium, tmp_path: Any
+) -> None:
     other = make_consortium(tmp_path / "other")
     nonce = os.urandom(32)
     resp = attest_raw(owner, nonce)
@@ -101,7 +114,11 @@ def test_evidence_under_untrusted_root(owner: DataOwner, consortium: Consortium)
         .sign(rogue_root, None)
     )
     resp.evidence.report = sim.build_report(
-        chip_key=chip, measurement=report.measurement, report_data=report.report_data, debug=False, timestamp=1
+        chip_key=chip,
+        measurement=report.measurement,
+        report_data=report.report_data,
+        debug=False,
+        timestamp=1,
     )
     del resp.evidence.certificates[:]
     resp.evidence.certificates.append(cert.public_bytes(serialization.Encoding.DER))
@@ -123,13 +140,23 @@ def test_simulated_refused_without_caller_opt_in(owner: DataOwner, consortium: C
     nonce = os.urandom(32)
     resp = attest_raw(owner, nonce)
     with pytest.raises(AttestationError, match="refusing"):
-        check(resp, signed=consortium.signed, nonce=nonce, tls=owner.enclave.tls_certificate_der, allow=False)
+        check(
+            resp,
+            signed=consortium.signed,
+            nonce=nonce,
+            tls=owner.enclave.tls_certificate_der,
+            allow=False,
+        )
 
 
 def test_simulated_refused_when_policy_forbids(owner: DataOwner, tmp_path: Any) -> None:
     strict = make_consortium(
         tmp_path / "strict",
-        attestation={"platforms": ["sev-snp"], "allow_simulated": False},
+        attestation={
+            "platforms": ["sev-snp"],
+            "allow_simulated": False,
+            "reference": {"sev-snp": {"measurements": ["ab" * 48]}},
+        },
     )
     nonce = os.urandom(32)
     resp = attest_raw(owner, nonce)
@@ -151,7 +178,9 @@ def test_wrong_measurement_refused(owner: DataOwner, tmp_path: Any, consortium: 
     )
     resp.policy_digest = pinned_elsewhere.signed.digest
     with pytest.raises(EvidenceValidationError) as info:
-        check(resp, signed=pinned_elsewhere.signed, nonce=nonce, tls=owner.enclave.tls_certificate_der)
+        check(
+            resp, signed=pinned_elsewhere.signed, nonce=nonce, tls=owner.enclave.tls_certificate_der
+        )
     # every mismatch at once: the measurement and the (policy-bound) report_data
     assert any(m.startswith("measurement: got") for m in info.value.mismatches)
     assert any(m.startswith("report_data: got") for m in info.value.mismatches)
@@ -159,4 +188,9 @@ def test_wrong_measurement_refused(owner: DataOwner, tmp_path: Any, consortium: 
 
 def test_data_owner_warns_loudly_on_simulated(enclave: Any, consortium: Consortium) -> None:
     with pytest.warns(SimulatedEvidenceWarning, match="proves NOTHING"):
-        DataOwner(enclave[0], policy=consortium.signed, key=consortium.keys["hospital-b"], allow_simulated=True).close()
+        DataOwner(
+            enclave[0],
+            policy=consortium.signed,
+            key=consortium.keys["hospital-b"],
+            allow_simulated=True,
+        ).close()

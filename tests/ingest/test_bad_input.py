@@ -24,7 +24,7 @@ from cctrain.crypto.stream import StreamSealer
 from cctrain.protocol import MD_PARTY, MD_TIME, sha256, shard_key_info, sign_header
 from cctrain.v1 import enclave_pb2 as pb
 from tests.consortium import Consortium
-from tests.ingest.conftest import make_owner, write_shard
+from tests.ingest.conftest import write_shard
 
 CHUNK = 4096
 
@@ -51,7 +51,9 @@ def build_upload(
         shard_id=shard_id,
         format=fmt,
         encapsulated_key=hpke.seal(
-            _x25519(owner.enclave.hpke_public_key), key, info=shard_key_info(digest, party, shard_id)
+            _x25519(owner.enclave.hpke_public_key),
+            key,
+            info=shard_key_info(digest, party, shard_id),
         ),
         nonce_prefix=os.urandom(7),
         chunk_size=chunk_size,
@@ -70,7 +72,11 @@ def build_upload(
     for i in range(n):
         block = data[i * chunk_size : (i + 1) * chunk_size]
         last = i == n - 1
-        chunks.append(pb.UploadRequest(chunk=pb.Chunk(index=i, last=last, ciphertext=sealer.seal(i, block, last=last))))
+        chunks.append(
+            pb.UploadRequest(
+                chunk=pb.Chunk(index=i, last=last, ciphertext=sealer.seal(i, block, last=last))
+            )
+        )
     return pb.UploadRequest(header=pb.UploadHeader(header=hb, signature=sig)), chunks
 
 
@@ -84,7 +90,9 @@ def send(owner: DataOwner, messages: list[pb.UploadRequest]) -> list[pb.UploadRe
     return list(owner.stub.Upload(iter(messages), metadata=owner.metadata("Upload", b"")))
 
 
-def expect_rejection(owner: DataOwner, messages: list[pb.UploadRequest], code: grpc.StatusCode, text: str) -> None:
+def expect_rejection(
+    owner: DataOwner, messages: list[pb.UploadRequest], code: grpc.StatusCode, text: str
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         send(owner, messages)
     assert info.value.code() == code, info.value.details()
@@ -94,7 +102,11 @@ def expect_rejection(owner: DataOwner, messages: list[pb.UploadRequest], code: g
 def assert_nothing_kept(app: Any, party: str = "hospital-a", shard: str = "s1") -> None:
     assert not app.store.partial_dir(party, shard).exists()
     assert not app.store.accepted_dir(party, shard).exists()
-    leftovers = [p for p in (app.store.uploads / party).rglob("*")] if (app.store.uploads / party).exists() else []
+    leftovers = (
+        [p for p in (app.store.uploads / party).rglob("*")]
+        if (app.store.uploads / party).exists()
+        else []
+    )
     assert leftovers == []
 
 
@@ -108,12 +120,16 @@ def shard_bytes(tmp_path: Path) -> bytes:
     return write_shard(tmp_path / "shard.npz", rows=1000).read_bytes()  # ~20 KiB: several chunks
 
 
-def test_flipped_ciphertext_byte(owner: DataOwner, enclave: Any, shard_bytes: bytes, tmp_path: Path) -> None:
+def test_flipped_ciphertext_byte(
+    owner: DataOwner, enclave: Any, shard_bytes: bytes, tmp_path: Path
+) -> None:
     header, chunks = build_upload(owner, shard_bytes)
     ct = bytearray(chunks[2].chunk.ciphertext)
     ct[100] ^= 0x01
     chunks[2].chunk.ciphertext = bytes(ct)
-    expect_rejection(owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "chunk 2 failed authentication")
+    expect_rejection(
+        owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "chunk 2 failed authentication"
+    )
     assert_nothing_kept(enclave[1])
     assert_still_serving(owner, tmp_path)
 
@@ -121,28 +137,39 @@ def test_flipped_ciphertext_byte(owner: DataOwner, enclave: Any, shard_bytes: by
 def test_reordered_chunks(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> None:
     header, chunks = build_upload(owner, shard_bytes)
     chunks[1], chunks[2] = chunks[2], chunks[1]
-    expect_rejection(owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "got index 2, want 1")
+    expect_rejection(
+        owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "got index 2, want 1"
+    )
     assert_nothing_kept(enclave[1])
 
 
 def test_duplicated_chunk(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> None:
     header, chunks = build_upload(owner, shard_bytes)
     chunks.insert(2, chunks[1])
-    expect_rejection(owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "got index 1, want 2")
+    expect_rejection(
+        owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "got index 1, want 2"
+    )
     assert_nothing_kept(enclave[1])
 
 
 def test_dropped_chunk(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> None:
     header, chunks = build_upload(owner, shard_bytes)
     del chunks[3]
-    expect_rejection(owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "got index 4, want 3")
+    expect_rejection(
+        owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "got index 4, want 3"
+    )
     assert_nothing_kept(enclave[1])
 
 
-def test_stream_ends_without_final_chunk(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> None:
+def test_stream_ends_without_final_chunk(
+    owner: DataOwner, enclave: Any, shard_bytes: bytes
+) -> None:
     header, chunks = build_upload(owner, shard_bytes)
     expect_rejection(
-        owner, [header, *chunks[:-1]], grpc.StatusCode.INVALID_ARGUMENT, "stream ended before the final chunk"
+        owner,
+        [header, *chunks[:-1]],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "stream ended before the final chunk",
     )
     assert_nothing_kept(enclave[1])
 
@@ -150,7 +177,9 @@ def test_stream_ends_without_final_chunk(owner: DataOwner, enclave: Any, shard_b
 def test_chunk_after_final(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> None:
     header, chunks = build_upload(owner, shard_bytes)
     extra = pb.UploadRequest(chunk=pb.Chunk(index=len(chunks), last=False, ciphertext=b"\0" * 32))
-    expect_rejection(owner, [header, *chunks, extra], grpc.StatusCode.INVALID_ARGUMENT, "after the final chunk")
+    expect_rejection(
+        owner, [header, *chunks, extra], grpc.StatusCode.INVALID_ARGUMENT, "after the final chunk"
+    )
     assert_nothing_kept(enclave[1])
 
 
@@ -158,26 +187,40 @@ def test_last_flag_on_an_early_chunk(owner: DataOwner, enclave: Any, shard_bytes
     """Truncation by marking an early chunk final: the flag must match the header's count."""
     header, chunks = build_upload(owner, shard_bytes)
     chunks[1].chunk.last = True
-    expect_rejection(owner, [header, *chunks[:2]], grpc.StatusCode.INVALID_ARGUMENT, "last flag is True")
+    expect_rejection(
+        owner, [header, *chunks[:2]], grpc.StatusCode.INVALID_ARGUMENT, "last flag is True"
+    )
     assert_nothing_kept(enclave[1])
 
 
-def test_header_signed_by_key_not_in_policy(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> None:
+def test_header_signed_by_key_not_in_policy(
+    owner: DataOwner, enclave: Any, shard_bytes: bytes
+) -> None:
     outsider = PartyKeys.generate("hospital-a")  # same name, different key
     header, chunks = build_upload(owner, shard_bytes, signer=outsider)
-    expect_rejection(owner, [header, *chunks], grpc.StatusCode.UNAUTHENTICATED, "not signed by the policy key")
+    expect_rejection(
+        owner, [header, *chunks], grpc.StatusCode.UNAUTHENTICATED, "not signed by the policy key"
+    )
     assert_nothing_kept(enclave[1])
 
 
-def test_header_for_another_policy_digest(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> None:
-    header, chunks = build_upload(owner, shard_bytes, policy_digest=hashlib.sha256(b"other policy").digest())
+def test_header_for_another_policy_digest(
+    owner: DataOwner, enclave: Any, shard_bytes: bytes
+) -> None:
+    header, chunks = build_upload(
+        owner, shard_bytes, policy_digest=hashlib.sha256(b"other policy").digest()
+    )
     expect_rejection(owner, [header, *chunks], grpc.StatusCode.FAILED_PRECONDITION, "is for policy")
     assert_nothing_kept(enclave[1])
 
 
 def test_header_naming_another_party(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> None:
-    header, chunks = build_upload(owner, shard_bytes, header_edit=lambda h: setattr(h, "party_id", "hospital-b"))
-    expect_rejection(owner, [header, *chunks], grpc.StatusCode.PERMISSION_DENIED, "names party 'hospital-b'")
+    header, chunks = build_upload(
+        owner, shard_bytes, header_edit=lambda h: setattr(h, "party_id", "hospital-b")
+    )
+    expect_rejection(
+        owner, [header, *chunks], grpc.StatusCode.PERMISSION_DENIED, "names party 'hospital-b'"
+    )
     assert_nothing_kept(enclave[1])
     assert_nothing_kept(enclave[1], party="hospital-b")
 
@@ -203,7 +246,11 @@ def test_shard_violating_schema(
 
 def test_pickled_npz_refused(owner: DataOwner, enclave: Any, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    np.savez(tmp_path / "evil.npz", features=np.array([_Evil(str(marker))], dtype=object), labels=np.zeros(1))
+    np.savez(
+        tmp_path / "evil.npz",
+        features=np.array([_Evil(str(marker))], dtype=object),
+        labels=np.zeros(1),
+    )
     data = (tmp_path / "evil.npz").read_bytes()
     header, chunks = build_upload(owner, data)
     expect_rejection(owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "pickle")
@@ -231,15 +278,22 @@ def test_oversized_shard(owner: DataOwner, enclave: Any, consortium: Consortium)
     header2, chunks = build_upload(
         owner,
         b"x" * 10,
-        header_edit=lambda h: (setattr(h, "plaintext_size", limit + 1), setattr(h, "chunk_count", -(-(limit + 1) // CHUNK))),
+        header_edit=lambda h: (
+            setattr(h, "plaintext_size", limit + 1),
+            setattr(h, "chunk_count", -(-(limit + 1) // CHUNK)),
+        ),
     )
-    expect_rejection(owner, [header2, *chunks[:1]], grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds data.max_bytes")
+    expect_rejection(
+        owner, [header2, *chunks[:1]], grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds data.max_bytes"
+    )
     assert_nothing_kept(enclave[1])
 
 
 def test_malformed_header_bytes(owner: DataOwner, enclave: Any) -> None:
     junk = b"\xff\xff\xff\xff not a protobuf"
-    msg = pb.UploadRequest(header=pb.UploadHeader(header=junk, signature=sign_header(owner.keys.signing_key, junk)))
+    msg = pb.UploadRequest(
+        header=pb.UploadHeader(header=junk, signature=sign_header(owner.keys.signing_key, junk))
+    )
     expect_rejection(owner, [msg], grpc.StatusCode.INVALID_ARGUMENT, "malformed ShardHeader")
     assert_nothing_kept(enclave[1])
 
@@ -250,16 +304,24 @@ def test_missing_header_fields(owner: DataOwner, enclave: Any, shard_bytes: byte
     fields.ParseFromString(header.header.header)
     fields.ClearField("nonce_prefix")
     hb = fields.SerializeToString()
-    header = pb.UploadRequest(header=pb.UploadHeader(header=hb, signature=sign_header(owner.keys.signing_key, hb)))
-    expect_rejection(owner, [header], grpc.StatusCode.INVALID_ARGUMENT, "nonce_prefix must be 7 bytes")
+    header = pb.UploadRequest(
+        header=pb.UploadHeader(header=hb, signature=sign_header(owner.keys.signing_key, hb))
+    )
+    expect_rejection(
+        owner, [header], grpc.StatusCode.INVALID_ARGUMENT, "nonce_prefix must be 7 bytes"
+    )
     no_sig = pb.UploadRequest(header=pb.UploadHeader(header=header.header.header))
-    expect_rejection(owner, [no_sig], grpc.StatusCode.INVALID_ARGUMENT, "header and signature are required")
+    expect_rejection(
+        owner, [no_sig], grpc.StatusCode.INVALID_ARGUMENT, "header and signature are required"
+    )
     assert_nothing_kept(enclave[1])
 
 
 def test_stream_starting_with_a_chunk(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> None:
     _, chunks = build_upload(owner, shard_bytes)
-    expect_rejection(owner, chunks, grpc.StatusCode.INVALID_ARGUMENT, "first upload message must be the header")
+    expect_rejection(
+        owner, chunks, grpc.StatusCode.INVALID_ARGUMENT, "first upload message must be the header"
+    )
     empty = pb.UploadRequest()
     header, chunks = build_upload(owner, shard_bytes)
     expect_rejection(owner, [header, empty], grpc.StatusCode.INVALID_ARGUMENT, "expected a chunk")
@@ -332,4 +394,3 @@ def test_health_and_reflection_need_no_auth(enclave: Any, owner: DataOwner) -> N
     stub = health_pb2_grpc.HealthStub(owner._channel)
     resp = stub.Check(health_pb2.HealthCheckRequest(service="cctrain.v1.Enclave"), timeout=10)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
-

@@ -37,27 +37,26 @@ def test_dropped_connection_resumes_from_last_ack(
     app = enclave[1]
 
     def drop_midway(sent: int, total: int) -> None:
-        if sent > total // 2:
-            # Let the enclave make some progress durable, then vanish mid-stream.
-            deadline = time.time() + 10
-            while time.time() < deadline:
-                progress = app.store.partial_progress("hospital-a", "big")
-                if progress is not None and progress[1] >= 4:
-                    break
-                time.sleep(0.01)
+        # Pace the client until the enclave has made some progress durable, then vanish.
+        progress = app.store.partial_progress("hospital-a", "big")
+        if progress is not None and progress[1] >= 4:
             raise _Drop
+        time.sleep(0.05)
 
     with pytest.raises((_Drop, ProtocolError)):
         owner.upload(shard, chunk_size=64 << 10, progress=drop_midway, state_dir=state)
-    # The enclave keeps the acknowledged prefix.
+    # The enclave keeps the acknowledged prefix (read once it has noticed the drop).
     deadline = time.time() + 10
-    status = owner.unary("UploadStatus", pb.UploadStatusRequest(shard_id="big"))
-    while status.state != pb.UploadStatusResponse.PARTIAL and time.time() < deadline:
-        time.sleep(0.05)
+    previous = None
+    while time.time() < deadline:
         status = owner.unary("UploadStatus", pb.UploadStatusRequest(shard_id="big"))
+        if status.state == pb.UploadStatusResponse.PARTIAL and previous == status.next_index:
+            break
+        previous = status.next_index if status.state == pb.UploadStatusResponse.PARTIAL else None
+        time.sleep(0.2)
     assert status.state == pb.UploadStatusResponse.PARTIAL
     acked = status.next_index
-    assert 0 < acked < 16
+    assert 4 <= acked < 16
 
     starts: list[int] = []
 
@@ -79,14 +78,28 @@ def test_upload_is_idempotent_after_acceptance(owner: DataOwner, tmp_path: Path)
     assert again.body == first.body  # the same signed receipt, no second copy
 
 
-def _start_enclave(consortium: Consortium, state: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_enclave(
+    consortium: Consortium, state: Path, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     (state / "endpoint.json").unlink(missing_ok=True)
     env = dict(os.environ, CCTRAIN_ACK_EVERY_BYTES=str(1 << 20))
     with open(log, "ab") as log_fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cctrain_enclave", "serve", "--policy", str(consortium.policy_path),
-             "--state-dir", str(state), "--platform", "simulated"],
-            stdout=log_fh, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "cctrain_enclave",
+                "serve",
+                "--policy",
+                str(consortium.policy_path),
+                "--state-dir",
+                str(state),
+                "--platform",
+                "simulated",
+            ],
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -141,7 +154,9 @@ def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
         assert kept["done"].body == done.body  # the acknowledged shard survived the crash
         starts: list[int] = []
         receipt = owner.upload(
-            big, progress=lambda s, t: starts.append(s) if not starts else None, state_dir=tmp_path / "o"
+            big,
+            progress=lambda s, t: starts.append(s) if not starts else None,
+            state_dir=tmp_path / "o",
         )
         assert starts[0] == progress["next_index"] * (1 << 20)
         assert receipt.rows == 300_000
