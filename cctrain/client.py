@@ -36,7 +36,7 @@ from cctrain.attestation.base import CollateralGetter, Evidence, VerifiedClaims
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for, spki_sha256
 from cctrain.attestation.pipeline import SIMULATED_WARNING, validate_claims, verify_evidence
 from cctrain.crypto import hpke
-from cctrain.crypto.keys import PartyKeys, x25519_public
+from cctrain.crypto.keys import PartyKeys
 from cctrain.crypto.stream import NONCE_PREFIX_SIZE, StreamSealer
 from cctrain.errors import (
     AttestationError,
@@ -45,6 +45,7 @@ from cctrain.errors import (
     PermissionDeniedError,
     ProtocolError,
     ReceiptError,
+    ReleaseError,
     UploadRejectedError,
 )
 from cctrain.policy import SignedPolicy
@@ -64,6 +65,7 @@ from cctrain.protocol import (
     sign_header,
     verify_receipt,
 )
+from cctrain.release import VerifiedRelease, evidence_digest, unseal_weights, verify_manifest
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import enclave_pb2_grpc as pb_grpc
 
@@ -145,13 +147,6 @@ class AttestedEnclave:
     @property
     def evidence_sha256(self) -> bytes:
         return evidence_digest(self.evidence)
-
-
-def evidence_digest(ev: Evidence) -> bytes:
-    h = hashlib.sha256(b"cctrain/evidence/v1\x00")
-    for part in (ev.platform.encode(), ev.report, *ev.certificates):
-        h.update(len(part).to_bytes(4, "big") + part)
-    return h.digest()
 
 
 def evidence_from_pb(msg: pb.Evidence) -> Evidence:
@@ -250,6 +245,7 @@ class EnclaveSession:
                 f"key of {self.keys.party_id!r} is not a party key of this policy"
             )
         self.address = address
+        self._allow_simulated = allow_simulated
         host, port = _parse_address(address)
         der = fetch_server_certificate(host, port)
         pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
@@ -311,7 +307,54 @@ class EnclaveSession:
         self.close()
 
     def status(self) -> pb.GetStatusResponse:
-        return self.unary("GetStatus", pb.GetStatusRequest())
+        resp: pb.GetStatusResponse = self.unary("GetStatus", pb.GetStatusRequest())
+        return resp
+
+    def start_training(self) -> str:
+        """Ask the enclave to start; it does only if the policy's start rule holds."""
+        resp: pb.StartTrainingResponse = self.unary("StartTraining", pb.StartTrainingRequest())
+        return resp.phase
+
+    def watch(self, *, timeout: float | None = None) -> Iterator[TrainingProgress]:
+        """Training progress as it happens (step, epoch, loss, ε spent) until the run ends."""
+        req = pb.WatchTrainingRequest()
+        try:
+            for ev in self.stub.WatchTraining(
+                req, metadata=self.metadata("WatchTraining", req.SerializeToString()), timeout=timeout
+            ):
+                yield TrainingProgress(
+                    phase=ev.phase,
+                    step=ev.step,
+                    total_steps=ev.total_steps,
+                    epoch=ev.epoch,
+                    loss=ev.loss,
+                    epsilon=ev.epsilon if ev.epsilon >= 0 else None,
+                    detail=ev.detail,
+                )
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc) from None
+
+    def wait_for_phase(self, phases: tuple[str, ...], *, timeout: float = 3600) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            phase = self.status().phase
+            if phase in phases:
+                return phase
+            if phase == "failed":
+                raise ProtocolError(f"the run failed: {self.status().detail}")
+            if time.monotonic() > deadline:
+                raise ProtocolError(f"timed out waiting for {phases}; phase is {phase}")
+            time.sleep(0.2)
+
+    def release_manifest(self, *, now: _dt.datetime | None = None) -> VerifiedRelease:
+        """The verified manifest of the finished run (what data providers approve)."""
+        st = self.status()
+        if not st.manifest:
+            raise ProtocolError(f"no release manifest yet (phase: {st.phase})")
+        return verify_manifest(
+            st.manifest, st.manifest_signature, policy=self.policy,
+            allow_simulated=self._allow_simulated, now=now,
+        )
 
 
 def default_state_dir() -> Path:
@@ -543,6 +586,13 @@ class DataOwner(EnclaveSession):
         except (OSError, ValueError):
             return None
 
+    def approve_release(self) -> list[str]:
+        """Verify the release manifest, then approve exactly that manifest."""
+        release = self.release_manifest()
+        req = pb.ApproveReleaseRequest(manifest_sha256=release.manifest_sha256)
+        resp: pb.ApproveReleaseResponse = self.unary("ApproveRelease", req)
+        return list(resp.approvals)
+
     def receipts(self) -> list[Receipt]:
         resp = self.unary("ListReceipts", pb.ListReceiptsRequest())
         return [
@@ -551,6 +601,116 @@ class DataOwner(EnclaveSession):
             )
             for r in resp.receipts
         ]
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    phase: str
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    epsilon: float | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    weights: bytes  # safetensors
+    release: VerifiedRelease
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.release.manifest
+
+    def state_dict(self, framework: str = "numpy") -> dict[str, Any]:
+        """The weights as arrays: ``"numpy"`` (no torch needed) or ``"pt"`` for torch tensors."""
+        if framework == "pt":
+            from safetensors.torch import load as load_pt
+
+            return dict(load_pt(self.weights))
+        from safetensors.numpy import load as load_np
+
+        return dict(load_np(self.weights))
+
+    def load_into(self, model: Any) -> Any:
+        """Load the weights into a torch module of the released architecture (strict)."""
+        model.load_state_dict(self.state_dict("pt"), strict=True)
+        return model
+
+
+class Recipient(EnclaveSession):
+    """A recipient named by the policy: fetches, verifies and unseals the released model."""
+
+    def fetch_release(self) -> pb.FetchReleaseResponse:
+        resp: pb.FetchReleaseResponse = self.unary("FetchRelease", pb.FetchReleaseRequest())
+        return resp
+
+    def fetch_model(self, *, save_to: Path | None = None, now: _dt.datetime | None = None) -> FetchedModel:
+        """Manifest signature → evidence → policy digest → unseal → model hash; then hand it back."""
+        resp = self.fetch_release()
+        if save_to is not None:
+            save_release_bundle(save_to, resp, recipient_id=self.keys.party_id)
+        return open_release(
+            resp.manifest, resp.manifest_signature, resp.encapsulated_key, resp.sealed_weights,
+            policy=self.policy, keys=self.keys, allow_simulated=self._allow_simulated, now=now,
+        )
+
+
+def open_release(
+    manifest: bytes,
+    signature: bytes,
+    encapsulated_key: bytes,
+    sealed_weights: bytes,
+    *,
+    policy: Any,
+    keys: PartyKeys,
+    allow_simulated: bool,
+    now: _dt.datetime | None = None,
+) -> FetchedModel:
+    release = verify_manifest(manifest, signature, policy=policy, allow_simulated=allow_simulated, now=now)
+    if keys.party_id not in release.manifest.get("recipients", []):
+        raise ReleaseError(f"{keys.party_id!r} is not a recipient named in the manifest")
+    weights = unseal_weights(
+        release,
+        recipient_id=keys.party_id,
+        recipient_key=keys.hpke_key,
+        encapsulated_key=encapsulated_key,
+        sealed_weights=sealed_weights,
+        policy=policy,
+    )
+    return FetchedModel(weights, release)
+
+
+def save_release_bundle(path: Path, resp: pb.FetchReleaseResponse, *, recipient_id: str) -> None:
+    """The sealed release as one JSON file, verifiable offline with `cctrain release verify`."""
+    from cctrain.release import b64
+
+    doc = {
+        "type": "cctrain-release-bundle/v1",
+        "recipient": recipient_id,
+        "manifest": b64(resp.manifest),
+        "manifest_signature": b64(resp.manifest_signature),
+        "encapsulated_key": b64(resp.encapsulated_key),
+        "sealed_weights": b64(resp.sealed_weights),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc) + "\n")
+
+
+def load_release_bundle(path: Path) -> tuple[bytes, bytes, bytes, bytes]:
+    from cctrain.release import unb64
+
+    try:
+        doc = json.loads(path.read_text())
+        return (
+            unb64(doc["manifest"]),
+            unb64(doc["manifest_signature"]),
+            unb64(doc["encapsulated_key"]),
+            unb64(doc["sealed_weights"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReleaseError(f"{path} is not a release bundle: {exc}") from None
 
 
 def x25519_public_raw(raw: bytes) -> Any:
@@ -595,4 +755,13 @@ def _progress_reporter(
     return update
 
 
-__all__ = ["DataOwner", "EnclaveSession", "AttestedEnclave", "check_attestation", "x25519_public"]
+__all__ = [
+    "AttestedEnclave",
+    "DataOwner",
+    "EnclaveSession",
+    "FetchedModel",
+    "Recipient",
+    "TrainingProgress",
+    "check_attestation",
+    "open_release",
+]

@@ -182,20 +182,26 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("phase", "providers_uploaded", "providers_missing", "approvals", "detail", "policy_digest")
+    __slots__ = ("phase", "providers_uploaded", "providers_missing", "approvals", "detail", "policy_digest", "manifest", "manifest_signature", "approvals_missing")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_UPLOADED_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_MISSING_FIELD_NUMBER: _ClassVar[int]
     APPROVALS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_MISSING_FIELD_NUMBER: _ClassVar[int]
     phase: str
     providers_uploaded: _containers.RepeatedScalarFieldContainer[str]
     providers_missing: _containers.RepeatedScalarFieldContainer[str]
     approvals: _containers.RepeatedScalarFieldContainer[str]
     detail: str
     policy_digest: bytes
-    def __init__(self, phase: _Optional[str] = ..., providers_uploaded: _Optional[_Iterable[str]] = ..., providers_missing: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[str]] = ..., detail: _Optional[str] = ..., policy_digest: _Optional[bytes] = ...) -> None: ...
+    manifest: bytes
+    manifest_signature: bytes
+    approvals_missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, phase: _Optional[str] = ..., providers_uploaded: _Optional[_Iterable[str]] = ..., providers_missing: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[str]] = ..., detail: _Optional[str] = ..., policy_digest: _Optional[bytes] = ..., manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ..., approvals_missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
     __slots__ = ()
@@ -248,17 +254,13 @@ class FetchReleaseRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FetchReleaseResponse(_message.Message):
-    __slots__ = ("manifest", "manifest_signature", "encapsulated_key", "sealed_weights", "evidence", "enclave_tls_certificate")
+    __slots__ = ("manifest", "manifest_signature", "encapsulated_key", "sealed_weights")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     ENCAPSULATED_KEY_FIELD_NUMBER: _ClassVar[int]
     SEALED_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
-    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
-    ENCLAVE_TLS_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     manifest: bytes
     manifest_signature: bytes
     encapsulated_key: bytes
     sealed_weights: bytes
-    evidence: Evidence
-    enclave_tls_certificate: bytes
-    def __init__(self, manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ..., encapsulated_key: _Optional[bytes] = ..., sealed_weights: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., enclave_tls_certificate: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ..., encapsulated_key: _Optional[bytes] = ..., sealed_weights: _Optional[bytes] = ...) -> None: ...

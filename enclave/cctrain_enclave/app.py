@@ -61,7 +61,33 @@ class EnclaveApp:
         self.keys = EnclaveKeys.load_or_create(state, self.sealer)
         self.tls = TlsIdentity.generate(list(config.hosts))
         self.store = ShardStore(state, self.sealer)
-        self.phase = "collecting"
+        self.custom_model_source = self._load_custom_model_source(config.model_source)
+        from cctrain_enclave.run import RunController
+
+        self.run = RunController(self)
+
+    @property
+    def phase(self) -> str:
+        return self.run.phase
+
+    def _load_custom_model_source(self, path: Path | None) -> bytes | None:
+        """Custom model code must be the exact source the policy pins; checked before any import."""
+        import hashlib
+
+        model = self.policy.training["model"]
+        if model["name"] != "custom":
+            if path is not None:
+                raise PolicyError("--model-source given, but the policy's model is not 'custom'")
+            return None
+        if path is None:
+            raise PolicyError("the policy trains a custom model: pass --model-source with its source file")
+        source = path.read_bytes()
+        got = hashlib.sha256(source).hexdigest()
+        if got != model["source_sha256"]:
+            raise PolicyError(
+                f"custom model source {path} has SHA-256 {got}, the policy pins {model['source_sha256']}"
+            )
+        return source
 
     def _bind_state_to_policy(self, state: Path) -> None:
         """A state directory serves one policy for life: shards never mix across consortia."""
@@ -81,7 +107,8 @@ class EnclaveApp:
         os.chmod(marker, 0o600)
 
     def shutdown(self) -> None:
-        """Release the state directory (graceful stop)."""
+        """Stop training at its next step (it resumes on restart) and release the state directory."""
+        self.run.shutdown()
         self._lock_fh.close()
 
     # -- ingest hooks
@@ -92,7 +119,8 @@ class EnclaveApp:
             )
 
     def on_shard_accepted(self) -> None:
-        """Training starts when the policy's start rule holds (see training controller)."""
+        """Training starts by itself when the policy's start rule holds."""
+        self.run.maybe_start()
 
     def providers_missing(self) -> list[str]:
         have = self.store.providers_with_receipts()
@@ -100,22 +128,28 @@ class EnclaveApp:
 
     def status(self) -> pb.GetStatusResponse:
         have = sorted(self.store.providers_with_receipts())
+        manifest = self.run.manifest()
         return pb.GetStatusResponse(
             phase=self.phase,
             providers_uploaded=have,
             providers_missing=self.providers_missing(),
             policy_digest=self.policy.digest,
+            detail=self.run.detail,
+            approvals=self.run.approvals,
+            approvals_missing=self.run.approvals_missing(),
+            manifest=manifest[0] if manifest else b"",
+            manifest_signature=manifest[1] if manifest else b"",
         )
 
     # -- training and release (see cctrain_enclave.run)
     def request_start(self, party: str) -> str:
-        raise IngestError(grpc.StatusCode.UNIMPLEMENTED, "training is not available in this build")
+        return self.run.maybe_start(requested_by=party)
 
     def watch(self, context: Any) -> Any:
-        raise IngestError(grpc.StatusCode.UNIMPLEMENTED, "training is not available in this build")
+        return self.run.watch(context)
 
     def approve(self, party: str, manifest_sha256: bytes) -> pb.ApproveReleaseResponse:
-        raise IngestError(grpc.StatusCode.UNIMPLEMENTED, "release is not available in this build")
+        return self.run.approve(party, manifest_sha256)
 
     def fetch_release(self, party: str) -> pb.FetchReleaseResponse:
-        raise IngestError(grpc.StatusCode.UNIMPLEMENTED, "release is not available in this build")
+        return self.run.fetch(party)
