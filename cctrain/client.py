@@ -320,7 +320,9 @@ class EnclaveSession:
         req = pb.WatchTrainingRequest()
         try:
             for ev in self.stub.WatchTraining(
-                req, metadata=self.metadata("WatchTraining", req.SerializeToString()), timeout=timeout
+                req,
+                metadata=self.metadata("WatchTraining", req.SerializeToString()),
+                timeout=timeout,
             ):
                 yield TrainingProgress(
                     phase=ev.phase,
@@ -352,8 +354,11 @@ class EnclaveSession:
         if not st.manifest:
             raise ProtocolError(f"no release manifest yet (phase: {st.phase})")
         return verify_manifest(
-            st.manifest, st.manifest_signature, policy=self.policy,
-            allow_simulated=self._allow_simulated, now=now,
+            st.manifest,
+            st.manifest_signature,
+            policy=self.policy,
+            allow_simulated=self._allow_simulated,
+            now=now,
         )
 
 
@@ -646,14 +651,22 @@ class Recipient(EnclaveSession):
         resp: pb.FetchReleaseResponse = self.unary("FetchRelease", pb.FetchReleaseRequest())
         return resp
 
-    def fetch_model(self, *, save_to: Path | None = None, now: _dt.datetime | None = None) -> FetchedModel:
+    def fetch_model(
+        self, *, save_to: Path | None = None, now: _dt.datetime | None = None
+    ) -> FetchedModel:
         """Manifest signature → evidence → policy digest → unseal → model hash; then hand it back."""
         resp = self.fetch_release()
         if save_to is not None:
             save_release_bundle(save_to, resp, recipient_id=self.keys.party_id)
         return open_release(
-            resp.manifest, resp.manifest_signature, resp.encapsulated_key, resp.sealed_weights,
-            policy=self.policy, keys=self.keys, allow_simulated=self._allow_simulated, now=now,
+            resp.manifest,
+            resp.manifest_signature,
+            resp.encapsulated_key,
+            resp.sealed_weights,
+            policy=self.policy,
+            keys=self.keys,
+            allow_simulated=self._allow_simulated,
+            now=now,
         )
 
 
@@ -668,7 +681,9 @@ def open_release(
     allow_simulated: bool,
     now: _dt.datetime | None = None,
 ) -> FetchedModel:
-    release = verify_manifest(manifest, signature, policy=policy, allow_simulated=allow_simulated, now=now)
+    release = verify_manifest(
+        manifest, signature, policy=policy, allow_simulated=allow_simulated, now=now
+    )
     if keys.party_id not in release.manifest.get("recipients", []):
         raise ReleaseError(f"{keys.party_id!r} is not a recipient named in the manifest")
     weights = unseal_weights(

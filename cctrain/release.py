@@ -85,7 +85,11 @@ def evidence_digest(ev: Evidence) -> bytes:
 
 
 def seal_weights(
-    weights: bytes, *, recipient_key: X25519PublicKey, recipient_id: str, policy_digest: bytes,
+    weights: bytes,
+    *,
+    recipient_key: X25519PublicKey,
+    recipient_id: str,
+    policy_digest: bytes,
     manifest_sha256: bytes,
 ) -> tuple[bytes, bytes]:
     """(encapsulated key, sealed weights) for one recipient, under a fresh key."""
@@ -144,10 +148,16 @@ def verify_manifest(
         raise ReleaseError(
             f"manifest is for policy {policy_digest.hex()[:16]}…, ours is {policy.digest.hex()[:16]}…"
         )
-    if evidence.platform == "simulated" and not (allow_simulated and policy.attestation["allow_simulated"]):
-        raise ReleaseError("the release's evidence is simulated; refusing without --allow-simulated")
+    if evidence.platform == "simulated" and not (
+        allow_simulated and policy.attestation["allow_simulated"]
+    ):
+        raise ReleaseError(
+            "the release's evidence is simulated; refusing without --allow-simulated"
+        )
     try:
-        claims = verify_evidence(evidence, now=now, allow_simulated=evidence.platform == "simulated")
+        claims = verify_evidence(
+            evidence, now=now, allow_simulated=evidence.platform == "simulated"
+        )
         validate_claims(
             claims,
             accepted_platforms=list(policy.attestation["platforms"]),
@@ -165,7 +175,9 @@ def verify_manifest(
         raise ReleaseError("manifest evidence digest does not match its evidence")
     enclave_key = Ed25519PublicKey.from_public_bytes(signing_key)
     for i, r in enumerate(doc.get("receipts", [])):
-        if not verify_signature(enclave_key, RECEIPT_SIG_TAG, unb64(r["body"]), unb64(r["signature"])):
+        if not verify_signature(
+            enclave_key, RECEIPT_SIG_TAG, unb64(r["body"]), unb64(r["signature"])
+        ):
             raise ReleaseError(f"receipt {i} in the manifest is not signed by the enclave")
     return VerifiedRelease(doc, hashlib.sha256(manifest).digest(), claims)
 
@@ -192,7 +204,9 @@ def unseal_weights(
         ) from None
     try:
         weights = AESGCM(key).decrypt(
-            sealed_weights[:12], sealed_weights[12:], release.manifest_sha256 + recipient_id.encode()
+            sealed_weights[:12],
+            sealed_weights[12:],
+            release.manifest_sha256 + recipient_id.encode(),
         )
     except (InvalidTag, ValueError):
         raise ReleaseError("sealed weights do not authenticate (tampered)") from None

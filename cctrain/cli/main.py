@@ -312,6 +312,208 @@ def upload(
     )
 
 
+# --------------------------------------------------------------------------- training
+
+
+@main.command()
+@_session_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def status(
+    address: str, policy_file: Path, key_file: Path, allow_simulated: bool, fmt: str
+) -> None:
+    """The run's phase, who has uploaded, and the approvals still missing."""
+    from cctrain.client import EnclaveSession
+
+    with EnclaveSession(
+        address, policy=policy_file, key=key_file, allow_simulated=allow_simulated
+    ) as s:
+        st = s.status()
+    doc = {
+        "phase": st.phase,
+        "detail": st.detail,
+        "providers_uploaded": list(st.providers_uploaded),
+        "providers_missing": list(st.providers_missing),
+        "approvals": list(st.approvals),
+        "approvals_missing": list(st.approvals_missing),
+        "policy_digest": bytes(st.policy_digest).hex(),
+    }
+    if fmt == "json":
+        click.echo(json.dumps(doc))
+    else:
+        for k, v in doc.items():
+            click.echo(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
+
+
+@main.group()
+def train() -> None:
+    """Ask the enclave to start training (when the policy's start rule allows it)."""
+
+
+@train.command("start")
+@_session_options
+def train_start(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
+    """Request the start; refused with the reason unless every required provider has uploaded."""
+    from cctrain.client import EnclaveSession
+
+    with EnclaveSession(
+        address, policy=policy_file, key=key_file, allow_simulated=allow_simulated
+    ) as s:
+        click.echo(f"phase: {s.start_training()}")
+
+
+@main.command()
+@_session_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def watch(address: str, policy_file: Path, key_file: Path, allow_simulated: bool, fmt: str) -> None:
+    """Stream training progress (step, epoch, loss, ε spent) until the run ends."""
+    from cctrain.client import EnclaveSession
+
+    with EnclaveSession(
+        address, policy=policy_file, key=key_file, allow_simulated=allow_simulated
+    ) as s:
+        events = s.watch()
+        if fmt == "json":
+            for ev in events:
+                click.echo(json.dumps(ev.__dict__), nl=True)
+            return
+        _watch_with_bar(events)
+
+
+def _watch_with_bar(events: Any) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=False)
+    with Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "epoch {task.fields[epoch]}  loss {task.fields[loss]:.4f}  ε {task.fields[eps]}"
+        ),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("train", total=None, epoch=0, loss=0.0, eps="-")
+        for ev in events:
+            if ev.total_steps:
+                eps = f"{ev.epsilon:.3f}" if ev.epsilon is not None else "-"
+                bar.update(
+                    task,
+                    total=ev.total_steps,
+                    completed=ev.step,
+                    epoch=ev.epoch,
+                    loss=ev.loss,
+                    eps=eps,
+                )
+                if not console.is_terminal:
+                    console.print(
+                        f"step {ev.step}/{ev.total_steps} epoch {ev.epoch} loss {ev.loss:.4f} ε {eps}"
+                    )
+            else:
+                console.print(f"phase: {ev.phase} {ev.detail}".rstrip())
+
+
+# --------------------------------------------------------------------------- release
+
+
+@main.group()
+def release() -> None:
+    """Approve (data providers), fetch and verify (recipients) the sealed model."""
+
+
+@release.command("approve")
+@_session_options
+def release_approve(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
+    """Verify the release manifest, show what it says, and approve exactly it."""
+    from cctrain.client import DataOwner
+
+    with DataOwner(address, policy=policy_file, key=key_file, allow_simulated=allow_simulated) as o:
+        m = o.release_manifest()
+        click.echo(f"model sha256: {m.manifest['model_sha256']}")
+        click.echo(f"metrics: {json.dumps(m.manifest['metrics'])}")
+        click.echo(f"dp: {json.dumps(m.dp_certificate)}")
+        approvals = o.approve_release()
+    click.echo(f"approved; approvals so far: {', '.join(approvals)}")
+
+
+@release.command("fetch")
+@_session_options
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=Path("release"), show_default=True
+)
+def release_fetch(
+    address: str, policy_file: Path, key_file: Path, allow_simulated: bool, out_dir: Path
+) -> None:
+    """Fetch, verify and unseal the model: OUT/release.json (sealed) and OUT/model.safetensors."""
+    from cctrain.client import Recipient
+
+    with Recipient(address, policy=policy_file, key=key_file, allow_simulated=allow_simulated) as r:
+        model = r.fetch_model(save_to=out_dir / "release.json")
+    (out_dir / "model.safetensors").write_bytes(model.weights)
+    (out_dir / "manifest.json").write_text(json.dumps(model.manifest, indent=2) + "\n")
+    click.echo(
+        f"verified and unsealed: {out_dir / 'model.safetensors'} (sha256 {model.manifest['model_sha256']})"
+    )
+    if model.release.dp_certificate:
+        dp = model.release.dp_certificate
+        click.echo(
+            f"DP: ε = {dp['epsilon']:.3f}, δ = {dp['delta']:g} ({dp['accountant']}, noise {dp['noise_source']})"
+        )
+
+
+@release.command("verify")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--policy", "policy_file", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(path_type=Path),
+    help="Recipient key: also unseal and check the model hash.",
+)
+@click.option("--allow-simulated", is_flag=True)
+@click.option(
+    "--out", "out_file", type=click.Path(path_type=Path), help="Write the unsealed model here."
+)
+def release_verify(
+    bundle: Path,
+    policy_file: Path,
+    key_file: Path | None,
+    allow_simulated: bool,
+    out_file: Path | None,
+) -> None:
+    """Verify a release bundle offline: manifest signature, evidence, policy digest (and model hash)."""
+    from cctrain.client import load_release_bundle, open_release
+    from cctrain.crypto.keys import PartyKeys
+    from cctrain.policy import SignedPolicy
+    from cctrain.release import verify_manifest
+
+    sp = SignedPolicy.load(policy_file)
+    sp.require_complete()
+    manifest, sig, enc, sealed = load_release_bundle(bundle)
+    if allow_simulated:
+        _simulated_banner()
+    if key_file is None:
+        rel = verify_manifest(manifest, sig, policy=sp.policy, allow_simulated=allow_simulated)
+        click.echo(
+            f"manifest verified: model sha256 {rel.manifest['model_sha256']} (weights not opened: no --key)"
+        )
+        return
+    model = open_release(
+        manifest,
+        sig,
+        enc,
+        sealed,
+        policy=sp.policy,
+        keys=PartyKeys.load(key_file),
+        allow_simulated=allow_simulated,
+    )
+    if out_file:
+        out_file.write_bytes(model.weights)
+    click.echo(f"release verified and unsealed: model sha256 {model.manifest['model_sha256']}")
+
+
 # --------------------------------------------------------------------------- enclave
 
 

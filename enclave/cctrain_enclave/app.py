@@ -44,9 +44,17 @@ class EnclaveApp:
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            self._lock_fh.close()
             raise PolicyError(
                 f"state directory {state} is in use by another enclave process"
             ) from None
+        try:
+            self._open(config, provider, state)
+        except BaseException:
+            self._lock_fh.close()
+            raise
+
+    def _open(self, config: AppConfig, provider: EvidenceProvider, state: Path) -> None:
         self.signed_policy = SignedPolicy.load(config.policy_path)
         self.signed_policy.require_complete()
         self.policy = self.signed_policy.policy
@@ -80,7 +88,9 @@ class EnclaveApp:
                 raise PolicyError("--model-source given, but the policy's model is not 'custom'")
             return None
         if path is None:
-            raise PolicyError("the policy trains a custom model: pass --model-source with its source file")
+            raise PolicyError(
+                "the policy trains a custom model: pass --model-source with its source file"
+            )
         source = path.read_bytes()
         got = hashlib.sha256(source).hexdigest()
         if got != model["source_sha256"]:

@@ -73,7 +73,9 @@ class RunController:
             self.phase, self.detail = phase, detail
             atomic_write(
                 self.dir / "state.json",
-                json.dumps({"phase": phase, "detail": detail, "approvals": self.approvals}).encode(),
+                json.dumps(
+                    {"phase": phase, "detail": detail, "approvals": self.approvals}
+                ).encode(),
             )
             self._events.append(pb.TrainingEvent(phase=phase, detail=detail, epsilon=-1.0))
             self._cond.notify_all()
@@ -99,7 +101,9 @@ class RunController:
         return self.phase
 
     def _start_thread(self) -> None:
-        self._thread = threading.Thread(target=self._train_and_release, name="cctrain-train", daemon=True)
+        self._thread = threading.Thread(
+            target=self._train_and_release, name="cctrain-train", daemon=True
+        )
         self._thread.start()
 
     def shutdown(self) -> None:
@@ -233,7 +237,9 @@ class RunController:
             return None
 
     def approvals_missing(self) -> list[str]:
-        return [p for p in self.app.policy.release["approvals_required_from"] if p not in self.approvals]
+        return [
+            p for p in self.app.policy.release["approvals_required_from"] if p not in self.approvals
+        ]
 
     def approve(self, party: str, manifest_sha256: bytes) -> pb.ApproveReleaseResponse:
         required = self.app.policy.release["approvals_required_from"]
@@ -244,9 +250,13 @@ class RunController:
             )
         m = self.manifest()
         if m is None or self.phase not in ("awaiting_approval", "released"):
-            raise IngestError(grpc.StatusCode.FAILED_PRECONDITION, "there is no release to approve yet")
+            raise IngestError(
+                grpc.StatusCode.FAILED_PRECONDITION, "there is no release to approve yet"
+            )
         if hashlib.sha256(m[0]).digest() != manifest_sha256:
-            raise IngestError(grpc.StatusCode.FAILED_PRECONDITION, "approval is for another manifest")
+            raise IngestError(
+                grpc.StatusCode.FAILED_PRECONDITION, "approval is for another manifest"
+            )
         with self._cond:
             if party not in self.approvals:
                 self.approvals.append(party)
@@ -258,12 +268,18 @@ class RunController:
 
     def fetch(self, party: str) -> pb.FetchReleaseResponse:
         if party not in self.app.policy.recipients:
-            raise IngestError(grpc.StatusCode.PERMISSION_DENIED, f"{party!r} is not a recipient of this policy")
+            raise IngestError(
+                grpc.StatusCode.PERMISSION_DENIED, f"{party!r} is not a recipient of this policy"
+            )
         if self.phase != "released":
             raise IngestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"nothing is released yet (phase: {self.phase}"
-                + (f"; awaiting approval from {', '.join(self.approvals_missing())}" if self.phase == "awaiting_approval" else "")
+                + (
+                    f"; awaiting approval from {', '.join(self.approvals_missing())}"
+                    if self.phase == "awaiting_approval"
+                    else ""
+                )
                 + ")",
             )
         m = self.manifest()
@@ -292,4 +308,3 @@ class RunController:
             yield from new
             if any(e.phase in TERMINAL for e in new):
                 return
-
