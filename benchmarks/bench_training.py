@@ -1,0 +1,218 @@
+"""Training throughput: plain PyTorch loop vs cctrain ``train`` without and with DP.
+
+Same model (built by cctrain's registry from the same seed), same synthetic data, same
+optimiser and batch size, three ways:
+
+* ``plain``: the idiomatic PyTorch loop (a permutation per epoch, slices, zero_grad /
+  backward / step), nothing else;
+* ``cctrain``: ``train(...)`` with privacy disabled, end to end (setup + final evaluation);
+* ``dp-<mode>``: ``train(...)`` with DP (Poisson sampling, RDP accountant, CSPRNG noise),
+  for each grad-sample mode: Opacus ``hooks``, Opacus ``ghost``, cctrain ``fast`` (Linear-only
+  models), end to end, noise calibration included.
+
+Each is timed over whole runs (end to end) and over epochs 2..E (steady state, N rows per
+epoch); medians over ``--repeats`` are reported with their ratio to ``plain``. ``--quick`` keeps the whole script under a minute; ``--json PATH`` writes
+the results. Targets: cctrain/plain >= 0.95, dp-fast/plain >= 0.5 for the MLP.
+
+    .venv/bin/python benchmarks/bench_training.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cctrain_enclave.trainer import build_builtin_model, train
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: dict[str, Any]
+    feature_shape: tuple[int, ...]
+    rows: int
+    epochs: int
+    modes: tuple[str, ...]
+
+
+def _workloads(quick: bool) -> list[Workload]:
+    scale = 1 if quick else 4
+    return [
+        Workload(
+            "mlp-64x[64,32]",
+            {"name": "mlp", "params": {"hidden": [64, 32]}},
+            (64,),
+            6_000 * scale,
+            3,
+            ("fast", "ghost", "hooks"),
+        ),
+        Workload(
+            "mlp-784x[128,64]",
+            {"name": "mlp", "params": {"hidden": [128, 64]}},
+            (784,),
+            2_000 * scale,
+            3,
+            ("fast", "ghost", "hooks"),
+        ),
+        Workload(
+            "cnn-1x16x16",
+            {"name": "cnn", "params": {"channels": [8, 16], "hidden": 32}},
+            (1, 16, 16),
+            1_000 * scale,
+            3,
+            ("ghost", "hooks"),
+        ),
+    ]
+
+
+def _data(w: Workload, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(w.rows, *w.feature_shape)).astype(np.float32)
+    proj = rng.normal(size=(int(np.prod(w.feature_shape)), num_classes))
+    y = (x.reshape(w.rows, -1) @ proj).argmax(1).astype(np.int64)
+    return x, y
+
+
+def _training(w: Workload, batch_size: int) -> dict[str, Any]:
+    return {
+        "task": "classification",
+        "model": w.model,
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+        "epochs": w.epochs,
+        "batch_size": batch_size,
+        "seed": 0,
+    }
+
+
+def plain_loop(
+    x_np: np.ndarray, y_np: np.ndarray, w: Workload, training: dict[str, Any], num_classes: int
+) -> tuple[float, float]:
+    """The reference: what a PyTorch user writes."""
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model = build_builtin_model(w.model["name"], w.feature_shape, num_classes, w.model["params"])
+    opt = training["optimizer"]
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=opt["lr"], momentum=opt["momentum"], weight_decay=0.0
+    )
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    gen = torch.Generator().manual_seed(0)
+    samples = 0
+    epoch_ends = []
+    for _ in range(training["epochs"]):
+        for idx in torch.randperm(len(y), generator=gen).split(training["batch_size"]):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            samples += len(idx)
+        epoch_ends.append(time.perf_counter())
+    return _rates(samples, start, epoch_ends, len(y))
+
+
+def _rates(samples: int, start: float, epoch_ends: list[float], rows: int) -> tuple[float, float]:
+    """(end-to-end samples/s, steady-state samples/s over epochs 2..E, N rows per epoch)."""
+    end_to_end = samples / (epoch_ends[-1] - start)
+    steady = rows * (len(epoch_ends) - 1) / (epoch_ends[-1] - epoch_ends[0])
+    return end_to_end, steady
+
+
+def cctrain_run(
+    x: np.ndarray, y: np.ndarray, training: dict[str, Any], privacy: dict[str, Any], classes: int
+) -> tuple[float, float]:
+    """``train`` end to end (setup, calibration, final evaluation included), and steady state."""
+    epoch_ends: list[float] = []
+    start = time.perf_counter()
+    result = train(
+        x,
+        y,
+        num_classes=classes,
+        training=training,
+        privacy=privacy,
+        simulated_platform=True,
+        checkpoint=None,
+        progress=lambda _event: epoch_ends.append(time.perf_counter()),
+        progress_every=10**9,  # events at epoch ends only
+    )
+    epoch_ends[-1] = time.perf_counter()  # end to end includes the final evaluation
+    return _rates(int(result.metrics["samples"]), start, epoch_ends, len(y))
+
+
+def _privacy(mode: str) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "target_epsilon": 3.0,
+        "delta": 1e-5,
+        "max_grad_norm": 1.0,
+        "accountant": "rdp",
+        "noise_source": "csprng",
+        "grad_sample_mode": mode,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, < 60 s in all")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: two OpenMP threads on a 2-vCPU VM slow small "
+        "ops down badly; 1 leaves a core for cctrain's noise prefetch thread)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 5)
+    classes = 10
+    results: list[dict[str, Any]] = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={repeats}")
+    print("end-to-end: whole run incl. setup/calibration/evaluation; steady: epochs 2..E")
+    for w in _workloads(args.quick):
+        x, y = _data(w, classes)
+        training = _training(w, args.batch_size)
+        runs: dict[str, list[tuple[float, float]]] = {"plain": [], "cctrain": []}
+        runs |= {f"dp-{m}": [] for m in w.modes}
+        for _ in range(repeats):  # interleaved, so drifting machine load hits all alike
+            runs["plain"].append(plain_loop(x, y, w, training, classes))
+            runs["cctrain"].append(cctrain_run(x, y, training, {"enabled": False}, classes))
+            for m in w.modes:
+                runs[f"dp-{m}"].append(cctrain_run(x, y, training, _privacy(m), classes))
+        base_e2e = statistics.median(r[0] for r in runs["plain"])
+        base_steady = statistics.median(r[1] for r in runs["plain"])
+        print(f"\n{w.name}: {w.rows} rows, {w.epochs} epochs, batch {args.batch_size}")
+        print(f"  {'way':12s} {'end-to-end/s':>13s} {'ratio':>7s} {'steady/s':>10s} {'ratio':>7s}")
+        for name, values in runs.items():
+            e2e = statistics.median(r[0] for r in values)
+            steady = statistics.median(r[1] for r in values)
+            print(
+                f"  {name:12s} {e2e:13.0f} {e2e / base_e2e:7.3f} {steady:10.0f} "
+                f"{steady / base_steady:7.3f}"
+            )
+            results.append(
+                {
+                    "workload": asdict(w),
+                    "way": name,
+                    "end_to_end_samples_per_s": e2e,
+                    "end_to_end_ratio": e2e / base_e2e,
+                    "steady_samples_per_s": steady,
+                    "steady_ratio": steady / base_steady,
+                }
+            )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The trainer that runs inside the enclave: models, DP-SGD, checkpoints.
+
+Public entry points are re-exported here; the submodules are small and separately testable.
+"""
+
+from __future__ import annotations
+
+from .checkpoint import CheckpointError, CheckpointStore
+from .dp import PrivacyLedger, plan_privacy, validate_dp_config
+from .fastclip import FastClipUnsupported
+from .models import (
+    MODEL_BUILDERS,
+    CustomModelHashMismatch,
+    build_builtin_model,
+    load_custom_model,
+    register_model,
+)
+from .noise import AesCtrGaussian
+from .train import (
+    ProgressEvent,
+    TrainingResult,
+    TrainingStopped,
+    build_model_from_spec,
+    train,
+)
+
+__all__ = [
+    "MODEL_BUILDERS",
+    "AesCtrGaussian",
+    "CheckpointError",
+    "CheckpointStore",
+    "CustomModelHashMismatch",
+    "FastClipUnsupported",
+    "PrivacyLedger",
+    "ProgressEvent",
+    "TrainingResult",
+    "TrainingStopped",
+    "build_builtin_model",
+    "build_model_from_spec",
+    "load_custom_model",
+    "plan_privacy",
+    "register_model",
+    "train",
+    "validate_dp_config",
+]

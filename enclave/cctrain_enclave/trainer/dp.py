@@ -1,0 +1,557 @@
+"""Differential privacy for the trainer: config checks, noise calibration, the budget, DP steps.
+
+Parts, each small:
+
+* :func:`validate_dp_config` collects every problem with a DP configuration and model;
+  :func:`plan_privacy` refuses with one :class:`~cctrain.errors.PolicyError` listing them all,
+  then calibrates the noise multiplier with the named Opacus accountant.
+* :class:`PrivacyLedger` holds the Opacus accountant; before each step the trainer asks it
+  whether one more step keeps ε within the target, so a run never exceeds its budget.
+* Step engines (registry ``GRAD_SAMPLE_MODES``) do one DP-SGD step on a Poisson batch:
+  ``hooks`` and ``ghost`` are Opacus's GradSampleModule + DPOptimizer (assembled directly
+  rather than through ``PrivacyEngine.make_private``, whose secure mode needs torchcsprng and
+  whose DataLoader fetches rows one by one); ``fast`` is :mod:`.fastclip` for Linear-only
+  models. All add noise from the configured :mod:`.noise` source, divide by the expected
+  batch size, and share the sampler and accountant, so ε does not depend on the mode.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from opacus.accountants import RDPAccountant, create_accountant
+from opacus.accountants.accountant import IAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from cctrain.errors import PolicyError
+
+from .fastclip import LinearClipper, fast_clip_unsupported_reasons
+from .noise import NOISE_SOURCES, GaussianSource
+
+__all__ = [
+    "ACCOUNTANTS",
+    "GRAD_SAMPLE_MODES",
+    "DpPlan",
+    "DpStepEngine",
+    "PrivacyLedger",
+    "calibrate_noise",
+    "plan_privacy",
+    "resolve_grad_sample_mode",
+    "validate_dp_config",
+]
+
+#: Accountant names the policy may use (Opacus's names); ``cheap`` = ε can be evaluated per step.
+ACCOUNTANTS: dict[str, bool] = {"rdp": True, "prv": False}
+_RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_dp_config(
+    model: nn.Module,
+    training: Mapping[str, Any],
+    privacy: Mapping[str, Any],
+    *,
+    num_rows: int,
+    simulated_platform: bool,
+) -> list[str]:
+    """Every reason this model + config cannot be trained with DP (empty list: it can)."""
+    if not privacy.get("enabled", False):
+        return []
+    problems = [f"model: {err}" for err in ModuleValidator.validate(model, strict=False)]
+
+    eps = privacy.get("target_epsilon")
+    if not _is_number(eps) or eps <= 0:
+        problems.append(f"privacy.target_epsilon must be a number > 0, got {eps!r}")
+    delta = privacy.get("delta")
+    if not _is_number(delta) or not 0 < delta < 1 / max(num_rows, 1):
+        problems.append(
+            f"privacy.delta must be in (0, 1/N) = (0, {1 / max(num_rows, 1):.3g}) for N={num_rows} "
+            f"rows, got {delta!r}"
+        )
+    clip = privacy.get("max_grad_norm")
+    if not _is_number(clip) or clip <= 0:
+        problems.append(f"privacy.max_grad_norm must be a number > 0, got {clip!r}")
+    accountant = privacy.get("accountant", "rdp")
+    if accountant not in ACCOUNTANTS:
+        problems.append(
+            f"privacy.accountant {accountant!r} is not one of {', '.join(sorted(ACCOUNTANTS))}"
+        )
+    source = privacy.get("noise_source", "csprng")
+    if source not in NOISE_SOURCES:
+        problems.append(
+            f"privacy.noise_source {source!r} is not one of {', '.join(sorted(NOISE_SOURCES))}"
+        )
+    elif not simulated_platform and not NOISE_SOURCES[source].allowed_off_simulated:
+        problems.append(
+            f"privacy.noise_source {source!r} is predictable and allowed only on the simulated "
+            "platform"
+        )
+    mode = privacy.get("grad_sample_mode", "auto")
+    if mode != "auto" and mode not in GRAD_SAMPLE_MODES:
+        problems.append(
+            f"privacy.grad_sample_mode {mode!r} is not one of auto, "
+            f"{', '.join(sorted(GRAD_SAMPLE_MODES))}"
+        )
+    elif mode == "fast":
+        problems += [f"grad_sample_mode 'fast': {r}" for r in fast_clip_unsupported_reasons(model)]
+    # Poisson sampling is what the accountants assume; anything else voids the guarantee.
+    if privacy.get("poisson_sampling", True) is not True:
+        problems.append("privacy.poisson_sampling must be true: the accountants assume it")
+    sampler = training.get("sampler", "poisson")
+    if sampler != "poisson":
+        problems.append(f"training.sampler {sampler!r}: DP training needs Poisson sampling")
+    accumulation = training.get("gradient_accumulation_steps", 1)
+    if accumulation != 1:
+        problems.append(
+            f"training.gradient_accumulation_steps={accumulation!r}: accumulating several "
+            "Poisson batches into one step changes the sample rate the accountant assumes"
+        )
+
+    batch = training.get("batch_size")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        problems.append(f"training.batch_size must be a positive integer, got {batch!r}")
+    elif batch > num_rows:
+        problems.append(f"training.batch_size {batch} exceeds the {num_rows} rows available")
+    epochs = training.get("epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        problems.append(f"training.epochs must be a positive integer, got {epochs!r}")
+    return problems
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibrate_noise(
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    """The smallest noise multiplier (to Opacus's tolerance) with ε(steps) ≤ target."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class DpPlan:
+    """The DP parameters of one run, fixed before the first step."""
+
+    accountant: str
+    noise_multiplier: float
+    sample_rate: float
+    steps_planned: int
+    max_grad_norm: float
+    target_epsilon: float
+    delta: float
+    noise_source: str
+    grad_sample_mode: str  # resolved: never "auto"
+    expected_batch_size: int
+
+
+def resolve_grad_sample_mode(model: nn.Module, requested: str) -> str:
+    """``auto``: the fast path when every layer is Linear, else Opacus ghost clipping."""
+    if requested != "auto":
+        return requested
+    return "fast" if not fast_clip_unsupported_reasons(model) else "ghost"
+
+
+def plan_privacy(
+    model: nn.Module,
+    training: Mapping[str, Any],
+    privacy: Mapping[str, Any],
+    *,
+    num_rows: int,
+    sample_rate: float,
+    steps_per_epoch: int,
+    simulated_platform: bool,
+) -> DpPlan:
+    """Validate (refusing with every problem at once), then calibrate the noise."""
+    problems = validate_dp_config(
+        model, training, privacy, num_rows=num_rows, simulated_platform=simulated_platform
+    )
+    if problems:
+        raise PolicyError("DP training refused", problems=problems)
+    steps = steps_per_epoch * int(training["epochs"])
+    try:
+        sigma = calibrate_noise(
+            target_epsilon=float(privacy["target_epsilon"]),
+            delta=float(privacy["delta"]),
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=privacy.get("accountant", "rdp"),
+        )
+    except ValueError as exc:  # Opacus: "The privacy budget is too low."
+        raise PolicyError("DP training refused", problems=[f"noise calibration: {exc}"]) from exc
+    return DpPlan(
+        accountant=privacy.get("accountant", "rdp"),
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps_planned=steps,
+        max_grad_norm=float(privacy["max_grad_norm"]),
+        target_epsilon=float(privacy["target_epsilon"]),
+        delta=float(privacy["delta"]),
+        noise_source=privacy.get("noise_source", "csprng"),
+        grad_sample_mode=resolve_grad_sample_mode(model, privacy.get("grad_sample_mode", "auto")),
+        expected_batch_size=int(num_rows * sample_rate),
+    )
+
+
+# --------------------------------------------------------------------------- the budget
+
+
+class PrivacyLedger:
+    """The Opacus accountant of a run, plus the guard that keeps ε ≤ target.
+
+    ε grows with every step at fixed (σ, q), so the guard computes once (bisection over the
+    real accountant) how many more steps fit the budget; checking a step is then an integer
+    comparison instead of a 20-300 ms ε evaluation per step.
+    """
+
+    def __init__(self, plan: DpPlan, history: list[list[float]] | None = None) -> None:
+        self.plan = plan
+        self.accountant: IAccountant = create_accountant(plan.accountant)
+        self.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history or []]
+        self.steps_taken = sum(int(n) for _, _, n in self.accountant.history)
+        self.max_steps = self.steps_taken + self._steps_within_budget(plan.steps_planned)
+        self._rdp_cache: dict[tuple[float, float], Any] = {}
+
+    def _epsilon_with(self, extra_steps: int) -> float:
+        probe = create_accountant(self.plan.accountant)
+        probe.history = list(self.accountant.history)
+        if extra_steps:
+            probe.history.append((self.plan.noise_multiplier, self.plan.sample_rate, extra_steps))
+        return float(probe.get_epsilon(delta=self.plan.delta))
+
+    def _steps_within_budget(self, planned_total: int) -> int:
+        """The most further steps (≤ what the plan has left) with ε ≤ target."""
+        remaining = max(planned_total - self.steps_taken, 0)
+        if remaining == 0 or self._epsilon_with(remaining) <= self.plan.target_epsilon:
+            return remaining
+        low, high = 0, remaining  # ε(low) ≤ target < ε(high)
+        if self._epsilon_with(0) > self.plan.target_epsilon:
+            return 0
+        while high - low > 1:
+            mid = (low + high) // 2
+            if self._epsilon_with(mid) <= self.plan.target_epsilon:
+                low = mid
+            else:
+                high = mid
+        return low
+
+    def can_step(self) -> bool:
+        """Whether one more step keeps ε within the target."""
+        return self.steps_taken + 1 <= self.max_steps
+
+    def record_step(self) -> None:
+        if not self.can_step():
+            raise RuntimeError("privacy budget exhausted: the trainer must stop before this step")
+        self.accountant.step(
+            noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate
+        )
+        self.steps_taken += 1
+
+    def epsilon(self) -> float:
+        """ε spent so far, from the accountant itself (authoritative, possibly slow)."""
+        return (
+            float(self.accountant.get_epsilon(delta=self.plan.delta)) if self.steps_taken else 0.0
+        )
+
+    def epsilon_cheap(self) -> float | None:
+        """ε spent so far if the accountant is cheap per step (RDP: linear in steps), else None.
+
+        Same maths as Opacus's ``RDPAccountant.get_epsilon``, with the one-step RDP curve
+        cached so that progress events can carry ε without slowing training.
+        """
+        if not ACCOUNTANTS[self.plan.accountant]:
+            return None
+        if not self.steps_taken:
+            return 0.0
+        rdp = sum(self._rdp_one_step(s, q) * n for s, q, n in self.accountant.history)
+        eps, _ = rdp_analysis.get_privacy_spent(orders=_RDP_ORDERS, rdp=rdp, delta=self.plan.delta)
+        return float(eps)
+
+    def _rdp_one_step(self, sigma: float, q: float) -> Any:
+        if (sigma, q) not in self._rdp_cache:
+            self._rdp_cache[(sigma, q)] = rdp_analysis.compute_rdp(
+                q=q, noise_multiplier=sigma, steps=1, orders=_RDP_ORDERS
+            )
+        return self._rdp_cache[(sigma, q)]
+
+    def history(self) -> list[list[float]]:
+        """The accountant's history as plain lists (for ``weights_only`` checkpoints)."""
+        return [[float(s), float(q), int(n)] for s, q, n in self.accountant.history]
+
+
+# --------------------------------------------------------------------------- step engines
+
+
+class DpStepEngine(Protocol):
+    """One DP-SGD step: per-sample clip, sum, add N(0, σ²C²), divide by the expected batch."""
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Train on one Poisson batch (possibly empty); returns the summed loss (detached)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class NoisePrefetcher:
+    """Noise for all parameters, drawn in blocks of steps, a block ahead on a worker thread.
+
+    A block holds the noise of several steps, so the CSPRNG's per-call overhead (about 15
+    small tensor ops) is paid once per block; drawing the next block on a worker thread overlaps
+    the AES keystream and Box-Muller maths (torch and OpenSSL release the GIL) with training.
+    Only stateless sources (a fresh secret key, nothing to checkpoint) are drawn ahead: a seeded
+    source must stay in step with its checkpointed state, so it draws one step at a time.
+    """
+
+    _BLOCK_ELEMENTS = 1 << 20  # at most ~4 MiB (float32) of noise waiting
+
+    def __init__(self, source: GaussianSource, params: list[nn.Parameter], *, std: float) -> None:
+        self._source = source
+        self._shapes = [p.shape for p in params]
+        self._sizes = [p.numel() for p in params]
+        self._total = sum(self._sizes)
+        self._dtype = params[0].dtype
+        self._std = std
+        ahead = source.state() is None
+        self._block = max(1, min(32, self._BLOCK_ELEMENTS // self._total)) if ahead else 1
+        self._pool = ThreadPoolExecutor(1, "cctrain-noise") if ahead else None
+        self._next: Future[list[torch.Tensor]] | None = None
+        self._ready: list[torch.Tensor] = []
+
+    def _draw(self) -> list[torch.Tensor]:
+        shape = torch.Size([self._block * self._total])
+        flat = self._source.gaussian(shape, std=self._std, dtype=self._dtype)
+        return list(flat.split(self._total))[::-1]  # popped from the end, in order
+
+    def take(self) -> list[torch.Tensor]:
+        """Noise for this step, one tensor per parameter (each draw used exactly once)."""
+        if not self._ready:
+            if self._pool is None:
+                self._ready = self._draw()
+            else:
+                self._ready = self._next.result() if self._next is not None else self._draw()
+                self._next = self._pool.submit(self._draw)
+        parts = self._ready.pop().split(self._sizes)
+        return [n.view(shape) for n, shape in zip(parts, self._shapes, strict=True)]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _quiet_input_hook_warning() -> Iterator[None]:
+    """Opacus's full backward hooks make torch warn that the (data) input needs no gradient."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Full backward hook is firing", category=UserWarning
+        )
+        yield
+
+
+class _SourceNoiseMixin:
+    """Opacus DPOptimizer whose ``add_noise`` draws from our noise source, not torch.normal."""
+
+    noise: NoisePrefetcher
+    params: list[nn.Parameter]
+
+    def add_noise(self) -> None:
+        noises = self.noise.take()
+        for p, noise in zip(self.params, noises, strict=True):
+            _check_processed_flag(p.summed_grad)  # type: ignore[attr-defined]
+            p.grad = (p.summed_grad + noise).view_as(p)  # type: ignore[attr-defined]
+            _mark_as_processed(p.summed_grad)  # type: ignore[attr-defined]
+
+
+class SourceNoiseDPOptimizer(_SourceNoiseMixin, DPOptimizer):  # type: ignore[misc]
+    """Opacus's DPOptimizer (hooks mode) with our noise."""
+
+
+class SourceNoiseDPOptimizerGhost(_SourceNoiseMixin, DPOptimizerFastGradientClipping):  # type: ignore[misc]
+    """Opacus's ghost-clipping DPOptimizer with our noise."""
+
+
+class _EngineBase:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        plan: DpPlan,
+        noise: GaussianSource,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.plan = plan
+        self.noise = noise
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.noise_draws = NoisePrefetcher(
+            noise, self.params, std=plan.noise_multiplier * plan.max_grad_norm
+        )
+
+    def _apply(self, sums: list[torch.Tensor | None]) -> None:
+        """grad = (clipped sum + noise) / expected batch size, then the wrapped optimiser steps."""
+        noises = self.noise_draws.take()
+        scale = 1.0 / self.plan.expected_batch_size
+        for p, total, noise in zip(self.params, sums, noises, strict=True):
+            p.grad = (noise if total is None else noise.add_(total)).mul_(scale)
+        self.optimizer.step()
+
+    def _noise_only_step(self) -> torch.Tensor:
+        # An empty Poisson batch is still a step of the mechanism: noise alone is released.
+        self._apply([None] * len(self.params))
+        return torch.zeros(())
+
+    def close(self) -> None:
+        self.noise_draws.close()
+
+
+class FastLinearEngine(_EngineBase):
+    """:mod:`.fastclip` clipping; the wrapped optimiser is the plain torch one."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        plan: DpPlan,
+        noise: GaussianSource,
+    ) -> None:
+        super().__init__(model, optimizer, plan, noise)
+        self.clipper = LinearClipper(model)
+
+    def clipped_sums(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+        with self.clipper.capture():
+            logits = self.model(x)
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        grads = dict(
+            (id(p), g)
+            for p, g in self.clipper.clipped_gradient_sum(
+                loss, max_grad_norm=self.plan.max_grad_norm
+            )
+        )
+        return [grads.get(id(p)) for p in self.params], loss.detach()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            return self._noise_only_step()
+        sums, loss = self.clipped_sums(x, y)
+        self._apply(sums)
+        return loss
+
+    def close(self) -> None:
+        super().close()
+        self.clipper.close()
+
+
+class OpacusHooksEngine(_EngineBase):
+    """Opacus GradSampleModule (per-sample gradients via hooks) + DPOptimizer."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        plan: DpPlan,
+        noise: GaussianSource,
+    ) -> None:
+        super().__init__(model, optimizer, plan, noise)
+        self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        self.dp_optimizer = SourceNoiseDPOptimizer(
+            optimizer,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            expected_batch_size=plan.expected_batch_size,
+            loss_reduction="mean",
+        )
+        self.dp_optimizer.noise = self.noise_draws
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            return self._noise_only_step()
+        self.dp_optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.gsm(x), y)
+        with _quiet_input_hook_warning():
+            loss.backward()
+        self.dp_optimizer.step()
+        return loss.detach() * len(x)
+
+    def close(self) -> None:
+        super().close()
+        self.gsm._close()
+
+
+class OpacusGhostEngine(_EngineBase):
+    """Opacus ghost clipping: per-sample norms in a first backward, clipped sum in a second."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        plan: DpPlan,
+        noise: GaussianSource,
+    ) -> None:
+        super().__init__(model, optimizer, plan, noise)
+        self.gsm = GradSampleModuleFastGradientClipping(
+            model, batch_first=True, loss_reduction="mean", max_grad_norm=plan.max_grad_norm
+        )
+        self.dp_optimizer = SourceNoiseDPOptimizerGhost(
+            optimizer,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            expected_batch_size=plan.expected_batch_size,
+            loss_reduction="mean",
+        )
+        self.dp_optimizer.noise = self.noise_draws
+        self.criterion = DPLossFastGradientClipping(
+            self.gsm, self.dp_optimizer, nn.CrossEntropyLoss(reduction="mean"), "mean"
+        )
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            return self._noise_only_step()
+        self.dp_optimizer.zero_grad(set_to_none=True)
+        loss = self.criterion(self.gsm(x), y)
+        with _quiet_input_hook_warning():
+            loss.backward()
+        self.dp_optimizer.step()
+        return loss.detach() * len(x)
+
+    def close(self) -> None:
+        super().close()
+        self.gsm._close()
+
+
+EngineFactory = Callable[[nn.Module, torch.optim.Optimizer, DpPlan, GaussianSource], DpStepEngine]
+
+GRAD_SAMPLE_MODES: dict[str, EngineFactory] = {
+    "fast": FastLinearEngine,
+    "hooks": OpacusHooksEngine,
+    "ghost": OpacusGhostEngine,
+}

@@ -1,0 +1,423 @@
+"""The training loop run inside the enclave.
+
+``train`` builds the model the policy names, trains it (with DP-SGD when ``privacy.enabled``),
+checkpoints and resumes, and returns plain weights plus a DP certificate. Everything random is
+seeded from ``training.seed`` except the secure noise, whose key comes from ``os.urandom``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cctrain.errors import CctrainError, PolicyError, ShardError
+
+from .checkpoint import CheckpointError, CheckpointStore
+from .dp import GRAD_SAMPLE_MODES, DpPlan, DpStepEngine, PrivacyLedger, plan_privacy
+from .models import MODEL_BUILDERS, build_builtin_model, load_custom_model
+from .noise import NOISE_SOURCES, GaussianSource
+from .sampling import BatchPlanner, PoissonBatches, ShuffledBatches, poisson_sample_rate
+
+__all__ = [
+    "OPTIMIZERS",
+    "ProgressEvent",
+    "TrainingResult",
+    "TrainingStopped",
+    "build_model_from_spec",
+    "train",
+]
+
+_CHECKPOINT_FORMAT = 1
+_EVAL_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Where training is; ``epsilon`` is ε spent so far (None without DP, or when the accountant
+    is too slow to evaluate at every event: PRV reports it at epoch ends and the last step)."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    epsilon: float | None
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict[str, float | int]
+    dp_certificate: dict[str, Any] | None
+    model_spec: dict[str, Any]
+
+
+class TrainingStopped(CctrainError):
+    """``stop`` was set; the position was checkpointed (when a store was given) for resuming."""
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    factory: Callable[..., torch.optim.Optimizer]
+    allowed: frozenset[str]
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "sgd": OptimizerSpec(
+        torch.optim.SGD, frozenset({"lr", "momentum", "weight_decay", "nesterov", "dampening"})
+    ),
+    "adam": OptimizerSpec(torch.optim.Adam, frozenset({"lr", "betas", "eps", "weight_decay"})),
+}
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _training_problems(training: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    if training.get("task", "classification") != "classification":
+        problems.append(f"training.task {training.get('task')!r}: only 'classification' exists")
+    for key, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+        value = training.get(key, 0 if key == "seed" else None)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            problems.append(f"training.{key} must be an integer >= {minimum}, got {value!r}")
+    opt = dict(training.get("optimizer") or {})
+    spec = OPTIMIZERS.get(opt.pop("name", None))
+    if spec is None:
+        problems.append(f"training.optimizer.name must be one of {', '.join(sorted(OPTIMIZERS))}")
+    else:
+        problems += [
+            f"training.optimizer: unknown key {k!r} (allowed: {', '.join(sorted(spec.allowed))})"
+            for k in sorted(set(opt) - spec.allowed)
+        ]
+        lr = opt.get("lr")
+        if not isinstance(lr, int | float) or isinstance(lr, bool) or not lr > 0:
+            problems.append(f"training.optimizer.lr must be a number > 0, got {lr!r}")
+    model = training.get("model")
+    if not isinstance(model, Mapping) or "name" not in model:
+        problems.append("training.model must be a table with a name")
+    return problems
+
+
+def _model_spec(training: Mapping[str, Any]) -> dict[str, Any]:
+    model = training["model"]
+    spec = {"name": model["name"], "params": dict(model.get("params") or {})}
+    if model["name"] == "custom":
+        spec |= {"source_sha256": model["source_sha256"], "entry": model["entry"]}
+    return spec
+
+
+def build_model_from_spec(
+    model_spec: Mapping[str, Any],
+    feature_shape: Sequence[int],
+    num_classes: int,
+    *,
+    custom_model_source: bytes | None = None,
+) -> nn.Module:
+    """Rebuild the architecture of a :class:`TrainingResult` (weights then load into it)."""
+    params = dict(model_spec.get("params") or {})
+    if model_spec["name"] == "custom":
+        if custom_model_source is None:
+            raise PolicyError(
+                "custom model source missing",
+                problems=["the policy names a custom model but no source was supplied"],
+            )
+        return load_custom_model(
+            custom_model_source,
+            expected_sha256=model_spec["source_sha256"],
+            entry=model_spec["entry"],
+            feature_shape=feature_shape,
+            num_classes=num_classes,
+            params=params,
+        )
+    return build_builtin_model(model_spec["name"], feature_shape, num_classes, params)
+
+
+def _check_data(features: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    problems: list[str] = []
+    if features.dtype != np.float32 or features.ndim < 2:
+        problems.append(
+            f"features must be float32 shaped (N, ...), got {features.dtype} {features.shape}"
+        )
+    if labels.dtype != np.int64 or labels.ndim != 1:
+        problems.append(f"labels must be int64 shaped (N,), got {labels.dtype} {labels.shape}")
+    elif len(labels) != len(features):
+        problems.append(f"{len(features)} feature rows but {len(labels)} labels")
+    elif len(labels) == 0:
+        problems.append("no rows to train on")
+    elif labels.min() < 0 or labels.max() >= num_classes:
+        problems.append(f"labels must lie in [0, {num_classes})")
+    if problems:
+        raise ShardError("training data invalid: " + "; ".join(problems))
+
+
+def _config_digest(
+    training: Mapping[str, Any],
+    privacy: Mapping[str, Any],
+    features: np.ndarray,
+    num_classes: int,
+) -> str:
+    """Binds a checkpoint to this run: resuming under another config or data size is refused."""
+    doc = {
+        "training": training,
+        "privacy": privacy,
+        "rows": int(features.shape[0]),
+        "feature_shape": list(features.shape[1:]),
+        "num_classes": num_classes,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _PlainStep:
+    """One ordinary (non-private) optimisation step: the reference PyTorch loop."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
+        self.optimizer = optimizer
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach() * len(x)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    loss, correct = 0.0, 0
+    for xs, ys in zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK), strict=True):
+        logits = model(xs)
+        loss += float(F.cross_entropy(logits, ys, reduction="sum"))
+        correct += int((logits.argmax(1) == ys).sum())
+    model.train()
+    return loss / len(y), correct / len(y)
+
+
+def train(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    training: dict[str, Any],
+    privacy: dict[str, Any],
+    simulated_platform: bool,
+    checkpoint: CheckpointStore | None,
+    progress: Callable[[ProgressEvent], None] | None,
+    custom_model_source: bytes | None = None,
+    stop: threading.Event | None = None,
+    progress_every: int = 10,
+) -> TrainingResult:
+    """Train the policy's model on ``features``/``labels`` and return weights + DP certificate.
+
+    Resumes from ``checkpoint`` when it holds a checkpoint of this same run; the accountant
+    history in it makes ε cover every step taken before a crash. With DP, a step is taken only
+    if ε after it stays within ``privacy.target_epsilon``; otherwise training stops early and
+    the certificate says so.
+    """
+    problems = _training_problems(training)
+    if problems:
+        raise PolicyError("training config invalid", problems=problems)
+    if training["model"]["name"] not in MODEL_BUILDERS and training["model"]["name"] != "custom":
+        raise PolicyError(
+            "unknown model",
+            problems=[f"model {training['model']['name']!r} is neither built in nor 'custom'"],
+        )
+    _check_data(features, labels, num_classes)
+    x_all = torch.from_numpy(features)
+    y_all = torch.from_numpy(labels)
+    num_rows = len(labels)
+    seed = int(training.get("seed", 0))
+    model_spec = _model_spec(training)
+    digest = _config_digest(training, privacy, features, num_classes)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model_from_spec(
+            model_spec, features.shape[1:], num_classes, custom_model_source=custom_model_source
+        )
+        model.train()
+        opt_cfg = dict(training["optimizer"])
+        optimizer = OPTIMIZERS[opt_cfg.pop("name")].factory(model.parameters(), **opt_cfg)
+
+        dp_enabled = bool(privacy.get("enabled", False))
+        planner: BatchPlanner
+        ledger: PrivacyLedger | None = None
+        noise: GaussianSource | None = None
+        plan: DpPlan | None = None
+        if dp_enabled:
+            sample_rate, steps_per_epoch = poisson_sample_rate(
+                num_rows=num_rows, batch_size=int(training["batch_size"])
+            )
+            plan = plan_privacy(
+                model,
+                training,
+                privacy,
+                num_rows=num_rows,
+                sample_rate=sample_rate,
+                steps_per_epoch=steps_per_epoch,
+                simulated_platform=simulated_platform,
+            )
+            planner = PoissonBatches(
+                num_rows=num_rows,
+                sample_rate=sample_rate,
+                steps_per_epoch=steps_per_epoch,
+                seed=seed,
+            )
+            noise = NOISE_SOURCES[plan.noise_source].build(seed)
+        else:
+            planner = ShuffledBatches(
+                num_rows=num_rows, batch_size=int(training["batch_size"]), seed=seed
+            )
+        epochs = int(training["epochs"])
+        total_steps = planner.steps_per_epoch * epochs
+
+        # ---- resume
+        epoch, step_in_epoch, global_step, samples = 0, 0, 0, 0
+        stopped_early = False
+        history: list[list[float]] | None = None
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            if saved.get("format") != _CHECKPOINT_FORMAT or saved.get("config_digest") != digest:
+                raise CheckpointError("checkpoint belongs to a different training run or format")
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["torch_rng"])
+            planner.load_state(saved["planner_rng"])
+            if noise is not None:
+                noise.load_state(saved["noise_rng"])
+            epoch, step_in_epoch = int(saved["epoch"]), int(saved["step_in_epoch"])
+            global_step, samples = int(saved["global_step"]), int(saved["samples"])
+            stopped_early = bool(saved["stopped_early"])
+            history = saved["accountant_history"]
+        if plan is not None:
+            ledger = PrivacyLedger(plan, history)
+            if ledger.steps_taken != global_step:
+                raise CheckpointError("checkpoint's accountant history disagrees with its step")
+
+        engine: DpStepEngine | _PlainStep
+        if plan is not None and noise is not None:
+            engine = GRAD_SAMPLE_MODES[plan.grad_sample_mode](model, optimizer, plan, noise)
+        else:
+            engine = _PlainStep(model, optimizer)
+
+        def save(epoch_: int, step_: int, planner_state: dict[str, Any]) -> None:
+            if checkpoint is None:
+                return
+            checkpoint.save(
+                {
+                    "format": _CHECKPOINT_FORMAT,
+                    "config_digest": digest,
+                    "epoch": epoch_,
+                    "step_in_epoch": step_,
+                    "global_step": global_step,
+                    "samples": samples,
+                    "stopped_early": stopped_early,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "planner_rng": planner_state,
+                    "noise_rng": noise.state() if noise is not None else None,
+                    "accountant_history": ledger.history() if ledger is not None else [],
+                }
+            )
+
+        try:
+            while epoch < epochs and not stopped_early:
+                epoch_start_state = planner.state()
+                batches = planner.epoch_batches()
+                for i in range(step_in_epoch, planner.steps_per_epoch):
+                    if stop is not None and stop.is_set():
+                        save(epoch, i, epoch_start_state)
+                        raise TrainingStopped(f"training stopped at step {global_step}")
+                    if ledger is not None and not ledger.can_step():
+                        stopped_early = True
+                        break
+                    idx = batches[i]
+                    loss_sum = engine.step(x_all[idx], y_all[idx])
+                    if ledger is not None:
+                        ledger.record_step()
+                    global_step += 1
+                    samples += len(idx)
+                    last_of_epoch = i == planner.steps_per_epoch - 1
+                    if progress is not None and (
+                        global_step % progress_every == 0 or last_of_epoch
+                    ):
+                        eps = None
+                        if ledger is not None:
+                            eps = ledger.epsilon_cheap()
+                            if eps is None and last_of_epoch:
+                                eps = ledger.epsilon()
+                        progress(
+                            ProgressEvent(
+                                step=global_step,
+                                total_steps=total_steps,
+                                epoch=epoch,
+                                loss=float(loss_sum) / max(len(idx), 1),
+                                epsilon=eps,
+                            )
+                        )
+                    if (
+                        checkpoint is not None
+                        and global_step % checkpoint.every_steps == 0
+                        and not last_of_epoch
+                    ):
+                        save(epoch, i + 1, epoch_start_state)
+                else:
+                    epoch, step_in_epoch = epoch + 1, 0
+                    save(epoch, 0, planner.state())
+            if stopped_early:
+                # Recorded so a restart does not try the refused step again.
+                save(epochs, 0, planner.state())
+        finally:
+            engine.close()
+
+        train_loss, train_accuracy = _evaluate(model, x_all, y_all)
+
+    certificate = None
+    if ledger is not None and plan is not None and noise is not None:
+        epsilon = ledger.epsilon()
+        if epsilon > plan.target_epsilon:  # the guard makes this unreachable; never release if not
+            raise CctrainError(f"privacy budget exceeded: ε={epsilon} > {plan.target_epsilon}")
+        certificate = {
+            "accountant": plan.accountant,
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+            "steps": ledger.steps_taken,
+            "steps_planned": plan.steps_planned,
+            "max_grad_norm": plan.max_grad_norm,
+            "epsilon": epsilon,
+            "target_epsilon": plan.target_epsilon,
+            "delta": plan.delta,
+            "noise_source": noise.name,
+            "grad_sample_mode": plan.grad_sample_mode,
+            "stopped_early": stopped_early,
+        }
+    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    metrics: dict[str, float | int] = {
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "steps": global_step,
+        "samples": samples,
+    }
+    if not all(math.isfinite(float(v)) for v in metrics.values()):
+        raise CctrainError("training diverged: non-finite loss")
+    return TrainingResult(
+        state_dict=state_dict, metrics=metrics, dp_certificate=certificate, model_spec=model_spec
+    )
