@@ -42,9 +42,7 @@ BIN = Path(sys.executable).parent
 
 
 def cctrain(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [str(BIN / "cctrain"), *args], cwd=cwd, text=True, capture_output=True
-    )
+    proc = subprocess.run([str(BIN / "cctrain"), *args], cwd=cwd, text=True, capture_output=True)
     if check and proc.returncode != 0:
         raise SystemExit(f"cctrain {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
     return proc
@@ -61,12 +59,14 @@ def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str) -> Path
         text = text.replace(f"@{pid}.signing@", pub["signing_key"])
         text = text.replace(f"@{pid}.hpke@", pub["hpke_key"])
     privacy = (
-        'enabled = true\ntarget_epsilon = 8.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n'
+        "enabled = true\ntarget_epsilon = 8.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n"
         'accountant = "rdp"\nnoise_source = "csprng"'
         if dp
         else "enabled = false"
     )
-    expires = (_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = (_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=7)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
     values = {
         "@NAME_SUFFIX@": suffix,
         "@EXPIRES@": expires,
@@ -87,9 +87,19 @@ def start_enclave(policy: Path, state: Path, log: Path) -> tuple[subprocess.Pope
     state.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
-            [str(BIN / "cctrain"), "enclave", "serve", "--policy", str(policy),
-             "--state-dir", str(state), "--platform", "simulated"],
-            stdout=fh, stderr=subprocess.STDOUT,
+            [
+                str(BIN / "cctrain"),
+                "enclave",
+                "serve",
+                "--policy",
+                str(policy),
+                "--state-dir",
+                str(state),
+                "--platform",
+                "simulated",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -118,21 +128,48 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
     envelope = work / f"policy{suffix}.signed.json"
     say(f"every party signs {policy.name}")
     for pid in PARTIES:
-        cctrain("policy", "sign", str(policy), "--key", f"{pid}/{pid}.key",
-                "--envelope", str(envelope), cwd=work)
-    verify = json.loads(cctrain("policy", "verify", str(envelope), "--format", "json", cwd=work).stdout)
+        cctrain(
+            "policy",
+            "sign",
+            str(policy),
+            "--key",
+            f"{pid}/{pid}.key",
+            "--envelope",
+            str(envelope),
+            cwd=work,
+        )
+    verify = json.loads(
+        cctrain("policy", "verify", str(envelope), "--format", "json", cwd=work).stdout
+    )
     print(f"    policy digest {verify['digest']} signed by {', '.join(verify['signed'])}")
 
     say("the enclave starts (simulated TEE)")
-    enclave, address = start_enclave(envelope, work / f"enclave-state{suffix}", work / f"enclave{suffix}.log")
+    enclave, address = start_enclave(
+        envelope, work / f"enclave-state{suffix}", work / f"enclave{suffix}.log"
+    )
     try:
         say(f"three hospitals attest the enclave at {address} and upload in parallel")
         uploads = [
             subprocess.Popen(
-                [str(BIN / "cctrain"), "upload", f"{pid}.npz", "--enclave", address,
-                 "--policy", str(envelope), "--key", f"{pid}.key", "--allow-simulated",
-                 "--receipt-out", f"receipt{suffix}.json", "--no-progress"],
-                cwd=work / pid, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                [
+                    str(BIN / "cctrain"),
+                    "upload",
+                    f"{pid}.npz",
+                    "--enclave",
+                    address,
+                    "--policy",
+                    str(envelope),
+                    "--key",
+                    f"{pid}.key",
+                    "--allow-simulated",
+                    "--receipt-out",
+                    f"receipt{suffix}.json",
+                    "--no-progress",
+                ],
+                cwd=work / pid,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=dict(os.environ, CCTRAIN_HOME=str(work / pid / ".cctrain")),
             )
             for pid in PROVIDERS
@@ -141,15 +178,69 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
             out, err = proc.communicate(timeout=300)
             if proc.returncode != 0:
                 raise SystemExit(f"upload by {pid} failed:\n{out}{err}")
-        receipts = {pid: json.loads((work / pid / f"receipt{suffix}.json").read_text()) for pid in PROVIDERS}
+        receipts = {
+            pid: json.loads((work / pid / f"receipt{suffix}.json").read_text()) for pid in PROVIDERS
+        }
         for pid, r in receipts.items():
             same = "matches" if r["policy_digest"] == verify["digest"] else "DOES NOT MATCH"
-            print(f"    {pid}: receipt for shard {r['shard_id']!r}, {r['rows']} rows, "
-                  f"policy {r['policy_digest'][:16]}… ({same} `cctrain policy verify`)")
+            print(
+                f"    {pid}: receipt for shard {r['shard_id']!r}, {r['rows']} rows, "
+                f"policy {r['policy_digest'][:16]}… ({same} `cctrain policy verify`)"
+            )
         if any(r["policy_digest"] != verify["digest"] for r in receipts.values()):
             raise SystemExit("a receipt names another policy digest")
-        return {"digest": verify["digest"], "receipts": receipts, "address": address,
-                "envelope": envelope, "enclave": enclave}
+
+        say(
+            "every provider has a receipt: the start rule holds, the enclave trains "
+            "(hospital-a watches with `cctrain watch`)"
+        )
+        watch = cctrain(
+            "watch",
+            "--enclave",
+            address,
+            "--policy",
+            str(envelope),
+            "--key",
+            "hospital-a/hospital-a.key",
+            "--allow-simulated",
+            "--format",
+            "json",
+            cwd=work,
+        )
+        events = [json.loads(line) for line in watch.stdout.splitlines() if line.strip()]
+        steps = [e for e in events if e["total_steps"]]
+        if steps:
+            last = steps[-1]
+            eps = f", ε spent {last['epsilon']:.3f}" if last["epsilon"] is not None else ""
+            print(
+                f"    {len(steps)} progress events; last: step {last['step']}/{last['total_steps']}, "
+                f"epoch {last['epoch']}, loss {last['loss']:.4f}{eps}"
+            )
+        print(f"    phase: {events[-1]['phase']} {events[-1]['detail']}")
+
+        say("the recipient fetches, verifies and unseals the model (`cctrain release fetch`)")
+        out = cctrain(
+            "release",
+            "fetch",
+            "--enclave",
+            address,
+            "--policy",
+            str(envelope),
+            "--key",
+            f"{RECIPIENT}/{RECIPIENT}.key",
+            "--allow-simulated",
+            "--out",
+            str(work / RECIPIENT / f"release{suffix}"),
+            cwd=work,
+        )
+        for line in out.stdout.splitlines():
+            print(f"    {line}")
+        return {
+            "digest": verify["digest"],
+            "receipts": receipts,
+            "enclave": enclave,
+            "release": work / RECIPIENT / f"release{suffix}",
+        }
     except BaseException:
         stop(enclave)
         raise
@@ -172,15 +263,116 @@ def main() -> None:
     data = load_demo_data()
     for pid, (x, y) in data.shards.items():
         np.savez(work / pid / f"{pid}.npz", features=x, labels=y)
-        print(f"    {pid}: {len(y)} rows, label counts {np.bincount(y, minlength=NUM_CLASSES).tolist()}")
+        print(
+            f"    {pid}: {len(y)} rows, label counts {np.bincount(y, minlength=NUM_CLASSES).tolist()}"
+        )
     measurement = cctrain("measure", cwd=work).stdout.strip()
     print(f"    enclave measurement (simulated platform): {measurement[:32]}…")
 
     runs = [False] if args.no_dp else [False, True]
+    releases = {}
     for dp in runs:
         result = run_consortium(work, dp=dp, measurement=measurement, data=data)
         stop(result["enclave"])  # type: ignore[arg-type]
-    say("done")
+        releases[dp] = result["release"]
+
+    say("scoring every model on the same held-out test set")
+    rows = evaluate(data, releases)
+    print_table(rows)
+    (work / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    best_single = max(r["accuracy"] for r in rows if r["model"].startswith("hospital"))
+    joint = next(r["accuracy"] for r in rows if r["model"] == "joint (no DP)")
+    if joint <= best_single:
+        raise SystemExit(
+            f"the joint model ({joint:.3f}) did not beat the best single hospital ({best_single:.3f})"
+        )
+    say(
+        f"done: the joint model beats the best single hospital ({joint:.3f} > {best_single:.3f}); "
+        f"everything is in {work}"
+    )
+
+
+def _accuracy(model: object, x: np.ndarray, y: np.ndarray) -> float:
+    import torch
+
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)).argmax(dim=1).numpy()  # type: ignore[operator]
+    return float((pred == y).mean())
+
+
+def evaluate(data: object, releases: dict[bool, Path]) -> list[dict[str, object]]:
+    """Each hospital alone (same model and optimiser, trained locally), then the released models."""
+    import tomllib
+
+    from safetensors.torch import load_file
+
+    from cctrain_enclave.trainer import build_model_from_spec, train
+
+    x_test, y_test = data.test  # type: ignore[attr-defined]
+    policy = tomllib.loads(
+        (HERE / "policy.toml.in")
+        .read_text()
+        .replace("@LR@", "0.05")
+        .replace("@EPOCHS@", "40")
+        .replace("@BATCH@", "32")
+        .replace("@PRIVACY@", "enabled = false")
+    )
+    rows: list[dict[str, object]] = []
+    for pid, (x, y) in data.shards.items():  # type: ignore[attr-defined]
+        result = train(
+            x,
+            y,
+            num_classes=NUM_CLASSES,
+            training=policy["training"],
+            privacy={"enabled": False},
+            simulated_platform=True,
+            checkpoint=None,
+            progress=None,
+        )
+        model = build_model_from_spec(result.model_spec, x.shape[1:], NUM_CLASSES)
+        model.load_state_dict(result.state_dict)
+        model.eval()
+        rows.append(
+            {
+                "model": f"{pid} alone",
+                "rows": int(len(y)),
+                "accuracy": _accuracy(model, x_test, y_test),
+                "epsilon": None,
+            }
+        )
+    for dp, path in releases.items():
+        manifest = json.loads((path / "manifest.json").read_text())
+        model = build_model_from_spec(manifest["model"], x_test.shape[1:], NUM_CLASSES)
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        model.eval()
+        cert = manifest.get("dp_certificate")
+        rows.append(
+            {
+                "model": "joint (DP)" if dp else "joint (no DP)",
+                "rows": sum(int(len(v[1])) for v in data.shards.values()),  # type: ignore[attr-defined]
+                "accuracy": _accuracy(model, x_test, y_test),
+                "epsilon": round(cert["epsilon"], 3) if cert else None,
+                "delta": cert["delta"] if cert else None,
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="held-out test accuracy (digits, 360 images)")
+    table.add_column("model")
+    table.add_column("training rows", justify="right")
+    table.add_column("accuracy", justify="right")
+    table.add_column("privacy", justify="right")
+    for r in rows:
+        privacy = (
+            f"ε = {r['epsilon']}, δ = {r['delta']:g}" if r.get("epsilon") is not None else "none"
+        )
+        table.add_row(str(r["model"]), str(r["rows"]), f"{r['accuracy']:.3f}", privacy)
+    Console().print(table)
 
 
 if __name__ == "__main__":
