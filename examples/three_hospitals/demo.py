@@ -303,7 +303,6 @@ def _accuracy(model: object, x: np.ndarray, y: np.ndarray) -> float:
 def evaluate(data: object, releases: dict[bool, Path]) -> list[dict[str, object]]:
     """Each hospital alone (same model and optimiser, trained locally), then the released models."""
     import tomllib
-
     from safetensors.torch import load_file
 
     from cctrain_enclave.trainer import build_model_from_spec, train

@@ -20,6 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import NameOID
+
+from cctrain.errors import AttestationError, EvidenceParseError, NoEvidenceProviderError
 from cctrain_enclave.providers import detect_provider
 from cctrain_enclave.providers import sev_guest as sev
 from cctrain_enclave.providers import tdx_guest as tdx
@@ -30,13 +37,6 @@ from cctrain_enclave.providers.configfs_tsm import (
     OsFilesystem,
 )
 from cctrain_enclave.providers.gramine import GramineProvider
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.x509.oid import NameOID
-
-from cctrain.errors import AttestationError, EvidenceParseError, NoEvidenceProviderError
 
 RD = bytes(range(64))
 RD2 = bytes(reversed(range(64)))
