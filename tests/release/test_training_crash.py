@@ -1,0 +1,72 @@
+"""SIGKILL the enclave process mid-training; the restarted enclave resumes and ε counts every step."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import warnings
+from pathlib import Path
+
+from opacus.accountants import RDPAccountant
+
+from cctrain.client import DataOwner, Recipient, SimulatedEvidenceWarning
+from tests.consortium import PROVIDERS, RECIPIENT, make_consortium
+from tests.ingest.conftest import make_owner, write_shard
+from tests.ingest.test_resume_and_crash import _start_enclave
+
+
+def test_sigkill_during_training_then_restart_resumes(tmp_path: Path) -> None:
+    privacy = {"enabled": True, "target_epsilon": 4.0, "delta": 1e-5, "max_grad_norm": 1.0}
+    training = {
+        "model": {"name": "mlp", "params": {"hidden": [32]}},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "epochs": 40,
+        "batch_size": 16,
+    }
+    c = make_consortium(tmp_path / "c", privacy=privacy, training=training)
+    state = tmp_path / "state"
+    log = tmp_path / "enclave.log"
+    proc, address = _start_enclave(c, state, log)
+    checkpoint = state / "run" / "checkpoints" / "trainer-checkpoint.sealed"
+    try:
+        for i, pid in enumerate(PROVIDERS):
+            owner = make_owner(address, c, pid)
+            owner.upload(write_shard(tmp_path / f"{pid}.npz", seed=i), state_dir=tmp_path / pid)
+            owner.close()
+        deadline = time.time() + 120
+        while not checkpoint.exists() and time.time() < deadline:
+            time.sleep(0.005)
+        assert checkpoint.exists(), log.read_text()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (state / "run" / "release").exists()  # killed before the end
+        assert json.loads((state / "run" / "state.json").read_text())["phase"] == "training"
+
+        proc, address = _start_enclave(c, state, log)
+        watcher: DataOwner = make_owner(address, c, "hospital-a")
+        events = list(watcher.watch(timeout=300))
+        watcher.close()
+        assert events[-1].phase == "released", events[-1]
+        progress = [e for e in events if e.total_steps]
+        if progress:  # the restarted run continued, it did not start over
+            assert progress[0].step > 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SimulatedEvidenceWarning)
+            recipient = Recipient(
+                address, policy=c.signed, key=c.keys[RECIPIENT], allow_simulated=True
+            )
+        cert = recipient.fetch_model().release.dp_certificate
+        recipient.close()
+        assert cert is not None
+        assert cert["steps"] == cert["steps_planned"] and not cert["stopped_early"]
+        # ε covers every step before and after the crash: recompute it independently.
+        acc = RDPAccountant()
+        acc.history = [(cert["noise_multiplier"], cert["sample_rate"], cert["steps"])]
+        assert abs(acc.get_epsilon(delta=cert["delta"]) - cert["epsilon"]) < 1e-9
+        assert cert["epsilon"] <= 4.0
+        assert "resuming training after a restart" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
