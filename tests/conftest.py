@@ -3,6 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No timing assertions in tests: hypothesis deadlines off (first calls pay import costs).
+settings.register_profile("cctrain", deadline=None, derandomize=False)
+settings.load_profile("cctrain")
 
 REPO = Path(__file__).resolve().parents[1]
 #: Real evidence captured on real machines lives beside the checkout, never in it.
