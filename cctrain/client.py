@@ -400,7 +400,7 @@ class DataOwner(EnclaveSession):
         shard_id: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: ProgressFn | bool | None = None,
-        state_dir: Path | None = None,
+        state_dir: str | Path | None = None,
     ) -> Receipt:
         path = Path(path)
         fmt = SHARD_FORMATS.get(path.suffix.lower())
@@ -410,7 +410,7 @@ class DataOwner(EnclaveSession):
         if not SHARD_ID.match(shard_id):
             raise UploadRejectedError(f"shard id {shard_id!r} must match {SHARD_ID.pattern}")
         party = self.keys.party_id
-        state_dir = state_dir or default_state_dir()
+        state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         resume_path = (
             state_dir / "uploads" / f"{self.policy.digest.hex()[:16]}-{party}-{shard_id}.json"
         )
@@ -542,11 +542,12 @@ class DataOwner(EnclaveSession):
             for index in range(resume_from, header.chunk_count):
                 block = fh.read(cs)
                 last = index == header.chunk_count - 1
-                yield pb.UploadRequest(
-                    chunk=pb.Chunk(
-                        index=index, last=last, ciphertext=sealer.seal(index, block, last=last)
-                    )
-                )
+                # Filled in place: a nested message passed to a constructor is copied.
+                req = pb.UploadRequest()
+                req.chunk.index = index
+                req.chunk.last = last
+                req.chunk.ciphertext = sealer.seal(index, block, last=last)
+                yield req
                 sent += len(block)
                 report(sent, None)
 

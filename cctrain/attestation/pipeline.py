@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.utils import CryptographyDeprecationWarning
 
 from cctrain.attestation.base import (
@@ -84,13 +85,20 @@ def verify_evidence(
     platform = get_platform(evidence.platform)
     report = platform.parse(evidence.report)
     certs = load_certificates(evidence.certificates)
-    claims = platform.verify(
-        report,
-        certificates=certs,
-        collateral=evidence.collateral,
-        now=now if now is not None else utcnow(),
-        getter=getter,
-    )
+    try:
+        claims = platform.verify(
+            report,
+            certificates=certs,
+            collateral=evidence.collateral,
+            now=now if now is not None else utcnow(),
+            getter=getter,
+        )
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        # cryptography decodes certificate fields lazily: a corrupt certificate carried
+        # inside the evidence surfaces only now. It is unparseable input, not a crash.
+        raise EvidenceParseError(
+            f"evidence cannot be parsed: malformed embedded certificate: {exc}"
+        ) from None
     if claims.platform == "simulated":
         log.warning(SIMULATED_WARNING)
     return claims
@@ -142,15 +150,16 @@ def validate_claims(
         raise EvidenceValidationError(problems)
 
 
-_HEX = frozenset(b"0123456789abcdefABCDEF \t\r\n")
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 def read_evidence_bytes(data: bytes) -> bytes:
-    """Evidence files come raw or hex-encoded (as in the vectors); return raw bytes."""
-    stripped = data.strip()
-    if stripped and len(stripped) % 2 == 0 and all(b in _HEX for b in stripped):
-        try:
-            return bytes.fromhex(stripped.decode("ascii"))
-        except ValueError:
-            pass
+    """Evidence files come raw or hex-encoded (as in the vectors); return raw bytes.
+
+    Hex may be wrapped over lines (``xxd -p``) or use CRLF: all whitespace is
+    dropped before deciding, so line breaks never make a hex file look raw.
+    """
+    compact = b"".join(data.split())
+    if compact and len(compact) % 2 == 0 and all(b in _HEX_DIGITS for b in compact):
+        return bytes.fromhex(compact.decode("ascii"))
     return data

@@ -199,7 +199,9 @@ def attest() -> None:
 @click.option(
     "--platform",
     default="auto",
-    type=click.Choice(["auto", "sev-snp", "tdx", "sgx", "nvidia-gpu", "simulated"]),
+    show_default=True,
+    # Not a click.Choice: an unknown platform must still produce the JSON document (exit 2).
+    help="auto, sev-snp, tdx, sgx, nvidia-gpu or simulated",
 )
 @click.option("--cert", "cert_files", multiple=True, type=click.Path(path_type=Path))
 @click.option("--collateral", "collateral_path", type=click.Path(path_type=Path))

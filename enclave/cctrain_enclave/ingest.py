@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import queue
 import shutil
 import threading
 import time
@@ -53,13 +54,14 @@ from cctrain.protocol import (
 )
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.sealing import Sealer, atomic_write, fsync_dir
-from cctrain_enclave.shards import ShardArrays, parse_shard
+from cctrain_enclave.shards import ShardArrays, parse_shard, validate_shard
 
 log = logging.getLogger("cctrain.enclave.ingest")
 
 MIN_CHUNK_SIZE = 4096
-#: Acknowledge (after fsync) at least every this many bytes of ciphertext.
-ACK_EVERY_BYTES = int(os.environ.get("CCTRAIN_ACK_EVERY_BYTES", 16 << 20))
+#: Acknowledge (after fsync) at least every this many bytes of ciphertext. Larger means fewer
+#: fsyncs (faster) but more to resend after a crash; 64 MiB costs well under a second to resend.
+ACK_EVERY_BYTES = int(os.environ.get("CCTRAIN_ACK_EVERY_BYTES", 64 << 20))
 PARTIAL_TTL_S = 24 * 3600
 
 
@@ -270,6 +272,75 @@ class ShardStore:
         return ShardArrays(np.concatenate(feats), np.concatenate(labels)), receipts
 
 
+class _ChunkSink:
+    """Hashes plaintext and appends ciphertext on a worker thread, in arrival order.
+
+    ``hashlib`` and file I/O release the GIL, so this work overlaps with receiving
+    and decrypting the next chunks; fsyncs for acknowledgements happen here too,
+    and an ack is reported only once its fsync completed.
+    """
+
+    _STOP = object()
+
+    def __init__(self, fh: Any, hasher: Any, on_sync: Any, depth: int = 8) -> None:
+        self._fh, self._hasher, self._on_sync = fh, hasher, on_sync
+        self._q: queue.Queue[Any] = queue.Queue(depth)
+        self._durable: list[int] = []
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="cctrain-upload-sink", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is self._STOP:
+                return
+            if self._error is not None:
+                continue  # drain without doing more work after a failure
+            try:
+                if isinstance(item, int):
+                    self._fh.flush()
+                    os.fsync(self._fh.fileno())
+                    self._on_sync(item)
+                    with self._lock:
+                        self._durable.append(item)
+                else:
+                    pt, ct = item
+                    self._hasher.update(pt)
+                    self._fh.write(ct)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the handler thread
+                self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise IngestError(grpc.StatusCode.INTERNAL, "the enclave could not store the upload")
+
+    def add(self, plaintext: bytes, ciphertext: bytes) -> None:
+        self._check()
+        self._q.put((plaintext, ciphertext))
+
+    def sync(self, next_index: int) -> None:
+        self._check()
+        self._q.put(next_index)
+
+    def take_durable(self) -> int | None:
+        """The newest acknowledgement index made durable since the last call."""
+        self._check()
+        with self._lock:
+            newest = self._durable[-1] if self._durable else None
+            self._durable.clear()
+        return newest
+
+    def close(self, *, drain: bool) -> None:
+        if not drain:
+            self._error = self._error or InterruptedError("upload abandoned")
+        self._q.put(self._STOP)
+        self._thread.join()
+        if drain:
+            self._check()
+
+
 class UploadSession:
     """One Upload stream. ``begin`` → ``add_chunk``* → ``finish``; or ``reject`` / ``suspend``."""
 
@@ -320,6 +391,7 @@ class UploadSession:
             self.next_index = self._prepare(int(upload_header.resume_from))
             self.finished = False
             self._unacked = 0
+            self._sink = _ChunkSink(self._fh, self.hasher, self._record_progress)
         except BaseException:
             self._lock.release()
             raise
@@ -456,42 +528,37 @@ class UploadSession:
                 f"{self.header.chunk_count} chunks",
             )
         want_len = self.header.chunk_plain_size(chunk.index) + TAG_SIZE
-        if len(chunk.ciphertext) != want_len:
-            raise IngestError(
-                bad, f"chunk {chunk.index}: {len(chunk.ciphertext)} bytes, want {want_len}"
-            )
-        pt = self.opener.open(chunk.index, chunk.ciphertext, last=chunk.last)
+        ciphertext = chunk.ciphertext  # each protobuf field read copies it: read once
+        if len(ciphertext) != want_len:
+            raise IngestError(bad, f"chunk {chunk.index}: {len(ciphertext)} bytes, want {want_len}")
+        pt = self.opener.open(chunk.index, ciphertext, last=chunk.last)
         if pt is None:
             raise IngestError(
                 bad,
                 f"chunk {chunk.index} failed authentication (ciphertext, header or key tampered)",
             )
-        self.hasher.update(pt)
-        self._fh.write(chunk.ciphertext)
+        self._sink.add(pt, ciphertext)
         self.next_index += 1
-        self._unacked += len(chunk.ciphertext)
+        self._unacked += len(ciphertext)
         if chunk.last:
             self.finished = True
-            return None
-        if self._unacked >= ACK_EVERY_BYTES:
-            return self._make_durable()
-        return None
+        elif self._unacked >= ACK_EVERY_BYTES:
+            self._sink.sync(self.next_index)
+            self._unacked = 0
+        return self._sink.take_durable()
 
-    def _make_durable(self) -> int:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+    def _record_progress(self, next_index: int) -> None:
+        """Called by the sink after chunks [0, next_index) are fsynced."""
         atomic_write(
             self.dir / "progress.json",
             json.dumps(
                 {
-                    "next_index": self.next_index,
-                    "offset": self.header.chunk_offset(self.next_index),
+                    "next_index": next_index,
+                    "offset": self.header.chunk_offset(next_index),
                     "updated": time.time(),
                 }
             ).encode(),
         )
-        self._unacked = 0
-        return self.next_index
 
     # -- endings
     def finish(self, *, now_ms: int) -> pb.SignedReceipt:
@@ -501,6 +568,7 @@ class UploadSession:
                 bad,
                 f"stream ended before the final chunk (got {self.next_index} of {self.header.chunk_count})",
             )
+        self._sink.close(drain=True)
         if self.hasher.digest() != self.header.msg.plaintext_sha256:
             raise IngestError(
                 bad, "decrypted shard does not match the plaintext commitment in the header"
@@ -510,7 +578,7 @@ class UploadSession:
         self._fh.close()
         try:
             with DecryptingReader(self.dir / "chunks.bin", self.header, self.key) as reader:
-                arrays = parse_shard(self.header.msg.format, reader, self.policy.data)  # type: ignore[arg-type]
+                rows = validate_shard(self.header.msg.format, reader, self.policy.data)  # type: ignore[arg-type]
         except ShardError as exc:
             raise IngestError(bad, str(exc)) from None
         body = pb.ReceiptBody(
@@ -519,13 +587,12 @@ class UploadSession:
             party_id=self.party_id,
             shard_id=self.shard_id,
             plaintext_sha256=self.header.msg.plaintext_sha256,
-            rows=arrays.rows,
+            rows=rows,
             plaintext_size=self.header.msg.plaintext_size,
             header_sha256=self.header.sha256,
             accepted_unix_ms=now_ms,
             enclave_signing_key=self.signing_key.public_key().public_bytes_raw(),
         )
-        del arrays
         body_bytes = body.SerializeToString()
         receipt = pb.SignedReceipt(
             body=body_bytes, signature=self.signing_key.sign(RECEIPT_SIG_TAG + body_bytes)
@@ -542,12 +609,14 @@ class UploadSession:
 
     def reject(self) -> None:
         """Keep nothing of a rejected upload."""
+        self._sink.close(drain=False)
         if not self._fh.closed:
             self._fh.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def suspend(self) -> None:
         """The connection dropped: keep the acknowledged prefix for a resume."""
+        self._sink.close(drain=False)
         if not self._fh.closed:
             self._fh.close()
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +29,55 @@ def _evidence_pb(ev: Any) -> pb.Evidence:
         certificates=list(ev.certificates),
         collateral_json=json.dumps(ev.collateral) if ev.collateral else "",
     )
+
+
+_END = object()
+
+
+class _Prefetch:
+    """Receive the next messages in a thread while this one is decrypted, hashed and written.
+
+    gRPC's receive path (TLS, framing, protobuf parsing) and the upload work then
+    overlap; ``depth`` bounds the memory held (depth × chunk size).
+    """
+
+    def __init__(self, it: Iterator[pb.UploadRequest], depth: int = 8) -> None:
+        self._q: queue.Queue[object] = queue.Queue(depth)
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._pump, args=(it,), name="cctrain-upload-rx", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: object) -> None:
+        while not self._done.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _pump(self, it: Iterator[pb.UploadRequest]) -> None:
+        try:
+            for msg in it:
+                if self._done.is_set():
+                    return
+                self._put(msg)
+            self._put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[pb.UploadRequest]:
+        try:
+            while True:
+                item = self._q.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            self._done.set()
 
 
 class EnclaveServicer(pb_grpc.EnclaveServicer):
@@ -81,7 +132,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
                 hpke_key=self.app.keys.hpke,
                 signing_key=self.app.keys.signing,
             )
-            for msg in request_iterator:
+            for msg in _Prefetch(request_iterator):
                 kind = msg.WhichOneof("kind")
                 if kind != "chunk":
                     raise IngestError(

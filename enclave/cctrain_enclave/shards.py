@@ -42,27 +42,36 @@ def _max_member_bytes(schema: Mapping[str, Any]) -> int:
     return int(schema["max_rows"]) * per_row + (1 << 16)
 
 
+def _open_npz(fh: BinaryIO, schema: Mapping[str, Any]) -> zipfile.ZipFile:
+    """The zip container, with its member list and declared sizes checked first."""
+    zf = zipfile.ZipFile(fh)
+    names = {i.filename for i in zf.infolist()}
+    if names != NPZ_MEMBERS:
+        zf.close()
+        raise ShardError(f"npz must contain exactly 'features' and 'labels', got {sorted(names)}")
+    limit = _max_member_bytes(schema)
+    for info in zf.infolist():
+        if info.file_size > limit:
+            zf.close()
+            raise ShardError(
+                f"npz member {info.filename} declares {info.file_size} bytes, over the schema bound"
+            )
+    return zf
+
+
+_NPZ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError)
+
+
 def load_npz(fh: BinaryIO, schema: Mapping[str, Any]) -> ShardArrays:
     try:
-        with zipfile.ZipFile(fh) as zf:
-            names = {i.filename for i in zf.infolist()}
-            if names != NPZ_MEMBERS:
-                raise ShardError(
-                    f"npz must contain exactly 'features' and 'labels', got {sorted(names)}"
-                )
-            limit = _max_member_bytes(schema)
-            for info in zf.infolist():
-                if info.file_size > limit:
-                    raise ShardError(
-                        f"npz member {info.filename} declares {info.file_size} bytes, over the schema bound"
-                    )
+        _open_npz(fh, schema).close()
         fh.seek(0)
         with np.load(fh, allow_pickle=False) as npz:
             features = npz["features"]
             labels = npz["labels"]
     except ShardError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except _NPZ_ERRORS as exc:
         raise ShardError(f"not a valid npz shard (pickle is never allowed): {exc}") from None
     return ShardArrays(features, labels)
 
@@ -106,49 +115,147 @@ def load_csv(data: bytes, schema: Mapping[str, Any]) -> ShardArrays:
     )
 
 
-def validate_arrays(arrays: ShardArrays, schema: Mapping[str, Any]) -> list[str]:
-    """Every way the arrays violate the schema (empty list: valid)."""
-    problems: list[str] = []
+@dataclass(frozen=True)
+class ShardSummary:
+    """What the schema constrains, gathered from arrays or streamed from an NPZ."""
+
+    features_shape: tuple[int, ...]
+    features_dtype: np.dtype[Any]
+    labels_shape: tuple[int, ...]
+    labels_dtype: np.dtype[Any]
+    label_min: int | None
+    label_max: int | None
+    finite: bool
+
+    @property
+    def rows(self) -> int:
+        return int(self.labels_shape[0]) if self.labels_shape else 0
+
+
+def summarize_arrays(arrays: ShardArrays) -> ShardSummary:
     f, y = arrays.features, arrays.labels
+    integer = np.issubdtype(y.dtype, np.integer) and y.size > 0
+    return ShardSummary(
+        features_shape=tuple(f.shape),
+        features_dtype=f.dtype,
+        labels_shape=tuple(y.shape),
+        labels_dtype=y.dtype,
+        label_min=int(y.min()) if integer else None,
+        label_max=int(y.max()) if integer else None,
+        finite=not (np.issubdtype(f.dtype, np.floating) and f.size and not np.isfinite(f).all()),
+    )
+
+
+def summarize_npz_stream(
+    fh: BinaryIO, schema: Mapping[str, Any], *, block: int = 8 << 20
+) -> ShardSummary:
+    """The summary of an NPZ read member by member in blocks: O(block) memory, one pass.
+
+    Headers are parsed with numpy's own readers (never unpickling: object dtypes
+    are refused), and each member is read to its end so zipfile checks its CRC.
+    """
+    from numpy.lib import format as npf
+
+    found: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+    lo: int | None = None
+    hi: int | None = None
+    finite = True
+    try:
+        with _open_npz(fh, schema) as zf:
+            for name in ("features.npy", "labels.npy"):
+                with zf.open(name) as member:
+                    version = npf.read_magic(member)
+                    if version == (1, 0):
+                        shape, _fortran, dtype = npf.read_array_header_1_0(member)
+                    else:
+                        shape, _fortran, dtype = npf.read_array_header_2_0(member)
+                    if dtype.hasobject:
+                        raise ShardError(
+                            "npz member holds Python objects (pickle is never allowed)"
+                        )
+                    found[name] = (tuple(shape), dtype)
+                    remaining = math.prod(shape) * dtype.itemsize
+                    step = max(dtype.itemsize, block - block % max(dtype.itemsize, 1))
+                    while remaining > 0:
+                        buf = member.read(min(step, remaining))
+                        if not buf or len(buf) % dtype.itemsize:
+                            raise ShardError(f"npz member {name} is truncated")
+                        remaining -= len(buf)
+                        a = np.frombuffer(buf, dtype=dtype)
+                        if name == "features.npy" and np.issubdtype(dtype, np.floating):
+                            finite = finite and bool(np.isfinite(a).all())
+                        elif name == "labels.npy" and np.issubdtype(dtype, np.integer):
+                            lo = int(a.min()) if lo is None else min(lo, int(a.min()))
+                            hi = int(a.max()) if hi is None else max(hi, int(a.max()))
+                    if member.read(1):
+                        raise ShardError(f"npz member {name} has data beyond its array")
+    except ShardError:
+        raise
+    except _NPZ_ERRORS as exc:
+        raise ShardError(f"not a valid npz shard (pickle is never allowed): {exc}") from None
+    (fshape, fdtype), (yshape, ydtype) = found["features.npy"], found["labels.npy"]
+    return ShardSummary(fshape, fdtype, yshape, ydtype, lo, hi, finite)
+
+
+def check_summary(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]:
+    """Every way a shard violates the schema (empty list: valid)."""
+    problems: list[str] = []
+    fshape, yshape = summary.features_shape, summary.labels_shape
     want_shape = _feature_shape(schema)
     want_dtype = np.dtype(schema["features"]["dtype"])
-    if f.dtype != want_dtype:
-        problems.append(f"features.dtype: got {f.dtype}, want {want_dtype}")
-    if tuple(f.shape[1:]) != want_shape:
-        problems.append(f"features.shape: got {tuple(f.shape[1:])} per row, want {want_shape}")
-    if y.ndim != 1:
-        problems.append(f"labels.shape: got {y.shape}, want (rows,)")
-    if not np.issubdtype(y.dtype, np.integer):
-        problems.append(f"labels.dtype: got {y.dtype}, want an integer type")
-    if f.ndim >= 1 and y.ndim >= 1 and f.shape[0] != y.shape[0]:
-        problems.append(f"rows: features has {f.shape[0]}, labels has {y.shape[0]}")
-    n = int(y.shape[0]) if y.ndim >= 1 else 0
+    if summary.features_dtype != want_dtype:
+        problems.append(f"features.dtype: got {summary.features_dtype}, want {want_dtype}")
+    if tuple(fshape[1:]) != want_shape:
+        problems.append(f"features.shape: got {tuple(fshape[1:])} per row, want {want_shape}")
+    if len(yshape) != 1:
+        problems.append(f"labels.shape: got {yshape}, want (rows,)")
+    if not np.issubdtype(summary.labels_dtype, np.integer):
+        problems.append(f"labels.dtype: got {summary.labels_dtype}, want an integer type")
+    if fshape and yshape and fshape[0] != yshape[0]:
+        problems.append(f"rows: features has {fshape[0]}, labels has {yshape[0]}")
+    n = summary.rows
     if n < int(schema["min_rows"]):
         problems.append(f"rows: got {n}, want at least {schema['min_rows']}")
     if n > int(schema["max_rows"]):
         problems.append(f"rows: got {n}, want at most {schema['max_rows']}")
-    if np.issubdtype(y.dtype, np.integer) and y.size:
+    if summary.label_min is not None and summary.label_max is not None:
         k = int(schema["labels"]["num_classes"])
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= k:
-            problems.append(f"labels: values in [{lo}, {hi}], want within [0, {k - 1}]")
-    if np.issubdtype(f.dtype, np.floating) and f.size and not np.isfinite(f).all():
+        if summary.label_min < 0 or summary.label_max >= k:
+            problems.append(
+                f"labels: values in [{summary.label_min}, {summary.label_max}], "
+                f"want within [0, {k - 1}]"
+            )
+    if not summary.finite:
         problems.append("features: contains NaN or infinity")
     return problems
 
 
-def parse_shard(fmt: str, reader: BinaryIO, schema: Mapping[str, Any]) -> ShardArrays:
-    if fmt not in schema["formats"]:
-        raise ShardError(f"format {fmt!r} is not allowed by the policy ({list(schema['formats'])})")
-    if fmt == "npz":
-        arrays = load_npz(reader, schema)
-    elif fmt == "csv":
-        arrays = load_csv(reader.read(), schema)
-    else:  # pragma: no cover - guarded above
-        raise ShardError(f"unknown format {fmt!r}")
-    problems = validate_arrays(arrays, schema)
+def _raise_problems(problems: list[str]) -> None:
     if problems:
         raise ShardError("shard violates the policy schema: " + "; ".join(problems))
+
+
+def _check_format(fmt: str, schema: Mapping[str, Any]) -> None:
+    if fmt not in schema["formats"]:
+        raise ShardError(f"format {fmt!r} is not allowed by the policy ({list(schema['formats'])})")
+
+
+def validate_shard(fmt: str, reader: BinaryIO, schema: Mapping[str, Any]) -> int:
+    """Check a shard against the schema without materialising it (ingest); return its rows."""
+    _check_format(fmt, schema)
+    if fmt == "npz":
+        summary = summarize_npz_stream(reader, schema)
+    else:
+        summary = summarize_arrays(load_csv(reader.read(), schema))
+    _raise_problems(check_summary(summary, schema))
+    return summary.rows
+
+
+def parse_shard(fmt: str, reader: BinaryIO, schema: Mapping[str, Any]) -> ShardArrays:
+    """Load a shard's arrays (training) after checking them against the schema."""
+    _check_format(fmt, schema)
+    arrays = load_npz(reader, schema) if fmt == "npz" else load_csv(reader.read(), schema)
+    _raise_problems(check_summary(summarize_arrays(arrays), schema))
     return ShardArrays(
         np.ascontiguousarray(arrays.features, dtype=np.float32),
         np.ascontiguousarray(arrays.labels, dtype=np.int64),
