@@ -23,7 +23,7 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +45,26 @@ class Workload:
 
 
 def _workloads(quick: bool) -> list[Workload]:
-    scale = 1 if quick else 4
-    return [
+    """Quick: one size each. Full: the MLP over 10k → 1M rows (the scaling curve), the rest at 20k."""
+    mlp_rows = [10_000] if quick else [10_000, 100_000, 1_000_000]
+    work = [
         Workload(
-            "mlp-64x[64,32]",
+            f"mlp-64x[64,32]-{rows // 1000}k",
             {"name": "mlp", "params": {"hidden": [64, 32]}},
             (64,),
-            6_000 * scale,
-            3,
-            ("fast", "ghost", "hooks"),
-        ),
+            rows,
+            3 if rows <= 100_000 else 2,
+            ("fast", "ghost", "hooks") if rows <= 10_000 else ("fast",),
+        )
+        for rows in mlp_rows
+    ]
+    scale = 1 if quick else 4
+    work += [
         Workload(
             "mlp-784x[128,64]",
             {"name": "mlp", "params": {"hidden": [128, 64]}},
             (784,),
-            2_000 * scale,
+            2_500 * scale,
             3,
             ("fast", "ghost", "hooks"),
         ),
@@ -67,11 +72,12 @@ def _workloads(quick: bool) -> list[Workload]:
             "cnn-1x16x16",
             {"name": "cnn", "params": {"channels": [8, 16], "hidden": 32}},
             (1, 16, 16),
-            1_000 * scale,
+            2_500 * scale,
             3,
             ("ghost", "hooks"),
         ),
     ]
+    return work
 
 
 def _data(w: Workload, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,8 +149,10 @@ def cctrain_run(
         progress=lambda _event: epoch_ends.append(time.perf_counter()),
         progress_every=10**9,  # events at epoch ends only
     )
-    epoch_ends[-1] = time.perf_counter()  # end to end includes the final evaluation
-    return _rates(int(result.metrics["samples"]), start, epoch_ends, len(y))
+    end = time.perf_counter()  # end to end includes the final evaluation
+    samples = int(result.metrics["samples"])
+    steady = len(y) * (len(epoch_ends) - 1) / (epoch_ends[-1] - epoch_ends[0])
+    return samples / (end - start), steady
 
 
 def _privacy(mode: str) -> dict[str, Any]:
@@ -159,29 +167,29 @@ def _privacy(mode: str) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, < 60 s in all")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--json", type=Path, default=None, help="write results here")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: two OpenMP threads on a 2-vCPU VM slow small "
-        "ops down badly; 1 leaves a core for cctrain's noise prefetch thread)",
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    repeats = args.repeats or (3 if args.quick else 5)
+TARGET_NO_DP = 0.95
+TARGET_DP_MLP = 0.5
+
+
+def run(
+    quick: bool = False,
+    repeats: int | None = None,
+    *,
+    batch_size: int = 256,
+    threads: int = 1,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Every workload three ways (plus DP modes), interleaved over ``repeats``; medians."""
+    torch.set_num_threads(threads)
+    repeats = repeats or (2 if quick else 3)
     classes = 10
     results: list[dict[str, Any]] = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={repeats}")
-    print("end-to-end: whole run incl. setup/calibration/evaluation; steady: epochs 2..E")
-    for w in _workloads(args.quick):
+    log(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch_size}, repeats={repeats}"
+    )
+    for w in _workloads(quick):
         x, y = _data(w, classes)
-        training = _training(w, args.batch_size)
+        training = _training(w, batch_size)
         runs: dict[str, list[tuple[float, float]]] = {"plain": [], "cctrain": []}
         runs |= {f"dp-{m}": [] for m in w.modes}
         for _ in range(repeats):  # interleaved, so drifting machine load hits all alike
@@ -191,18 +199,19 @@ def main() -> None:
                 runs[f"dp-{m}"].append(cctrain_run(x, y, training, _privacy(m), classes))
         base_e2e = statistics.median(r[0] for r in runs["plain"])
         base_steady = statistics.median(r[1] for r in runs["plain"])
-        print(f"\n{w.name}: {w.rows} rows, {w.epochs} epochs, batch {args.batch_size}")
-        print(f"  {'way':12s} {'end-to-end/s':>13s} {'ratio':>7s} {'steady/s':>10s} {'ratio':>7s}")
+        log(f"{w.name}: {w.rows} rows, {w.epochs} epochs")
         for name, values in runs.items():
             e2e = statistics.median(r[0] for r in values)
             steady = statistics.median(r[1] for r in values)
-            print(
-                f"  {name:12s} {e2e:13.0f} {e2e / base_e2e:7.3f} {steady:10.0f} "
-                f"{steady / base_steady:7.3f}"
+            log(
+                f"  {name:12s} {e2e:10.0f}/s e2e ({e2e / base_e2e:5.3f}x)  {steady:10.0f}/s steady ({steady / base_steady:5.3f}x)"
             )
             results.append(
                 {
-                    "workload": asdict(w),
+                    "workload": w.name,
+                    "model": w.model["name"],
+                    "rows": w.rows,
+                    "epochs": w.epochs,
                     "way": name,
                     "end_to_end_samples_per_s": e2e,
                     "end_to_end_ratio": e2e / base_e2e,
@@ -210,8 +219,32 @@ def main() -> None:
                     "steady_ratio": steady / base_steady,
                 }
             )
+    return {
+        "batch_size": batch_size,
+        "threads": threads,
+        "repeats": repeats,
+        "targets": {"cctrain_over_plain": TARGET_NO_DP, "dp_mlp_over_plain": TARGET_DP_MLP},
+        "results": results,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, < 60 s in all")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: two OpenMP threads on a 2-vCPU VM slow small "
+        "ops down badly; 1 leaves a core for cctrain's noise prefetch thread)",
+    )
+    args = parser.parse_args()
+    out = run(args.quick, args.repeats, batch_size=args.batch_size, threads=args.threads)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

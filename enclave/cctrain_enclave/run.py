@@ -42,6 +42,13 @@ log = logging.getLogger("cctrain.enclave.run")
 TERMINAL = frozenset({"released", "failed"})
 
 
+def _preload_trainer() -> None:
+    try:
+        import cctrain_enclave.trainer  # noqa: F401
+    except Exception:  # noqa: BLE001 - the training thread reports import problems itself
+        log.debug("trainer preload failed", exc_info=True)
+
+
 class RunController:
     def __init__(self, app: EnclaveApp) -> None:
         self.app = app
@@ -59,6 +66,10 @@ class RunController:
         if self.phase == "training":
             log.info("resuming training after a restart")
             self._start_thread()
+        elif self.phase == "collecting":
+            # Importing torch and Opacus takes seconds; do it while the shards arrive,
+            # not after the last receipt.
+            threading.Thread(target=_preload_trainer, name="cctrain-preload", daemon=True).start()
 
     # -- persistent state
     def _load_state(self) -> dict[str, Any]:
