@@ -50,7 +50,6 @@ import logging
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -72,6 +71,8 @@ DEMO = REPO / "examples" / "three_hospitals"
 for _p in (str(DEMO), str(REPO / "enclave"), str(REPO)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
+
+from cctrain.local import LocalEnclave  # noqa: E402
 
 PHASES = ("attest", "upload", "train", "seal", "fetch_verify")
 RECIPIENT = "research-lab"
@@ -238,31 +239,12 @@ def enclave_process(
     policy: Path, state: Path, log: Path, code: Path, threads: int | None = None
 ) -> Iterator[tuple[str, float]]:
     """(address, start-up seconds) of a fresh ``cctrain_enclave serve`` child; SIGTERM after."""
-    state.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "cctrain_enclave", "serve", "--policy", str(policy)]
-    argv += ["--state-dir", str(state), "--platform", "simulated"]
-    start = time.perf_counter()
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=_env(code, threads))
+    enclave = LocalEnclave(policy=policy, state_dir=state, log=log, env=_env(code, threads))
     try:
-        endpoint = state / "endpoint.json"
-        deadline = time.monotonic() + 120
-        while not endpoint.exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"the enclave exited:\n{log.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the enclave did not start within 120 s")
-            time.sleep(0.02)
-        address = json.loads(endpoint.read_text())["address"]
-        yield address, time.perf_counter() - start
+        enclave.start()
+        yield enclave.address, enclave.startup_s
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        enclave.stop()
 
 
 # --------------------------------------------------------------------------- one run

@@ -6,7 +6,6 @@ upload rejected); 2 bad arguments or unreadable input.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import sys
@@ -524,45 +523,11 @@ def enclave() -> None:
     """Run the enclave service (needs the cctrain[enclave] extra for training)."""
 
 
-@enclave.command("serve")
-@click.option(
-    "--policy", "policy_file", required=True, type=click.Path(exists=True, path_type=Path)
-)
-@click.option("--state-dir", required=True, type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option(
-    "--port", default=0, show_default=True, help="0 picks a free port (see STATE/endpoint.json)."
-)
-@click.option(
-    "--platform",
-    default="auto",
-    show_default=True,
-    type=click.Choice(["auto", "simulated", "sev-snp", "tdx", "sgx"]),
-)
-@click.option("--model-source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def enclave_serve(
-    policy_file: Path,
-    state_dir: Path,
-    host: str,
-    port: int,
-    platform: str,
-    model_source: Path | None,
-) -> None:
-    """Serve the signed policy over gRPC+TLS until SIGTERM."""
-    from cctrain_enclave.cli import serve_command
+def _add_enclave_serve() -> None:
+    """`cctrain enclave serve` is the enclave's own command (one definition of its options)."""
+    from cctrain_enclave.cli import serve_cmd
 
-    serve_command(
-        policy_file=policy_file,
-        state_dir=state_dir,
-        host=host,
-        port=port,
-        platform=platform,
-        model_source=model_source,
-    )
+    enclave.add_command(serve_cmd, "serve")
 
 
-def _now_from(at: str | None) -> _dt.datetime | None:
-    if at is None:
-        return None
-    t = _dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
+_add_enclave_serve()

@@ -23,10 +23,8 @@ import datetime as _dt
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from data import NUM_CLASSES, load_demo_data  # noqa: E402
+
+from cctrain.local import LocalEnclave  # noqa: E402
 
 PARTIES = ("hospital-a", "hospital-b", "hospital-c", "research-lab")
 PROVIDERS = PARTIES[:3]
@@ -83,45 +83,6 @@ def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str) -> Path
     return path
 
 
-def start_enclave(policy: Path, state: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    state.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(
-            [
-                str(BIN / "cctrain"),
-                "enclave",
-                "serve",
-                "--policy",
-                str(policy),
-                "--state-dir",
-                str(state),
-                "--platform",
-                "simulated",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        endpoint = state / "endpoint.json"
-        if endpoint.exists():
-            return proc, json.loads(endpoint.read_text())["address"]
-        if proc.poll() is not None:
-            raise SystemExit(f"the enclave exited:\n{log.read_text()}")
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the enclave did not start in time")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> dict[str, object]:
     suffix = "-dp" if dp else ""
     policy = write_policy(work, dp=dp, measurement=measurement, suffix=suffix)
@@ -144,9 +105,12 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
     print(f"    policy digest {verify['digest']} signed by {', '.join(verify['signed'])}")
 
     say("the enclave starts (simulated TEE)")
-    enclave, address = start_enclave(
-        envelope, work / f"enclave-state{suffix}", work / f"enclave{suffix}.log"
+    enclave = LocalEnclave(
+        policy=envelope,
+        state_dir=work / f"enclave-state{suffix}",
+        log=work / f"enclave{suffix}.log",
     )
+    address = enclave.start()
     try:
         say(f"three hospitals attest the enclave at {address} and upload in parallel")
         uploads = [
@@ -238,12 +202,10 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
         return {
             "digest": verify["digest"],
             "receipts": receipts,
-            "enclave": enclave,
             "release": work / RECIPIENT / f"release{suffix}",
         }
-    except BaseException:
-        stop(enclave)
-        raise
+    finally:
+        enclave.stop()
 
 
 def main() -> None:
@@ -273,7 +235,6 @@ def main() -> None:
     releases = {}
     for dp in runs:
         result = run_consortium(work, dp=dp, measurement=measurement, data=data)
-        stop(result["enclave"])  # type: ignore[arg-type]
         releases[dp] = result["release"]
 
     say("scoring every model on the same held-out test set")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +12,7 @@ import pytest
 
 from cctrain.client import DataOwner
 from cctrain.errors import ProtocolError
+from cctrain.local import LocalEnclave
 from cctrain.v1 import enclave_pb2 as pb
 from tests.consortium import Consortium, make_consortium
 from tests.ingest.conftest import make_owner, write_shard
@@ -78,45 +76,23 @@ def test_upload_is_idempotent_after_acceptance(owner: DataOwner, tmp_path: Path)
     assert again.body == first.body  # the same signed receipt, no second copy
 
 
-def _start_enclave(
-    consortium: Consortium, state: Path, log: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    (state / "endpoint.json").unlink(missing_ok=True)
-    env = dict(os.environ, CCTRAIN_ACK_EVERY_BYTES=str(1 << 20))
-    with open(log, "ab") as log_fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cctrain_enclave",
-                "serve",
-                "--policy",
-                str(consortium.policy_path),
-                "--state-dir",
-                str(state),
-                "--platform",
-                "simulated",
-            ],
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if (state / "endpoint.json").exists():
-            return proc, json.loads((state / "endpoint.json").read_text())["address"]
-        if proc.poll() is not None:
-            raise AssertionError(f"enclave exited: {log.read_text()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("enclave did not start")
+def _start_enclave(consortium: Consortium, state: Path, log: Path) -> LocalEnclave:
+    enclave = LocalEnclave(
+        policy=consortium.policy_path,
+        state_dir=state,
+        log=log,
+        env=dict(os.environ, CCTRAIN_ACK_EVERY_BYTES=str(1 << 20)),
+    )
+    enclave.start(timeout=60)
+    return enclave
 
 
 def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
     consortium = make_consortium(tmp_path / "c")
     state = tmp_path / "state"
     log = tmp_path / "enclave.log"
-    proc, address = _start_enclave(consortium, state, log)
+    enclave = _start_enclave(consortium, state, log)
+    address = enclave.address
     try:
         owner = make_owner(address, consortium)
         done = owner.upload(write_shard(tmp_path / "done.npz"), state_dir=tmp_path / "o")
@@ -125,7 +101,7 @@ def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
         progress_file = state / "uploads" / "hospital-a" / "big" / "progress.json"
 
         def kill_midway(sent: int, total: int) -> None:
-            if sent >= 5 << 20 and proc.poll() is None:
+            if sent >= 5 << 20 and enclave.running():
                 deadline = time.time() + 20  # kill once the enclave has acknowledged something
                 while time.time() < deadline:
                     try:
@@ -134,8 +110,7 @@ def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
                     except (OSError, ValueError):
                         pass
                     time.sleep(0.01)
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+                enclave.kill()
 
         with pytest.raises(ProtocolError):
             owner.upload(big, progress=kill_midway, state_dir=tmp_path / "o")
@@ -143,7 +118,8 @@ def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
         partial = state / "uploads" / "hospital-a" / "big"
         assert partial.exists()
 
-        proc, address = _start_enclave(consortium, state, log)
+        enclave = _start_enclave(consortium, state, log)
+        address = enclave.address
         # Restart truncated the partial to its last durable ack.
         progress = json.loads((partial / "progress.json").read_text())
         assert (partial / "chunks.bin").stat().st_size == progress["offset"]
@@ -162,10 +138,8 @@ def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
         assert receipt.rows == 300_000
         owner.close()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-    assert proc.returncode == 0  # graceful stop on SIGTERM
+        status = enclave.stop()
+    assert status == 0  # graceful stop on SIGTERM
 
 
 def test_unresumable_partial_is_discarded_on_restart(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +26,8 @@ def test_sigkill_during_training_then_restart_resumes(tmp_path: Path) -> None:
     c = make_consortium(tmp_path / "c", privacy=privacy, training=training)
     state = tmp_path / "state"
     log = tmp_path / "enclave.log"
-    proc, address = _start_enclave(c, state, log)
+    enclave = _start_enclave(c, state, log)
+    address = enclave.address
     checkpoint = state / "run" / "checkpoints" / "trainer-checkpoint.sealed"
     try:
         for i, pid in enumerate(PROVIDERS):
@@ -38,12 +38,12 @@ def test_sigkill_during_training_then_restart_resumes(tmp_path: Path) -> None:
         while not checkpoint.exists() and time.time() < deadline:
             time.sleep(0.005)
         assert checkpoint.exists(), log.read_text()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        enclave.kill()
         assert not (state / "run" / "release").exists()  # killed before the end
         assert json.loads((state / "run" / "state.json").read_text())["phase"] == "training"
 
-        proc, address = _start_enclave(c, state, log)
+        enclave = _start_enclave(c, state, log)
+        address = enclave.address
         watcher: DataOwner = make_owner(address, c, "hospital-a")
         events = list(watcher.watch(timeout=300))
         watcher.close()
@@ -67,6 +67,4 @@ def test_sigkill_during_training_then_restart_resumes(tmp_path: Path) -> None:
         assert cert["epsilon"] <= 4.0
         assert "resuming training after a restart" in log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+        enclave.stop(grace_s=60)

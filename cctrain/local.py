@@ -1,0 +1,110 @@
+"""Run an enclave as a local child process: the local default for the demo, tests and benchmarks.
+
+This is operator tooling, not trusted code: it only starts ``python -m cctrain_enclave serve``
+and waits for the endpoint file the server writes once it listens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from cctrain.errors import CctrainError
+
+
+class LocalEnclave:
+    """``with LocalEnclave(policy=..., state_dir=..., log=...) as enclave: enclave.address``."""
+
+    def __init__(
+        self,
+        *,
+        policy: Path,
+        state_dir: Path,
+        log: Path,
+        platform: str = "simulated",
+        env: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        python: str = sys.executable,
+    ) -> None:
+        self.policy, self.state_dir, self.log = Path(policy), Path(state_dir), Path(log)
+        self.argv = [
+            python, "-m", "cctrain_enclave", "serve", "--policy", str(self.policy),
+            "--state-dir", str(self.state_dir), "--platform", platform, *extra_args,
+        ]  # fmt: skip
+        self.env = dict(env) if env is not None else None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+        self.startup_s = 0.0
+
+    def start(self, *, timeout: float = 120.0) -> str:
+        """Start the server and return its ``host:port`` once it listens."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        endpoint = self.state_dir / "endpoint.json"
+        endpoint.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env
+            )
+        deadline = time.monotonic() + timeout
+        while not endpoint.exists():
+            if self.proc.poll() is not None:
+                raise CctrainError(f"the enclave exited:\n{self.log.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise CctrainError(f"the enclave did not start within {timeout:.0f} s")
+            time.sleep(0.02)
+        self.address = str(json.loads(endpoint.read_text())["address"])
+        self.startup_s = time.perf_counter() - t0
+        return self.address
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for crash-safety tests."""
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, *, grace_s: float = 30.0) -> int | None:
+        """SIGTERM (graceful), SIGKILL after ``grace_s``; the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> LocalEnclave:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def environment_with(**updates: str) -> dict[str, str]:
+    return dict(os.environ, **updates)
