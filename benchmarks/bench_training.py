@@ -155,11 +155,11 @@ def cctrain_run(
     return samples / (end - start), steady
 
 
-def _privacy(mode: str) -> dict[str, Any]:
+def _privacy(mode: str, rows: int) -> dict[str, Any]:
     return {
         "enabled": True,
         "target_epsilon": 3.0,
-        "delta": 1e-5,
+        "delta": min(1e-5, 0.1 / rows),  # δ must stay below 1/N
         "max_grad_norm": 1.0,
         "accountant": "rdp",
         "noise_source": "csprng",
@@ -196,7 +196,7 @@ def run(
             runs["plain"].append(plain_loop(x, y, w, training, classes))
             runs["cctrain"].append(cctrain_run(x, y, training, {"enabled": False}, classes))
             for m in w.modes:
-                runs[f"dp-{m}"].append(cctrain_run(x, y, training, _privacy(m), classes))
+                runs[f"dp-{m}"].append(cctrain_run(x, y, training, _privacy(m, w.rows), classes))
         base_e2e = statistics.median(r[0] for r in runs["plain"])
         base_steady = statistics.median(r[1] for r in runs["plain"])
         log(f"{w.name}: {w.rows} rows, {w.epochs} epochs")
