@@ -17,6 +17,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -329,7 +330,7 @@ class EnclaveSession:
                     step=ev.step,
                     total_steps=ev.total_steps,
                     epoch=ev.epoch,
-                    loss=ev.loss,
+                    loss=None if math.isnan(ev.loss) else ev.loss,
                     epsilon=ev.epsilon if ev.epsilon >= 0 else None,
                     detail=ev.detail,
                 )
@@ -615,7 +616,7 @@ class TrainingProgress:
     step: int
     total_steps: int
     epoch: int
-    loss: float
+    loss: float | None  # None unless the policy releases train_loss
     epsilon: float | None
     detail: str
 

@@ -384,36 +384,29 @@ def _watch_with_bar(events: Any) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    console = Console(stderr=False)
+    console = Console()
     with Progress(
         TextColumn("[bold]training"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn(
-            "epoch {task.fields[epoch]}  loss {task.fields[loss]:.4f}  ε {task.fields[eps]}"
-        ),
+        TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  ε {task.fields[eps]}"),
         console=console,
-        transient=False,
         disable=not console.is_terminal,
     ) as bar:
-        task = bar.add_task("train", total=None, epoch=0, loss=0.0, eps="-")
+        task = bar.add_task("train", total=None, epoch=0, loss="-", eps="-")
         for ev in events:
-            if ev.total_steps:
-                eps = f"{ev.epsilon:.3f}" if ev.epsilon is not None else "-"
-                bar.update(
-                    task,
-                    total=ev.total_steps,
-                    completed=ev.step,
-                    epoch=ev.epoch,
-                    loss=ev.loss,
-                    eps=eps,
-                )
-                if not console.is_terminal:
-                    console.print(
-                        f"step {ev.step}/{ev.total_steps} epoch {ev.epoch} loss {ev.loss:.4f} ε {eps}"
-                    )
-            else:
+            if not ev.total_steps:
                 console.print(f"phase: {ev.phase} {ev.detail}".rstrip())
+                continue
+            eps = f"{ev.epsilon:.3f}" if ev.epsilon is not None else "-"
+            loss = f"{ev.loss:.4f}" if ev.loss is not None else "-"
+            bar.update(
+                task, total=ev.total_steps, completed=ev.step, epoch=ev.epoch, loss=loss, eps=eps
+            )
+            if not console.is_terminal:
+                console.print(
+                    f"step {ev.step}/{ev.total_steps} epoch {ev.epoch} loss {loss} ε {eps}"
+                )
 
 
 # --------------------------------------------------------------------------- release

@@ -11,6 +11,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -124,13 +125,16 @@ class RunController:
 
     # -- training
     def _on_progress(self, ev: Any) -> None:
+        # The training loss is computed on the pooled private data and is not covered by the
+        # DP guarantee: it streams to parties only if the policy releases it as a metric.
+        loss = float(ev.loss) if "train_loss" in self.app.policy.release["metrics"] else math.nan
         with self._cond:
             self._events.append(
                 pb.TrainingEvent(
                     step=ev.step,
                     total_steps=ev.total_steps,
                     epoch=ev.epoch,
-                    loss=float(ev.loss),
+                    loss=loss,
                     epsilon=float(ev.epsilon) if ev.epsilon is not None else -1.0,
                     phase="training",
                 )

@@ -176,9 +176,10 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
         if steps:
             last = steps[-1]
             eps = f", ε spent {last['epsilon']:.3f}" if last["epsilon"] is not None else ""
+            loss = "-" if last["loss"] is None else f"{last['loss']:.4f}"
             print(
                 f"    {len(steps)} progress events; last: step {last['step']}/{last['total_steps']}, "
-                f"epoch {last['epoch']}, loss {last['loss']:.4f}{eps}"
+                f"epoch {last['epoch']}, loss {loss}{eps}"
             )
         print(f"    phase: {events[-1]['phase']} {events[-1]['detail']}")
 

@@ -238,7 +238,8 @@ def test_dp_run_certificate_and_progress(tmp_path: Path) -> None:
         "epochs": 2,
         "batch_size": 32,
     }
-    c = make_consortium(tmp_path / "c", privacy=privacy, training=training)
+    release = {"recipients": [RECIPIENT], "metrics": ["steps"]}  # no train_loss
+    c = make_consortium(tmp_path / "c", privacy=privacy, training=training, release=release)
     with running_enclave(c, tmp_path / "state") as (address, _app):
         with _quiet(DataOwner, address, c, "hospital-a") as watcher:
             upload_all(address, c, tmp_path)
@@ -248,6 +249,10 @@ def test_dp_run_certificate_and_progress(tmp_path: Path) -> None:
     eps = [e.epsilon for e in events if e.epsilon is not None]
     assert eps and all(a <= b + 1e-12 for a, b in zip(eps, eps[1:], strict=False))  # ε only grows
     assert events[-1].phase == "released"
+    # The loss is not DP-protected: it streams only when the policy releases train_loss.
+    progress = [e for e in events if e.total_steps]
+    assert progress and all(e.loss is None for e in progress)
+    assert set(model.manifest["metrics"]) == {"steps"}
     cert = model.release.dp_certificate
     assert cert is not None
     assert cert["epsilon"] <= 3.0 and cert["delta"] == 1e-5
