@@ -257,16 +257,20 @@ class EnclaveSession:
         )
         self.stub = pb_grpc.EnclaveStub(self._channel)
         nonce = os.urandom(32)
-        resp = self.unary("Attest", pb.AttestRequest(nonce=nonce))
-        self.enclave = check_attestation(
-            resp,
-            signed_policy=self.signed_policy,
-            nonce=nonce,
-            tls_certificate_der=der,
-            allow_simulated=allow_simulated,
-            now=now,
-            getter=getter,
-        )
+        try:
+            resp = self.unary("Attest", pb.AttestRequest(nonce=nonce))
+            self.enclave = check_attestation(
+                resp,
+                signed_policy=self.signed_policy,
+                nonce=nonce,
+                tls_certificate_der=der,
+                allow_simulated=allow_simulated,
+                now=now,
+                getter=getter,
+            )
+        except BaseException:
+            self._channel.close()  # an unattested channel is never handed out
+            raise
 
     # -- request authentication
     def metadata(self, method: str, body: bytes) -> list[tuple[str, Any]]:
