@@ -178,6 +178,7 @@ def run(
     batch_size: int = 256,
     threads: int = 1,
     log: Any = print,
+    workloads: list[Workload] | None = None,
 ) -> dict[str, Any]:
     """Every workload three ways (plus DP modes), interleaved over ``repeats``; medians."""
     torch.set_num_threads(threads)
@@ -187,7 +188,7 @@ def run(
     log(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch_size}, repeats={repeats}"
     )
-    for w in _workloads(quick):
+    for w in workloads or _workloads(quick):
         x, y = _data(w, classes)
         training = _training(w, batch_size)
         runs: dict[str, list[tuple[float, float]]] = {"plain": [], "cctrain": []}
