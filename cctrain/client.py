@@ -113,7 +113,7 @@ def fetch_server_certificate(host: str, port: int, *, timeout: float = 10.0) -> 
     return der
 
 
-def map_rpc_error(exc: grpc.RpcError, *, upload: bool = False) -> CctrainError:
+def map_rpc_error(exc: grpc.RpcError, *, upload: bool = False) -> ProtocolError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if code is not None else "UNKNOWN"
@@ -255,7 +255,7 @@ class EnclaveSession:
             grpc.ssl_channel_credentials(root_certificates=pem),
             options=CHANNEL_OPTIONS,
         )
-        self.stub = pb_grpc.EnclaveStub(self._channel)
+        self.stub = pb_grpc.EnclaveStub(self._channel)  # type: ignore[no-untyped-call]
         nonce = os.urandom(32)
         try:
             resp = self.unary("Attest", pb.AttestRequest(nonce=nonce))

@@ -309,7 +309,7 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
         c.choice(ft["dtype"], "data.features.dtype", FEATURE_DTYPES)
     lt = c.table(t.get("labels", {}), "data.labels", required=("num_classes",))
     nc = lt.get("num_classes")
-    if c.typed(nc, "data.labels.num_classes", int, "an integer ≥ 2") and nc < 2:
+    if c.typed(nc, "data.labels.num_classes", int, "an integer ≥ 2") and isinstance(nc, int) and nc < 2:
         c.add("data.labels.num_classes", f"must be ≥ 2, got {nc}")
     for key in ("max_rows", "max_bytes"):
         if key in t:
