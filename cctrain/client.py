@@ -42,7 +42,6 @@ from cctrain.crypto.stream import NONCE_PREFIX_SIZE, StreamSealer
 from cctrain.errors import (
     AttestationError,
     AuthenticationError,
-    CctrainError,
     PermissionDeniedError,
     ProtocolError,
     ReceiptError,
