@@ -43,11 +43,16 @@ log = logging.getLogger("cctrain.enclave.run")
 TERMINAL = frozenset({"released", "failed"})
 
 
+PRELOADED_MESSAGE = "trainer libraries loaded"
+
+
 def _preload_trainer() -> None:
     try:
         import cctrain_enclave.trainer  # noqa: F401
     except Exception:  # noqa: BLE001 - the training thread reports import problems itself
         log.debug("trainer preload failed", exc_info=True)
+    else:
+        log.info(PRELOADED_MESSAGE)
 
 
 class RunController:
