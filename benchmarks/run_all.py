@@ -104,7 +104,10 @@ def run_suite(quick: bool, *, flower: bool | None) -> dict[str, Any]:
 
     results: dict[str, Any] = {"machine": machine_info(), "quick": quick, "targets": TARGETS}
     results["attestation"] = _section(
-        "attestation", lambda: bench_attestation.run(quick=quick, fresh_repeats=1 if quick else 5)
+        "attestation",
+        lambda: bench_attestation.run(
+            repeats=10 if quick else 100, quick=quick, fresh_repeats=1 if quick else 5
+        ),
     )
     results["training"] = _section("training", lambda: bench_training.run(quick=quick))
 
