@@ -471,7 +471,31 @@ class FastLinearEngine(_EngineBase):
         self.clipper.close()
 
 
-class OpacusHooksEngine(_EngineBase):
+class _OpacusEngine(_EngineBase):
+    """A step through an Opacus GradSampleModule and DP optimizer (subclasses build them)."""
+
+    gsm: Any
+    dp_optimizer: Any
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, y)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            return self._noise_only_step()
+        self.dp_optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(self.gsm(x), y)
+        with _quiet_input_hook_warning():
+            loss.backward()
+        self.dp_optimizer.step()
+        return loss.detach() * len(x)
+
+    def close(self) -> None:
+        super().close()
+        self.gsm._close()
+
+
+class OpacusHooksEngine(_OpacusEngine):
     """Opacus GradSampleModule (per-sample gradients via hooks) + DPOptimizer."""
 
     def __init__(
@@ -492,22 +516,8 @@ class OpacusHooksEngine(_EngineBase):
         )
         self.dp_optimizer.noise = self.noise_draws
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if len(x) == 0:
-            return self._noise_only_step()
-        self.dp_optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.gsm(x), y)
-        with _quiet_input_hook_warning():
-            loss.backward()
-        self.dp_optimizer.step()
-        return loss.detach() * len(x)
 
-    def close(self) -> None:
-        super().close()
-        self.gsm._close()
-
-
-class OpacusGhostEngine(_EngineBase):
+class OpacusGhostEngine(_OpacusEngine):
     """Opacus ghost clipping: per-sample norms in a first backward, clipped sum in a second."""
 
     def __init__(
@@ -533,19 +543,9 @@ class OpacusGhostEngine(_EngineBase):
             self.gsm, self.dp_optimizer, nn.CrossEntropyLoss(reduction="mean"), "mean"
         )
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if len(x) == 0:
-            return self._noise_only_step()
-        self.dp_optimizer.zero_grad(set_to_none=True)
-        loss = self.criterion(self.gsm(x), y)
-        with _quiet_input_hook_warning():
-            loss.backward()
-        self.dp_optimizer.step()
-        return loss.detach() * len(x)
-
-    def close(self) -> None:
-        super().close()
-        self.gsm._close()
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss: torch.Tensor = self.criterion(out, y)
+        return loss
 
 
 EngineFactory = Callable[[nn.Module, torch.optim.Optimizer, DpPlan, GaussianSource], DpStepEngine]
