@@ -53,8 +53,15 @@ from cctrain.protocol import (
     verify_signature,
 )
 from cctrain.v1 import enclave_pb2 as pb
+from cctrain_enclave.npzstream import NpzStreamValidator
 from cctrain_enclave.sealing import Sealer, atomic_write, fsync_dir
-from cctrain_enclave.shards import ShardArrays, parse_shard, validate_shard
+from cctrain_enclave.shards import (
+    ShardArrays,
+    check_summary,
+    parse_shard,
+    raise_problems,
+    validate_shard,
+)
 
 log = logging.getLogger("cctrain.enclave.ingest")
 
@@ -282,8 +289,11 @@ class _ChunkSink:
 
     _STOP = object()
 
-    def __init__(self, fh: Any, hasher: Any, on_sync: Any, depth: int = 8) -> None:
+    def __init__(
+        self, fh: Any, hasher: Any, on_sync: Any, validator: Any = None, depth: int = 8
+    ) -> None:
         self._fh, self._hasher, self._on_sync = fh, hasher, on_sync
+        self._validator = validator
         self._q: queue.Queue[Any] = queue.Queue(depth)
         self._durable: list[int] = []
         self._error: BaseException | None = None
@@ -308,6 +318,8 @@ class _ChunkSink:
                 else:
                     pt, ct = item
                     self._hasher.update(pt)
+                    if self._validator is not None:
+                        self._validator.feed(pt)
                     self._fh.write(ct)
             except BaseException as exc:  # noqa: BLE001 - re-raised on the handler thread
                 self._error = exc
@@ -387,11 +399,13 @@ class UploadSession:
                 raise IngestError(grpc.StatusCode.INVALID_ARGUMENT, "data key must be 32 bytes")
             self.opener = StreamOpener(self.key, msg.nonce_prefix, self.header.sha256)
             self.hasher = hashlib.sha256()
+            # Validates an NPZ as it arrives, so finish() needs no second pass (when it can).
+            self.npz = NpzStreamValidator() if msg.format == "npz" else None
             self.dir = store.partial_dir(party_id, self.shard_id)
             self.next_index = self._prepare(int(upload_header.resume_from))
             self.finished = False
             self._unacked = 0
-            self._sink = _ChunkSink(self._fh, self.hasher, self._record_progress)
+            self._sink = _ChunkSink(self._fh, self.hasher, self._record_progress, self.npz)
         except BaseException:
             self._lock.release()
             raise
@@ -483,6 +497,8 @@ class UploadSession:
                             grpc.StatusCode.DATA_LOSS, "stored partial upload is corrupt"
                         )
                     self.hasher.update(pt)
+                    if self.npz is not None:
+                        self.npz.feed(pt)
             self._fh = open(self.dir / "chunks.bin", "ab")  # noqa: SIM115
             return resume_from
         # A fresh upload replaces any earlier partial of the same shard.
@@ -577,8 +593,7 @@ class UploadSession:
         os.fsync(self._fh.fileno())
         self._fh.close()
         try:
-            with DecryptingReader(self.dir / "chunks.bin", self.header, self.key) as reader:
-                rows = validate_shard(self.header.msg.format, reader, self.policy.data)  # type: ignore[arg-type]
+            rows = self._validate()
         except ShardError as exc:
             raise IngestError(bad, str(exc)) from None
         body = pb.ReceiptBody(
@@ -606,6 +621,16 @@ class UploadSession:
         fsync_dir(self.dir.parent)
         log.info("accepted shard %s/%s (%d rows)", self.party_id, self.shard_id, body.rows)
         return receipt
+
+    def _validate(self) -> int:
+        """Rows of the shard after the schema check: from the streamed summary, or a second pass."""
+        schema = self.policy.data
+        summary = self.npz.summary() if self.npz is not None else None
+        if summary is not None:
+            raise_problems(check_summary(summary, schema))
+            return summary.rows
+        with DecryptingReader(self.dir / "chunks.bin", self.header, self.key) as reader:
+            return validate_shard(self.header.msg.format, reader, schema)  # type: ignore[arg-type]
 
     def reject(self) -> None:
         """Keep nothing of a rejected upload."""

@@ -230,7 +230,7 @@ def check_summary(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]
     return problems
 
 
-def _raise_problems(problems: list[str]) -> None:
+def raise_problems(problems: list[str]) -> None:
     if problems:
         raise ShardError("shard violates the policy schema: " + "; ".join(problems))
 
@@ -247,7 +247,7 @@ def validate_shard(fmt: str, reader: BinaryIO, schema: Mapping[str, Any]) -> int
         summary = summarize_npz_stream(reader, schema)
     else:
         summary = summarize_arrays(load_csv(reader.read(), schema))
-    _raise_problems(check_summary(summary, schema))
+    raise_problems(check_summary(summary, schema))
     return summary.rows
 
 
@@ -255,7 +255,7 @@ def parse_shard(fmt: str, reader: BinaryIO, schema: Mapping[str, Any]) -> ShardA
     """Load a shard's arrays (training) after checking them against the schema."""
     _check_format(fmt, schema)
     arrays = load_npz(reader, schema) if fmt == "npz" else load_csv(reader.read(), schema)
-    _raise_problems(check_summary(summarize_arrays(arrays), schema))
+    raise_problems(check_summary(summarize_arrays(arrays), schema))
     return ShardArrays(
         np.ascontiguousarray(arrays.features, dtype=np.float32),
         np.ascontiguousarray(arrays.labels, dtype=np.int64),

@@ -394,3 +394,26 @@ def test_health_and_reflection_need_no_auth(enclave: Any, owner: DataOwner) -> N
     stub = health_pb2_grpc.HealthStub(owner._channel)
     resp = stub.Check(health_pb2.HealthCheckRequest(service="cctrain.v1.Enclave"), timeout=10)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_npz_with_an_extra_member(owner: DataOwner, enclave: Any, tmp_path: Path) -> None:
+    data = write_shard(tmp_path / "extra.npz", other=np.zeros(3)).read_bytes()
+    header, chunks = build_upload(owner, data)
+    expect_rejection(
+        owner,
+        [header, *chunks],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "exactly 'features' and 'labels'",
+    )
+    assert_nothing_kept(enclave[1])
+
+
+def test_npz_whose_central_directory_disagrees(
+    owner: DataOwner, enclave: Any, tmp_path: Path
+) -> None:
+    """What np.load would read (the central directory) must be what was validated."""
+    data = bytearray(write_shard(tmp_path / "cd.npz").read_bytes())
+    data[data.rfind(b"labels.npy")] ^= 0x01  # the directory now names another member
+    header, chunks = build_upload(owner, bytes(data))
+    expect_rejection(owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "'mabels.npy'")
+    assert_nothing_kept(enclave[1])
