@@ -35,8 +35,6 @@ import gc
 import importlib
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,6 +48,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import machine_info  # noqa: E402
 
 #: Where the vectors live: beside the checkout, never in it (as tests/conftest.py).
 VECTORS = REPO.parent / "shared" / "attestation-vectors"
@@ -342,16 +343,8 @@ def run(
     from cctrain.attestation.base import registered_platforms
 
     registered_platforms()
-    import cryptography
-
     results: dict[str, Any] = {
-        "environment": {
-            "python": platform.python_version(),
-            "cryptography": cryptography.__version__,
-            "machine": platform.machine(),
-            "processor": platform.processor() or platform.platform(),
-            "cpus": os.cpu_count(),
-        },
+        "environment": machine_info(),
         "repeats": repeats,
         "fresh_repeats": fresh_repeats,
         "caches_cleared_for_cold": clear_caches(),

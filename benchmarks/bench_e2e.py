@@ -48,7 +48,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -68,9 +67,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "three_hospitals"
 # The checkout's own cctrain/cctrain_enclave (whose code measurement the policy pins) ahead of
 # any installed copy; the enclave child gets the same path (see _env).
-for _p in (str(DEMO), str(REPO / "enclave"), str(REPO)):
+for _p in (str(DEMO), str(REPO / "enclave"), str(REPO), str(REPO / "benchmarks")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
+
+from _machine import machine_info  # noqa: E402
 
 from cctrain.local import LocalEnclave  # noqa: E402
 
@@ -406,19 +407,6 @@ def _quiet_simulated_log() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def machine_info() -> dict[str, Any]:
-    import grpc
-    import torch
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "grpc": grpc.__version__,
-    }
 
 
 def run(

@@ -32,7 +32,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import shutil
 import signal
@@ -54,6 +53,9 @@ REPO = Path(__file__).resolve().parents[1]
 for _p in (str(REPO / "enclave"), str(REPO)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import machine_info  # noqa: E402
 
 MIB = 1 << 20
 CHUNK_SIZE = 1 << 20
@@ -490,20 +492,6 @@ def _targets(res: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def machine_info() -> dict[str, Any]:
-    import cryptography
-    import grpc
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "grpc": grpc.__version__,
-        "cryptography": cryptography.__version__,
-        "numpy": np.__version__,
-    }
-
-
 @contextlib.contextmanager
 def _workdir(path: Path | None) -> Iterator[Path]:
     if path is not None:
@@ -712,7 +700,8 @@ def main(argv: list[str] | None = None) -> None:
     info = machine_info()
     print(
         f"cctrain ingest benchmark: {info['cpu_count']} CPUs, python {info['python']}, "
-        f"grpc {info['grpc']}, cryptography {info['cryptography']}; chunk {CHUNK_SIZE // MIB} MiB"
+        f"grpc {info['versions']['grpcio']}, cryptography {info['versions']['cryptography']}; "
+        f"chunk {CHUNK_SIZE // MIB} MiB"
     )
     result = run(
         sizes_mib=None if args.quick and args.size_mib == "1024" else sizes,

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,6 +26,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from _machine import machine_info  # noqa: E402
 
 TARGETS = {
     "ingest_ratio": 0.9,
@@ -40,12 +40,8 @@ TARGETS = {
 }
 
 
-def machine_info() -> dict[str, Any]:
-    import cryptography
-    import grpc
-    import numpy
-    import torch
-
+def run_info() -> dict[str, Any]:
+    """The machine, plus the git revision and start time of this run."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
@@ -58,29 +54,10 @@ def machine_info() -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         rev, dirty = "unknown", False
     return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": _cpu_model(),
-        "python": platform.python_version(),
-        "versions": {
-            "torch": torch.__version__,
-            "grpcio": grpc.__version__,
-            "cryptography": cryptography.__version__,
-            "numpy": numpy.__version__,
-        },
+        **machine_info(),
         "git_revision": rev + ("+dirty" if dirty else ""),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _section(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -102,7 +79,7 @@ def run_suite(quick: bool, *, flower: bool | None) -> dict[str, Any]:
     import bench_ingest
     import bench_training
 
-    results: dict[str, Any] = {"machine": machine_info(), "quick": quick, "targets": TARGETS}
+    results: dict[str, Any] = {"machine": run_info(), "quick": quick, "targets": TARGETS}
     results["attestation"] = _section(
         "attestation",
         lambda: bench_attestation.run(
@@ -237,7 +214,7 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
     out = [
         "# cctrain benchmark results",
         "",
-        f"{'Quick' if r['quick'] else 'Full'} run of `benchmarks/run_all.py` on {m['cpus']} CPUs ({m['processor']}), "
+        f"{'Quick' if r['quick'] else 'Full'} run of `benchmarks/run_all.py` on {m['cpu_count']} CPUs ({m['processor']}), "
         f"Python {m['python']}, torch {m['versions']['torch']}, grpcio {m['versions']['grpcio']}, "
         f"cryptography {m['versions']['cryptography']}; git `{m['git_revision']}`; {m['started']}. "
         "Every ratio is against a baseline measured in the same run; medians over repeats.",

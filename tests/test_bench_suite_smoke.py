@@ -32,7 +32,7 @@ def test_training_and_report_smallest_config(benches: object, tmp_path: Path) ->
 
     attestation = bench_attestation.run(repeats=2, quick=True, fresh_repeats=1)
     results = {
-        "machine": run_all.machine_info(),
+        "machine": run_all.run_info(),
         "quick": True,
         "targets": run_all.TARGETS,
         "training": training,
