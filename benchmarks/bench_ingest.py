@@ -196,6 +196,22 @@ def start_enclave(
     return server
 
 
+def _profiled(gen: Iterator[Any], prof: cProfile.Profile, out: Any) -> Iterator[Any]:
+    """Re-yield ``gen``, profiling only the time spent inside it (not in its consumer)."""
+    try:
+        while True:
+            prof.enable()
+            try:
+                item = next(gen)
+            except StopIteration:
+                return
+            finally:
+                prof.disable()
+            yield item
+    finally:
+        prof.dump_stats(out)
+
+
 def start_plain_server(state_dir: Path) -> ServerProcess:
     return ServerProcess(_self_argv("--_plain-server", str(state_dir)), state_dir, _env())
 
@@ -238,20 +254,7 @@ def _enclave_profiled_main(out: Path, serve_args: list[str]) -> None:
     original = service.EnclaveServicer.Upload
 
     def upload(self: Any, request_iterator: Any, context: Any) -> Iterator[Any]:
-        prof = cProfile.Profile()
-        gen = original(self, request_iterator, context)
-        try:
-            while True:
-                prof.enable()
-                try:
-                    item = next(gen)
-                except StopIteration:
-                    return
-                finally:
-                    prof.disable()
-                yield item
-        finally:
-            prof.dump_stats(out)
+        yield from _profiled(original(self, request_iterator, context), cProfile.Profile(), out)
 
     service.EnclaveServicer.Upload = upload  # type: ignore[method-assign]
     cli.main(serve_args, standalone_mode=False)
@@ -331,19 +334,7 @@ def _profile_request_thread(owner: Any, out: Path) -> None:
     prof = cProfile.Profile()
 
     def requests(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        gen = original(*args, **kwargs)
-        try:
-            while True:
-                prof.enable()
-                try:
-                    item = next(gen)
-                except StopIteration:
-                    return
-                finally:
-                    prof.disable()
-                yield item
-        finally:
-            prof.dump_stats(out)
+        yield from _profiled(original(*args, **kwargs), prof, out)
 
     owner._requests = requests
 
