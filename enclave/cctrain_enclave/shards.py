@@ -77,13 +77,20 @@ def load_npz(fh: BinaryIO, schema: Mapping[str, Any]) -> ShardArrays:
 
 
 def load_csv(data: bytes, schema: Mapping[str, Any]) -> ShardArrays:
+    try:
+        return _load_csv(data, schema)
+    except csv.Error as exc:  # e.g. a NUL byte or a stray carriage return inside a field
+        raise ShardError(f"csv shard is malformed: {exc}") from None
+
+
+def _load_csv(data: bytes, schema: Mapping[str, Any]) -> ShardArrays:
     opts = schema["csv"]
     label_col = opts["label_column"]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ShardError("csv shard is not UTF-8 text") from None
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except StopIteration:
