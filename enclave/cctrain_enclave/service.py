@@ -34,6 +34,24 @@ def _evidence_pb(ev: Any) -> pb.Evidence:
 _END = object()
 
 
+class _ConnectionLost(Exception):
+    """The client went away mid-stream."""
+
+
+def _cancelled_soon(context: grpc.ServicerContext, wait_s: float = 1.0) -> bool:
+    """True if the RPC is (or within ``wait_s`` becomes) inactive: cancelled, not half-closed.
+
+    A client that half-closes an incomplete upload waits for our answer, so its RPC stays
+    active; only that case is a protocol violation to reject.
+    """
+    deadline = time.monotonic() + wait_s
+    while context.is_active():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 class _Prefetch:
     """Receive the next messages in a thread while this one is decrypted, hashed and written.
 
@@ -142,6 +160,10 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
                 ack = session.add_chunk(msg.chunk)
                 if ack is not None:
                     yield pb.UploadResponse(ack=pb.Ack(next_index=ack))
+            if not session.finished and _cancelled_soon(context):
+                # gRPC can report a client's cancellation as a plain end of stream: a lost
+                # connection, not a protocol violation. Keep the acknowledged prefix.
+                raise _ConnectionLost
             receipt = session.finish(now_ms=int(time.time() * 1000))
             self.app.on_shard_accepted()
             yield pb.UploadResponse(receipt=receipt)
@@ -150,7 +172,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
                 session.reject()
             log.warning("upload from %s rejected: %s", party, exc.message)
             context.abort(exc.code, exc.message)
-        except (grpc.RpcError, GeneratorExit):
+        except (grpc.RpcError, GeneratorExit, _ConnectionLost):
             # The client went away mid-stream: keep what was acknowledged.
             if session is not None:
                 session.suspend()
