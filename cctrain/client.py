@@ -48,6 +48,7 @@ from cctrain.errors import (
     ReleaseError,
     UploadRejectedError,
 )
+from cctrain.journal import AuditReport, Record, audit, iter_pages, parse_record
 from cctrain.policy import SignedPolicy
 from cctrain.protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -55,6 +56,7 @@ from cctrain.protocol import (
     MAX_MESSAGE_SIZE,
     MD_NONCE,
     MD_PARTY,
+    MD_RETRY_AFTER_MS,
     MD_SIG,
     MD_TIME,
     SHARD_ID,
@@ -62,10 +64,18 @@ from cctrain.protocol import (
     request_signing_bytes,
     sha256,
     shard_key_info,
+    sign_approval,
     sign_header,
     verify_receipt,
 )
-from cctrain.release import VerifiedRelease, evidence_digest, unseal_weights, verify_manifest
+from cctrain.release import (
+    BUNDLE_TYPE,
+    VerifiedRelease,
+    evidence_digest,
+    unseal_weights,
+    verify_manifest,
+    verify_release_record,
+)
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import enclave_pb2_grpc as pb_grpc
 
@@ -110,6 +120,25 @@ def fetch_server_certificate(host: str, port: int, *, timeout: float = 10.0) -> 
     if not der:
         raise ProtocolError("the enclave presented no TLS certificate")
     return der
+
+
+#: How long the SDK waits, in all, for an enclave's restart fence to pass (see
+#: ``cctrain_enclave.state.fence``: at most about a second after the party's last request).
+FENCE_WAIT_S = 10.0
+
+
+def fence_retry_after(exc: grpc.RpcError) -> float | None:
+    """Seconds to wait if the enclave refused a request only because it was signed before a
+    restart of the enclave; None for any other error."""
+    if not hasattr(exc, "code") or exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+        return None
+    for key, value in exc.trailing_metadata() or ():
+        if key == MD_RETRY_AFTER_MS:
+            try:
+                return max(int(value), 1) / 1000
+            except ValueError:
+                return None
+    return None
 
 
 def map_rpc_error(exc: grpc.RpcError, *, upload: bool = False) -> ProtocolError:
@@ -232,7 +261,11 @@ class EnclaveSession:
         allow_simulated: bool = False,
         now: _dt.datetime | None = None,
         getter: CollateralGetter | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` (seconds since the epoch) stamps each signed request; ``now`` is the
+        time attestation evidence is verified at (default: the current time)."""
+        self._clock = clock
         self.signed_policy = (
             policy if isinstance(policy, SignedPolicy) else SignedPolicy.load(Path(policy))
         )
@@ -273,7 +306,7 @@ class EnclaveSession:
 
     # -- request authentication
     def metadata(self, method: str, body: bytes) -> list[tuple[str, Any]]:
-        t = int(time.time() * 1000)
+        t = int(self._clock() * 1000)
         nonce = os.urandom(16)
         sig = self.keys.signing_key.sign(
             request_signing_bytes(
@@ -294,12 +327,19 @@ class EnclaveSession:
 
     def unary(self, method: str, request: Any, *, timeout: float = 60.0) -> Any:
         body = request.SerializeToString()
-        try:
-            return getattr(self.stub, method)(
-                request, metadata=self.metadata(method, body), timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            raise map_rpc_error(exc) from None
+        waited = 0.0
+        while True:
+            try:
+                return getattr(self.stub, method)(
+                    request, metadata=self.metadata(method, body), timeout=timeout
+                )
+            except grpc.RpcError as exc:
+                wait = fence_retry_after(exc)
+                if wait is None or waited + wait > FENCE_WAIT_S:
+                    raise map_rpc_error(exc) from None
+            # The enclave restarted just after this party's last request: sign anew later.
+            time.sleep(wait)
+            waited += wait
 
     def close(self) -> None:
         self._channel.close()
@@ -346,11 +386,31 @@ class EnclaveSession:
             phase = self.status().phase
             if phase in phases:
                 return phase
-            if phase == "failed":
-                raise ProtocolError(f"the run failed: {self.status().detail}")
+            if phase in ("failed", "expired"):
+                raise ProtocolError(f"the run {phase}: {self.status().detail}")
             if time.monotonic() > deadline:
                 raise ProtocolError(f"timed out waiting for {phases}; phase is {phase}")
             time.sleep(0.2)
+
+    def journal(self) -> list[Record]:
+        """Every entry of the enclave's journal, as signed (verify with :meth:`audit`)."""
+
+        def page(from_seq: int) -> tuple[list[bytes], int]:
+            resp: pb.GetJournalResponse = self.unary(
+                "GetJournal", pb.GetJournalRequest(from_seq=from_seq)
+            )
+            return [bytes(e) for e in resp.entries], int(resp.head_seq)
+
+        return [parse_record(raw, position=i) for i, raw in enumerate(iter_pages(page))]
+
+    def audit(self, *, now: _dt.datetime | None = None) -> AuditReport:
+        """Fetch the journal and verify it: chain, enclave signatures, every party signature
+        it carries, the genesis evidence against the policy, and that this is the enclave
+        this session attested (the same signing key)."""
+        report = audit(self.journal(), self.policy, allow_simulated=self._allow_simulated, now=now)
+        if report.state.signing_public_key != self.enclave.signing_public_key:
+            raise ProtocolError("the journal is signed by another key than the attested enclave's")
+        return report
 
     def release_manifest(self, *, now: _dt.datetime | None = None) -> VerifiedRelease:
         """The verified manifest of the finished run (what data providers approve)."""
@@ -476,10 +536,14 @@ class DataOwner(EnclaveSession):
                     break
                 except grpc.RpcError as exc:
                     # ABORTED: the enclave is still tearing down our previous, broken stream
-                    # for this shard; it changed nothing. Retry shortly with a fresh stream.
-                    if exc.code() != grpc.StatusCode.ABORTED or attempt == 19:
+                    # for this shard; it changed nothing. A fence refusal: the enclave just
+                    # restarted. Either way nothing happened: retry with a fresh stream.
+                    wait = fence_retry_after(exc)
+                    if wait is None and exc.code() == grpc.StatusCode.ABORTED:
+                        wait = 0.25
+                    if wait is None or attempt == 19:
                         raise
-                    time.sleep(0.25)
+                    time.sleep(min(wait, FENCE_WAIT_S / 4))
         except grpc.RpcError as exc:
             err = map_rpc_error(exc, upload=True)
             if isinstance(err, UploadRejectedError | AuthenticationError | PermissionDeniedError):
@@ -597,9 +661,17 @@ class DataOwner(EnclaveSession):
             return None
 
     def approve_release(self) -> list[str]:
-        """Verify the release manifest, then approve exactly that manifest."""
+        """Verify the release manifest, then approve exactly that manifest, signed with this
+        party's key (the enclave journals the signature; every verifier checks it)."""
         release = self.release_manifest()
-        req = pb.ApproveReleaseRequest(manifest_sha256=release.manifest_sha256)
+        approval = sign_approval(
+            self.keys.signing_key,
+            policy_digest=self.policy.digest,
+            party_id=self.keys.party_id,
+            manifest_sha256=release.manifest_sha256,
+            now_ms=int(self._clock() * 1000),
+        )
+        req = pb.ApproveReleaseRequest(approval=approval)
         resp: pb.ApproveReleaseResponse = self.unary("ApproveRelease", req)
         return list(resp.approvals)
 
@@ -657,17 +729,15 @@ class Recipient(EnclaveSession):
         return resp
 
     def fetch_model(
-        self, *, save_to: Path | None = None, now: _dt.datetime | None = None
+        self, *, save_to: str | Path | None = None, now: _dt.datetime | None = None
     ) -> FetchedModel:
-        """Manifest signature → evidence → policy digest → unseal → model hash; then hand it back."""
+        """Manifest signature → evidence → policy digest → shard set → release record and
+        its approvals → unseal → model hash; then hand it back."""
         resp = self.fetch_release()
         if save_to is not None:
-            save_release_bundle(save_to, resp, recipient_id=self.keys.party_id)
+            save_release_bundle(Path(save_to), resp, recipient_id=self.keys.party_id)
         return open_release(
-            resp.manifest,
-            resp.manifest_signature,
-            resp.encapsulated_key,
-            resp.sealed_weights,
+            ReleaseBundle.from_response(resp),
             policy=self.policy,
             keys=self.keys,
             allow_simulated=self._allow_simulated,
@@ -675,28 +745,63 @@ class Recipient(EnclaveSession):
         )
 
 
+@dataclass(frozen=True)
+class ReleaseBundle:
+    """What a recipient receives: the manifest, the release record, its sealed weights."""
+
+    manifest: bytes
+    manifest_signature: bytes
+    release_record: bytes
+    encapsulated_key: bytes
+    sealed_weights: bytes
+
+    @classmethod
+    def from_response(cls, resp: pb.FetchReleaseResponse) -> ReleaseBundle:
+        return cls(
+            bytes(resp.manifest),
+            bytes(resp.manifest_signature),
+            bytes(resp.release_record),
+            bytes(resp.encapsulated_key),
+            bytes(resp.sealed_weights),
+        )
+
+
+def verify_release(
+    bundle: ReleaseBundle,
+    *,
+    policy: Any,
+    allow_simulated: bool,
+    now: _dt.datetime | None = None,
+) -> VerifiedRelease:
+    """Everything about a release anyone can check offline (no key needed): the manifest and
+    its evidence and shard set, then the release record and every approval it requires."""
+    release = verify_manifest(
+        bundle.manifest,
+        bundle.manifest_signature,
+        policy=policy,
+        allow_simulated=allow_simulated,
+        now=now,
+    )
+    return verify_release_record(release, bundle.release_record, policy=policy)
+
+
 def open_release(
-    manifest: bytes,
-    signature: bytes,
-    encapsulated_key: bytes,
-    sealed_weights: bytes,
+    bundle: ReleaseBundle,
     *,
     policy: Any,
     keys: PartyKeys,
     allow_simulated: bool,
     now: _dt.datetime | None = None,
 ) -> FetchedModel:
-    release = verify_manifest(
-        manifest, signature, policy=policy, allow_simulated=allow_simulated, now=now
-    )
+    release = verify_release(bundle, policy=policy, allow_simulated=allow_simulated, now=now)
     if keys.party_id not in release.manifest.get("recipients", []):
         raise ReleaseError(f"{keys.party_id!r} is not a recipient named in the manifest")
     weights = unseal_weights(
         release,
         recipient_id=keys.party_id,
         recipient_key=keys.hpke_key,
-        encapsulated_key=encapsulated_key,
-        sealed_weights=sealed_weights,
+        encapsulated_key=bundle.encapsulated_key,
+        sealed_weights=bundle.sealed_weights,
         policy=policy,
     )
     return FetchedModel(weights, release)
@@ -707,10 +812,11 @@ def save_release_bundle(path: Path, resp: pb.FetchReleaseResponse, *, recipient_
     from cctrain.release import b64
 
     doc = {
-        "type": "cctrain-release-bundle/v1",
+        "type": BUNDLE_TYPE,
         "recipient": recipient_id,
         "manifest": b64(resp.manifest),
         "manifest_signature": b64(resp.manifest_signature),
+        "release_record": b64(resp.release_record),
         "encapsulated_key": b64(resp.encapsulated_key),
         "sealed_weights": b64(resp.sealed_weights),
     }
@@ -718,18 +824,21 @@ def save_release_bundle(path: Path, resp: pb.FetchReleaseResponse, *, recipient_
     path.write_text(json.dumps(doc) + "\n")
 
 
-def load_release_bundle(path: Path) -> tuple[bytes, bytes, bytes, bytes]:
+def load_release_bundle(path: Path) -> ReleaseBundle:
     from cctrain.release import unb64
 
     try:
         doc = json.loads(path.read_text())
-        return (
+        if doc.get("type") != BUNDLE_TYPE:
+            raise ValueError(f"type {doc.get('type')!r}, want {BUNDLE_TYPE!r}")
+        return ReleaseBundle(
             unb64(doc["manifest"]),
             unb64(doc["manifest_signature"]),
+            unb64(doc["release_record"]),
             unb64(doc["encapsulated_key"]),
             unb64(doc["sealed_weights"]),
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ReleaseError(f"{path} is not a release bundle: {exc}") from None
 
 
@@ -781,7 +890,9 @@ __all__ = [
     "EnclaveSession",
     "FetchedModel",
     "Recipient",
+    "ReleaseBundle",
     "TrainingProgress",
     "check_attestation",
     "open_release",
+    "verify_release",
 ]

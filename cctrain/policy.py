@@ -309,7 +309,11 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
         c.choice(ft["dtype"], "data.features.dtype", FEATURE_DTYPES)
     lt = c.table(t.get("labels", {}), "data.labels", required=("num_classes",))
     nc = lt.get("num_classes")
-    if c.typed(nc, "data.labels.num_classes", int, "an integer ≥ 2") and isinstance(nc, int) and nc < 2:
+    if (
+        c.typed(nc, "data.labels.num_classes", int, "an integer ≥ 2")
+        and isinstance(nc, int)
+        and nc < 2
+    ):
         c.add("data.labels.num_classes", f"must be ≥ 2, got {nc}")
     for key in ("max_rows", "max_bytes"):
         if key in t:
@@ -628,7 +632,10 @@ class SignedPolicy:
         missing = [p.id for p in self.policy.parties if p.id not in self.envelope.signatures]
         return SignatureStatus(tuple(signed), tuple(missing), tuple(invalid))
 
-    def require_complete(self, *, now: _dt.datetime | None = None) -> None:
+    def require_complete(
+        self, *, now: _dt.datetime | None = None, check_expiry: bool = True
+    ) -> None:
+        """Refuse unless fully signed (and, unless ``check_expiry`` is off, unexpired)."""
         st = self.status()
         problems = [f"signature of {k!r} does not verify or is not a party" for k in st.invalid]
         if len(st.signed) < self.policy.signature_threshold:
@@ -636,7 +643,7 @@ class SignedPolicy:
                 f"{len(st.signed)} of {self.policy.signature_threshold} required signatures; "
                 f"missing: {', '.join(st.missing) or '-'}"
             )
-        if self.policy.expires is not None:
+        if check_expiry and self.policy.expires is not None:
             t = now or _dt.datetime.now(_dt.timezone.utc)
             if t >= self.policy.expires:
                 problems.append(f"policy expired at {self.policy.expires.isoformat()}")

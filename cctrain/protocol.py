@@ -22,7 +22,9 @@ from cctrain.errors import ReceiptError
 from cctrain.v1 import enclave_pb2 as pb
 
 HEADER_VERSION = 1
-RECEIPT_VERSION = 1
+#: 2: receipts name the journal entry that records them (journal_seq, journal_prev_sha256).
+RECEIPT_VERSION = 2
+APPROVAL_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 4 << 20
 #: gRPC message limit on both sides: one chunk plus framing.
@@ -35,12 +37,17 @@ MANIFEST_SIG_TAG = b"cctrain/release-manifest/v1\x00"
 SHARD_KEY_INFO_TAG = b"cctrain/shard-key/v1"
 RELEASE_KEY_INFO_TAG = b"cctrain/release-key/v1"
 REQUEST_SIG_TAG = b"cctrain/rpc-request/v1\x00"
+APPROVAL_SIG_TAG = b"cctrain/release-approval/v1\x00"
+JOURNAL_SIG_TAG = b"cctrain/journal-entry/v1\x00"
 
 # Request-authentication metadata keys.
 MD_PARTY = "cctrain-party"
 MD_TIME = "cctrain-time-ms"
 MD_NONCE = "cctrain-nonce"
 MD_SIG = "cctrain-signature-bin"
+#: Trailing metadata on a request refused only because it predates the enclave's restart
+#: fence: how long until a freshly signed request from this party will pass.
+MD_RETRY_AFTER_MS = "cctrain-retry-after-ms"
 AUTH_WINDOW_MS = 120_000
 
 
@@ -96,6 +103,9 @@ class Receipt:
     header_sha256: bytes
     accepted_unix_ms: int
     enclave_signing_key: bytes
+    #: The journal entry that records this receipt, and the hash of the entry it extends.
+    journal_seq: int
+    journal_prev_sha256: bytes
     body: bytes
     signature: bytes
 
@@ -113,6 +123,7 @@ class Receipt:
             "header_sha256": self.header_sha256.hex(),
             "accepted_unix_ms": self.accepted_unix_ms,
             "enclave_signing_key": self.enclave_signing_key.hex(),
+            "journal": {"seq": self.journal_seq, "prev_sha256": self.journal_prev_sha256.hex()},
             "body": base64.b64encode(self.body).decode(),
             "signature": base64.b64encode(self.signature).decode(),
         }
@@ -136,6 +147,8 @@ def verify_receipt(
         raise ReceiptError("receipt is for another policy")
     if body.enclave_signing_key != enclave_key:
         raise ReceiptError("receipt names another enclave key")
+    if len(body.journal_prev_sha256) != 32:
+        raise ReceiptError("receipt does not name the journal entry it extends")
     return Receipt(
         policy_digest=body.policy_digest,
         party_id=body.party_id,
@@ -146,6 +159,27 @@ def verify_receipt(
         header_sha256=body.header_sha256,
         accepted_unix_ms=body.accepted_unix_ms,
         enclave_signing_key=body.enclave_signing_key,
+        journal_seq=body.journal_seq,
+        journal_prev_sha256=body.journal_prev_sha256,
         body=bytes(signed.body),
         signature=bytes(signed.signature),
     )
+
+
+def sign_approval(
+    key: Ed25519PrivateKey,
+    *,
+    policy_digest: bytes,
+    party_id: str,
+    manifest_sha256: bytes,
+    now_ms: int,
+) -> pb.SignedApproval:
+    """A provider's signed approval of exactly one release manifest."""
+    body = pb.ApprovalBody(
+        version=APPROVAL_VERSION,
+        policy_digest=policy_digest,
+        party_id=party_id,
+        manifest_sha256=manifest_sha256,
+        created_unix_ms=now_ms,
+    ).SerializeToString()
+    return pb.SignedApproval(body=body, signature=key.sign(APPROVAL_SIG_TAG + body))

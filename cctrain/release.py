@@ -4,9 +4,13 @@ A release is one manifest, signed by the enclave key, plus per recipient the
 safetensors weights under a fresh AES-256-GCM key that is HPKE-sealed to the
 recipient.  The manifest carries the evidence that binds the enclave keys to
 the policy *and to this model* (its report_data nonce is derived from the model
-hash), so a verifier needs nothing online: the manifest signature, the
-evidence chain to a pinned vendor root, the policy digest, then (recipients
-only) the unsealed weights' hash.
+hash), the receipt of every shard trained on, and the journal's signed
+"uploads closed" entry that fixes that shard set.  Providers approve the manifest's
+digest; the journal's "released" entry (the release record) then carries every
+approval with the approving party's own signature.  So a verifier needs nothing
+online: the manifest signature, the evidence chain to a pinned vendor root, the
+policy digest, the shard set, the release record and its approvals, then
+(recipients only) the unsealed weights' hash.
 """
 
 from __future__ import annotations
@@ -30,15 +34,22 @@ from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.attestation.pipeline import validate_claims, verify_evidence
 from cctrain.crypto import hpke
 from cctrain.errors import AttestationError, ReleaseError
+from cctrain.journal import (
+    MANIFEST_TYPE,
+    JournalError,
+    manifest_problems,
+    parse_record,
+    verify_approval,
+)
 from cctrain.policy import Policy
 from cctrain.protocol import (
+    JOURNAL_SIG_TAG,
     MANIFEST_SIG_TAG,
-    RECEIPT_SIG_TAG,
     release_key_info,
     verify_signature,
 )
 
-MANIFEST_TYPE = "cctrain-release-manifest/v1"
+BUNDLE_TYPE = "cctrain-release-bundle/v2"
 RELEASE_NONCE_TAG = b"cctrain/release-nonce/v1\x00"
 
 
@@ -108,6 +119,9 @@ class VerifiedRelease:
     manifest: dict[str, Any]
     manifest_sha256: bytes
     claims: VerifiedClaims
+    #: Who approved this manifest (each signature checked); empty until a release record
+    #: was verified with :func:`verify_release_record`.
+    approved_by: tuple[str, ...] = ()
 
     @property
     def model_sha256(self) -> bytes:
@@ -130,8 +144,13 @@ def verify_manifest(
     """Signature → evidence → policy → receipts; raise ReleaseError naming what failed."""
     try:
         doc = json.loads(manifest)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
         if doc.get("type") != MANIFEST_TYPE:
-            raise ValueError(f"type {doc.get('type')!r}")
+            raise ValueError(
+                f"type {doc.get('type')!r}, want {MANIFEST_TYPE!r} (a release from an older "
+                "cctrain cannot be verified by this one)"
+            )
         signing_key = bytes.fromhex(doc["enclave"]["signing_key"])
         hpke_key = bytes.fromhex(doc["enclave"]["hpke_key"])
         tls_spki = bytes.fromhex(doc["enclave"]["tls_spki_sha256"])
@@ -173,13 +192,50 @@ def verify_manifest(
         raise ReleaseError(f"the release's evidence does not hold: {exc}") from None
     if doc.get("evidence_sha256") != evidence_digest(evidence).hex():
         raise ReleaseError("manifest evidence digest does not match its evidence")
-    enclave_key = Ed25519PublicKey.from_public_bytes(signing_key)
-    for i, r in enumerate(doc.get("receipts", [])):
-        if not verify_signature(
-            enclave_key, RECEIPT_SIG_TAG, unb64(r["body"]), unb64(r["signature"])
-        ):
-            raise ReleaseError(f"receipt {i} in the manifest is not signed by the enclave")
+    _receipts, problems = manifest_problems(doc, signing_key=signing_key, policy=policy)
+    if problems:
+        raise ReleaseError("the manifest's shard set does not hold: " + "; ".join(problems))
     return VerifiedRelease(doc, hashlib.sha256(manifest).digest(), claims)
+
+
+def verify_release_record(
+    release: VerifiedRelease, record: bytes, *, policy: Policy
+) -> VerifiedRelease:
+    """Check the journal's "released" entry for this manifest: signed by the manifest's
+    enclave key, for this policy, and carrying a valid approval signed by every party the
+    policy's release rule names. Return the release with ``approved_by`` filled in."""
+    enclave_key = Ed25519PublicKey.from_public_bytes(
+        bytes.fromhex(release.manifest["enclave"]["signing_key"])
+    )
+    try:
+        rec = parse_record(record, position=0)
+    except JournalError:
+        raise ReleaseError("the release record is missing or malformed") from None
+    if not verify_signature(enclave_key, JOURNAL_SIG_TAG, rec.entry_bytes, rec.signature):
+        raise ReleaseError("the release record is not signed by the manifest's enclave key")
+    if rec.kind != "released" or rec.entry.policy_digest != policy.digest:
+        raise ReleaseError("the release record is not a release entry of this policy")
+    rel = rec.entry.released
+    if rel.manifest_sha256 != release.manifest_sha256:
+        raise ReleaseError("the release record releases another manifest")
+    approved: list[str] = []
+    for signed in rel.approvals:
+        party, problems = verify_approval(
+            signed, policy=policy, manifest_sha256=release.manifest_sha256
+        )
+        if problems:
+            raise ReleaseError(
+                f"approval by {party or '?'!r} does not hold: " + "; ".join(problems)
+            )
+        if party in approved:
+            raise ReleaseError(f"{party!r} approves twice")
+        approved.append(party)
+    missing = [p for p in policy.release["approvals_required_from"] if p not in approved]
+    if missing:
+        raise ReleaseError(f"approval required from {', '.join(missing)} is missing")
+    return VerifiedRelease(
+        release.manifest, release.manifest_sha256, release.claims, tuple(approved)
+    )
 
 
 def unseal_weights(

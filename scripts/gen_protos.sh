@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 "$PY" -m grpc_tools.protoc -Iprotos \
   --python_out=. --pyi_out=. --grpc_python_out=. \
-  protos/cctrain/v1/enclave.proto
+  protos/cctrain/v1/enclave.proto protos/cctrain/v1/journal.proto

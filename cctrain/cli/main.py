@@ -337,11 +337,15 @@ def status(
         "approvals": list(st.approvals),
         "approvals_missing": list(st.approvals_missing),
         "policy_digest": bytes(st.policy_digest).hex(),
+        "journal_head": {"seq": st.journal_seq, "sha256": bytes(st.journal_head_sha256).hex()},
+        "epsilon_spent": st.epsilon_spent if st.epsilon_spent >= 0 else None,
     }
     if fmt == "json":
         click.echo(json.dumps(doc))
     else:
         for k, v in doc.items():
+            if k == "journal_head":
+                v = f"#{st.journal_seq} {bytes(st.journal_head_sha256).hex()}"
             click.echo(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
 
 
@@ -478,34 +482,117 @@ def release_verify(
     out_file: Path | None,
 ) -> None:
     """Verify a release bundle offline: manifest signature, evidence, policy digest (and model hash)."""
-    from cctrain.client import load_release_bundle, open_release
+    from cctrain.client import load_release_bundle, open_release, verify_release
     from cctrain.crypto.keys import PartyKeys
     from cctrain.policy import SignedPolicy
-    from cctrain.release import verify_manifest
 
     sp = SignedPolicy.load(policy_file)
-    sp.require_complete()
-    manifest, sig, enc, sealed = load_release_bundle(bundle)
+    sp.require_complete(check_expiry=False)  # a release made before expiry stays verifiable
+    rb = load_release_bundle(bundle)
     if allow_simulated:
         _simulated_banner()
     if key_file is None:
-        rel = verify_manifest(manifest, sig, policy=sp.policy, allow_simulated=allow_simulated)
+        rel = verify_release(rb, policy=sp.policy, allow_simulated=allow_simulated)
         click.echo(
-            f"manifest verified: model sha256 {rel.manifest['model_sha256']} (weights not opened: no --key)"
+            f"release verified: model sha256 {rel.manifest['model_sha256']}; "
+            f"{len(rel.manifest['receipts'])} shards, each once; "
+            f"approved by {', '.join(rel.approved_by) or 'nobody (none required)'} "
+            "(weights not opened: no --key)"
         )
         return
     model = open_release(
-        manifest,
-        sig,
-        enc,
-        sealed,
-        policy=sp.policy,
-        keys=PartyKeys.load(key_file),
-        allow_simulated=allow_simulated,
+        rb, policy=sp.policy, keys=PartyKeys.load(key_file), allow_simulated=allow_simulated
     )
     if out_file:
         out_file.write_bytes(model.weights)
-    click.echo(f"release verified and unsealed: model sha256 {model.manifest['model_sha256']}")
+    click.echo(
+        f"release verified and unsealed: model sha256 {model.manifest['model_sha256']}; "
+        f"approved by {', '.join(model.release.approved_by) or 'nobody (none required)'}"
+    )
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@main.command("audit")
+@click.option(
+    "--enclave", "address", help="host:port of a running enclave to fetch the journal from"
+)
+@click.option(
+    "--journal",
+    "journal_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Verify a saved journal instead (e.g. a copy of STATE/journal.log).",
+)
+@click.option("--policy", "policy_file", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(path_type=Path),
+    help="Your party key (needed with --enclave: requests are signed).",
+)
+@click.option("--allow-simulated", is_flag=True, help="Accept simulated evidence (insecure).")
+@click.option(
+    "--save",
+    "save_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the fetched journal here (verifiable later with --journal).",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def audit_cmd(
+    address: str | None,
+    journal_file: Path | None,
+    policy_file: Path,
+    key_file: Path | None,
+    allow_simulated: bool,
+    save_file: Path | None,
+    fmt: str,
+) -> None:
+    """Verify the enclave's journal offline and print its history; exit 1 if it does not verify.
+
+    Checks the hash chain, every enclave signature, the genesis evidence that binds the
+    enclave key to the pinned code under this policy, every header, receipt and approval
+    signature in it, and that each entry follows the run's rules.
+    """
+    from cctrain.journal import audit, frame, read_journal_file, summary_line
+    from cctrain.policy import SignedPolicy
+
+    if (address is None) == (journal_file is None):
+        _fail("give exactly one of --enclave HOST:PORT or --journal FILE", 2)
+    sp = SignedPolicy.load(policy_file)
+    sp.require_complete(check_expiry=False)  # a journal outlives its policy's expiry
+    if allow_simulated:
+        _simulated_banner()
+    if address is not None:
+        if key_file is None:
+            _fail("--enclave needs --key: every request to the enclave is signed", 2)
+        from cctrain.client import EnclaveSession
+
+        with EnclaveSession(address, policy=sp, key=key_file, allow_simulated=allow_simulated) as s:
+            records = s.journal()
+            report = s.audit()
+    else:
+        assert journal_file is not None
+        try:
+            records = read_journal_file(journal_file)
+        except OSError as exc:
+            _fail(f"cannot read {journal_file}: {exc.strerror}", 2)
+        report = audit(records, sp.policy, allow_simulated=allow_simulated)
+    if save_file is not None:
+        save_file.write_bytes(b"".join(frame(r.raw) for r in records))
+    if fmt == "json":
+        click.echo(json.dumps(report.to_json()))
+        return
+    st = report.state
+    click.echo(f"journal of policy {sp.policy.name!r} {st.policy_digest.hex()}")
+    click.echo(
+        f"verified: {len(records)} entries, head #{st.head.seq} {st.head.sha256.hex()}; "
+        f"enclave key {st.signing_public_key.hex()} on {report.platform} "
+        f"(measurement {report.measurement.hex()})"
+    )
+    for event in report.history():
+        click.echo(summary_line(event))
+    click.echo(f"phase: {st.phase}")
 
 
 # --------------------------------------------------------------------------- enclave

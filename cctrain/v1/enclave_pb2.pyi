@@ -110,7 +110,7 @@ class SignedReceipt(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ReceiptBody(_message.Message):
-    __slots__ = ("version", "policy_digest", "party_id", "shard_id", "plaintext_sha256", "rows", "plaintext_size", "header_sha256", "accepted_unix_ms", "enclave_signing_key")
+    __slots__ = ("version", "policy_digest", "party_id", "shard_id", "plaintext_sha256", "rows", "plaintext_size", "header_sha256", "accepted_unix_ms", "enclave_signing_key", "journal_seq", "journal_prev_sha256")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PARTY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,8 @@ class ReceiptBody(_message.Message):
     HEADER_SHA256_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ENCLAVE_SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_PREV_SHA256_FIELD_NUMBER: _ClassVar[int]
     version: int
     policy_digest: bytes
     party_id: str
@@ -131,7 +133,9 @@ class ReceiptBody(_message.Message):
     header_sha256: bytes
     accepted_unix_ms: int
     enclave_signing_key: bytes
-    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., plaintext_sha256: _Optional[bytes] = ..., rows: _Optional[int] = ..., plaintext_size: _Optional[int] = ..., header_sha256: _Optional[bytes] = ..., accepted_unix_ms: _Optional[int] = ..., enclave_signing_key: _Optional[bytes] = ...) -> None: ...
+    journal_seq: int
+    journal_prev_sha256: bytes
+    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., plaintext_sha256: _Optional[bytes] = ..., rows: _Optional[int] = ..., plaintext_size: _Optional[int] = ..., header_sha256: _Optional[bytes] = ..., accepted_unix_ms: _Optional[int] = ..., enclave_signing_key: _Optional[bytes] = ..., journal_seq: _Optional[int] = ..., journal_prev_sha256: _Optional[bytes] = ...) -> None: ...
 
 class UploadResponse(_message.Message):
     __slots__ = ("ack", "receipt")
@@ -182,7 +186,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("phase", "providers_uploaded", "providers_missing", "approvals", "detail", "policy_digest", "manifest", "manifest_signature", "approvals_missing")
+    __slots__ = ("phase", "providers_uploaded", "providers_missing", "approvals", "detail", "policy_digest", "manifest", "manifest_signature", "approvals_missing", "journal_seq", "journal_head_sha256", "epsilon_spent")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_UPLOADED_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_MISSING_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +196,9 @@ class GetStatusResponse(_message.Message):
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     APPROVALS_MISSING_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_HEAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     phase: str
     providers_uploaded: _containers.RepeatedScalarFieldContainer[str]
     providers_missing: _containers.RepeatedScalarFieldContainer[str]
@@ -201,7 +208,10 @@ class GetStatusResponse(_message.Message):
     manifest: bytes
     manifest_signature: bytes
     approvals_missing: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, phase: _Optional[str] = ..., providers_uploaded: _Optional[_Iterable[str]] = ..., providers_missing: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[str]] = ..., detail: _Optional[str] = ..., policy_digest: _Optional[bytes] = ..., manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ..., approvals_missing: _Optional[_Iterable[str]] = ...) -> None: ...
+    journal_seq: int
+    journal_head_sha256: bytes
+    epsilon_spent: float
+    def __init__(self, phase: _Optional[str] = ..., providers_uploaded: _Optional[_Iterable[str]] = ..., providers_missing: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[str]] = ..., detail: _Optional[str] = ..., policy_digest: _Optional[bytes] = ..., manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ..., approvals_missing: _Optional[_Iterable[str]] = ..., journal_seq: _Optional[int] = ..., journal_head_sha256: _Optional[bytes] = ..., epsilon_spent: _Optional[float] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
     __slots__ = ()
@@ -235,11 +245,33 @@ class TrainingEvent(_message.Message):
     detail: str
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., phase: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
-class ApproveReleaseRequest(_message.Message):
-    __slots__ = ("manifest_sha256",)
+class ApprovalBody(_message.Message):
+    __slots__ = ("version", "policy_digest", "party_id", "manifest_sha256", "created_unix_ms")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PARTY_ID_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    policy_digest: bytes
+    party_id: str
     manifest_sha256: bytes
-    def __init__(self, manifest_sha256: _Optional[bytes] = ...) -> None: ...
+    created_unix_ms: int
+    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., manifest_sha256: _Optional[bytes] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+
+class SignedApproval(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ApproveReleaseRequest(_message.Message):
+    __slots__ = ("approval",)
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    approval: SignedApproval
+    def __init__(self, approval: _Optional[_Union[SignedApproval, _Mapping]] = ...) -> None: ...
 
 class ApproveReleaseResponse(_message.Message):
     __slots__ = ("approvals", "phase")
@@ -254,13 +286,29 @@ class FetchReleaseRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FetchReleaseResponse(_message.Message):
-    __slots__ = ("manifest", "manifest_signature", "encapsulated_key", "sealed_weights")
+    __slots__ = ("manifest", "manifest_signature", "encapsulated_key", "sealed_weights", "release_record")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     ENCAPSULATED_KEY_FIELD_NUMBER: _ClassVar[int]
     SEALED_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_RECORD_FIELD_NUMBER: _ClassVar[int]
     manifest: bytes
     manifest_signature: bytes
     encapsulated_key: bytes
     sealed_weights: bytes
-    def __init__(self, manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ..., encapsulated_key: _Optional[bytes] = ..., sealed_weights: _Optional[bytes] = ...) -> None: ...
+    release_record: bytes
+    def __init__(self, manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ..., encapsulated_key: _Optional[bytes] = ..., sealed_weights: _Optional[bytes] = ..., release_record: _Optional[bytes] = ...) -> None: ...
+
+class GetJournalRequest(_message.Message):
+    __slots__ = ("from_seq",)
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    from_seq: int
+    def __init__(self, from_seq: _Optional[int] = ...) -> None: ...
+
+class GetJournalResponse(_message.Message):
+    __slots__ = ("entries", "head_seq")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedScalarFieldContainer[bytes]
+    head_seq: int
+    def __init__(self, entries: _Optional[_Iterable[bytes]] = ..., head_seq: _Optional[int] = ...) -> None: ...

@@ -79,6 +79,11 @@ class EnclaveStub:
                 request_serializer=cctrain_dot_v1_dot_enclave__pb2.FetchReleaseRequest.SerializeToString,
                 response_deserializer=cctrain_dot_v1_dot_enclave__pb2.FetchReleaseResponse.FromString,
                 _registered_method=True)
+        self.GetJournal = channel.unary_unary(
+                '/cctrain.v1.Enclave/GetJournal',
+                request_serializer=cctrain_dot_v1_dot_enclave__pb2.GetJournalRequest.SerializeToString,
+                response_deserializer=cctrain_dot_v1_dot_enclave__pb2.GetJournalResponse.FromString,
+                _registered_method=True)
 
 
 class EnclaveServicer:
@@ -145,6 +150,13 @@ class EnclaveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJournal(self, request, context):
+        """The enclave's signed, hash-chained journal (see journal.proto), for offline audit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnclaveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +204,11 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.FetchRelease,
                     request_deserializer=cctrain_dot_v1_dot_enclave__pb2.FetchReleaseRequest.FromString,
                     response_serializer=cctrain_dot_v1_dot_enclave__pb2.FetchReleaseResponse.SerializeToString,
+            ),
+            'GetJournal': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJournal,
+                    request_deserializer=cctrain_dot_v1_dot_enclave__pb2.GetJournalRequest.FromString,
+                    response_serializer=cctrain_dot_v1_dot_enclave__pb2.GetJournalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -437,6 +454,33 @@ class Enclave:
             '/cctrain.v1.Enclave/FetchRelease',
             cctrain_dot_v1_dot_enclave__pb2.FetchReleaseRequest.SerializeToString,
             cctrain_dot_v1_dot_enclave__pb2.FetchReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJournal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cctrain.v1.Enclave/GetJournal',
+            cctrain_dot_v1_dot_enclave__pb2.GetJournalRequest.SerializeToString,
+            cctrain_dot_v1_dot_enclave__pb2.GetJournalResponse.FromString,
             options,
             channel_credentials,
             insecure,

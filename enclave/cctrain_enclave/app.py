@@ -1,27 +1,31 @@
-"""The enclave application: policy, keys, platform, shard store, and the run's phase.
+"""The enclave application: policy, platform, state, shard store and the run, put together.
 
-Phases: ``collecting`` → ``training`` → (``awaiting_approval``) → ``released``
-(or ``failed``).  Every transition follows from the signed policy.
+Phases: ``collecting`` → ``training`` → (``awaiting_approval``) → ``released`` (or
+``failed``, ``expired``). Every transition is a journal entry (see
+:mod:`cctrain_enclave.state`); this module only composes the parts and answers status.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
-import os
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
+from cctrain.attestation.binding import spki_sha256
 from cctrain.errors import PolicyError
 from cctrain.policy import SignedPolicy
 from cctrain.v1 import enclave_pb2 as pb
-from cctrain_enclave.ingest import IngestError, ShardStore
-from cctrain_enclave.keys import EnclaveKeys, TlsIdentity
+from cctrain_enclave.errors import Refusal
+from cctrain_enclave.ingest import ShardStore
+from cctrain_enclave.keys import TlsIdentity
 from cctrain_enclave.providers.base import EvidenceProvider
-from cctrain_enclave.sealing import Sealer, atomic_write
+from cctrain_enclave.run import RunContext, RunController
+from cctrain_enclave.state import EnclaveState
 
 log = logging.getLogger("cctrain.enclave")
 
@@ -33,55 +37,57 @@ class AppConfig:
     platform: str = "simulated"
     hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
     model_source: Path | None = None
+    #: The host's clock (seconds since the epoch). The host owns it: it decides expiry and
+    #: request freshness only, never what the journal says happened.
+    clock: Callable[[], float] = field(default=time.time)
 
 
 class EnclaveApp:
     def __init__(self, config: AppConfig, provider: EvidenceProvider) -> None:
         self.config = config
-        state = config.state_dir
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock_fh = open(state / "LOCK", "a")  # noqa: SIM115 - held for the process lifetime
+        state_dir = config.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fh = open(state_dir / "LOCK", "a")  # noqa: SIM115 - held for the process lifetime
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lock_fh.close()
             raise PolicyError(
-                f"state directory {state} is in use by another enclave process"
+                f"state directory {state_dir} is in use by another enclave process"
             ) from None
         try:
-            self._open(config, provider, state)
+            self._open(config, provider)
         except BaseException:
             self._lock_fh.close()
             raise
 
-    def _open(self, config: AppConfig, provider: EvidenceProvider, state: Path) -> None:
+    def _open(self, config: AppConfig, provider: EvidenceProvider) -> None:
         self.signed_policy = SignedPolicy.load(config.policy_path)
-        self.signed_policy.require_complete()
+        # Signatures now; expiry is the state's to decide, at every decision.
+        self.signed_policy.require_complete(check_expiry=False)
         self.policy = self.signed_policy.policy
         if provider.platform not in self.policy.attestation["platforms"]:
             raise PolicyError(
                 f"this enclave runs on {provider.platform!r}, which the policy does not accept "
                 f"({list(self.policy.attestation['platforms'])})"
             )
-        self._bind_state_to_policy(state)
         self.provider = provider
-        self.sealer = Sealer(provider.sealing_key(b"state/v1"))
-        self.keys = EnclaveKeys.load_or_create(state, self.sealer)
-        self.tls = TlsIdentity.generate(list(config.hosts))
-        self.store = ShardStore(state, self.sealer)
         self.custom_model_source = self._load_custom_model_source(config.model_source)
-        from cctrain_enclave.run import RunController
-
-        self.run = RunController(self)
-
-    @property
-    def phase(self) -> str:
-        return self.run.phase
+        self.tls = TlsIdentity.generate(list(config.hosts))
+        tls_spki = spki_sha256(self.tls.cert)
+        self.state = EnclaveState.open(
+            config.state_dir, self.policy, provider, tls_spki_sha256=tls_spki, clock=config.clock
+        )
+        self.store = ShardStore(self.state.paths, self.state.keys.hpke, self.policy)
+        self.store.recover(collecting=self.state.view.phase == "collecting")
+        self.run = RunController(
+            self.state,
+            self.store,
+            RunContext(provider, tls_spki, self.custom_model_source),
+        )
 
     def _load_custom_model_source(self, path: Path | None) -> bytes | None:
         """Custom model code must be the exact source the policy pins; checked before any import."""
-        import hashlib
-
         model = self.policy.training["model"]
         if model["name"] != "custom":
             if path is not None:
@@ -99,67 +105,54 @@ class EnclaveApp:
             )
         return source
 
-    def _bind_state_to_policy(self, state: Path) -> None:
-        """A state directory serves one policy for life: shards never mix across consortia."""
-        marker = state / "policy.sha256"
-        digest = self.policy.digest.hex()
-        if marker.exists():
-            if marker.read_text().strip() != digest:
-                raise PolicyError(
-                    f"state directory {state} belongs to policy {marker.read_text().strip()[:16]}…; "
-                    f"this policy is {digest[:16]}…; use a new state directory"
-                )
-        else:
-            atomic_write(marker, (digest + "\n").encode())
-            atomic_write(
-                state / "policy.signed.json", self.signed_policy.envelope.to_json().encode()
-            )
-        os.chmod(marker, 0o600)
-
     def shutdown(self) -> None:
         """Stop training at its next step (it resumes on restart) and release the state directory."""
         self.run.shutdown()
         self._lock_fh.close()
 
-    # -- ingest hooks
-    def check_accepting_uploads(self) -> None:
-        if self.phase != "collecting":
-            raise IngestError(
-                grpc.StatusCode.FAILED_PRECONDITION, f"uploads are closed (phase: {self.phase})"
-            )
-
-    def on_shard_accepted(self) -> None:
-        """Training starts by itself when the policy's start rule holds."""
-        self.run.maybe_start()
-
-    def providers_missing(self) -> list[str]:
-        have = self.store.providers_with_receipts()
-        return [p for p in self.policy.start["require_uploads_from"] if p not in have]
-
+    # -- what the servicer asks
     def status(self) -> pb.GetStatusResponse:
-        have = sorted(self.store.providers_with_receipts())
-        manifest = self.run.manifest()
+        try:
+            self.state.check_time("status")
+        except Refusal:
+            pass  # an expired policy shows in the phase
+        view, policy = self.state.view, self.policy
+        eps = view.epsilon_spent
         return pb.GetStatusResponse(
-            phase=self.phase,
-            providers_uploaded=have,
-            providers_missing=self.providers_missing(),
-            policy_digest=self.policy.digest,
-            detail=self.run.detail,
-            approvals=self.run.approvals,
-            approvals_missing=self.run.approvals_missing(),
-            manifest=manifest[0] if manifest else b"",
-            manifest_signature=manifest[1] if manifest else b"",
+            phase=view.phase,
+            providers_uploaded=view.providers_uploaded(),
+            providers_missing=view.providers_missing(policy),
+            policy_digest=policy.digest,
+            detail=view.detail,
+            approvals=view.approved_by(),
+            approvals_missing=view.approvals_missing(policy),
+            manifest=view.manifest,
+            manifest_signature=view.manifest_signature,
+            journal_seq=view.head.seq,
+            journal_head_sha256=view.head.sha256,
+            epsilon_spent=-1.0 if eps is None else eps,
         )
 
-    # -- training and release (see cctrain_enclave.run)
+    def journal(self, from_seq: int) -> pb.GetJournalResponse:
+        return pb.GetJournalResponse(
+            entries=self.state.entries(from_seq), head_seq=self.state.head.seq
+        )
+
     def request_start(self, party: str) -> str:
         return self.run.maybe_start(requested_by=party)
 
-    def watch(self, context: Any) -> Any:
+    def on_shard_accepted(self) -> None:
+        """Training starts by itself when the policy's start rule holds."""
+        try:
+            self.run.maybe_start()
+        except Refusal as exc:  # the shard is accepted; the start is what was refused
+            log.warning("training not started: %s", exc.message)
+
+    def watch(self, context: Any) -> Iterator[pb.TrainingEvent]:
         return self.run.watch(context)
 
-    def approve(self, party: str, manifest_sha256: bytes) -> pb.ApproveReleaseResponse:
-        return self.run.approve(party, manifest_sha256)
+    def approve(self, party: str, approval: pb.SignedApproval) -> pb.ApproveReleaseResponse:
+        return self.run.approve(party, approval)
 
     def fetch_release(self, party: str) -> pb.FetchReleaseResponse:
         return self.run.fetch(party)

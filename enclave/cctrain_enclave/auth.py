@@ -4,7 +4,8 @@ A party signs (method, party, time, nonce, policy digest, request digest) with
 its Ed25519 identity key; for unary requests the digest covers the exact
 request bytes, which this interceptor receives undeserialized so it can check
 them before any handler sees the request.  Stale (outside ±window) or replayed
-(party, nonce) pairs are refused.
+(party, nonce) pairs are refused; so is, after a restart, any request signed
+before it (the durable fence of :mod:`cctrain_enclave.state.fence`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from cctrain.protocol import (
     AUTH_WINDOW_MS,
     MD_NONCE,
     MD_PARTY,
+    MD_RETRY_AFTER_MS,
     MD_SIG,
     MD_TIME,
     request_signing_bytes,
     sha256,
 )
+from cctrain_enclave.state.fence import FenceError, RequestFence
 
 #: The authenticated party of the RPC being handled.
 current_party: contextvars.ContextVar[str] = contextvars.ContextVar("cctrain_party")
@@ -39,7 +42,14 @@ UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
 class AuthError(Exception):
-    pass
+    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+    def abort(self, context: grpc.ServicerContext) -> None:
+        if self.retry_after_ms is not None:
+            context.set_trailing_metadata(((MD_RETRY_AFTER_MS, str(self.retry_after_ms)),))
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, str(self))
 
 
 class ReplayCache:
@@ -62,13 +72,20 @@ class ReplayCache:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, policy: Policy, *, clock_ms: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        fence: RequestFence,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
         self._policy = policy
         self._keys: dict[str, Ed25519PublicKey] = {
             p.id: ed25519_public(p.signing_key) for p in policy.parties
         }
         self._clock = clock_ms or (lambda: int(time.time() * 1000))
         self._replay = ReplayCache()
+        self._fence = fence
 
     def _authenticate(self, method: str, metadata: dict[str, Any], body_sha256: bytes) -> str:
         try:
@@ -102,6 +119,10 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise AuthError("request signature does not verify") from None
         if not self._replay.check_and_add(party, nonce, time_ms, now):
             raise AuthError("replayed request (nonce already used)")
+        try:
+            self._fence.admit(party, time_ms)
+        except FenceError as exc:
+            raise AuthError(str(exc), retry_after_ms=exc.retry_after_ms) from None
         return party
 
     def intercept_service(
@@ -119,7 +140,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             try:
                 party = self._authenticate(method, metadata, sha256(b""))
             except AuthError as exc:
-                return _deny_handler(handler, str(exc))
+                return _deny_handler(handler, exc)
             inner = handler.stream_unary or handler.stream_stream
 
             def stream_behavior(request_iterator: Any, context: grpc.ServicerContext) -> Any:
@@ -144,7 +165,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             try:
                 party = self._authenticate(method, metadata, sha256(raw))
             except AuthError as exc:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+                exc.abort(context)
             try:
                 request = deserialize(raw)
             except DecodeError:
@@ -164,9 +185,9 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         )
 
 
-def _deny_handler(handler: Any, message: str) -> Any:
+def _deny_handler(handler: Any, error: AuthError) -> Any:
     def deny(_request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        error.abort(context)
 
     factory = {
         (True, True): grpc.stream_stream_rpc_method_handler,

@@ -4,15 +4,19 @@ Design (see DESIGN.md, protocol step 2):
 
 * The enclave decrypts each chunk as it arrives (STREAM over AES-256-GCM) to
   reject tampering at once and to hash the plaintext for the commitment.
-* What it writes to disk is the *received ciphertext*; the data key is kept
-  sealed under the platform key.  So shards are encrypted at rest at no extra
-  cost, and a partial upload is resumable after a crash.
+* What it writes to disk is the *received ciphertext*, and nothing else of the
+  key: the data key is recovered from the signed header (HPKE-wrapped to the
+  enclave key) whenever it is needed.  So shards are encrypted at rest at no
+  extra cost, a partial upload is resumable after a crash, and a stored shard
+  opens only under the header the journal recorded for it.
 * Progress is acknowledged only after it is durable (fsync), so an owner that
   resumes from the last ack never skips a chunk the enclave lost.
 * Any rejection deletes every byte of the upload; a lost connection keeps the
   acknowledged prefix for resumption (until ``PARTIAL_TTL_S``).
 * Only after the whole plaintext matches the signed commitment and the schema
-  is the upload moved (one rename) into ``shards/`` and a receipt signed.
+  is the ciphertext moved (one rename) to ``shards/<header sha256>.ct`` and the
+  shard journaled (:meth:`EnclaveState.accept_shard`), which signs the receipt.
+  The journal, not the file, makes it accepted.
 """
 
 from __future__ import annotations
@@ -34,27 +38,26 @@ from typing import Any
 
 import grpc
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from cctrain.crypto import hpke
 from cctrain.crypto.keys import ed25519_public
 from cctrain.crypto.stream import NONCE_PREFIX_SIZE, TAG_SIZE, StreamOpener
 from cctrain.errors import ShardError
+from cctrain.journal import AcceptedShard
 from cctrain.policy import Policy
 from cctrain.protocol import (
     HEADER_SIG_TAG,
     HEADER_VERSION,
     MAX_CHUNK_SIZE,
-    RECEIPT_SIG_TAG,
-    RECEIPT_VERSION,
     SHARD_ID,
     shard_key_info,
     verify_signature,
 )
 from cctrain.v1 import enclave_pb2 as pb
+from cctrain_enclave.errors import Refusal
 from cctrain_enclave.npzstream import NpzStreamValidator
-from cctrain_enclave.sealing import Sealer, atomic_write, fsync_dir
 from cctrain_enclave.shards import (
     ShardArrays,
     check_summary,
@@ -62,6 +65,7 @@ from cctrain_enclave.shards import (
     raise_problems,
     validate_shard,
 )
+from cctrain_enclave.state import EnclaveState, StatePaths, atomic_write, fsync_dir
 
 log = logging.getLogger("cctrain.enclave.ingest")
 
@@ -70,15 +74,6 @@ MIN_CHUNK_SIZE = 4096
 #: fsyncs (faster) but more to resend after a crash; 64 MiB costs well under a second to resend.
 ACK_EVERY_BYTES = int(os.environ.get("CCTRAIN_ACK_EVERY_BYTES", 64 << 20))
 PARTIAL_TTL_S = 24 * 3600
-
-
-class IngestError(Exception):
-    """A refusal with the gRPC status to send; the message is safe to show the sender."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -169,114 +164,119 @@ class DecryptingReader(io.RawIOBase):
 
 
 class ShardStore:
-    """``state/uploads/<party>/<shard>/`` (partial) and ``state/shards/<party>/<shard>/`` (accepted)."""
+    """Shard bytes on the host's disk: partial uploads, and the ciphertext of accepted shards.
 
-    def __init__(self, root: Path, sealer: Sealer) -> None:
-        self.root = root
-        self.sealer = sealer
-        self.uploads = root / "uploads"
-        self.shards = root / "shards"
-        for d in (self.uploads, self.shards):
+    ``uploads/<party>/<shard>/`` holds a partial upload (header.bin, chunks.bin,
+    progress.json); ``shards/<header sha256>.ct`` the ciphertext of a shard the journal
+    accepted. Which shards exist, and what their headers are, only the journal says.
+    """
+
+    def __init__(self, paths: StatePaths, hpke_key: X25519PrivateKey, policy: Policy) -> None:
+        self.paths = paths
+        self.uploads = paths.uploads
+        self._hpke_key = hpke_key
+        self._policy = policy
+        for d in (paths.uploads, paths.shards):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self.recover()
 
     # -- paths and locks
     def partial_dir(self, party: str, shard: str) -> Path:
         return self.uploads / party / shard
 
-    def accepted_dir(self, party: str, shard: str) -> Path:
-        return self.shards / party / shard
-
     def lock(self, party: str, shard: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault((party, shard), threading.Lock())
 
-    def key_label(self, party: str, shard: str) -> bytes:
-        return f"shard-key:{party}/{shard}".encode()
+    def data_key(self, header: pb.ShardHeader) -> bytes:
+        """The owner's data key, unwrapped from its header with the enclave's HPKE key."""
+        try:
+            key = hpke.open_sealed(
+                self._hpke_key,
+                header.encapsulated_key,
+                info=shard_key_info(self._policy.digest, header.party_id, header.shard_id),
+            )
+        except hpke.HpkeError:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the data key does not open with the enclave key for this policy, party and shard",
+            ) from None
+        if len(key) != 32:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "data key must be 32 bytes")
+        return key
 
     # -- crash recovery
-    def recover(self) -> None:
-        """After a crash: drop temp dirs, stale partials, and un-acked tails of partials."""
+    def recover(self, *, collecting: bool) -> None:
+        """After a crash: drop temp dirs, stale partials, and un-acked tails of partials.
+
+        Once uploads are closed no partial upload can ever be accepted: all are dropped.
+        """
         now = time.time()
-        for tmp in self.root.glob("**/.tmp-*"):
+        for tmp in self.uploads.glob("**/.tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         for party_dir in list(self.uploads.iterdir()):
-            for pdir in list(party_dir.iterdir()) if party_dir.is_dir() else []:
+            if not party_dir.is_dir() or party_dir.is_symlink():
+                party_dir.unlink(missing_ok=True)
+                continue
+            for pdir in list(party_dir.iterdir()):
                 try:
+                    if not collecting:
+                        raise ValueError("uploads are closed")
                     progress = json.loads((pdir / "progress.json").read_text())
                     if now - float(progress["updated"]) > PARTIAL_TTL_S:
                         raise ValueError("expired")
                     with open(pdir / "chunks.bin", "r+b") as fh:
                         fh.truncate(int(progress["offset"]))
                         os.fsync(fh.fileno())
-                except (OSError, ValueError, KeyError):
+                except (OSError, ValueError, KeyError, TypeError):
                     log.info(
-                        "discarding unresumable partial upload %s", pdir.relative_to(self.root)
+                        "discarding unresumable partial upload %s", pdir.relative_to(self.uploads)
                     )
                     shutil.rmtree(pdir, ignore_errors=True)
 
     # -- queries
-    def receipt(self, party: str, shard: str) -> pb.SignedReceipt | None:
-        path = self.accepted_dir(party, shard) / "receipt.bin"
-        if not path.exists():
-            return None
-        r = pb.SignedReceipt()
-        r.ParseFromString(path.read_bytes())
-        return r
-
-    def list_receipts(self, party: str | None = None) -> list[pb.SignedReceipt]:
-        out = []
-        for pdir in sorted(self.shards.iterdir()):
-            if party is not None and pdir.name != party:
-                continue
-            for sdir in sorted(pdir.iterdir()):
-                r = self.receipt(pdir.name, sdir.name)
-                if r is not None:
-                    out.append(r)
-        return out
-
-    def providers_with_receipts(self) -> set[str]:
-        return {p.name for p in self.shards.iterdir() if any(p.iterdir())}
-
     def partial_progress(self, party: str, shard: str) -> tuple[bytes, int] | None:
         pdir = self.partial_dir(party, shard)
         try:
             progress = json.loads((pdir / "progress.json").read_text())
             header_sha = hashlib.sha256((pdir / "header.bin").read_bytes()).digest()
             return header_sha, int(progress["next_index"])
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def open_shard(self, party: str, shard: str, directory: Path | None = None) -> DecryptingReader:
-        d = directory or self.accepted_dir(party, shard)
-        raw = (d / "header.bin").read_bytes()
-        msg = pb.ShardHeader()
-        msg.ParseFromString(raw)
-        header = ParsedHeader(raw, msg, hashlib.sha256(raw).digest())
-        key = self.sealer.unseal(
-            (d / "key.sealed").read_bytes(), label=self.key_label(party, shard)
+    def open_shard(self, shard: AcceptedShard) -> DecryptingReader:
+        """A plaintext view of an accepted shard; every chunk read authenticates under the
+        header the journal holds for it (another file in its place does not decrypt)."""
+        header = ParsedHeader(shard.header_raw, shard.header, shard.header_sha256)
+        return DecryptingReader(
+            self.paths.shard_ciphertext(shard.header_sha256), header, self.data_key(shard.header)
         )
-        return DecryptingReader(d / "chunks.bin", header, key)
 
-    def load_dataset(self, schema: Mapping[str, Any]) -> tuple[ShardArrays, list[pb.SignedReceipt]]:
-        """All accepted shards, pooled (for the trainer)."""
-        feats, labels, receipts = [], [], []
-        for r in self.list_receipts():
-            body = pb.ReceiptBody()
-            body.ParseFromString(r.body)
-            d = self.accepted_dir(body.party_id, body.shard_id)
-            msg = pb.ShardHeader()
-            msg.ParseFromString((d / "header.bin").read_bytes())
-            with self.open_shard(body.party_id, body.shard_id) as reader:
-                arrays = parse_shard(msg.format, reader, schema)  # type: ignore[arg-type]
+    def load_dataset(
+        self, shards: tuple[AcceptedShard, ...], schema: Mapping[str, Any]
+    ) -> ShardArrays:
+        """The shards uploads were closed on, pooled in the journal's order (for the trainer)."""
+        feats, labels = [], []
+        for shard in shards:
+            try:
+                with self.open_shard(shard) as reader:
+                    arrays = parse_shard(shard.header.format, reader, schema)  # type: ignore[arg-type]
+            except (ShardError, OSError) as exc:
+                raise ShardError(
+                    f"stored shard {shard.party_id}/{shard.shard_id} (journal entry #{shard.seq}) "
+                    f"does not read back: {exc}"
+                ) from None
+            if arrays.rows != shard.rows:
+                raise ShardError(
+                    f"stored shard {shard.party_id}/{shard.shard_id} has {arrays.rows} rows, "
+                    f"its receipt {shard.rows}"
+                )
             feats.append(arrays.features)
             labels.append(arrays.labels)
-            receipts.append(r)
         if not feats:
             raise ShardError("no accepted shards")
-        return ShardArrays(np.concatenate(feats), np.concatenate(labels)), receipts
+        return ShardArrays(np.concatenate(feats), np.concatenate(labels))
 
 
 class _ChunkSink:
@@ -326,7 +326,7 @@ class _ChunkSink:
 
     def _check(self) -> None:
         if self._error is not None:
-            raise IngestError(grpc.StatusCode.INTERNAL, "the enclave could not store the upload")
+            raise Refusal(grpc.StatusCode.INTERNAL, "the enclave could not store the upload")
 
     def add(self, plaintext: bytes, ciphertext: bytes) -> None:
         self._check()
@@ -360,43 +360,30 @@ class UploadSession:
         self,
         *,
         store: ShardStore,
-        policy: Policy,
+        state: EnclaveState,
         party_id: str,
         upload_header: pb.UploadHeader,
-        hpke_key: Any,
-        signing_key: Ed25519PrivateKey,
     ) -> None:
         self.store = store
-        self.policy = policy
+        self.state = state
+        self.policy = state.policy
         self.party_id = party_id
-        self.signing_key = signing_key
         self.header = self._check_header(upload_header)
+        self.header_signature = bytes(upload_header.signature)
         msg = self.header.msg
         self.shard_id = msg.shard_id
         self._lock = store.lock(party_id, self.shard_id)
         if not self._lock.acquire(blocking=False):
-            raise IngestError(
+            raise Refusal(
                 grpc.StatusCode.ABORTED, f"shard {self.shard_id!r} is already being uploaded"
             )
         try:
-            if store.accepted_dir(party_id, self.shard_id).exists():
-                raise IngestError(
+            if state.view.shard(party_id, self.shard_id) is not None:
+                raise Refusal(
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"shard {self.shard_id!r} was already accepted; fetch its receipt with UploadStatus",
                 )
-            try:
-                self.key = hpke.open_sealed(
-                    hpke_key,
-                    msg.encapsulated_key,
-                    info=shard_key_info(policy.digest, party_id, self.shard_id),
-                )
-            except hpke.HpkeError:
-                raise IngestError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "the data key does not open with the enclave key for this policy, party and shard",
-                ) from None
-            if len(self.key) != 32:
-                raise IngestError(grpc.StatusCode.INVALID_ARGUMENT, "data key must be 32 bytes")
+            self.key = store.data_key(msg)
             self.opener = StreamOpener(self.key, msg.nonce_prefix, self.header.sha256)
             self.hasher = hashlib.sha256()
             # Validates an NPZ as it arrives, so finish() needs no second pass (when it can).
@@ -414,12 +401,12 @@ class UploadSession:
     def _check_header(self, uh: pb.UploadHeader) -> ParsedHeader:
         bad = grpc.StatusCode.INVALID_ARGUMENT
         if not uh.header or not uh.signature:
-            raise IngestError(bad, "upload header: header and signature are required")
+            raise Refusal(bad, "upload header: header and signature are required")
         party = self.policy.party(self.party_id)
         if party is None or not verify_signature(
             ed25519_public(party.signing_key), HEADER_SIG_TAG, uh.header, uh.signature
         ):
-            raise IngestError(
+            raise Refusal(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"upload header is not signed by the policy key of party {self.party_id!r}",
             )
@@ -427,63 +414,61 @@ class UploadSession:
         try:
             msg.ParseFromString(uh.header)
         except DecodeError:
-            raise IngestError(bad, "upload header: malformed ShardHeader bytes") from None
+            raise Refusal(bad, "upload header: malformed ShardHeader bytes") from None
         if msg.version != HEADER_VERSION:
-            raise IngestError(bad, f"upload header: version {msg.version}, want {HEADER_VERSION}")
+            raise Refusal(bad, f"upload header: version {msg.version}, want {HEADER_VERSION}")
         if msg.policy_digest != self.policy.digest:
-            raise IngestError(
+            raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"upload header is for policy {msg.policy_digest.hex()[:16]}…, this enclave serves "
                 f"{self.policy.digest.hex()[:16]}…",
             )
         if msg.party_id != self.party_id:
-            raise IngestError(
+            raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"upload header names party {msg.party_id!r} but the request is from {self.party_id!r}",
             )
         if not party.is_provider:
-            raise IngestError(
+            raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED, f"{self.party_id!r} is not a data_provider"
             )
         if not SHARD_ID.match(msg.shard_id):
-            raise IngestError(bad, f"upload header: shard_id must match {SHARD_ID.pattern}")
+            raise Refusal(bad, f"upload header: shard_id must match {SHARD_ID.pattern}")
         schema = self.policy.data
         if msg.format not in schema["formats"]:
-            raise IngestError(
+            raise Refusal(
                 bad,
                 f"upload header: format {msg.format!r} not allowed (policy: {list(schema['formats'])})",
             )
         if not MIN_CHUNK_SIZE <= msg.chunk_size <= MAX_CHUNK_SIZE:
-            raise IngestError(
+            raise Refusal(
                 bad, f"upload header: chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]"
             )
         if msg.plaintext_size > int(schema["max_bytes"]):
-            raise IngestError(
+            raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"shard of {msg.plaintext_size} bytes exceeds data.max_bytes = {schema['max_bytes']}",
             )
         if msg.plaintext_size == 0:
-            raise IngestError(bad, "upload header: empty shard")
+            raise Refusal(bad, "upload header: empty shard")
         if msg.chunk_count != expected_chunk_count(msg.plaintext_size, msg.chunk_size):
-            raise IngestError(
+            raise Refusal(
                 bad, "upload header: chunk_count does not match plaintext_size/chunk_size"
             )
         if len(msg.nonce_prefix) != NONCE_PREFIX_SIZE or len(msg.plaintext_sha256) != 32:
-            raise IngestError(
-                bad, "upload header: nonce_prefix must be 7 bytes, plaintext_sha256 32"
-            )
+            raise Refusal(bad, "upload header: nonce_prefix must be 7 bytes, plaintext_sha256 32")
         return ParsedHeader(bytes(uh.header), msg, hashlib.sha256(uh.header).digest())
 
     def _prepare(self, resume_from: int) -> int:
         existing = self.store.partial_progress(self.party_id, self.shard_id)
         if resume_from:
             if existing is None or existing[0] != self.header.sha256:
-                raise IngestError(
+                raise Refusal(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     "nothing to resume for this header; start the upload from chunk 0",
                 )
             if existing[1] != resume_from:
-                raise IngestError(
+                raise Refusal(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"resume_from {resume_from}, but the enclave holds chunks [0, {existing[1]})",
                 )
@@ -493,9 +478,7 @@ class UploadSession:
                     ct = fh.read(self.header.chunk_plain_size(i) + TAG_SIZE)
                     pt = self.opener.open(i, ct, last=False)
                     if pt is None:
-                        raise IngestError(
-                            grpc.StatusCode.DATA_LOSS, "stored partial upload is corrupt"
-                        )
+                        raise Refusal(grpc.StatusCode.DATA_LOSS, "stored partial upload is corrupt")
                     self.hasher.update(pt)
                     if self.npz is not None:
                         self.npz.feed(pt)
@@ -507,16 +490,11 @@ class UploadSession:
         tmp = self.dir.parent / f".tmp-{self.shard_id}-{os.getpid()}"
         tmp.mkdir(parents=True, mode=0o700)
         (tmp / "header.bin").write_bytes(self.header.raw)
-        (tmp / "key.sealed").write_bytes(
-            self.store.sealer.seal(
-                self.key, label=self.store.key_label(self.party_id, self.shard_id)
-            )
-        )
         (tmp / "chunks.bin").write_bytes(b"")
         (tmp / "progress.json").write_text(
             json.dumps({"next_index": 0, "offset": 0, "updated": time.time()})
         )
-        for name in ("header.bin", "key.sealed", "chunks.bin", "progress.json"):
+        for name in ("header.bin", "chunks.bin", "progress.json"):
             with open(tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, self.dir)
@@ -529,16 +507,16 @@ class UploadSession:
         """Check, decrypt and store one chunk; return the new ack index when one is due."""
         bad = grpc.StatusCode.INVALID_ARGUMENT
         if self.finished:
-            raise IngestError(bad, f"chunk {chunk.index} arrived after the final chunk")
+            raise Refusal(bad, f"chunk {chunk.index} arrived after the final chunk")
         if chunk.index != self.next_index:
-            raise IngestError(
+            raise Refusal(
                 bad,
                 f"chunk out of order: got index {chunk.index}, want {self.next_index} "
                 "(reordered, duplicated or dropped chunk)",
             )
         last_expected = chunk.index == self.header.chunk_count - 1
         if chunk.last != last_expected:
-            raise IngestError(
+            raise Refusal(
                 bad,
                 f"chunk {chunk.index}: last flag is {chunk.last}, but the header announces "
                 f"{self.header.chunk_count} chunks",
@@ -546,10 +524,10 @@ class UploadSession:
         want_len = self.header.chunk_plain_size(chunk.index) + TAG_SIZE
         ciphertext = chunk.ciphertext  # each protobuf field read copies it: read once
         if len(ciphertext) != want_len:
-            raise IngestError(bad, f"chunk {chunk.index}: {len(ciphertext)} bytes, want {want_len}")
+            raise Refusal(bad, f"chunk {chunk.index}: {len(ciphertext)} bytes, want {want_len}")
         pt = self.opener.open(chunk.index, ciphertext, last=chunk.last)
         if pt is None:
-            raise IngestError(
+            raise Refusal(
                 bad,
                 f"chunk {chunk.index} failed authentication (ciphertext, header or key tampered)",
             )
@@ -577,16 +555,17 @@ class UploadSession:
         )
 
     # -- endings
-    def finish(self, *, now_ms: int) -> pb.SignedReceipt:
+    def finish(self) -> pb.SignedReceipt:
+        """Check the commitment and the schema, then journal the shard: the receipt."""
         bad = grpc.StatusCode.INVALID_ARGUMENT
         if not self.finished:
-            raise IngestError(
+            raise Refusal(
                 bad,
                 f"stream ended before the final chunk (got {self.next_index} of {self.header.chunk_count})",
             )
         self._sink.close(drain=True)
         if self.hasher.digest() != self.header.msg.plaintext_sha256:
-            raise IngestError(
+            raise Refusal(
                 bad, "decrypted shard does not match the plaintext commitment in the header"
             )
         self._fh.flush()
@@ -595,31 +574,22 @@ class UploadSession:
         try:
             rows = self._validate()
         except ShardError as exc:
-            raise IngestError(bad, str(exc)) from None
-        body = pb.ReceiptBody(
-            version=RECEIPT_VERSION,
-            policy_digest=self.policy.digest,
-            party_id=self.party_id,
-            shard_id=self.shard_id,
-            plaintext_sha256=self.header.msg.plaintext_sha256,
-            rows=rows,
-            plaintext_size=self.header.msg.plaintext_size,
-            header_sha256=self.header.sha256,
-            accepted_unix_ms=now_ms,
-            enclave_signing_key=self.signing_key.public_key().public_bytes_raw(),
-        )
-        body_bytes = body.SerializeToString()
-        receipt = pb.SignedReceipt(
-            body=body_bytes, signature=self.signing_key.sign(RECEIPT_SIG_TAG + body_bytes)
-        )
-        atomic_write(self.dir / "receipt.bin", receipt.SerializeToString())
-        (self.dir / "progress.json").unlink()
-        dest = self.store.accepted_dir(self.party_id, self.shard_id)
-        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.replace(self.dir, dest)  # the single step that makes the shard accepted
+            raise Refusal(bad, str(exc)) from None
+        # The ciphertext moves to its place first; the journal entry is what accepts it (a
+        # crash in between leaves a file no entry vouches for, removed at the next start).
+        dest = self.store.paths.shard_ciphertext(self.header.sha256)
+        os.replace(self.dir / "chunks.bin", dest)
         fsync_dir(dest.parent)
-        fsync_dir(self.dir.parent)
-        log.info("accepted shard %s/%s (%d rows)", self.party_id, self.shard_id, body.rows)
+        self._moved_to = dest
+        receipt = self.state.accept_shard(
+            header_raw=self.header.raw,
+            header_signature=self.header_signature,
+            header=self.header.msg,
+            rows=rows,
+        )
+        self._moved_to = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+        log.info("accepted shard %s/%s (%d rows)", self.party_id, self.shard_id, rows)
         return receipt
 
     def _validate(self) -> int:
@@ -632,8 +602,12 @@ class UploadSession:
         with DecryptingReader(self.dir / "chunks.bin", self.header, self.key) as reader:
             return validate_shard(self.header.msg.format, reader, schema)  # type: ignore[arg-type]
 
+    _moved_to: Path | None = None
+
     def reject(self) -> None:
         """Keep nothing of a rejected upload."""
+        if self._moved_to is not None:
+            self._moved_to.unlink(missing_ok=True)
         self._sink.close(drain=False)
         if not self._fh.closed:
             self._fh.close()

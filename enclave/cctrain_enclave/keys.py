@@ -1,60 +1,22 @@
-"""The enclave's keys: a persistent HPKE + signing identity, and a fresh TLS key per start.
+"""The enclave's TLS identity: a fresh key per start that never leaves memory.
 
-The identity keys outlive restarts (receipts and the release manifest are
-signed with them), so they are kept sealed under the platform's sealing key.
-The TLS key never leaves memory; evidence binds its SPKI hash each time.
+Evidence binds its SPKI hash each time. The run's HPKE + signing identity, which outlives
+restarts, is created at genesis and sealed bound to the run (``cctrain_enclave.state``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from cctrain_enclave.sealing import Sealer, atomic_write
-
 TLS_SERVER_NAME = "cctrain-enclave"
-
-
-@dataclass(frozen=True)
-class EnclaveKeys:
-    hpke: X25519PrivateKey
-    signing: Ed25519PrivateKey
-
-    @property
-    def hpke_public(self) -> bytes:
-        return self.hpke.public_key().public_bytes_raw()
-
-    @property
-    def signing_public(self) -> bytes:
-        return self.signing.public_key().public_bytes_raw()
-
-    @classmethod
-    def load_or_create(cls, state_dir: Path, sealer: Sealer) -> EnclaveKeys:
-        path = state_dir / "enclave-keys.sealed"
-        if path.exists():
-            doc = json.loads(sealer.unseal(path.read_bytes(), label=b"enclave-keys"))
-            return cls(
-                X25519PrivateKey.from_private_bytes(bytes.fromhex(doc["hpke"])),
-                Ed25519PrivateKey.from_private_bytes(bytes.fromhex(doc["signing"])),
-            )
-        keys = cls(X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
-        doc = {
-            "hpke": keys.hpke.private_bytes_raw().hex(),
-            "signing": keys.signing.private_bytes_raw().hex(),
-        }
-        atomic_write(path, sealer.seal(json.dumps(doc).encode(), label=b"enclave-keys"))
-        return keys
 
 
 @dataclass(frozen=True)

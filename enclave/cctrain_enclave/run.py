@@ -1,8 +1,9 @@
 """The run after ingest: start rule → training → sealed release (→ approvals) → fetch.
 
-Phase and release survive restarts in the state directory.  A crash during
-training resumes from the trainer's sealed checkpoint; the ε spent before the
-crash stays in the accountant history it carries.
+Every transition is a journal entry written by :class:`~cctrain_enclave.state.EnclaveState`;
+this module runs the training thread, builds the release, and streams progress. A crash
+during training resumes from the journaled checkpoint; the ε spent before the crash stays in
+the accountant history it carries.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import logging
 import math
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 
-from cctrain.attestation.binding import EnclaveIdentity, report_data_for, spki_sha256
+from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.crypto.keys import x25519_public
+from cctrain.journal import MANIFEST_TYPE, RunState
 from cctrain.policy import thaw
 from cctrain.protocol import MANIFEST_SIG_TAG
 from cctrain.release import (
-    MANIFEST_TYPE,
     b64,
     canonical_json,
     evidence_digest,
@@ -32,16 +35,16 @@ from cctrain.release import (
     seal_weights,
 )
 from cctrain.v1 import enclave_pb2 as pb
-from cctrain_enclave.ingest import IngestError
-from cctrain_enclave.sealing import atomic_write
-
-if TYPE_CHECKING:
-    from cctrain_enclave.app import EnclaveApp
+from cctrain_enclave.errors import Refusal
+from cctrain_enclave.ingest import ShardStore
+from cctrain_enclave.providers.base import EvidenceProvider
+from cctrain_enclave.state import EnclaveState, atomic_write, fsync_dir
+from cctrain_enclave.state.checkpoints import JournaledCheckpoints
 
 log = logging.getLogger("cctrain.enclave.run")
 
-TERMINAL = frozenset({"released", "failed"})
-
+#: Phases after which nothing more happens (a watch ends there).
+FINAL = frozenset({"released", "failed", "expired", "awaiting_approval"})
 
 PRELOADED_MESSAGE = "trainer libraries loaded"
 
@@ -55,69 +58,59 @@ def _preload_trainer() -> None:
         log.info(PRELOADED_MESSAGE)
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What the run needs besides the state: the platform and the (pinned) model code."""
+
+    provider: EvidenceProvider
+    tls_spki_sha256: bytes
+    custom_model_source: bytes | None
+
+
 class RunController:
-    def __init__(self, app: EnclaveApp) -> None:
-        self.app = app
-        self.dir = app.config.state_dir / "run"
-        self.dir.mkdir(exist_ok=True, mode=0o700)
-        self.release_dir = self.dir / "release"
+    def __init__(self, state: EnclaveState, store: ShardStore, ctx: RunContext) -> None:
+        self.state = state
+        self.store = store
+        self.ctx = ctx
+        self.policy = state.policy
         self._cond = threading.Condition()
         self._events: list[pb.TrainingEvent] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        state = self._load_state()
-        self.phase: str = state.get("phase", "collecting")
-        self.detail: str = state.get("detail", "")
-        self.approvals: list[str] = state.get("approvals", [])
-        if self.phase == "training":
+        self._phase = state.view.phase
+        state.subscribe(self._on_transition)
+        phase = state.view.phase
+        if phase == "training":
             log.info("resuming training after a restart")
             self._start_thread()
-        elif self.phase == "collecting":
+        elif phase == "awaiting_approval":
+            state.resume_release()  # a crash between the manifest entry and the release entry
+        elif phase == "collecting":
             # Importing torch and Opacus takes seconds; do it while the shards arrive,
             # not after the last receipt.
             threading.Thread(target=_preload_trainer, name="cctrain-preload", daemon=True).start()
 
-    # -- persistent state
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads((self.dir / "state.json").read_text())
-            return data
-        except (OSError, ValueError):
-            return {}
-
-    def _set_phase(self, phase: str, detail: str = "") -> None:
+    # -- phase events (called by the state, holding its lock, after each journal entry)
+    def _on_transition(self, view: RunState) -> None:
+        if view.phase == "awaiting_approval" and not view.approvals_missing(self.policy):
+            return  # the release entry follows at once: not a phase anyone waits in
         with self._cond:
-            self.phase, self.detail = phase, detail
-            atomic_write(
-                self.dir / "state.json",
-                json.dumps(
-                    {"phase": phase, "detail": detail, "approvals": self.approvals}
-                ).encode(),
-            )
-            self._events.append(pb.TrainingEvent(phase=phase, detail=detail, epsilon=-1.0))
-            self._cond.notify_all()
-        log.info("phase: %s %s", phase, detail)
+            if view.phase != self._phase:
+                self._phase = view.phase
+                self._events.append(
+                    pb.TrainingEvent(phase=view.phase, detail=view.detail, epsilon=-1.0)
+                )
+                self._cond.notify_all()
 
     # -- start rule
     def maybe_start(self, *, requested_by: str | None = None) -> str:
-        with self._cond:
-            if self.phase != "collecting":
-                return self.phase
-            missing = self.app.providers_missing()
-            if missing:
-                if requested_by is not None:
-                    raise IngestError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"the start rule does not hold yet: no receipt from {', '.join(missing)}",
-                    )
-                return self.phase
-            if requested_by is None and not self.app.policy.start["auto_start"]:
-                return self.phase
-            self._set_phase("training", f"started by {requested_by or 'the start rule'}")
-        self._start_thread()
-        return self.phase
+        if self.state.close_uploads(requested_by=requested_by):  # true for one caller only
+            self._start_thread()
+        return self.state.view.phase
 
     def _start_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return  # one training per run: never two trainers on one journal
         self._thread = threading.Thread(
             target=self._train_and_release, name="cctrain-train", daemon=True
         )
@@ -132,7 +125,7 @@ class RunController:
     def _on_progress(self, ev: Any) -> None:
         # The training loss is computed on the pooled private data and is not covered by the
         # DP guarantee: it streams to parties only if the policy releases it as a metric.
-        loss = float(ev.loss) if "train_loss" in self.app.policy.release["metrics"] else math.nan
+        loss = float(ev.loss) if "train_loss" in self.policy.release["metrics"] else math.nan
         with self._cond:
             self._events.append(
                 pb.TrainingEvent(
@@ -147,60 +140,60 @@ class RunController:
             self._cond.notify_all()
 
     def _train_and_release(self) -> None:
-        from cctrain_enclave.trainer import CheckpointStore, TrainingStopped, train
+        from cctrain_enclave.trainer import BlobCheckpoints, TrainingStopped, train
 
-        app = self.app
-        policy = app.policy
+        policy, state = self.policy, self.state
+        checkpoints = JournaledCheckpoints(state)
         try:
-            dataset, receipts = app.store.load_dataset(policy.data)
-            sealer = app.sealer
-            store = CheckpointStore(
-                self.dir / "checkpoints",
-                seal=lambda b: sealer.seal(b, label=b"training-checkpoint"),
-                unseal=lambda b: sealer.unseal(b, label=b"training-checkpoint"),
-            )
+            dataset = self.store.load_dataset(state.view.training_shards, policy.data)
             result = train(
                 dataset.features,
                 dataset.labels,
                 num_classes=int(policy.data["labels"]["num_classes"]),
                 training=thaw(policy.training),
                 privacy=thaw(policy.privacy),
-                simulated_platform=app.provider.platform == "simulated",
-                checkpoint=store,
+                simulated_platform=self.ctx.provider.platform == "simulated",
+                checkpoint=BlobCheckpoints(checkpoints),
                 progress=self._on_progress,
-                custom_model_source=app.custom_model_source,
+                custom_model_source=self.ctx.custom_model_source,
                 stop=self._stop,
             )
-            self._build_release(result, receipts)
+            self._build_release(result)
+            checkpoints.clear()  # plaintext training state is no longer needed
         except TrainingStopped:
             log.info("training stopped for shutdown; it resumes from its checkpoint on restart")
+        except Refusal as exc:  # the policy expired at a checkpoint or at the release
+            log.warning("training ended: %s", exc.message)
         except Exception as exc:  # noqa: BLE001 - every failure ends the run, with a safe message
             log.exception("training failed")
-            self._set_phase("failed", f"{type(exc).__name__}: {exc}")
+            state.record_failure(f"{type(exc).__name__}: {exc}")
 
     # -- release
-    def _build_release(self, result: Any, receipts: list[pb.SignedReceipt]) -> None:
-        import torch
+    def _build_release(self, result: Any) -> None:
         from safetensors.torch import save
 
-        app, policy = self.app, self.app.policy
-        state = {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()}
-        weights = save(state, metadata={"model": json.dumps(result.model_spec, sort_keys=True)})
-        del torch
+        state, policy = self.state, self.policy
+        view = state.view
+        tensors = {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()}
+        weights = save(tensors, metadata={"model": json.dumps(result.model_spec, sort_keys=True)})
         model_sha = hashlib.sha256(weights).digest()
         identity = EnclaveIdentity(
-            hpke_public_key=app.keys.hpke_public,
-            signing_public_key=app.keys.signing_public,
-            tls_spki_sha256=spki_sha256(app.tls.cert),
+            hpke_public_key=state.keys.hpke_public,
+            signing_public_key=state.keys.signing_public,
+            tls_spki_sha256=self.ctx.tls_spki_sha256,
         )
-        evidence = app.provider.get_evidence(
+        evidence = self.ctx.provider.get_evidence(
             report_data_for(identity, policy_digest=policy.digest, nonce=release_nonce(model_sha))
         )
         allowed = set(policy.release["metrics"])
+        assert view.uploads_closed is not None
         manifest_doc = {
             "type": MANIFEST_TYPE,
             "policy_digest": policy.digest.hex(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "run_id": view.run_id.hex(),
+            "created": _dt.datetime.fromtimestamp(
+                state.now_ms() / 1000, _dt.timezone.utc
+            ).isoformat(),
             "enclave": {
                 "signing_key": identity.signing_public_key.hex(),
                 "hpke_key": identity.hpke_public_key.hex(),
@@ -212,7 +205,12 @@ class RunController:
             "model_sha256": model_sha.hex(),
             "model": result.model_spec,
             "weights_format": "safetensors",
-            "receipts": [{"body": b64(r.body), "signature": b64(r.signature)} for r in receipts],
+            "receipts": [
+                {"body": b64(s.receipt.body), "signature": b64(s.receipt.signature)}
+                for s in view.training_shards
+            ],
+            "uploads_closed": b64(view.uploads_closed.raw),
+            "journal": {"seq": view.head.seq + 1, "prev_sha256": view.head.sha256.hex()},
             "training": thaw(policy.training),
             "dp_certificate": result.dp_certificate,
             "metrics": {k: v for k, v in result.metrics.items() if k in allowed},
@@ -220,11 +218,18 @@ class RunController:
         }
         manifest = canonical_json(manifest_doc)
         manifest_sha = hashlib.sha256(manifest).digest()
-        signature = app.keys.signing.sign(MANIFEST_SIG_TAG + manifest)
-        tmp = self.dir / ".tmp-release"
-        tmp.mkdir(exist_ok=True, mode=0o700)
-        (tmp / "manifest.json").write_bytes(manifest)
-        (tmp / "manifest.sig").write_bytes(signature)
+        signature = state.keys.signing.sign(MANIFEST_SIG_TAG + manifest)
+        self._write_sealed_weights(weights, manifest_sha)
+        del weights, tensors
+        state.record_manifest(manifest, signature)
+
+    def _write_sealed_weights(self, weights: bytes, manifest_sha: bytes) -> None:
+        """Per recipient, the weights sealed to it, bound to the manifest (before it is
+        journaled: a crash leaves files no entry vouches for, removed at the next start)."""
+        policy, paths = self.policy, self.state.paths
+        final = paths.release_dir(manifest_sha)
+        tmp = paths.release / f".tmp-{manifest_sha.hex()}"
+        tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
         for rid in policy.recipients:
             party = policy.party(rid)
             assert party is not None and party.hpke_key is not None  # policy validation
@@ -235,96 +240,66 @@ class RunController:
                 policy_digest=policy.digest,
                 manifest_sha256=manifest_sha,
             )
-            (tmp / f"{rid}.enc").write_bytes(enc)
-            (tmp / f"{rid}.sealed").write_bytes(sealed)
-        del weights, state
-        tmp.replace(self.release_dir)
-        # Plaintext training state is no longer needed: drop the checkpoints.
-        for f in (self.dir / "checkpoints").glob("*"):
-            f.unlink()
-        self._set_phase(
-            "awaiting_approval" if self.approvals_missing() else "released",
-            f"model {model_sha.hex()[:16]}…",
-        )
+            atomic_write(tmp / f"{rid}.enc", enc)
+            atomic_write(tmp / f"{rid}.sealed", sealed)
+        tmp.replace(final)
+        fsync_dir(final.parent)
 
-    def manifest(self) -> tuple[bytes, bytes] | None:
-        try:
-            return (
-                (self.release_dir / "manifest.json").read_bytes(),
-                (self.release_dir / "manifest.sig").read_bytes(),
-            )
-        except OSError:
-            return None
-
-    def approvals_missing(self) -> list[str]:
-        return [
-            p for p in self.app.policy.release["approvals_required_from"] if p not in self.approvals
-        ]
-
-    def approve(self, party: str, manifest_sha256: bytes) -> pb.ApproveReleaseResponse:
-        required = self.app.policy.release["approvals_required_from"]
-        if party not in required:
-            raise IngestError(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{party!r} is not a data provider whose approval the policy requires",
-            )
-        m = self.manifest()
-        if m is None or self.phase not in ("awaiting_approval", "released"):
-            raise IngestError(
-                grpc.StatusCode.FAILED_PRECONDITION, "there is no release to approve yet"
-            )
-        if hashlib.sha256(m[0]).digest() != manifest_sha256:
-            raise IngestError(
-                grpc.StatusCode.FAILED_PRECONDITION, "approval is for another manifest"
-            )
-        with self._cond:
-            if party not in self.approvals:
-                self.approvals.append(party)
-        if self.phase == "awaiting_approval" and not self.approvals_missing():
-            self._set_phase("released", f"approved by {', '.join(self.approvals)}")
-        else:
-            self._set_phase(self.phase, self.detail)  # persist the approval
-        return pb.ApproveReleaseResponse(approvals=self.approvals, phase=self.phase)
+    def approve(self, party: str, approval: pb.SignedApproval) -> pb.ApproveReleaseResponse:
+        view = self.state.approve(party, approval)
+        return pb.ApproveReleaseResponse(approvals=view.approved_by(), phase=view.phase)
 
     def fetch(self, party: str) -> pb.FetchReleaseResponse:
-        if party not in self.app.policy.recipients:
-            raise IngestError(
+        state = self.state
+        if party not in self.policy.recipients:
+            raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED, f"{party!r} is not a recipient of this policy"
             )
-        if self.phase != "released":
-            raise IngestError(
+        state.check_time("fetch")
+        view = state.view
+        if view.phase != "released" or view.release_record is None:
+            waiting = view.approvals_missing(self.policy)
+            raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"nothing is released yet (phase: {self.phase}"
+                f"nothing is released yet (phase: {view.phase}"
                 + (
-                    f"; awaiting approval from {', '.join(self.approvals_missing())}"
-                    if self.phase == "awaiting_approval"
+                    f"; awaiting approval from {', '.join(waiting)}"
+                    if view.phase == "awaiting_approval"
                     else ""
                 )
                 + ")",
             )
-        m = self.manifest()
-        assert m is not None
+        d: Path = state.paths.release_dir(view.manifest_sha256)
+        try:
+            enc, sealed = (d / f"{party}.enc").read_bytes(), (d / f"{party}.sealed").read_bytes()
+        except FileNotFoundError:
+            raise Refusal(
+                grpc.StatusCode.DATA_LOSS,
+                f"the sealed release for {party!r} is missing from the enclave's state directory",
+            ) from None
         return pb.FetchReleaseResponse(
-            manifest=m[0],
-            manifest_signature=m[1],
-            encapsulated_key=(self.release_dir / f"{party}.enc").read_bytes(),
-            sealed_weights=(self.release_dir / f"{party}.sealed").read_bytes(),
+            manifest=view.manifest,
+            manifest_signature=view.manifest_signature,
+            encapsulated_key=enc,
+            sealed_weights=sealed,
+            release_record=view.release_record.raw,
         )
 
     # -- progress
     def watch(self, context: grpc.ServicerContext) -> Iterator[pb.TrainingEvent]:
         with self._cond:
             sent = len(self._events)
-            current = pb.TrainingEvent(phase=self.phase, detail=self.detail, epsilon=-1.0)
+            view = self.state.view
+            current = pb.TrainingEvent(phase=view.phase, detail=view.detail, epsilon=-1.0)
         yield current
+        if current.phase in FINAL:
+            return
         while context.is_active():
             with self._cond:
                 if sent >= len(self._events):
-                    if self.phase in TERMINAL or self.phase == "awaiting_approval":
-                        return
                     self._cond.wait(timeout=1.0)
                 new = self._events[sent:]
                 sent += len(new)
             yield from new
-            if any(e.phase in TERMINAL for e in new):
+            if any(e.phase in FINAL for e in new):
                 return

@@ -18,8 +18,8 @@ from cctrain.v1 import enclave_pb2, enclave_pb2_grpc
 from cctrain_enclave.app import AppConfig, EnclaveApp
 from cctrain_enclave.auth import AuthInterceptor
 from cctrain_enclave.providers.base import EvidenceProvider
-from cctrain_enclave.sealing import atomic_write
 from cctrain_enclave.service import EnclaveServicer
+from cctrain_enclave.state import atomic_write
 
 log = logging.getLogger("cctrain.enclave")
 
@@ -49,7 +49,13 @@ def create_server(
     app = EnclaveApp(config, make_provider(config.platform, config.state_dir))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cctrain-rpc"),
-        interceptors=[AuthInterceptor(app.policy)],
+        interceptors=[
+            AuthInterceptor(
+                app.policy,
+                fence=app.state.fence,
+                clock_ms=lambda: int(config.clock() * 1000),
+            )
+        ],
         options=GRPC_OPTIONS,
     )
     enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveServicer(app), server)

@@ -13,11 +13,13 @@ from typing import Any
 import grpc
 
 from cctrain.attestation.binding import NONCE_SIZE, EnclaveIdentity, report_data_for, spki_sha256
+from cctrain.protocol import SHARD_ID
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import enclave_pb2_grpc as pb_grpc
 from cctrain_enclave.app import EnclaveApp
 from cctrain_enclave.auth import current_party
-from cctrain_enclave.ingest import IngestError, UploadSession
+from cctrain_enclave.errors import Refusal
+from cctrain_enclave.ingest import UploadSession
 
 log = logging.getLogger("cctrain.enclave")
 
@@ -108,8 +110,8 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nonce must be {NONCE_SIZE} bytes")
         app = self.app
         identity = EnclaveIdentity(
-            hpke_public_key=app.keys.hpke_public,
-            signing_public_key=app.keys.signing_public,
+            hpke_public_key=app.state.keys.hpke_public,
+            signing_public_key=app.state.keys.signing_public,
             tls_spki_sha256=spki_sha256(app.tls.cert),
         )
         report_data = report_data_for(
@@ -134,26 +136,22 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             try:
                 first = next(request_iterator)
             except StopIteration:
-                raise IngestError(
-                    grpc.StatusCode.INVALID_ARGUMENT, "upload stream is empty"
-                ) from None
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "upload stream is empty") from None
             if first.WhichOneof("kind") != "header":
-                raise IngestError(
+                raise Refusal(
                     grpc.StatusCode.INVALID_ARGUMENT, "the first upload message must be the header"
                 )
-            self.app.check_accepting_uploads()
+            self.app.state.check_accepting()
             session = UploadSession(
                 store=self.app.store,
-                policy=self.app.policy,
+                state=self.app.state,
                 party_id=party,
                 upload_header=first.header,
-                hpke_key=self.app.keys.hpke,
-                signing_key=self.app.keys.signing,
             )
             for msg in _Prefetch(request_iterator):
                 kind = msg.WhichOneof("kind")
                 if kind != "chunk":
-                    raise IngestError(
+                    raise Refusal(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"expected a chunk, got {kind or 'an empty message'}",
                     )
@@ -164,10 +162,10 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
                 # gRPC can report a client's cancellation as a plain end of stream: a lost
                 # connection, not a protocol violation. Keep the acknowledged prefix.
                 raise _ConnectionLost
-            receipt = session.finish(now_ms=int(time.time() * 1000))
+            receipt = session.finish()
             self.app.on_shard_accepted()
             yield pb.UploadResponse(receipt=receipt)
-        except IngestError as exc:
+        except Refusal as exc:
             if session is not None:
                 session.reject()
             log.warning("upload from %s rejected: %s", party, exc.message)
@@ -190,9 +188,15 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         self, request: pb.UploadStatusRequest, context: grpc.ServicerContext
     ) -> pb.UploadStatusResponse:
         party = current_party.get()
-        receipt = self.app.store.receipt(party, request.shard_id)
-        if receipt is not None:
-            return pb.UploadStatusResponse(state=pb.UploadStatusResponse.ACCEPTED, receipt=receipt)
+        if not SHARD_ID.match(request.shard_id):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"shard_id must match {SHARD_ID.pattern}"
+            )
+        accepted = self.app.state.view.shard(party, request.shard_id)
+        if accepted is not None:
+            return pb.UploadStatusResponse(
+                state=pb.UploadStatusResponse.ACCEPTED, receipt=accepted.receipt
+            )
         progress = self.app.store.partial_progress(party, request.shard_id)
         if progress is not None:
             return pb.UploadStatusResponse(
@@ -205,7 +209,10 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
     def ListReceipts(
         self, request: pb.ListReceiptsRequest, context: grpc.ServicerContext
     ) -> pb.ListReceiptsResponse:
-        return pb.ListReceiptsResponse(receipts=self.app.store.list_receipts(current_party.get()))
+        party = current_party.get()
+        return pb.ListReceiptsResponse(
+            receipts=[s.receipt for s in self.app.state.view.shards if s.party_id == party]
+        )
 
     # -- training and release
     def GetStatus(
@@ -218,7 +225,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
     ) -> pb.StartTrainingResponse:
         try:
             phase = self.app.request_start(current_party.get())
-        except IngestError as exc:
+        except Refusal as exc:
             context.abort(exc.code, exc.message)
         return pb.StartTrainingResponse(phase=phase)
 
@@ -231,8 +238,8 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         self, request: pb.ApproveReleaseRequest, context: grpc.ServicerContext
     ) -> pb.ApproveReleaseResponse:
         try:
-            return self.app.approve(current_party.get(), bytes(request.manifest_sha256))
-        except IngestError as exc:
+            return self.app.approve(current_party.get(), request.approval)
+        except Refusal as exc:
             context.abort(exc.code, exc.message)
 
     def FetchRelease(
@@ -240,5 +247,10 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
     ) -> pb.FetchReleaseResponse:
         try:
             return self.app.fetch_release(current_party.get())
-        except IngestError as exc:
+        except Refusal as exc:
             context.abort(exc.code, exc.message)
+
+    def GetJournal(
+        self, request: pb.GetJournalRequest, context: grpc.ServicerContext
+    ) -> pb.GetJournalResponse:
+        return self.app.journal(int(request.from_seq))

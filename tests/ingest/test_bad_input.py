@@ -101,7 +101,10 @@ def expect_rejection(
 
 def assert_nothing_kept(app: Any, party: str = "hospital-a", shard: str = "s1") -> None:
     assert not app.store.partial_dir(party, shard).exists()
-    assert not app.store.accepted_dir(party, shard).exists()
+    assert app.state.view.shard(party, shard) is None  # not journaled, so not accepted
+    paths = app.state.paths
+    accepted = {paths.shard_ciphertext(s.header_sha256).name for s in app.state.view.shards}
+    assert {p.name for p in paths.shards.iterdir()} == accepted  # no ciphertext left behind
     leftovers = (
         [p for p in (app.store.uploads / party).rglob("*")]
         if (app.store.uploads / party).exists()

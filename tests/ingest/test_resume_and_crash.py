@@ -14,7 +14,7 @@ from cctrain.client import DataOwner
 from cctrain.errors import ProtocolError
 from cctrain.local import LocalEnclave
 from cctrain.v1 import enclave_pb2 as pb
-from tests.consortium import Consortium, make_consortium
+from tests.consortium import Consortium, make_consortium, running_enclave
 from tests.ingest.conftest import make_owner, write_shard
 
 
@@ -151,12 +151,11 @@ def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
 
 def test_unresumable_partial_is_discarded_on_restart(tmp_path: Path) -> None:
     """A partial with no durable progress record keeps nothing after a restart."""
-    from cctrain_enclave.ingest import ShardStore
-    from cctrain_enclave.sealing import Sealer
-
-    store = ShardStore(tmp_path, Sealer(os.urandom(32)))
-    junk = store.partial_dir("hospital-a", "x")
+    c = make_consortium(tmp_path / "c")
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (_address, app):
+        junk = app.store.partial_dir("hospital-a", "x")
     junk.mkdir(parents=True)
     (junk / "chunks.bin").write_bytes(b"ciphertext")
-    ShardStore(tmp_path, Sealer(os.urandom(32)))
-    assert not junk.exists()
+    with running_enclave(c, state):
+        assert not junk.exists()

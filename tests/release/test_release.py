@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -13,7 +14,13 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cctrain.client import DataOwner, Recipient, SimulatedEvidenceWarning, open_release
+from cctrain.client import (
+    DataOwner,
+    Recipient,
+    ReleaseBundle,
+    SimulatedEvidenceWarning,
+    open_release,
+)
 from cctrain.crypto.keys import PartyKeys
 from cctrain.errors import PermissionDeniedError, PolicyError, ProtocolError, ReleaseError
 from cctrain.protocol import MANIFEST_SIG_TAG
@@ -75,10 +82,7 @@ def test_release_sealed_to_another_key(released: Any) -> None:
     impostor = PartyKeys(RECIPIENT, c.keys[RECIPIENT].signing_key, PartyKeys.generate("x").hpke_key)
     with pytest.raises(ReleaseError, match="not sealed to this recipient key"):
         open_release(
-            resp.manifest,
-            resp.manifest_signature,
-            resp.encapsulated_key,
-            resp.sealed_weights,
+            ReleaseBundle.from_response(resp),
             policy=c.signed.policy,
             keys=impostor,
             allow_simulated=True,
@@ -121,10 +125,9 @@ def test_model_whose_hash_does_not_match(released: Any) -> None:
     )
     with pytest.raises(ReleaseError, match="model hash does not match"):
         open_release(
-            resp.manifest,
-            resp.manifest_signature,
-            enc,
-            sealed,
+            dataclasses.replace(
+                ReleaseBundle.from_response(resp), encapsulated_key=enc, sealed_weights=sealed
+            ),
             policy=c.signed.policy,
             keys=c.keys[RECIPIENT],
             allow_simulated=True,
@@ -137,10 +140,7 @@ def test_tampered_sealed_weights(released: Any) -> None:
     sealed[40] ^= 1
     with pytest.raises(ReleaseError, match="do not authenticate"):
         open_release(
-            resp.manifest,
-            resp.manifest_signature,
-            resp.encapsulated_key,
-            bytes(sealed),
+            dataclasses.replace(ReleaseBundle.from_response(resp), sealed_weights=bytes(sealed)),
             policy=c.signed.policy,
             keys=c.keys[RECIPIENT],
             allow_simulated=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 from opacus.accountants import RDPAccountant
 
 from cctrain.client import DataOwner, Recipient, SimulatedEvidenceWarning
-from tests.consortium import PROVIDERS, RECIPIENT, make_consortium
+from cctrain.journal import JournalError, read_journal_file, replay
+from tests.consortium import PROVIDERS, RECIPIENT, Consortium, make_consortium
 from tests.ingest.conftest import make_owner, write_shard
 from tests.ingest.test_resume_and_crash import _start_enclave
 
@@ -28,19 +28,22 @@ def test_sigkill_during_training_then_restart_resumes(tmp_path: Path) -> None:
     log = tmp_path / "enclave.log"
     enclave = _start_enclave(c, state, log)
     address = enclave.address
-    checkpoint = state / "run" / "checkpoints" / "trainer-checkpoint.sealed"
+    checkpoints = state / "checkpoints"
     try:
         for i, pid in enumerate(PROVIDERS):
             owner = make_owner(address, c, pid)
             owner.upload(write_shard(tmp_path / f"{pid}.npz", seed=i), state_dir=tmp_path / pid)
             owner.close()
         deadline = time.time() + 120
-        while not checkpoint.exists() and time.time() < deadline:
+        while not _journaled_checkpoint(state, c) and time.time() < deadline:
             time.sleep(0.005)
-        assert checkpoint.exists(), log.read_text()
+        assert _journaled_checkpoint(state, c), log.read_text()
         enclave.kill()
-        assert not (state / "run" / "release").exists()  # killed before the end
-        assert json.loads((state / "run" / "state.json").read_text())["phase"] == "training"
+        assert not any((state / "release").iterdir())  # killed before the end
+        view = replay(read_journal_file(state / "journal.log"), c.signed.policy)
+        assert view.phase == "training" and view.checkpoint is not None
+        assert (checkpoints / f"{view.checkpoint.sha256.hex()}.sealed").exists()
+        eps_at_kill = view.epsilon_spent
 
         enclave = _start_enclave(c, state, log)
         address = enclave.address
@@ -65,6 +68,16 @@ def test_sigkill_during_training_then_restart_resumes(tmp_path: Path) -> None:
         acc.history = [(cert["noise_multiplier"], cert["sample_rate"], cert["steps"])]
         assert abs(acc.get_epsilon(delta=cert["delta"]) - cert["epsilon"]) < 1e-9
         assert cert["epsilon"] <= 4.0
+        assert eps_at_kill is not None and cert["epsilon"] >= eps_at_kill  # nothing under-counted
         assert "resuming training after a restart" in log.read_text()
     finally:
         enclave.stop(grace_s=60)
+
+
+def _journaled_checkpoint(state: Path, c: Consortium) -> bool:
+    """Whether the journal (read as the host can read it) records a checkpoint yet."""
+    try:
+        view = replay(read_journal_file(state / "journal.log"), c.signed.policy)
+    except (OSError, JournalError):  # not there yet, or caught mid-append
+        return False
+    return view.checkpoint is not None

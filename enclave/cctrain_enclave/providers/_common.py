@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import struct
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cctrain.attestation.base import Evidence
 from cctrain.errors import AttestationError
 
 #: Every platform carries exactly 64 bytes of caller-chosen data in its report.
@@ -167,3 +169,31 @@ IoctlFn = Callable[[int, int, Any], Any]
 def system_ioctl(fd: int, request: int, arg: Any) -> Any:
     """The real ioctl(2); ``arg`` is a ctypes structure the kernel reads and writes."""
     return fcntl.ioctl(fd, request, arg, True)
+
+
+#: report_data of the report an enclave asks for to learn its own launch measurement.
+OWN_MEASUREMENT_PROBE = hashlib.sha512(b"cctrain/own-measurement/v1").digest()
+
+
+def measurement_of(evidence: Evidence) -> bytes:
+    """The launch measurement field of a report (parsed, not verified: the platform just
+    produced it for this very enclave)."""
+    if evidence.platform == "simulated":
+        from cctrain.attestation.simulated import parse_report
+
+        return parse_report(evidence.report).measurement
+    if evidence.platform == "sev-snp":
+        from cctrain.attestation.sev_snp.parse import parse_report as parse_snp
+
+        return parse_snp(evidence.report).measurement
+    if evidence.platform in ("tdx", "sgx"):
+        from cctrain.attestation.dcap.parse import EnclaveReportBody, parse_quote
+
+        body = parse_quote(evidence.report, tee=evidence.platform).body
+        return body.mr_enclave if isinstance(body, EnclaveReportBody) else body.mr_td
+    raise AttestationError(f"no measurement field known for platform {evidence.platform!r}")
+
+
+def own_measurement(provider: Any) -> bytes:
+    """This enclave's launch measurement, from a report its platform produces for it."""
+    return measurement_of(provider.get_evidence(OWN_MEASUREMENT_PROBE))

@@ -5,7 +5,7 @@ Public entry points are re-exported here; the submodules are small and separatel
 
 from __future__ import annotations
 
-from .checkpoint import CheckpointError, CheckpointStore
+from .checkpoint import BlobCheckpoints, Checkpointer, CheckpointError, CheckpointStore
 from .dp import PrivacyLedger, plan_privacy, validate_dp_config
 from .fastclip import FastClipUnsupported
 from .models import (
@@ -27,8 +27,10 @@ from .train import (
 __all__ = [
     "MODEL_BUILDERS",
     "AesCtrGaussian",
+    "BlobCheckpoints",
     "CheckpointError",
     "CheckpointStore",
+    "Checkpointer",
     "CustomModelHashMismatch",
     "FastClipUnsupported",
     "PrivacyLedger",

@@ -22,7 +22,7 @@ from torch import nn
 
 from cctrain.errors import CctrainError, PolicyError, ShardError
 
-from .checkpoint import CheckpointError, CheckpointStore
+from .checkpoint import Checkpointer, CheckpointError
 from .dp import GRAD_SAMPLE_MODES, DpPlan, DpStepEngine, PrivacyLedger, plan_privacy
 from .models import MODEL_BUILDERS, build_builtin_model, load_custom_model
 from .noise import NOISE_SOURCES, GaussianSource
@@ -218,7 +218,7 @@ def train(
     training: dict[str, Any],
     privacy: dict[str, Any],
     simulated_platform: bool,
-    checkpoint: CheckpointStore | None,
+    checkpoint: Checkpointer | None,
     progress: Callable[[ProgressEvent], None] | None,
     custom_model_source: bytes | None = None,
     stop: threading.Event | None = None,
@@ -320,6 +320,10 @@ def train(
         def save(epoch_: int, step_: int, planner_state: dict[str, Any]) -> None:
             if checkpoint is None:
                 return
+            eps = None
+            if ledger is not None:  # the enclave journals the ε each checkpoint reaches
+                eps = ledger.epsilon_cheap()
+                eps = ledger.epsilon() if eps is None else eps
             checkpoint.save(
                 {
                     "format": _CHECKPOINT_FORMAT,
@@ -335,7 +339,9 @@ def train(
                     "planner_rng": planner_state,
                     "noise_rng": noise.state() if noise is not None else None,
                     "accountant_history": ledger.history() if ledger is not None else [],
-                }
+                },
+                step=global_step,
+                epsilon=eps,
             )
 
         try:

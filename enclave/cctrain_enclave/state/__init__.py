@@ -1,0 +1,39 @@
+"""The enclave's durable state, in one place. The host owns the disk, so none of it is
+believed for being there::
+
+    STATE/
+      journal.log            signed, hash-chained entries (genesis … released); the only
+                             source of what the enclave believes: replayed and re-verified at
+                             every start (cctrain.journal.replay), appended + fsynced before a
+                             transition is acknowledged
+      identity.sealed        the run's HPKE + signing keys  ─┐ sealed: key and AAD bind policy
+      request-fence.sealed   per-party replay fence          │ digest, measurement, object kind
+      checkpoints/<sha256>.sealed  the journaled checkpoint ─┘ and ids (run, step)
+      shards/<header-sha256>.ct  accepted ciphertext, exactly as the owner sent it (STREAM
+                             AEAD under the owner's data key, which only the enclave's HPKE
+                             key recovers from the signed header in the journal)
+      uploads/<party>/<shard>/   resumable partial uploads (same AEAD, not yet journaled)
+      release/<manifest-sha256>/<recipient>.{enc,sealed}  weights sealed to each recipient
+
+Start: verify the journal end to end → unseal the identity bound to its run → check every
+file it vouches for (shards, the latest checkpoint, the release) → remove what it does not
+vouch for. A journal of another policy or other code, a flipped byte, a missing or reordered
+entry, a receipt or approval whose signature does not verify: the enclave stops, naming the
+entry. No journal: a new run (genesis) with new keys; nothing left behind is read.
+"""
+
+from cctrain_enclave.state.enclave_state import EnclaveKeys, EnclaveState, StatePaths
+from cctrain_enclave.state.fence import FenceError, RequestFence
+from cctrain_enclave.state.sealing import BoundSealer, SealingError, atomic_write, fsync_dir
+
+__all__ = [
+    "BoundSealer",
+    "EnclaveKeys",
+    "EnclaveState",
+    "FenceError",
+    "RequestFence",
+    "SealingError",
+    "StatePaths",
+    "atomic_write",
+    "fsync_dir",
+]

@@ -1,0 +1,618 @@
+"""The enclave's state: one journal, bound sealing, and the run state derived from them.
+
+See :mod:`cctrain_enclave.state` for the picture. This class is the only writer of the
+journal and the only holder of the derived :class:`~cctrain.journal.RunState`; every state
+transition of the enclave is one of its ``record_*``/``accept_*`` methods, each of which
+checks the time (expiry) and the phase, appends a signed entry durably, and only then
+changes what the enclave believes, through :func:`cctrain.journal.apply`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from cctrain.attestation.binding import EnclaveIdentity, report_data_for
+from cctrain.crypto.stream import TAG_SIZE
+from cctrain.journal import (
+    JOURNAL_VERSION,
+    STATE_FORMAT,
+    ZERO_HASH,
+    JournalHead,
+    Record,
+    RunState,
+    apply,
+    genesis_nonce,
+    policy_expiry_ms,
+    replay,
+    sign_entry,
+    verify_approval,
+)
+from cctrain.policy import Policy
+from cctrain.protocol import RECEIPT_SIG_TAG, RECEIPT_VERSION
+from cctrain.v1 import enclave_pb2 as pb
+from cctrain.v1 import journal_pb2 as jpb
+from cctrain_enclave.errors import Refusal, StateError
+from cctrain_enclave.providers._common import own_measurement
+from cctrain_enclave.state.fence import RequestFence
+from cctrain_enclave.state.journal_file import JournalFile
+from cctrain_enclave.state.sealing import STATE_KEY_LABEL, BoundSealer, atomic_write
+
+log = logging.getLogger("cctrain.enclave.state")
+
+Clock = Callable[[], float]
+
+#: Files of the layout before the journal (state format 1): unauthenticated, never upgraded.
+OLD_LAYOUT_MARKERS = ("policy.sha256", "policy.signed.json", "enclave-keys.sealed", "run")
+
+_DECISIONS = {
+    "upload": "accepts no uploads",
+    "start": "starts no training",
+    "checkpoint": "continues no training",
+    "release": "releases nothing",
+    "approval": "takes no approvals",
+    "fetch": "releases nothing",
+}
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    root: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal.log"
+
+    @property
+    def identity(self) -> Path:
+        return self.root / "identity.sealed"
+
+    @property
+    def fence(self) -> Path:
+        return self.root / "request-fence.sealed"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def release(self) -> Path:
+        return self.root / "release"
+
+    def shard_ciphertext(self, header_sha256: bytes) -> Path:
+        return self.shards / f"{header_sha256.hex()}.ct"
+
+    def checkpoint(self, sha256: bytes) -> Path:
+        return self.checkpoints / f"{sha256.hex()}.sealed"
+
+    def release_dir(self, manifest_sha256: bytes) -> Path:
+        return self.release / manifest_sha256.hex()
+
+
+@dataclass(frozen=True)
+class EnclaveKeys:
+    """The enclave's identity for one run: created at genesis, sealed bound to that run."""
+
+    hpke: X25519PrivateKey
+    signing: Ed25519PrivateKey
+
+    @property
+    def hpke_public(self) -> bytes:
+        return self.hpke.public_key().public_bytes_raw()
+
+    @property
+    def signing_public(self) -> bytes:
+        return self.signing.public_key().public_bytes_raw()
+
+    def seal(self, sealer: BoundSealer, run_id: bytes) -> bytes:
+        raw = self.hpke.private_bytes_raw() + self.signing.private_bytes_raw()
+        return sealer.seal("identity", (run_id,), raw)
+
+    @classmethod
+    def unseal(cls, sealer: BoundSealer, run_id: bytes, blob: bytes) -> EnclaveKeys:
+        raw = sealer.unseal("identity", (run_id,), blob)
+        return cls(
+            X25519PrivateKey.from_private_bytes(raw[:32]),
+            Ed25519PrivateKey.from_private_bytes(raw[32:]),
+        )
+
+
+def expected_ciphertext_size(header: pb.ShardHeader) -> int:
+    return int(header.plaintext_size) + TAG_SIZE * int(header.chunk_count)
+
+
+class EnclaveState:
+    """The journal, the enclave's keys and the run state derived from them (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        paths: StatePaths,
+        policy: Policy,
+        keys: EnclaveKeys,
+        sealer: BoundSealer,
+        journal: JournalFile,
+        records: list[Record],
+        fence: RequestFence,
+        clock: Clock,
+    ) -> None:
+        self.paths = paths
+        self.policy = policy
+        self.keys = keys
+        self.sealer = sealer
+        self.fence = fence
+        self._journal = journal
+        self._records = records
+        self._view = replay(records, policy)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[RunState], None]] = []
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        root: Path,
+        policy: Policy,
+        provider: Any,
+        *,
+        tls_spki_sha256: bytes,
+        clock: Clock,
+    ) -> EnclaveState:
+        """Verify the journal and everything it vouches for, or begin a new one (genesis)."""
+        paths = StatePaths(root)
+        journal = JournalFile(paths.journal)
+        if not journal.exists():
+            _refuse_old_layout(paths)
+        measurement = own_measurement(provider)
+        sealer = BoundSealer(
+            provider.sealing_key(STATE_KEY_LABEL),
+            policy_digest=policy.digest,
+            measurement=measurement,
+        )
+        if journal.exists():
+            records = journal.load()
+            view = replay(records, policy)  # raises JournalError naming the entry
+            if view.measurement != measurement or view.platform != provider.platform:
+                raise StateError(
+                    f"the journal in {root} was begun by other enclave code "
+                    f"({view.platform}, measurement {view.measurement.hex()[:16]}…); this is "
+                    f"{provider.platform}, measurement {measurement.hex()[:16]}…"
+                )
+            try:
+                blob = paths.identity.read_bytes()
+            except FileNotFoundError:
+                raise StateError(
+                    f"{paths.identity.name} is missing: the enclave's keys for this journal are "
+                    "gone (the state directory was tampered with)"
+                ) from None
+            keys = EnclaveKeys.unseal(sealer, view.run_id, blob)
+            if (keys.signing_public, keys.hpke_public) != (
+                view.signing_public_key,
+                view.hpke_public_key,
+            ):
+                raise StateError("the sealed enclave keys are not the keys the journal names")
+            fence = RequestFence(paths.fence, sealer, view.run_id)
+            fence.load()
+            log.info(
+                "journal verified: %d entries, head #%d %s…, phase %s",
+                len(records),
+                view.head.seq,
+                view.head.sha256.hex()[:16],
+                view.phase,
+            )
+        else:
+            records, keys, fence = cls._genesis(
+                paths, policy, provider, sealer, measurement, tls_spki_sha256, clock
+            )
+        state = cls(
+            paths=paths,
+            policy=policy,
+            keys=keys,
+            sealer=sealer,
+            journal=journal,
+            records=records,
+            fence=fence,
+            clock=clock,
+        )
+        state._check_files()
+        state._remove_unvouched()
+        return state
+
+    @staticmethod
+    def _genesis(
+        paths: StatePaths,
+        policy: Policy,
+        provider: Any,
+        sealer: BoundSealer,
+        measurement: bytes,
+        tls_spki_sha256: bytes,
+        clock: Clock,
+    ) -> tuple[list[Record], EnclaveKeys, RequestFence]:
+        expires = policy_expiry_ms(policy)
+        if expires is not None and clock() * 1000 >= expires:
+            raise StateError(
+                f"the policy expired at {policy.expires}; an enclave does not begin a run under it"
+            )
+        leftovers = [
+            p for p in (paths.shards, paths.uploads, paths.checkpoints, paths.release) if p.exists()
+        ]
+        if leftovers or paths.identity.exists():
+            log.warning(
+                "no journal in %s: beginning a new run; the %s left there belong to no verified "
+                "history and are removed unread",
+                paths.root,
+                ", ".join(p.name for p in leftovers) or "files",
+            )
+        for p in leftovers:
+            shutil.rmtree(p)
+        run_id = os.urandom(16)
+        keys = EnclaveKeys(X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
+        atomic_write(paths.identity, keys.seal(sealer, run_id))
+        fence = RequestFence(paths.fence, sealer, run_id)
+        fence.create()
+        identity = EnclaveIdentity(keys.hpke_public, keys.signing_public, tls_spki_sha256)
+        evidence = provider.get_evidence(
+            report_data_for(identity, policy_digest=policy.digest, nonce=genesis_nonce(run_id))
+        )
+        entry = jpb.JournalEntry(
+            version=JOURNAL_VERSION,
+            seq=0,
+            prev_sha256=ZERO_HASH,
+            policy_digest=policy.digest,
+            time_unix_ms=int(clock() * 1000),
+            genesis=jpb.Genesis(
+                state_format=STATE_FORMAT,
+                run_id=run_id,
+                platform=provider.platform,
+                measurement=measurement,
+                hpke_public_key=keys.hpke_public,
+                signing_public_key=keys.signing_public,
+                tls_spki_sha256=tls_spki_sha256,
+                evidence=_evidence_pb(evidence),
+            ),
+        )
+        record = sign_entry(entry, keys.signing)
+        JournalFile(paths.journal).create(record)
+        log.info("genesis: run %s, enclave key %s…", run_id.hex(), keys.signing_public.hex()[:16])
+        return [record], keys, fence
+
+    def _check_files(self) -> None:
+        """What the journal vouches for must be there as it says; otherwise stop."""
+        view, paths = self._view, self.paths
+        if view.phase in ("collecting", "training"):
+            for s in view.shards:
+                path = paths.shard_ciphertext(s.header_sha256)
+                want = expected_ciphertext_size(s.header)
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    size = -1
+                if size != want:
+                    raise StateError(
+                        f"shard {s.party_id}/{s.shard_id} (journal entry #{s.seq}) is "
+                        + ("missing" if size < 0 else f"{size} bytes, not {want}")
+                        + " in the state directory: it was tampered with; nothing is trained"
+                    )
+        if view.phase == "training" and view.checkpoint is not None:
+            mark = view.checkpoint
+            try:
+                digest = hashlib.sha256(paths.checkpoint(mark.sha256).read_bytes()).digest()
+            except FileNotFoundError:
+                digest = b""
+            if digest != mark.sha256:
+                raise StateError(
+                    f"the checkpoint of step {mark.step} that journal entry #{mark.seq} records "
+                    "is missing or altered: resuming from anything else would retrain steps "
+                    "with fresh noise; refusing"
+                )
+        if view.manifest and view.phase not in ("failed", "expired"):
+            d = paths.release_dir(view.manifest_sha256)
+            for rid in self.policy.recipients:
+                if not ((d / f"{rid}.enc").is_file() and (d / f"{rid}.sealed").is_file()):
+                    raise StateError(
+                        f"the sealed release for {rid!r} of the manifest in journal entry "
+                        f"#{self._manifest_seq()} is missing from the state directory"
+                    )
+
+    def _manifest_seq(self) -> int:
+        return next(r.seq for r in self._records if r.kind == "manifest")
+
+    def _remove_unvouched(self) -> None:
+        """Files the journal does not vouch for are never read; remove them."""
+        view, paths = self._view, self.paths
+        keep = {paths.shard_ciphertext(s.header_sha256).name for s in view.shards}
+        if view.phase == "training" and view.checkpoint is not None:
+            keep.add(paths.checkpoint(view.checkpoint.sha256).name)
+        if view.manifest:
+            keep.add(paths.release_dir(view.manifest_sha256).name)
+        removed = []
+        for d in (paths.shards, paths.checkpoints, paths.release):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for p in d.iterdir():
+                if p.name not in keep:
+                    removed.append(p)
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        if removed:
+            log.warning(
+                "removed %d file(s) the journal does not vouch for: %s",
+                len(removed),
+                ", ".join(str(p.relative_to(paths.root)) for p in removed[:10]),
+            )
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def view(self) -> RunState:
+        return self._view
+
+    @property
+    def head(self) -> JournalHead:
+        return self._view.head
+
+    def entries(self, from_seq: int, *, max_bytes: int = 2 << 20) -> list[bytes]:
+        """Serialized entries from ``from_seq`` on, at most ``max_bytes`` (at least one)."""
+        out: list[bytes] = []
+        size = 0
+        with self._lock:
+            for r in self._records[from_seq:]:
+                if out and size + len(r.raw) > max_bytes:
+                    break
+                out.append(r.raw)
+                size += len(r.raw)
+        return out
+
+    def subscribe(self, listener: Callable[[RunState], None]) -> None:
+        """Call ``listener`` (holding the state lock) after every transition."""
+        self._listeners.append(listener)
+
+    # ------------------------------------------------------------------ time
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def check_time(self, decision: str) -> None:
+        """Refuse ``decision`` once the policy expired (journaling the expiry, once)."""
+        expires = policy_expiry_ms(self.policy)
+        if expires is None or self.now_ms() < expires:
+            return
+        with self._lock:
+            if self._view.phase not in ("failed", "expired"):
+                self._append(
+                    "expired", jpb.PolicyExpired(expires_unix_ms=expires, refused=decision)
+                )
+        raise Refusal(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"the policy expired at {self.policy.expires}; the enclave "
+            f"{_DECISIONS.get(decision, 'decides nothing')} after expiry",
+        )
+
+    # ------------------------------------------------------------------ transitions
+
+    def _append(self, field: str, body: Any) -> Record:
+        with self._lock:
+            head = self._view.head
+            entry = jpb.JournalEntry(
+                version=JOURNAL_VERSION,
+                seq=head.seq + 1,
+                prev_sha256=head.sha256,
+                policy_digest=self.policy.digest,
+                time_unix_ms=self.now_ms(),
+            )
+            getattr(entry, field).CopyFrom(body)
+            record = sign_entry(entry, self.keys.signing)
+            view = apply(self._view, record, self.policy)  # our own entries pass the same rules
+            self._journal.append(record)
+            self._records.append(record)
+            self._view = view
+            log.info("journal #%d %s (phase %s)", record.seq, record.kind, view.phase)
+            for listener in self._listeners:
+                listener(view)
+            return record
+
+    def check_accepting(self) -> None:
+        self.check_time("upload")
+        phase = self._view.phase
+        if phase != "collecting":
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION, f"uploads are closed (phase: {phase})"
+            )
+
+    def accept_shard(
+        self, *, header_raw: bytes, header_signature: bytes, header: pb.ShardHeader, rows: int
+    ) -> pb.SignedReceipt:
+        """Journal an upload that passed every check and return its signed receipt.
+
+        Under the state lock, so an upload either lands before uploads close (and is in the
+        training set) or is refused: never a receipt for a shard training does not use.
+        """
+        with self._lock:
+            self.check_time("upload")
+            view = self._view
+            if view.phase != "collecting":
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"uploads closed while this upload was in flight (phase: {view.phase}); "
+                    "it was not accepted and nothing of it was kept",
+                )
+            if view.shard(header.party_id, header.shard_id) is not None:
+                raise Refusal(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"shard {header.shard_id!r} was already accepted; fetch its receipt with "
+                    "UploadStatus",
+                )
+            body = pb.ReceiptBody(
+                version=RECEIPT_VERSION,
+                policy_digest=self.policy.digest,
+                party_id=header.party_id,
+                shard_id=header.shard_id,
+                plaintext_sha256=header.plaintext_sha256,
+                rows=rows,
+                plaintext_size=header.plaintext_size,
+                header_sha256=hashlib.sha256(header_raw).digest(),
+                accepted_unix_ms=self.now_ms(),
+                enclave_signing_key=self.keys.signing_public,
+                journal_seq=view.head.seq + 1,
+                journal_prev_sha256=view.head.sha256,
+            ).SerializeToString()
+            receipt = pb.SignedReceipt(
+                body=body, signature=self.keys.signing.sign(RECEIPT_SIG_TAG + body)
+            )
+            self._append(
+                "shard_accepted",
+                jpb.ShardAccepted(
+                    header=pb.UploadHeader(header=header_raw, signature=header_signature),
+                    receipt=receipt,
+                ),
+            )
+            return receipt
+
+    def close_uploads(self, *, requested_by: str | None) -> bool:
+        """Close uploads if the start rule holds; True only for the call that closed them."""
+        with self._lock:
+            view = self._view
+            if view.phase != "collecting":
+                return False
+            self.check_time("start")
+            missing = view.providers_missing(self.policy)
+            if missing:
+                if requested_by is not None:
+                    raise Refusal(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"the start rule does not hold yet: no receipt from {', '.join(missing)}",
+                    )
+                return False
+            if requested_by is None and not self.policy.start["auto_start"]:
+                return False
+            refs = [
+                jpb.ShardRef(
+                    party_id=s.party_id,
+                    shard_id=s.shard_id,
+                    header_sha256=s.header_sha256,
+                    accepted_seq=s.seq,
+                )
+                for s in view.shards
+            ]
+            self._append(
+                "uploads_closed", jpb.UploadsClosed(shards=refs, requested_by=requested_by or "")
+            )
+            return True
+
+    def record_checkpoint(self, *, step: int, epsilon: float | None, sha256: bytes) -> None:
+        self.check_time("checkpoint")
+        self._append(
+            "checkpoint",
+            jpb.CheckpointSaved(
+                step=step, epsilon=-1.0 if epsilon is None else epsilon, checkpoint_sha256=sha256
+            ),
+        )
+
+    def record_manifest(self, manifest: bytes, signature: bytes) -> None:
+        self.check_time("release")
+        with self._lock:
+            self._append(
+                "manifest", jpb.ManifestBuilt(manifest=manifest, manifest_signature=signature)
+            )
+            self._release_if_ready()
+
+    def _release_if_ready(self) -> None:
+        view = self._view
+        if view.phase == "awaiting_approval" and not view.approvals_missing(self.policy):
+            self._append(
+                "released",
+                jpb.Released(
+                    manifest_sha256=view.manifest_sha256,
+                    approvals=[a for _, a in view.approvals],
+                ),
+            )
+
+    def resume_release(self) -> None:
+        """After a crash between the manifest and its release entry: finish the release."""
+        with self._lock:
+            if self._view.phase == "awaiting_approval":
+                self.check_time("release")
+                self._release_if_ready()
+
+    def approve(self, party: str, signed: pb.SignedApproval) -> RunState:
+        """Journal ``party``'s signed approval of the current manifest (idempotent)."""
+        policy = self.policy
+        if party not in policy.release["approvals_required_from"]:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{party!r} is not a data provider whose approval the policy requires",
+            )
+        with self._lock:
+            view = self._view
+            if view.phase == "released" and party in view.approved_by():
+                return view
+            if view.phase != "awaiting_approval":
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"there is no release to approve (phase: {view.phase})",
+                )
+            self.check_time("approval")
+            who, problems = verify_approval(
+                signed, policy=policy, manifest_sha256=view.manifest_sha256
+            )
+            if who != party:
+                raise Refusal(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"the approval is signed for {who!r}, but the request is from {party!r}",
+                )
+            if problems:
+                code = (
+                    grpc.StatusCode.FAILED_PRECONDITION
+                    if problems == ["approval is for another manifest"]
+                    else grpc.StatusCode.INVALID_ARGUMENT
+                )
+                raise Refusal(code, "; ".join(problems))
+            if party not in view.approved_by():
+                self._append("approval", jpb.ReleaseApproved(approval=signed))
+            self._release_if_ready()
+            return self._view
+
+    def record_failure(self, reason: str) -> None:
+        with self._lock:
+            if self._view.phase in ("collecting", "training", "awaiting_approval"):
+                self._append("failed", jpb.RunFailed(reason=reason))
+
+
+def _evidence_pb(ev: Any) -> pb.Evidence:
+    import json
+
+    return pb.Evidence(
+        platform=ev.platform,
+        report=ev.report,
+        certificates=list(ev.certificates),
+        collateral_json=json.dumps(ev.collateral) if ev.collateral else "",
+    )
+
+
+def _refuse_old_layout(paths: StatePaths) -> None:
+    found = [m for m in OLD_LAYOUT_MARKERS if (paths.root / m).exists()]
+    if found:
+        raise StateError(
+            f"{paths.root} was written by an earlier cctrain (state format 1: {', '.join(found)}), "
+            "whose files nothing authenticates; it cannot be upgraded safely. Serve this policy "
+            "from a new, empty state directory (the providers upload again)"
+        )
