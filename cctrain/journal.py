@@ -512,7 +512,10 @@ def apply(state: RunState | None, record: Record, policy: Policy) -> RunState:
     e = record.entry
     key = _key(state.signing_public_key)
     r.check(e.version == JOURNAL_VERSION, f"entry version {e.version}, want {JOURNAL_VERSION}")
-    r.check(record.seq == state.head.seq + 1, f"follows entry #{state.head.seq}")
+    r.check(
+        record.seq == state.head.seq + 1,
+        f"comes after entry #{state.head.seq} (an entry is missing, repeated or out of order)",
+    )
     r.check(
         e.prev_sha256 == state.head.sha256, "does not extend the entry before it (chain broken)"
     )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,13 +84,18 @@ def make_consortium(root: Path, *, sign_all: bool = True, **overrides: Any) -> C
 
 
 @contextmanager
-def running_enclave(consortium: Consortium, state_dir: Path) -> Iterator[tuple[str, Any]]:
-    """A real gRPC+TLS enclave server on a loopback port chosen by the OS."""
+def running_enclave(
+    consortium: Consortium, state_dir: Path, *, clock: Callable[[], float] = time.time
+) -> Iterator[tuple[str, Any]]:
+    """A real gRPC+TLS enclave server on a loopback port chosen by the OS.
+
+    ``clock`` is the host's clock, which the host owns (tests move it to play the host).
+    """
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.server import create_server
 
     config = AppConfig(
-        policy_path=consortium.policy_path, state_dir=state_dir, platform="simulated"
+        policy_path=consortium.policy_path, state_dir=state_dir, platform="simulated", clock=clock
     )
     server, port, app = create_server(config, port=0)
     server.start()

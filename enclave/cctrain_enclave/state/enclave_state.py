@@ -490,10 +490,10 @@ class EnclaveState:
     def close_uploads(self, *, requested_by: str | None) -> bool:
         """Close uploads if the start rule holds; True only for the call that closed them."""
         with self._lock:
+            self.check_time("start")
             view = self._view
             if view.phase != "collecting":
                 return False
-            self.check_time("start")
             missing = view.providers_missing(self.policy)
             if missing:
                 if requested_by is not None:
@@ -562,6 +562,7 @@ class EnclaveState:
                 f"{party!r} is not a data provider whose approval the policy requires",
             )
         with self._lock:
+            self.check_time("approval")
             view = self._view
             if view.phase == "released" and party in view.approved_by():
                 return view
@@ -570,7 +571,6 @@ class EnclaveState:
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"there is no release to approve (phase: {view.phase})",
                 )
-            self.check_time("approval")
             who, problems = verify_approval(
                 signed, policy=policy, manifest_sha256=view.manifest_sha256
             )

@@ -1,0 +1,472 @@
+"""The attacks of the state issue, played by the host operator against a real enclave.
+
+The host can copy, edit, delete and restore files in the state directory, restart the
+enclave, move its clock, and run the same measured code under a policy of its own (whose
+parties are all its own keys). Each test does only that plus the public SDK, and asserts
+what the enclave refused and that nothing was released or receipted wrongly.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cctrain.client import DataOwner, Recipient, ReleaseBundle, verify_release
+from cctrain.errors import ProtocolError, ReleaseError, UploadRejectedError
+from cctrain.journal import read_journal_file, replay
+from cctrain.protocol import MD_RETRY_AFTER_MS, sign_approval
+from cctrain.v1 import enclave_pb2 as pb
+from cctrain.v1 import journal_pb2 as jpb
+from tests.consortium import RECIPIENT, Consortium, make_consortium, running_enclave
+from tests.ingest.conftest import write_shard
+from tests.state.conftest import (
+    DP,
+    HostClock,
+    refused_start,
+    session,
+    upload,
+    upload_all,
+    wait_phase,
+)
+
+COUNTING = {"recipients": [RECIPIENT], "metrics": ["samples", "steps"]}
+
+
+def _status(address: str, c: Consortium, **kw: Any) -> pb.GetStatusResponse:
+    with session(DataOwner, address, c, "hospital-a", **kw) as o:
+        return o.status()
+
+
+def _fetch(address: str, c: Consortium, **kw: Any) -> Any:
+    with session(Recipient, address, c, RECIPIENT, **kw) as r:
+        return r.fetch_model()
+
+
+# --------------------------------------------------------------------------- cross-policy reuse
+
+
+def test_own_policy_with_the_consortiums_shards_copied_in(tmp_path: Path) -> None:
+    """The host copies a consortium's accepted ciphertext into the state directory of an
+    enclave it runs under its own policy: those files are removed unread; the host's
+    release is trained on the host's rows only."""
+    consortium = make_consortium(tmp_path / "consortium")
+    with running_enclave(consortium, tmp_path / "cstate") as (address, _app):
+        upload_all(address, consortium, tmp_path / "c-owners", rows=200)
+        wait_phase(address, consortium, "released")
+    stolen = sorted((tmp_path / "cstate" / "shards").iterdir())
+    assert len(stolen) == 3
+
+    host = make_consortium(tmp_path / "host", release=COUNTING)
+    hstate = tmp_path / "hstate"
+    with running_enclave(host, hstate):
+        pass  # genesis of the host's run
+    for f in stolen:
+        shutil.copy2(f, hstate / "shards" / f.name)
+    with running_enclave(host, hstate) as (address, app):
+        assert not any(p.name in {f.name for f in stolen} for p in (hstate / "shards").iterdir())
+        assert _status(address, host).providers_uploaded == []
+        upload_all(address, host, tmp_path / "h-owners", rows=20)
+        wait_phase(address, host, "released")
+        model = _fetch(address, host)
+    manifest = model.manifest
+    assert len(manifest["receipts"]) == 3
+    assert manifest["metrics"]["samples"] == 3 * 20  # one epoch over the host's 60 rows only
+
+
+def test_own_policy_with_the_consortiums_whole_state_copied_in(tmp_path: Path) -> None:
+    consortium = make_consortium(tmp_path / "consortium")
+    with running_enclave(consortium, tmp_path / "cstate") as (address, _app):
+        upload_all(address, consortium, tmp_path / "c-owners")
+    host = make_consortium(tmp_path / "host")
+    hstate = shutil.copytree(tmp_path / "cstate", tmp_path / "hstate")
+    message = refused_start(host, hstate, "journal belongs to policy")
+    assert consortium.signed.digest.hex()[:16] in message
+
+
+def test_own_policy_on_the_consortiums_state_directory(tmp_path: Path) -> None:
+    """Same code, the host's policy, the consortium's own state directory (the variant that
+    once reused the consortium enclave's identity keys)."""
+    consortium = make_consortium(tmp_path / "consortium")
+    state = tmp_path / "state"
+    with running_enclave(consortium, state) as (address, app):
+        upload_all(address, consortium, tmp_path / "c-owners")
+        wait_phase(address, consortium, "released")
+        consortium_key = app.state.keys.signing_public
+    host = make_consortium(tmp_path / "host")
+    # The old plain-text policy marker decides nothing any more; the journal does.
+    (state / "policy.sha256").write_text(host.signed.digest.hex() + "\n")
+    refused_start(host, state, "journal belongs to policy")
+
+    # Nor can the host's enclave open anything the consortium's sealed.
+    from cctrain_enclave.providers._common import own_measurement
+    from cctrain_enclave.providers.simulated import SimulatedProvider
+    from cctrain_enclave.state import BoundSealer, EnclaveKeys, SealingError
+    from cctrain_enclave.state.sealing import STATE_KEY_LABEL
+
+    provider = SimulatedProvider(state)  # the same (simulated) machine
+    run_id = replay(read_journal_file(state / "journal.log"), consortium.signed.policy).run_id
+    hosts_sealer = BoundSealer(
+        provider.sealing_key(STATE_KEY_LABEL),
+        policy_digest=host.signed.digest,
+        measurement=own_measurement(provider),
+    )
+    with pytest.raises(SealingError, match="sealed identity does not open"):
+        EnclaveKeys.unseal(hosts_sealer, run_id, (state / "identity.sealed").read_bytes())
+
+    # Deleting the journal (and the marker) gets the host a new run with new keys, and none
+    # of the data.
+    (state / "journal.log").unlink()
+    (state / "policy.sha256").unlink()
+    with running_enclave(host, state) as (address, app):
+        assert app.state.keys.signing_public != consortium_key
+        with session(DataOwner, address, host, "hospital-a") as o:
+            assert o.enclave.signing_public_key != consortium_key
+            assert o.status().providers_uploaded == []
+        assert list((state / "shards").iterdir()) == []  # removed unread
+        assert list((state / "release").iterdir()) == []
+
+
+# --------------------------------------------------------------------------- forged approvals
+
+
+def test_forged_approvals(tmp_path: Path) -> None:
+    release = {"recipients": [RECIPIENT], "approvals_required_from": ["hospital-a", "hospital-b"]}
+    c = make_consortium(tmp_path / "c", release=release)
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (address, _app):
+        upload_all(address, c, tmp_path / "owners")
+        wait_phase(address, c, "awaiting_approval")
+
+    # The host edits "the run state" the way the old layout let it, and restarts.
+    (state / "run").mkdir()
+    (state / "run" / "state.json").write_text(
+        json.dumps({"phase": "released", "approvals": ["hospital-a", "hospital-b"]})
+    )
+    with running_enclave(c, state) as (address, _app):
+        st = _status(address, c)
+        assert (st.phase, list(st.approvals)) == ("awaiting_approval", [])
+        with pytest.raises(ProtocolError, match="awaiting approval from hospital-a, hospital-b"):
+            _fetch(address, c)
+
+        # A malicious provider signs an approval in hospital-a's name with its own key,
+        # and one for another manifest in its own.
+        with session(DataOwner, address, c, "hospital-b") as b:
+            manifest_sha = b.release_manifest().manifest_sha256
+            for body_party, sha, text in (
+                ("hospital-a", manifest_sha, "signed for 'hospital-a', but the request is from"),
+                ("hospital-b", hashlib.sha256(b"other").digest(), "approval is for another manifest"),
+            ):
+                forged = sign_approval(
+                    b.keys.signing_key,
+                    policy_digest=c.signed.digest,
+                    party_id=body_party,
+                    manifest_sha256=sha,
+                    now_ms=0,
+                )
+                with pytest.raises(ProtocolError, match=text):
+                    b.unary("ApproveRelease", pb.ApproveReleaseRequest(approval=forged))
+        assert _status(address, c).approvals == []
+
+        # The real approvals release it; the release record carries both signatures.
+        for p in ("hospital-a", "hospital-b"):
+            with session(DataOwner, address, c, p) as o:
+                o.approve_release()
+        with session(Recipient, address, c, RECIPIENT) as r:
+            resp = r.fetch_release()
+    bundle = ReleaseBundle.from_response(resp)
+    verified = verify_release(bundle, policy=c.signed.policy, allow_simulated=True)
+    assert verified.approved_by == ("hospital-a", "hospital-b")
+
+    # Offline, a release record with an approval taken out does not verify.
+    record = jpb.SignedJournalEntry()
+    record.ParseFromString(bundle.release_record)
+    entry = jpb.JournalEntry()
+    entry.ParseFromString(record.entry)
+    del entry.released.approvals[1]
+    record.entry = entry.SerializeToString()
+    with pytest.raises(ReleaseError, match="not signed by the manifest's enclave key"):
+        verify_release(
+            ReleaseBundle(
+                bundle.manifest,
+                bundle.manifest_signature,
+                record.SerializeToString(),
+                bundle.encapsulated_key,
+                bundle.sealed_weights,
+            ),
+            policy=c.signed.policy,
+            allow_simulated=True,
+        )
+
+
+# --------------------------------------------------------------------------- start rule
+
+
+def test_copied_and_faked_shard_files_count_for_nobody(tmp_path: Path) -> None:
+    """One provider's shard copied under new names and under other providers' names, and
+    an empty shard directory for another: no upload for anybody, and no row trained twice."""
+    c = make_consortium(tmp_path / "c", release=COUNTING)
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (address, _app):
+        upload(address, c, "hospital-a", tmp_path / "owners", rows=30)
+    [original] = list((state / "shards").iterdir())
+    shutil.copy2(original, state / "shards" / ("0" * 64 + ".ct"))
+    for party in ("hospital-b", "hospital-c"):
+        (state / "shards" / party / "x").mkdir(parents=True)
+        shutil.copy2(original, state / "shards" / party / "x" / "chunks.bin")
+    (state / "shards" / "hospital-b" / "empty").mkdir()
+    with running_enclave(c, state) as (address, _app):
+        st = _status(address, c)
+        assert (list(st.providers_uploaded), list(st.providers_missing)) == (
+            ["hospital-a"],
+            ["hospital-b", "hospital-c"],
+        )
+        with session(DataOwner, address, c, "hospital-b") as b:
+            with pytest.raises(ProtocolError, match="no receipt from hospital-b, hospital-c"):
+                b.start_training()
+        assert [p.name for p in (state / "shards").iterdir()] == [original.name]
+        upload(address, c, "hospital-b", tmp_path / "owners", rows=30, seed=1)
+        upload(address, c, "hospital-c", tmp_path / "owners", rows=30, seed=2)
+        wait_phase(address, c, "released")
+        model = _fetch(address, c)
+    assert len(model.manifest["receipts"]) == 3
+    assert model.manifest["metrics"]["samples"] == 90  # each row once
+
+
+# --------------------------------------------------------------------------- late upload
+
+
+def test_an_upload_that_finishes_after_uploads_closed(tmp_path: Path) -> None:
+    """hospital-c (not required by the start rule) is mid-upload when the others complete
+    the start rule: its last chunk arrives after uploads closed. No receipt, nothing kept,
+    and the run (before and after a restart) is the other two shards."""
+    start = {"require_uploads_from": ["hospital-a", "hospital-b"]}
+    c = make_consortium(tmp_path / "c", start=start, release=COUNTING)
+    state = tmp_path / "state"
+    late = write_shard(tmp_path / "late.npz", rows=2000)  # ~40 KiB: 10 chunks of 4 KiB
+    size = late.stat().st_size
+    with running_enclave(c, state) as (address, app):
+        hold = threading.Event()
+
+        def before_last_chunk(sent: int, total: int) -> None:
+            if sent >= size - 4096 and not hold.is_set():
+                hold.set()  # the others upload now; then the last chunk goes out
+                upload(address, c, "hospital-a", tmp_path / "owners", rows=40)
+                upload(address, c, "hospital-b", tmp_path / "owners", rows=40, seed=1)
+                assert wait_phase(address, c, "training", "released") in ("training", "released")
+
+        with session(DataOwner, address, c, "hospital-c") as owner:
+            with pytest.raises(UploadRejectedError, match="uploads closed while this upload"):
+                owner.upload(
+                    late, chunk_size=4096, progress=before_last_chunk, state_dir=tmp_path / "oc"
+                )
+            assert owner.receipts() == []
+        assert hold.is_set()
+        assert app.state.view.shard("hospital-c", "late") is None
+        assert not app.store.partial_dir("hospital-c", "late").exists()
+        assert len(list((state / "shards").iterdir())) == 2
+        wait_phase(address, c, "released")
+    with running_enclave(c, state) as (address, _app):  # the old bug: the run failed here
+        model = _fetch(address, c)
+    assert [json.loads(_receipt_party(r)) for r in model.manifest["receipts"]] == [
+        "hospital-a",
+        "hospital-b",
+    ]
+    assert model.manifest["metrics"]["samples"] == 80
+
+
+def _receipt_party(r: dict[str, str]) -> str:
+    import base64
+
+    body = pb.ReceiptBody()
+    body.ParseFromString(base64.b64decode(r["body"]))
+    return json.dumps(body.party_id)
+
+
+# --------------------------------------------------------------------------- expiry
+
+
+def _expiring(tmp_path: Path, **overrides: Any) -> Consortium:
+    expires = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(hours=1)
+    return make_consortium(
+        tmp_path / "c", expires=expires.isoformat().replace("+00:00", "Z"), **overrides
+    )
+
+
+def test_no_upload_or_start_after_expiry(tmp_path: Path) -> None:
+    c = _expiring(tmp_path)
+    clock = HostClock()
+    state = tmp_path / "state"
+    with running_enclave(c, state, clock=clock) as (address, _app):
+        upload(address, c, "hospital-a", tmp_path / "owners", clock=clock)
+        clock.offset = 2 * 3600  # the host's clock (and the parties') passes the expiry
+        with pytest.raises(UploadRejectedError, match="policy expired .* accepts no uploads"):
+            upload(address, c, "hospital-b", tmp_path / "owners", seed=1, clock=clock)
+        st = _status(address, c, clock=clock)
+        assert st.phase == "expired" and list(st.providers_uploaded) == ["hospital-a"]
+        with session(DataOwner, address, c, "hospital-b", clock=clock) as b:
+            with pytest.raises(ProtocolError, match="policy expired .* starts no training"):
+                b.start_training()
+            assert b.receipts() == []
+    with running_enclave(c, state, clock=clock) as (address, _app):
+        assert _status(address, c, clock=clock).phase == "expired"
+    kinds = [r.kind for r in read_journal_file(state / "journal.log")]
+    assert kinds == ["genesis", "shard_accepted", "expired"]
+
+
+def test_training_stops_at_expiry_and_nothing_is_released(tmp_path: Path) -> None:
+    long = {
+        "model": {"name": "logreg"},
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "epochs": 100_000,
+        "batch_size": 16,
+    }
+    c = _expiring(tmp_path, training=long, privacy=DP)
+    clock = HostClock()
+    state = tmp_path / "state"
+    with running_enclave(c, state, clock=clock) as (address, app):
+        upload_all(address, c, tmp_path / "owners", clock=clock)
+        _wait(lambda: app.state.view.checkpoint is not None)
+        clock.offset = 2 * 3600
+        _wait(lambda: app.state.view.phase == "expired")
+        with pytest.raises(ProtocolError, match="policy expired .* releases nothing"):
+            _fetch(address, c, clock=clock)
+        assert app.state.view.manifest == b""
+    assert list((state / "release").iterdir()) == []
+
+
+def test_no_fetch_or_approval_after_expiry(tmp_path: Path) -> None:
+    release = {"recipients": [RECIPIENT], "approvals_required_from": ["hospital-a"]}
+    c = _expiring(tmp_path, release=release)
+    clock = HostClock()
+    with running_enclave(c, tmp_path / "state", clock=clock) as (address, _app):
+        upload_all(address, c, tmp_path / "owners", clock=clock)
+        wait_phase(address, c, "awaiting_approval", clock=clock)
+        clock.offset = 2 * 3600
+        with session(DataOwner, address, c, "hospital-a", clock=clock) as a:
+            with pytest.raises(ProtocolError, match="policy expired .* takes no approvals"):
+                a.approve_release()
+        with pytest.raises(ProtocolError, match="policy expired .* releases nothing"):
+            _fetch(address, c, clock=clock)
+
+
+def test_an_expired_policy_begins_no_run(tmp_path: Path) -> None:
+    past = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(minutes=1)).isoformat()
+    c = make_consortium(tmp_path / "c", expires=past.replace("+00:00", "Z"))
+    refused_start(c, tmp_path / "state", "expired .* does not begin a run")
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def test_a_replayed_request_is_refused_after_a_restart(tmp_path: Path) -> None:
+    c = make_consortium(tmp_path / "c")
+    state = tmp_path / "state"
+    req = pb.GetStatusRequest()
+    with running_enclave(c, state) as (address, _app):
+        with session(DataOwner, address, c, "hospital-a") as o:
+            captured = o.metadata("GetStatus", req.SerializeToString())
+            o.stub.GetStatus(req, metadata=captured)
+            with pytest.raises(grpc.RpcError) as info:
+                o.stub.GetStatus(req, metadata=captured)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "replayed" in info.value.details()
+    with running_enclave(c, state) as (address, _app):
+        with session(DataOwner, address, c, "hospital-a") as o:  # fresh requests pass
+            with pytest.raises(grpc.RpcError) as info:
+                o.stub.GetStatus(req, metadata=captured)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "precedes the enclave's restart" in info.value.details()
+            assert any(k == MD_RETRY_AFTER_MS for k, _ in info.value.trailing_metadata())
+            assert o.status().phase == "collecting"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_an_older_checkpoint_restored_is_refused(tmp_path: Path) -> None:
+    """Restoring an earlier checkpoint (to retrain steps with fresh noise) stops the enclave."""
+    long = {
+        "model": {"name": "logreg"},
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "epochs": 100_000,
+        "batch_size": 16,
+    }
+    c = make_consortium(tmp_path / "c", training=long, privacy=DP)
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (address, app):
+        upload_all(address, c, tmp_path / "owners")
+        _wait(lambda: app.state.view.checkpoint is not None)
+    first = app.state.view.checkpoint  # stopping saved the position: the newest entry
+    assert first is not None
+    saved = tmp_path / "saved-checkpoint"
+    shutil.copy2(state / "checkpoints" / f"{first.sha256.hex()}.sealed", saved)
+    with running_enclave(c, state) as (address, app):
+        _wait(lambda: app.state.view.checkpoint.step > first.step)
+    second = app.state.view.checkpoint
+    assert second is not None and second.step > first.step
+    assert not (state / "checkpoints" / f"{first.sha256.hex()}.sealed").exists()
+
+    # Restored beside the current one: ignored and removed; the run resumes from the current.
+    beside = state / "checkpoints" / f"{first.sha256.hex()}.sealed"
+    shutil.copy2(saved, beside)
+    with running_enclave(c, state) as (address, app):
+        assert not beside.exists()
+        _wait(lambda: app.state.view.checkpoint.step > second.step)
+    third = app.state.view.checkpoint
+    assert third is not None
+    # Restored in place of the current one: refused.
+    current = state / "checkpoints" / f"{third.sha256.hex()}.sealed"
+    shutil.copy2(saved, current)
+    refused_start(c, state, f"checkpoint of step {third.step} .* missing or altered")
+    current.unlink()
+    refused_start(c, state, f"checkpoint of step {third.step} .* missing or altered")
+
+
+def test_a_tampered_shard_fails_the_run_and_releases_nothing(tmp_path: Path) -> None:
+    """Two equal-sized shards swapped on disk: sizes check out, decryption does not."""
+    c = make_consortium(tmp_path / "c", start={"auto_start": False})
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (address, _app):
+        upload_all(address, c, tmp_path / "owners", rows=50)
+    a, b, _ = sorted((state / "shards").iterdir())
+    da, db = a.read_bytes(), b.read_bytes()
+    assert len(da) == len(db)
+    a.write_bytes(db)
+    b.write_bytes(da)
+    with running_enclave(c, state) as (address, _app):
+        with session(DataOwner, address, c, "hospital-a") as o:
+            o.start_training()
+            with pytest.raises(ProtocolError, match="run failed: .*does not read back"):
+                o.wait_for_phase(("released",), timeout=120)
+        with pytest.raises(ProtocolError, match="nothing is released"):
+            _fetch(address, c)
+
+
+def test_a_state_directory_of_the_old_layout_is_refused(tmp_path: Path) -> None:
+    c = make_consortium(tmp_path / "c")
+    state = tmp_path / "state"
+    (state / "run").mkdir(parents=True)
+    (state / "policy.sha256").write_text(c.signed.digest.hex() + "\n")
+    (state / "run" / "state.json").write_text('{"phase": "released"}')
+    message = refused_start(c, state, "written by an earlier cctrain")
+    assert "cannot be upgraded safely" in message
+    assert not (state / "journal.log").exists()
+
+
+def _wait(condition: Any, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
