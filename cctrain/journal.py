@@ -350,6 +350,14 @@ def _check_header(r: _Refuse, policy: Policy, uh: pb.UploadHeader) -> pb.ShardHe
     r.check(msg.policy_digest == policy.digest, "upload header is for another policy")
     r.check(party is not None and party.is_provider, f"{msg.party_id!r} is not a data provider")
     r.check(bool(SHARD_ID.match(msg.shard_id)), f"shard id {msg.shard_id!r} is not valid")
+    r.check(msg.format in policy.data["formats"], f"format {msg.format!r} is not allowed")
+    r.check(
+        0 < msg.plaintext_size <= int(policy.data["max_bytes"]), "shard size outside data.max_bytes"
+    )
+    r.check(
+        msg.chunk_size > 0 and msg.chunk_count == max(1, -(-msg.plaintext_size // msg.chunk_size)),
+        "chunk count does not match the shard size",
+    )
     r.check(uh.resume_from == 0, "upload header carries a resume point")
     r.check(
         party is not None
@@ -365,7 +373,12 @@ def _check_header(r: _Refuse, policy: Policy, uh: pb.UploadHeader) -> pb.ShardHe
 
 
 def _check_receipt(
-    r: _Refuse, state: RunState, record: Record, header: pb.ShardHeader, header_raw: bytes
+    r: _Refuse,
+    state: RunState,
+    record: Record,
+    policy: Policy,
+    header: pb.ShardHeader,
+    header_raw: bytes,
 ) -> pb.ReceiptBody | None:
     signed = record.entry.shard_accepted.receipt
     key = _key(state.signing_public_key)
@@ -394,6 +407,10 @@ def _check_receipt(
     }
     for name, (got, wanted) in want.items():
         r.check(got == wanted, f"receipt {name} does not match its entry")
+    r.check(
+        int(policy.data["min_rows"]) <= body.rows <= int(policy.data["max_rows"]),
+        f"receipt rows {body.rows} outside the policy's data.min_rows..max_rows",
+    )
     return body
 
 
@@ -550,7 +567,7 @@ def _on_shard(r: _Refuse, state: RunState, record: Record, policy: Policy) -> di
     header = _check_header(r, policy, sa.header)
     if header is None:
         return {}
-    body = _check_receipt(r, state, record, header, sa.header.header)
+    body = _check_receipt(r, state, record, policy, header, sa.header.header)
     r.check(
         state.shard(header.party_id, header.shard_id) is None,
         f"shard {header.party_id}/{header.shard_id} was already accepted",
