@@ -11,7 +11,9 @@ Every party is its own process and talks to the enclave only over gRPC+TLS:
                                               (cctrain upload --allow-simulated)
   5. the enclave trains when every provider has a receipt; the recipient fetches,
      verifies and unseals the model           (cctrain release fetch)
-  6. every model is scored on the same held-out test set
+  6. a hospital verifies the enclave's signed journal: every upload, the start,
+     each checkpoint's ε, the release        (cctrain audit)
+  7. every model is scored on the same held-out test set
 
 Run it with ``./dev demo`` (which sets up the virtual environment first).
 """
@@ -200,6 +202,32 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
         )
         for line in out.stdout.splitlines():
             print(f"    {line}")
+
+        say("hospital-b audits the enclave's journal offline (`cctrain audit`)")
+        audit = cctrain(
+            "audit",
+            "--enclave",
+            address,
+            "--policy",
+            str(envelope),
+            "--key",
+            "hospital-b/hospital-b.key",
+            "--allow-simulated",
+            "--save",
+            str(work / "hospital-b" / f"journal{suffix}.bin"),
+            "--format",
+            "json",
+            cwd=work,
+        )
+        history = json.loads(audit.stdout)
+        counts: dict[str, int] = {}
+        for entry in history["entries"]:
+            counts[entry["kind"]] = counts.get(entry["kind"], 0) + 1
+        head = history["head"]
+        print(
+            f"    verified {len(history['entries'])} signed entries to head #{head['seq']} "
+            f"{head['sha256'][:16]}…: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+        )
         return {
             "digest": verify["digest"],
             "receipts": receipts,

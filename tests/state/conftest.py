@@ -40,7 +40,9 @@ def upload(
 ) -> Receipt:
     tmp.mkdir(parents=True, exist_ok=True)
     shard = write_shard(tmp / f"{party}-{shard_id or 'shard'}-{seed}.npz", rows=rows, seed=seed)
-    with session(DataOwner, address, c, party, **{k: v for k, v in kw.items() if k == "clock"}) as o:
+    with session(
+        DataOwner, address, c, party, **{k: v for k, v in kw.items() if k == "clock"}
+    ) as o:
         receipt: Receipt = o.upload(
             shard,
             shard_id=shard_id or party,
@@ -137,9 +139,7 @@ def run_to_release(address: str, c: Consortium, tmp: Path) -> None:
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
     tmp = tmp_path_factory.mktemp("finished")
-    c = make_consortium(
-        tmp / "c", privacy=DP, training=SHORT_TRAINING, release=APPROVING_RELEASE
-    )
+    c = make_consortium(tmp / "c", privacy=DP, training=SHORT_TRAINING, release=APPROVING_RELEASE)
     with running_enclave(c, tmp / "second") as (address, _app):
         run_to_release(address, c, tmp / "second-owners")
     with running_enclave(c, tmp / "state") as (address, _app):

@@ -71,8 +71,12 @@ def test_audit_a_finished_run_from_the_enclave(finished_run: FinishedRun, tmp_pa
     assert doc["head"]["seq"] == entries[-1]["seq"]
 
 
-def test_the_hosts_own_copy_of_the_journal_audits(finished_run: FinishedRun, tmp_path: Path) -> None:
-    code, out, err = _cli(finished_run, tmp_path, "--journal", str(finished_run.state / "journal.log"))
+def test_the_hosts_own_copy_of_the_journal_audits(
+    finished_run: FinishedRun, tmp_path: Path
+) -> None:
+    code, out, err = _cli(
+        finished_run, tmp_path, "--journal", str(finished_run.state / "journal.log")
+    )
     assert code == 0, err
     assert out.splitlines()[-1] == "phase: released"
 

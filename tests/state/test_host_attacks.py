@@ -162,7 +162,11 @@ def test_forged_approvals(tmp_path: Path) -> None:
             manifest_sha = b.release_manifest().manifest_sha256
             for body_party, sha, text in (
                 ("hospital-a", manifest_sha, "signed for 'hospital-a', but the request is from"),
-                ("hospital-b", hashlib.sha256(b"other").digest(), "approval is for another manifest"),
+                (
+                    "hospital-b",
+                    hashlib.sha256(b"other").digest(),
+                    "approval is for another manifest",
+                ),
             ):
                 forged = sign_approval(
                     b.keys.signing_key,
@@ -469,4 +473,3 @@ def _wait(condition: Any, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.01)
-

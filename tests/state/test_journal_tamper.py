@@ -45,7 +45,13 @@ def copy(finished_run: FinishedRun, tmp_path: Path) -> Path:
 
 def test_the_finished_run_has_every_kind_of_entry(finished_run: FinishedRun) -> None:
     k = kinds(journal_records(finished_run.state))
-    assert k[:5] == ["genesis", "shard_accepted", "shard_accepted", "shard_accepted", "uploads_closed"]
+    assert k[:5] == [
+        "genesis",
+        "shard_accepted",
+        "shard_accepted",
+        "shard_accepted",
+        "uploads_closed",
+    ]
     assert k[-3:] == ["manifest", "approval", "released"]
     assert set(k[5:-3]) == {"checkpoint"}
 
@@ -114,7 +120,9 @@ def test_an_entry_signed_by_another_key(finished_run: FinishedRun, copy: Path) -
     ).SerializeToString()
     write_journal(copy, raws)
     refused_start(
-        finished_run.consortium, copy, rf"journal entry #{k} \(approval\): not signed by this journal"
+        finished_run.consortium,
+        copy,
+        rf"journal entry #{k} \(approval\): not signed by this journal",
     )
 
 
