@@ -190,3 +190,20 @@ def test_deleted_release_files(finished_run: FinishedRun, copy: Path) -> None:
     for f in (copy / "release").rglob("*.sealed"):
         f.unlink()
     refused_start(finished_run.consortium, copy, f"sealed release for '{RECIPIENT}'.* is missing")
+
+
+@pytest.mark.parametrize("name", ["journal.log", "identity.sealed", "shards", "release"])
+def test_a_state_file_replaced_by_something_unreadable(
+    finished_run: FinishedRun, copy: Path, name: str
+) -> None:
+    """A directory where a file belongs (or the reverse): a clear refusal, not a traceback."""
+    import shutil
+
+    target = copy / name
+    if target.is_dir():
+        shutil.rmtree(target)
+        target.write_bytes(b"not a directory")
+    else:
+        target.unlink()
+        target.mkdir()
+    refused_start(finished_run.consortium, copy, "cannot be used|sealed release .* is missing")

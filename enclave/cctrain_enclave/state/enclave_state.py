@@ -180,6 +180,24 @@ class EnclaveState:
         clock: Clock,
     ) -> EnclaveState:
         """Verify the journal and everything it vouches for, or begin a new one (genesis)."""
+        try:
+            return cls._open(root, policy, provider, tls_spki_sha256=tls_spki_sha256, clock=clock)
+        except OSError as exc:  # the host's files are input: a clear refusal, never a traceback
+            raise StateError(
+                f"the state directory {root} cannot be used: {exc.strerror or exc} "
+                f"({exc.filename or 'a state file'})"
+            ) from None
+
+    @classmethod
+    def _open(
+        cls,
+        root: Path,
+        policy: Policy,
+        provider: Any,
+        *,
+        tls_spki_sha256: bytes,
+        clock: Clock,
+    ) -> EnclaveState:
         paths = StatePaths(root)
         journal = JournalFile(paths.journal)
         if not journal.exists():
