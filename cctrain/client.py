@@ -56,7 +56,6 @@ from cctrain.protocol import (
     MAX_MESSAGE_SIZE,
     MD_NONCE,
     MD_PARTY,
-    MD_RETRY_AFTER_MS,
     MD_SIG,
     MD_TIME,
     SHARD_ID,
@@ -120,25 +119,6 @@ def fetch_server_certificate(host: str, port: int, *, timeout: float = 10.0) -> 
     if not der:
         raise ProtocolError("the enclave presented no TLS certificate")
     return der
-
-
-#: How long the SDK waits, in all, for an enclave's restart fence to pass (see
-#: ``cctrain_enclave.state.fence``: at most about a second after the party's last request).
-FENCE_WAIT_S = 10.0
-
-
-def fence_retry_after(exc: grpc.RpcError) -> float | None:
-    """Seconds to wait if the enclave refused a request only because it was signed before a
-    restart of the enclave; None for any other error."""
-    if not hasattr(exc, "code") or exc.code() != grpc.StatusCode.UNAUTHENTICATED:
-        return None
-    for key, value in exc.trailing_metadata() or ():
-        if key == MD_RETRY_AFTER_MS:
-            try:
-                return max(int(value), 1) / 1000
-            except ValueError:
-                return None
-    return None
 
 
 def map_rpc_error(exc: grpc.RpcError, *, upload: bool = False) -> ProtocolError:
@@ -281,7 +261,10 @@ class EnclaveSession:
         self._allow_simulated = allow_simulated
         host, port = _parse_address(address)
         der = fetch_server_certificate(host, port)
-        pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+        cert = x509.load_der_x509_certificate(der)
+        # Requests are signed for this TLS key; attestation below decides whether to trust it.
+        self._tls_spki_sha256 = spki_sha256(cert)
+        pem = cert.public_bytes(serialization.Encoding.PEM)
         self._channel = grpc.secure_channel(
             f"{host}:{port}",
             grpc.ssl_channel_credentials(root_certificates=pem),
@@ -315,6 +298,7 @@ class EnclaveSession:
                 time_ms=t,
                 nonce=nonce,
                 policy_digest=self.policy.digest,
+                tls_spki_sha256=self._tls_spki_sha256,
                 body_sha256=sha256(body),
             )
         )
@@ -327,19 +311,12 @@ class EnclaveSession:
 
     def unary(self, method: str, request: Any, *, timeout: float = 60.0) -> Any:
         body = request.SerializeToString()
-        waited = 0.0
-        while True:
-            try:
-                return getattr(self.stub, method)(
-                    request, metadata=self.metadata(method, body), timeout=timeout
-                )
-            except grpc.RpcError as exc:
-                wait = fence_retry_after(exc)
-                if wait is None or waited + wait > FENCE_WAIT_S:
-                    raise map_rpc_error(exc) from None
-            # The enclave restarted just after this party's last request: sign anew later.
-            time.sleep(wait)
-            waited += wait
+        try:
+            return getattr(self.stub, method)(
+                request, metadata=self.metadata(method, body), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc) from None
 
     def close(self) -> None:
         self._channel.close()
@@ -536,14 +513,10 @@ class DataOwner(EnclaveSession):
                     break
                 except grpc.RpcError as exc:
                     # ABORTED: the enclave is still tearing down our previous, broken stream
-                    # for this shard; it changed nothing. A fence refusal: the enclave just
-                    # restarted. Either way nothing happened: retry with a fresh stream.
-                    wait = fence_retry_after(exc)
-                    if wait is None and exc.code() == grpc.StatusCode.ABORTED:
-                        wait = 0.25
-                    if wait is None or attempt == 19:
+                    # for this shard; it changed nothing. Retry shortly with a fresh stream.
+                    if exc.code() != grpc.StatusCode.ABORTED or attempt == 19:
                         raise
-                    time.sleep(min(wait, FENCE_WAIT_S / 4))
+                    time.sleep(0.25)
         except grpc.RpcError as exc:
             err = map_rpc_error(exc, upload=True)
             if isinstance(err, UploadRejectedError | AuthenticationError | PermissionDeniedError):

@@ -36,7 +36,7 @@ RECEIPT_SIG_TAG = b"cctrain/receipt/v1\x00"
 MANIFEST_SIG_TAG = b"cctrain/release-manifest/v1\x00"
 SHARD_KEY_INFO_TAG = b"cctrain/shard-key/v1"
 RELEASE_KEY_INFO_TAG = b"cctrain/release-key/v1"
-REQUEST_SIG_TAG = b"cctrain/rpc-request/v1\x00"
+REQUEST_SIG_TAG = b"cctrain/rpc-request/v2\x00"
 APPROVAL_SIG_TAG = b"cctrain/release-approval/v1\x00"
 JOURNAL_SIG_TAG = b"cctrain/journal-entry/v1\x00"
 
@@ -45,9 +45,6 @@ MD_PARTY = "cctrain-party"
 MD_TIME = "cctrain-time-ms"
 MD_NONCE = "cctrain-nonce"
 MD_SIG = "cctrain-signature-bin"
-#: Trailing metadata on a request refused only because it predates the enclave's restart
-#: fence: how long until a freshly signed request from this party will pass.
-MD_RETRY_AFTER_MS = "cctrain-retry-after-ms"
 AUTH_WINDOW_MS = 120_000
 
 
@@ -64,15 +61,28 @@ def release_key_info(policy_digest: bytes, recipient_id: str, manifest_sha256: b
 
 
 def request_signing_bytes(
-    *, method: str, party: str, time_ms: int, nonce: bytes, policy_digest: bytes, body_sha256: bytes
+    *,
+    method: str,
+    party: str,
+    time_ms: int,
+    nonce: bytes,
+    policy_digest: bytes,
+    tls_spki_sha256: bytes,
+    body_sha256: bytes,
 ) -> bytes:
-    """What a party signs to authenticate one RPC (unary: body digest; streams: empty body)."""
+    """What a party signs to authenticate one RPC (unary: body digest; streams: empty body).
+
+    ``tls_spki_sha256`` is the hash of the enclave's TLS key the party attested. The enclave
+    makes a fresh TLS key at every start, so a request signed for one enclave process never
+    verifies at another: not after a restart, not at a second enclave serving the same policy.
+    """
     parts = (
         method.encode(),
         party.encode(),
         struct.pack(">q", time_ms),
         nonce,
         policy_digest,
+        tls_spki_sha256,
         body_sha256,
     )
     return REQUEST_SIG_TAG + b"".join(struct.pack(">I", len(p)) + p for p in parts)

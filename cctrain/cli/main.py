@@ -569,8 +569,8 @@ def audit_cmd(
         from cctrain.client import EnclaveSession
 
         with EnclaveSession(address, policy=sp, key=key_file, allow_simulated=allow_simulated) as s:
-            records = s.journal()
             report = s.audit()
+        records = list(report.records)
     else:
         assert journal_file is not None
         try:

@@ -25,7 +25,7 @@ from cctrain_enclave.ingest import ShardStore
 from cctrain_enclave.keys import TlsIdentity
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.run import RunContext, RunController
-from cctrain_enclave.state import EnclaveState
+from cctrain_enclave.state import EnclaveState, unusable
 
 log = logging.getLogger("cctrain.enclave")
 
@@ -46,8 +46,11 @@ class EnclaveApp:
     def __init__(self, config: AppConfig, provider: EvidenceProvider) -> None:
         self.config = config
         state_dir = config.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock_fh = open(state_dir / "LOCK", "a")  # noqa: SIM115 - held for the process lifetime
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._lock_fh = open(state_dir / "LOCK", "a")  # noqa: SIM115 - held for the process lifetime
+        except OSError as exc:
+            raise unusable(state_dir, exc) from None
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -57,6 +60,9 @@ class EnclaveApp:
             ) from None
         try:
             self._open(config, provider)
+        except OSError as exc:
+            self._lock_fh.close()
+            raise unusable(state_dir, exc) from None
         except BaseException:
             self._lock_fh.close()
             raise

@@ -4,8 +4,14 @@ A party signs (method, party, time, nonce, policy digest, request digest) with
 its Ed25519 identity key; for unary requests the digest covers the exact
 request bytes, which this interceptor receives undeserialized so it can check
 them before any handler sees the request.  Stale (outside ±window) or replayed
-(party, nonce) pairs are refused; so is, after a restart, any request signed
-before it (the durable fence of :mod:`cctrain_enclave.state.fence`).
+(party, nonce) pairs are refused.
+
+The signature also covers the hash of this process's TLS key, which is new at every
+start: a request signed before a restart (or for another enclave process serving the
+same policy) never verifies here, so the replay cache needs to remember nothing across
+restarts. Within a process, it never forgets a nonce whose time could still pass: its
+pruning raises a floor below which every request is refused, whatever the host's clock
+later says.
 """
 
 from __future__ import annotations
@@ -27,13 +33,11 @@ from cctrain.protocol import (
     AUTH_WINDOW_MS,
     MD_NONCE,
     MD_PARTY,
-    MD_RETRY_AFTER_MS,
     MD_SIG,
     MD_TIME,
     request_signing_bytes,
     sha256,
 )
-from cctrain_enclave.state.fence import FenceError, RequestFence
 
 #: The authenticated party of the RPC being handled.
 current_party: contextvars.ContextVar[str] = contextvars.ContextVar("cctrain_party")
@@ -42,30 +46,33 @@ UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
 class AuthError(Exception):
-    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
-
     def abort(self, context: grpc.ServicerContext) -> None:
-        if self.retry_after_ms is not None:
-            context.set_trailing_metadata(((MD_RETRY_AFTER_MS, str(self.retry_after_ms)),))
         context.abort(grpc.StatusCode.UNAUTHENTICATED, str(self))
 
 
 class ReplayCache:
-    """Remembers (party, nonce) until its timestamp leaves the freshness window."""
+    """Remembers (party, nonce) until its timestamp leaves the freshness window.
+
+    Pruning forgets the nonces older than a cutoff taken from the host's clock; the cutoff
+    becomes a floor, and a request signed at or below it is refused however the clock moves
+    afterwards (a host that moves its clock forward to prune, then back, replays nothing).
+    """
+
+    MAX_ENTRIES = 10_000
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, bytes], int] = {}
+        self._floor = -(2**63)
         self._lock = threading.Lock()
 
     def check_and_add(self, party: str, nonce: bytes, time_ms: int, now_ms: int) -> bool:
         with self._lock:
-            if len(self._seen) > 10_000:
+            if len(self._seen) > self.MAX_ENTRIES:
                 cutoff = now_ms - AUTH_WINDOW_MS
-                self._seen = {k: t for k, t in self._seen.items() if t >= cutoff}
+                self._floor = max(self._floor, cutoff)
+                self._seen = {k: t for k, t in self._seen.items() if t > self._floor}
             key = (party, nonce)
-            if key in self._seen:
+            if time_ms <= self._floor or key in self._seen:
                 return False
             self._seen[key] = time_ms
             return True
@@ -76,7 +83,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self,
         policy: Policy,
         *,
-        fence: RequestFence,
+        tls_spki_sha256: bytes,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self._policy = policy
@@ -85,7 +92,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         }
         self._clock = clock_ms or (lambda: int(time.time() * 1000))
         self._replay = ReplayCache()
-        self._fence = fence
+        self._tls_spki_sha256 = tls_spki_sha256
 
     def _authenticate(self, method: str, metadata: dict[str, Any], body_sha256: bytes) -> str:
         try:
@@ -111,18 +118,18 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             time_ms=time_ms,
             nonce=nonce,
             policy_digest=self._policy.digest,
+            tls_spki_sha256=self._tls_spki_sha256,
             body_sha256=body_sha256,
         )
         try:
             key.verify(sig, signed)
         except InvalidSignature:
-            raise AuthError("request signature does not verify") from None
+            raise AuthError(
+                "request signature does not verify (signed for another policy, or for another "
+                "enclave process: this one restarted, or is not the one attested)"
+            ) from None
         if not self._replay.check_and_add(party, nonce, time_ms, now):
             raise AuthError("replayed request (nonce already used)")
-        try:
-            self._fence.admit(party, time_ms)
-        except FenceError as exc:
-            raise AuthError(str(exc), retry_after_ms=exc.retry_after_ms) from None
         return party
 
     def intercept_service(

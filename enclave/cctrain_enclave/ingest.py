@@ -245,13 +245,36 @@ class ShardStore:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def open_shard(self, shard: AcceptedShard) -> DecryptingReader:
-        """A plaintext view of an accepted shard; every chunk read authenticates under the
-        header the journal holds for it (another file in its place does not decrypt)."""
-        header = ParsedHeader(shard.header_raw, shard.header, shard.header_sha256)
-        return DecryptingReader(
-            self.paths.shard_ciphertext(shard.header_sha256), header, self.data_key(shard.header)
-        )
+    def read_accepted(self, shard: AcceptedShard) -> bytes:
+        """The plaintext of an accepted shard, exactly what its receipt commits to.
+
+        Decrypted once, in order, and hashed: the chunks' authentication shows only that they
+        were sealed under the owner's data key, which the owner holds, so a provider working
+        with the host could put other bytes under the same key after its receipt. The
+        commitment in the journaled header is what binds the trained bytes to the receipt,
+        and these very bytes (not a second read of the file) are what gets parsed.
+        """
+        h = shard.header
+        where = f"stored shard {shard.party_id}/{shard.shard_id} (journal entry #{shard.seq})"
+        parsed = ParsedHeader(shard.header_raw, h, shard.header_sha256)
+        opener = StreamOpener(self.data_key(h), h.nonce_prefix, shard.header_sha256)
+        hasher = hashlib.sha256()
+        parts: list[bytes] = []
+        with open(self.paths.shard_ciphertext(shard.header_sha256), "rb") as fh:
+            for i in range(parsed.chunk_count):
+                last = i == parsed.chunk_count - 1
+                pt = opener.open(i, fh.read(parsed.chunk_plain_size(i) + TAG_SIZE), last=last)
+                if pt is None:
+                    raise ShardError(f"{where} does not authenticate (altered at rest)")
+                hasher.update(pt)
+                parts.append(pt)
+            if fh.read(1):
+                raise ShardError(f"{where} is longer than its header says (altered at rest)")
+        if hasher.digest() != h.plaintext_sha256:
+            raise ShardError(
+                f"{where} is not the data its receipt commits to (re-encrypted at rest)"
+            )
+        return b"".join(parts)
 
     def load_dataset(
         self, shards: tuple[AcceptedShard, ...], schema: Mapping[str, Any]
@@ -260,8 +283,9 @@ class ShardStore:
         feats, labels = [], []
         for shard in shards:
             try:
-                with self.open_shard(shard) as reader:
-                    arrays = parse_shard(shard.header.format, reader, schema)  # type: ignore[arg-type]
+                data = self.read_accepted(shard)
+                arrays = parse_shard(shard.header.format, io.BytesIO(data), schema)  # type: ignore[arg-type]
+                del data
             except (ShardError, OSError) as exc:
                 raise ShardError(
                     f"stored shard {shard.party_id}/{shard.shard_id} (journal entry #{shard.seq}) "

@@ -84,7 +84,10 @@ class RunController:
             log.info("resuming training after a restart")
             self._start_thread()
         elif phase == "awaiting_approval":
-            state.resume_release()  # a crash between the manifest entry and the release entry
+            try:  # a crash between the manifest entry and the release entry
+                state.resume_release()
+            except Refusal as exc:  # expired meanwhile: journaled, the phase shows it
+                log.warning("release not resumed: %s", exc.message)
         elif phase == "collecting":
             # Importing torch and Opacus takes seconds; do it while the shards arrive,
             # not after the last receipt.

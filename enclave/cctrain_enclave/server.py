@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cctrain.attestation.binding import spki_sha256
 from cctrain.protocol import MAX_MESSAGE_SIZE
 from cctrain.v1 import enclave_pb2, enclave_pb2_grpc
 from cctrain_enclave.app import AppConfig, EnclaveApp
@@ -52,7 +53,7 @@ def create_server(
         interceptors=[
             AuthInterceptor(
                 app.policy,
-                fence=app.state.fence,
+                tls_spki_sha256=spki_sha256(app.tls.cert),
                 clock_ms=lambda: int(config.clock() * 1000),
             )
         ],

@@ -22,7 +22,7 @@ import pytest
 from cctrain.client import DataOwner, Recipient, ReleaseBundle, verify_release
 from cctrain.errors import ProtocolError, ReleaseError, UploadRejectedError
 from cctrain.journal import read_journal_file, replay
-from cctrain.protocol import MD_RETRY_AFTER_MS, sign_approval
+from cctrain.protocol import sign_approval
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 from tests.consortium import RECIPIENT, Consortium, make_consortium, running_enclave
@@ -30,11 +30,14 @@ from tests.ingest.conftest import write_shard
 from tests.state.conftest import (
     DP,
     HostClock,
+    journal_records,
+    kinds,
     refused_start,
     session,
     upload,
     upload_all,
     wait_phase,
+    write_journal,
 )
 
 COUNTING = {"recipients": [RECIPIENT], "metrics": ["samples", "steps"]}
@@ -361,6 +364,27 @@ def test_no_fetch_or_approval_after_expiry(tmp_path: Path) -> None:
             _fetch(address, c, clock=clock)
 
 
+def test_a_crash_before_the_release_entry_then_expiry(tmp_path: Path) -> None:
+    """SIGKILL between the manifest and the release entry leaves the journal ending at the
+    manifest; if the policy expires before the restart, the enclave comes up expired (it
+    does not finish the release) instead of failing to start."""
+    c = _expiring(tmp_path)
+    clock = HostClock()
+    state = tmp_path / "state"
+    with running_enclave(c, state, clock=clock) as (address, _app):
+        upload_all(address, c, tmp_path / "owners", clock=clock)
+        wait_phase(address, c, "released", clock=clock)
+    records = journal_records(state)
+    assert kinds(records)[-2:] == ["manifest", "released"]
+    write_journal(state, records[:-1])
+    clock.offset = 2 * 3600
+    with running_enclave(c, state, clock=clock) as (address, app):
+        assert app.state.view.phase == "expired"
+        with pytest.raises(ProtocolError, match="policy expired .* releases nothing"):
+            _fetch(address, c, clock=clock)
+    assert kinds(journal_records(state))[-2:] == ["manifest", "expired"]
+
+
 def test_an_expired_policy_begins_no_run(tmp_path: Path) -> None:
     past = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(minutes=1)).isoformat()
     c = make_consortium(tmp_path / "c", expires=past.replace("+00:00", "Z"))
@@ -383,13 +407,33 @@ def test_a_replayed_request_is_refused_after_a_restart(tmp_path: Path) -> None:
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "replayed" in info.value.details()
     with running_enclave(c, state) as (address, _app):
-        with session(DataOwner, address, c, "hospital-a") as o:  # fresh requests pass
+        with session(DataOwner, address, c, "hospital-a") as o:
             with pytest.raises(grpc.RpcError) as info:
                 o.stub.GetStatus(req, metadata=captured)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert "precedes the enclave's restart" in info.value.details()
-            assert any(k == MD_RETRY_AFTER_MS for k, _ in info.value.trailing_metadata())
-            assert o.status().phase == "collecting"
+            assert "for another enclave process" in info.value.details()
+            assert o.status().phase == "collecting"  # freshly signed requests pass at once
+
+
+def test_a_request_for_one_enclave_is_refused_by_another_of_the_same_policy(
+    tmp_path: Path,
+) -> None:
+    """The host runs two enclaves on one policy (a fork) and relays a party's signed request
+    from the one the party attested to the other."""
+    c = make_consortium(tmp_path / "c", start={"auto_start": False})
+    with (
+        running_enclave(c, tmp_path / "one") as (one, _a),
+        running_enclave(c, tmp_path / "two") as (two, _b),
+    ):
+        upload_all(two, c, tmp_path / "owners")
+        with session(DataOwner, one, c, "hospital-a") as o:
+            start = pb.StartTrainingRequest()
+            captured = o.metadata("StartTraining", start.SerializeToString())
+        with session(DataOwner, two, c, "hospital-b") as other:
+            with pytest.raises(grpc.RpcError) as info:
+                other.stub.StartTraining(start, metadata=captured)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert other.status().phase == "collecting"
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -449,6 +493,53 @@ def test_a_tampered_shard_fails_the_run_and_releases_nothing(tmp_path: Path) -> 
         with session(DataOwner, address, c, "hospital-a") as o:
             o.start_training()
             with pytest.raises(ProtocolError, match="run failed: .*does not read back"):
+                o.wait_for_phase(("released",), timeout=120)
+        with pytest.raises(ProtocolError, match="nothing is released"):
+            _fetch(address, c)
+
+
+def test_a_provider_and_the_host_re_encrypt_a_receipted_shard(tmp_path: Path) -> None:
+    """hospital-c gets a receipt for honest data, then hands its data key to the host, which
+    writes poisoned data (same size) under that key in place of the stored ciphertext. Every
+    chunk authenticates; the commitment the receipt names does not: the run fails."""
+    from cctrain.crypto.stream import StreamSealer
+    from cctrain.protocol import sha256
+
+    c = make_consortium(tmp_path / "c", start={"auto_start": False})
+    honest = write_shard(tmp_path / "honest.npz", rows=50, seed=7)
+    poison = write_shard(tmp_path / "poison.npz", rows=50, seed=8)
+    assert honest.stat().st_size == poison.stat().st_size
+    leaked: dict[str, bytes] = {}
+
+    class Colluder(DataOwner):
+        def _new_header(self, *args: Any, **kw: Any) -> tuple[bytes, bytes, bytes]:
+            header, signature, key = super()._new_header(*args, **kw)
+            leaked.update(header=header, key=key)
+            return header, signature, key
+
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (address, _app):
+        upload(address, c, "hospital-a", tmp_path / "owners", seed=1)
+        upload(address, c, "hospital-b", tmp_path / "owners", seed=2)
+        with session(Colluder, address, c, "hospital-c") as colluder:
+            colluder.upload(honest, state_dir=tmp_path / "oc")
+    header = pb.ShardHeader()
+    header.ParseFromString(leaked["header"])
+    sealer = StreamSealer(leaked["key"], header.nonce_prefix, sha256(leaked["header"]))
+    data, cs = poison.read_bytes(), header.chunk_size
+    stored = state / "shards" / f"{sha256(leaked['header']).hex()}.ct"
+    stored.write_bytes(
+        b"".join(
+            sealer.seal(i, data[i * cs : (i + 1) * cs], last=i == header.chunk_count - 1)
+            for i in range(header.chunk_count)
+        )
+    )
+    with running_enclave(c, state) as (address, _app):
+        with session(DataOwner, address, c, "hospital-a") as o:
+            o.start_training()
+            with pytest.raises(
+                ProtocolError, match="hospital-c/honest .* not the data its receipt commits to"
+            ):
                 o.wait_for_phase(("released",), timeout=120)
         with pytest.raises(ProtocolError, match="nothing is released"):
             _fetch(address, c)

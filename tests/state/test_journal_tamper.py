@@ -181,18 +181,15 @@ def test_a_missing_identity(finished_run: FinishedRun, copy: Path) -> None:
     refused_start(finished_run.consortium, copy, "identity.sealed is missing")
 
 
-def test_a_missing_replay_fence(finished_run: FinishedRun, copy: Path) -> None:
-    (copy / "request-fence.sealed").unlink()
-    refused_start(finished_run.consortium, copy, "replay fence .* is missing")
-
-
 def test_deleted_release_files(finished_run: FinishedRun, copy: Path) -> None:
     for f in (copy / "release").rglob("*.sealed"):
         f.unlink()
     refused_start(finished_run.consortium, copy, f"sealed release for '{RECIPIENT}'.* is missing")
 
 
-@pytest.mark.parametrize("name", ["journal.log", "identity.sealed", "shards", "release"])
+@pytest.mark.parametrize(
+    "name", ["journal.log", "identity.sealed", "LOCK", "shards", "uploads", "release"]
+)
 def test_a_state_file_replaced_by_something_unreadable(
     finished_run: FinishedRun, copy: Path, name: str
 ) -> None:
@@ -204,6 +201,6 @@ def test_a_state_file_replaced_by_something_unreadable(
         shutil.rmtree(target)
         target.write_bytes(b"not a directory")
     else:
-        target.unlink()
+        target.unlink(missing_ok=True)
         target.mkdir()
     refused_start(finished_run.consortium, copy, "cannot be used|sealed release .* is missing")

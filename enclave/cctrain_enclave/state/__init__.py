@@ -7,7 +7,7 @@ believed for being there::
                              every start (cctrain.journal.replay), appended + fsynced before a
                              transition is acknowledged
       identity.sealed        the run's HPKE + signing keys  ─┐ sealed: key and AAD bind policy
-      request-fence.sealed   per-party replay fence          │ digest, measurement, object kind
+                                                             │ digest, measurement, object kind
       checkpoints/<sha256>.sealed  the journaled checkpoint ─┘ and ids (run, step)
       shards/<header-sha256>.ct  accepted ciphertext, exactly as the owner sent it (STREAM
                              AEAD under the owner's data key, which only the enclave's HPKE
@@ -22,18 +22,16 @@ entry, a receipt or approval whose signature does not verify: the enclave stops,
 entry. No journal: a new run (genesis) with new keys; nothing left behind is read.
 """
 
-from cctrain_enclave.state.enclave_state import EnclaveKeys, EnclaveState, StatePaths
-from cctrain_enclave.state.fence import FenceError, RequestFence
+from cctrain_enclave.state.enclave_state import EnclaveKeys, EnclaveState, StatePaths, unusable
 from cctrain_enclave.state.sealing import BoundSealer, SealingError, atomic_write, fsync_dir
 
 __all__ = [
     "BoundSealer",
     "EnclaveKeys",
     "EnclaveState",
-    "FenceError",
-    "RequestFence",
     "SealingError",
     "StatePaths",
     "atomic_write",
     "fsync_dir",
+    "unusable",
 ]

@@ -45,7 +45,6 @@ from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 from cctrain_enclave.errors import Refusal, StateError
 from cctrain_enclave.providers._common import own_measurement
-from cctrain_enclave.state.fence import RequestFence
 from cctrain_enclave.state.journal_file import JournalFile
 from cctrain_enclave.state.sealing import STATE_KEY_LABEL, BoundSealer, atomic_write
 
@@ -77,10 +76,6 @@ class StatePaths:
     @property
     def identity(self) -> Path:
         return self.root / "identity.sealed"
-
-    @property
-    def fence(self) -> Path:
-        return self.root / "request-fence.sealed"
 
     @property
     def shards(self) -> Path:
@@ -152,14 +147,12 @@ class EnclaveState:
         sealer: BoundSealer,
         journal: JournalFile,
         records: list[Record],
-        fence: RequestFence,
         clock: Clock,
     ) -> None:
         self.paths = paths
         self.policy = policy
         self.keys = keys
         self.sealer = sealer
-        self.fence = fence
         self._journal = journal
         self._records = records
         self._view = replay(records, policy)
@@ -182,11 +175,8 @@ class EnclaveState:
         """Verify the journal and everything it vouches for, or begin a new one (genesis)."""
         try:
             return cls._open(root, policy, provider, tls_spki_sha256=tls_spki_sha256, clock=clock)
-        except OSError as exc:  # the host's files are input: a clear refusal, never a traceback
-            raise StateError(
-                f"the state directory {root} cannot be used: {exc.strerror or exc} "
-                f"({exc.filename or 'a state file'})"
-            ) from None
+        except OSError as exc:
+            raise unusable(root, exc) from None
 
     @classmethod
     def _open(
@@ -230,8 +220,6 @@ class EnclaveState:
                 view.hpke_public_key,
             ):
                 raise StateError("the sealed enclave keys are not the keys the journal names")
-            fence = RequestFence(paths.fence, sealer, view.run_id)
-            fence.load()
             log.info(
                 "journal verified: %d entries, head #%d %s…, phase %s",
                 len(records),
@@ -240,7 +228,7 @@ class EnclaveState:
                 view.phase,
             )
         else:
-            records, keys, fence = cls._genesis(
+            records, keys = cls._genesis(
                 paths, policy, provider, sealer, measurement, tls_spki_sha256, clock
             )
         state = cls(
@@ -250,7 +238,6 @@ class EnclaveState:
             sealer=sealer,
             journal=journal,
             records=records,
-            fence=fence,
             clock=clock,
         )
         state._check_files()
@@ -266,7 +253,7 @@ class EnclaveState:
         measurement: bytes,
         tls_spki_sha256: bytes,
         clock: Clock,
-    ) -> tuple[list[Record], EnclaveKeys, RequestFence]:
+    ) -> tuple[list[Record], EnclaveKeys]:
         expires = policy_expiry_ms(policy)
         if expires is not None and clock() * 1000 >= expires:
             raise StateError(
@@ -287,8 +274,6 @@ class EnclaveState:
         run_id = os.urandom(16)
         keys = EnclaveKeys(X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
         atomic_write(paths.identity, keys.seal(sealer, run_id))
-        fence = RequestFence(paths.fence, sealer, run_id)
-        fence.create()
         identity = EnclaveIdentity(keys.hpke_public, keys.signing_public, tls_spki_sha256)
         evidence = provider.get_evidence(
             report_data_for(identity, policy_digest=policy.digest, nonce=genesis_nonce(run_id))
@@ -313,7 +298,7 @@ class EnclaveState:
         record = sign_entry(entry, keys.signing)
         JournalFile(paths.journal).create(record)
         log.info("genesis: run %s, enclave key %s…", run_id.hex(), keys.signing_public.hex()[:16])
-        return [record], keys, fence
+        return [record], keys
 
     def _check_files(self) -> None:
         """What the journal vouches for must be there as it says; otherwise stop."""
@@ -613,6 +598,14 @@ class EnclaveState:
         with self._lock:
             if self._view.phase in ("collecting", "training", "awaiting_approval"):
                 self._append("failed", jpb.RunFailed(reason=reason))
+
+
+def unusable(root: Path, exc: OSError) -> StateError:
+    """The host's files are input: an OS error on them is a clear refusal, never a traceback."""
+    return StateError(
+        f"the state directory {root} cannot be used: {exc.strerror or exc} "
+        f"({exc.filename or 'a state file'})"
+    )
 
 
 def _evidence_pb(ev: Any) -> pb.Evidence:
