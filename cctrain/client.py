@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 
 from cctrain.attestation.base import CollateralGetter, Evidence, VerifiedClaims
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for, spki_sha256
-from cctrain.attestation.pipeline import SIMULATED_WARNING, validate_claims, verify_evidence
+from cctrain.attestation.pipeline import SIMULATED_WARNING, verify_for_policy
 from cctrain.crypto import hpke
 from cctrain.crypto.keys import PartyKeys
 from cctrain.crypto.stream import NONCE_PREFIX_SIZE, StreamSealer
@@ -48,6 +48,7 @@ from cctrain.errors import (
     ReleaseError,
     UploadRejectedError,
 )
+from cctrain.files import atomic_write
 from cctrain.journal import AuditReport, Record, audit, iter_pages, parse_record
 from cctrain.policy import SignedPolicy
 from cctrain.protocol import (
@@ -60,6 +61,7 @@ from cctrain.protocol import (
     MD_TIME,
     SHARD_ID,
     Receipt,
+    evidence_from_pb,
     request_signing_bytes,
     sha256,
     shard_key_info,
@@ -158,19 +160,6 @@ class AttestedEnclave:
         return evidence_digest(self.evidence)
 
 
-def evidence_from_pb(msg: pb.Evidence) -> Evidence:
-    try:
-        collateral = json.loads(msg.collateral_json) if msg.collateral_json else None
-    except json.JSONDecodeError:
-        raise AttestationError("evidence collateral is not valid JSON") from None
-    return Evidence(
-        platform=msg.platform,
-        report=bytes(msg.report),
-        certificates=tuple(bytes(c) for c in msg.certificates),
-        collateral=collateral,
-    )
-
-
 def check_attestation(
     resp: pb.AttestResponse,
     *,
@@ -203,21 +192,19 @@ def check_attestation(
                 "--allow-simulated to accept it for local development)"
             )
         warnings.warn(SIMULATED_WARNING, SimulatedEvidenceWarning, stacklevel=3)
-    claims = verify_evidence(
-        evidence, now=now, getter=getter, allow_simulated=simulated and allow_simulated
-    )
     cert = x509.load_der_x509_certificate(tls_certificate_der)
     identity = EnclaveIdentity(
         hpke_public_key=bytes(resp.hpke_public_key),
         signing_public_key=bytes(resp.signing_public_key),
         tls_spki_sha256=spki_sha256(cert),
     )
-    validate_claims(
-        claims,
-        accepted_platforms=list(policy.attestation["platforms"]),
-        reference=policy.reference_for(claims.platform),
-        allow_debug=bool(policy.attestation["allow_debug"]),
+    claims = verify_for_policy(
+        evidence,
+        policy,
         expected_report_data=report_data_for(identity, policy_digest=policy.digest, nonce=nonce),
+        now=now,
+        getter=getter,
+        allow_simulated=simulated and allow_simulated,
     )
     return AttestedEnclave(
         claims=claims,
@@ -409,13 +396,7 @@ def default_state_dir() -> Path:
 
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def file_sha256(path: Path) -> tuple[bytes, int]:

@@ -783,40 +783,31 @@ def audit(
     The evidence is what ties the journal's signing key to genuine hardware running the
     pinned code under this policy: without it the chain proves only self-consistency.
     """
-    from cctrain.attestation.base import Evidence
     from cctrain.attestation.binding import EnclaveIdentity, report_data_for
-    from cctrain.attestation.pipeline import validate_claims, verify_evidence
+    from cctrain.attestation.pipeline import verify_for_policy
     from cctrain.errors import AttestationError, ReleaseError
+    from cctrain.protocol import evidence_from_pb
     from cctrain.release import verify_manifest
 
     state = replay(records, policy)
-    g = state.genesis.entry.genesis
-    ev = Evidence(
-        platform=g.evidence.platform,
-        report=bytes(g.evidence.report),
-        certificates=tuple(bytes(c) for c in g.evidence.certificates),
-        collateral=json.loads(g.evidence.collateral_json) if g.evidence.collateral_json else None,
-    )
-    simulated = ev.platform == "simulated"
+    simulated = state.genesis.entry.genesis.evidence.platform == "simulated"
     if simulated and not (allow_simulated and policy.attestation["allow_simulated"]):
         raise JournalError(
             "journal entry #0 (genesis): its evidence is simulated; refusing without "
             "--allow-simulated (and a policy that allows it)"
         )
+    identity = EnclaveIdentity(
+        state.hpke_public_key, state.signing_public_key, state.tls_spki_sha256
+    )
     try:
-        claims = verify_evidence(ev, now=now, allow_simulated=simulated)
-        validate_claims(
-            claims,
-            accepted_platforms=list(policy.attestation["platforms"]),
-            reference=policy.reference_for(claims.platform),
-            allow_debug=bool(policy.attestation["allow_debug"]),
+        claims = verify_for_policy(
+            evidence_from_pb(state.genesis.entry.genesis.evidence),
+            policy,
             expected_report_data=report_data_for(
-                EnclaveIdentity(
-                    state.hpke_public_key, state.signing_public_key, state.tls_spki_sha256
-                ),
-                policy_digest=policy.digest,
-                nonce=genesis_nonce(state.run_id),
+                identity, policy_digest=policy.digest, nonce=genesis_nonce(state.run_id)
             ),
+            now=now,
+            allow_simulated=simulated,
         )
     except AttestationError as exc:
         raise JournalError(f"journal entry #0 (genesis): evidence does not hold: {exc}") from None

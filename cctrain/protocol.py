@@ -9,6 +9,7 @@ on dataclasses.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import struct
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
+from cctrain.attestation.base import Evidence
 from cctrain.crypto.hpke import info_for
-from cctrain.errors import ReceiptError
+from cctrain.errors import AttestationError, ReceiptError
 from cctrain.v1 import enclave_pb2 as pb
 
 HEADER_VERSION = 1
@@ -50,6 +52,28 @@ AUTH_WINDOW_MS = 120_000
 
 def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def evidence_to_pb(ev: Evidence) -> pb.Evidence:
+    return pb.Evidence(
+        platform=ev.platform,
+        report=ev.report,
+        certificates=list(ev.certificates),
+        collateral_json=json.dumps(ev.collateral) if ev.collateral else "",
+    )
+
+
+def evidence_from_pb(msg: pb.Evidence) -> Evidence:
+    try:
+        collateral = json.loads(msg.collateral_json) if msg.collateral_json else None
+    except json.JSONDecodeError:
+        raise AttestationError("evidence collateral is not valid JSON") from None
+    return Evidence(
+        platform=msg.platform,
+        report=bytes(msg.report),
+        certificates=tuple(bytes(c) for c in msg.certificates),
+        collateral=collateral,
+    )
 
 
 def shard_key_info(policy_digest: bytes, party_id: str, shard_id: str) -> bytes:

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cctrain.attestation.base import Evidence, VerifiedClaims
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for
-from cctrain.attestation.pipeline import validate_claims, verify_evidence
+from cctrain.attestation.pipeline import verify_for_policy
 from cctrain.crypto import hpke
 from cctrain.errors import AttestationError, ReleaseError
 from cctrain.journal import (
@@ -174,19 +174,16 @@ def verify_manifest(
             "the release's evidence is simulated; refusing without --allow-simulated"
         )
     try:
-        claims = verify_evidence(
-            evidence, now=now, allow_simulated=evidence.platform == "simulated"
-        )
-        validate_claims(
-            claims,
-            accepted_platforms=list(policy.attestation["platforms"]),
-            reference=policy.reference_for(claims.platform),
-            allow_debug=bool(policy.attestation["allow_debug"]),
+        claims = verify_for_policy(
+            evidence,
+            policy,
             expected_report_data=report_data_for(
                 EnclaveIdentity(hpke_key, signing_key, tls_spki),
                 policy_digest=policy.digest,
                 nonce=release_nonce(model_sha),
             ),
+            now=now,
+            allow_simulated=evidence.platform == "simulated",
         )
     except AttestationError as exc:
         raise ReleaseError(f"the release's evidence does not hold: {exc}") from None

@@ -11,7 +11,7 @@ import datetime as _dt
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -101,6 +101,37 @@ def verify_evidence(
         ) from None
     if claims.platform == "simulated":
         log.warning(SIMULATED_WARNING)
+    return claims
+
+
+class AttestationPolicy(Protocol):
+    """What :func:`verify_for_policy` reads of a policy (``cctrain.policy.Policy``)."""
+
+    @property
+    def attestation(self) -> Mapping[str, Any]: ...
+
+    def reference_for(self, platform: str) -> Mapping[str, Any]: ...
+
+
+def verify_for_policy(
+    evidence: Evidence,
+    policy: AttestationPolicy,
+    *,
+    expected_report_data: bytes,
+    now: _dt.datetime | None = None,
+    getter: CollateralGetter | None = None,
+    allow_simulated: bool = False,
+) -> VerifiedClaims:
+    """:func:`verify_evidence`, then :func:`validate_claims` against the policy's attestation
+    requirements (platforms, reference values, debug) and the expected report data."""
+    claims = verify_evidence(evidence, now=now, getter=getter, allow_simulated=allow_simulated)
+    validate_claims(
+        claims,
+        accepted_platforms=list(policy.attestation["platforms"]),
+        reference=policy.reference_for(claims.platform),
+        allow_debug=bool(policy.attestation["allow_debug"]),
+        expected_report_data=expected_report_data,
+    )
     return claims
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 
 from cctrain.attestation.binding import NONCE_SIZE, EnclaveIdentity, report_data_for, spki_sha256
-from cctrain.protocol import SHARD_ID
+from cctrain.protocol import SHARD_ID, evidence_to_pb
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import enclave_pb2_grpc as pb_grpc
 from cctrain_enclave.app import EnclaveApp
@@ -22,15 +20,6 @@ from cctrain_enclave.errors import Refusal
 from cctrain_enclave.ingest import UploadSession
 
 log = logging.getLogger("cctrain.enclave")
-
-
-def _evidence_pb(ev: Any) -> pb.Evidence:
-    return pb.Evidence(
-        platform=ev.platform,
-        report=ev.report,
-        certificates=list(ev.certificates),
-        collateral_json=json.dumps(ev.collateral) if ev.collateral else "",
-    )
 
 
 _END = object()
@@ -119,7 +108,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         )
         evidence = app.provider.get_evidence(report_data)
         return pb.AttestResponse(
-            evidence=_evidence_pb(evidence),
+            evidence=evidence_to_pb(evidence),
             hpke_public_key=identity.hpke_public_key,
             signing_public_key=identity.signing_public_key,
             tls_certificate=app.tls.cert_der,

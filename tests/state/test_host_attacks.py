@@ -41,6 +41,13 @@ from tests.state.conftest import (
 )
 
 COUNTING = {"recipients": [RECIPIENT], "metrics": ["samples", "steps"]}
+#: Training that outlasts any test: the test stops it (or the policy's expiry does).
+LONG_TRAINING = {
+    "model": {"name": "logreg"},
+    "optimizer": {"name": "sgd", "lr": 0.1},
+    "epochs": 100_000,
+    "batch_size": 16,
+}
 
 
 def _status(address: str, c: Consortium, **kw: Any) -> pb.GetStatusResponse:
@@ -324,18 +331,11 @@ def test_no_upload_or_start_after_expiry(tmp_path: Path) -> None:
             assert b.receipts() == []
     with running_enclave(c, state, clock=clock) as (address, _app):
         assert _status(address, c, clock=clock).phase == "expired"
-    kinds = [r.kind for r in read_journal_file(state / "journal.log")]
-    assert kinds == ["genesis", "shard_accepted", "expired"]
+    assert kinds(journal_records(state)) == ["genesis", "shard_accepted", "expired"]
 
 
 def test_training_stops_at_expiry_and_nothing_is_released(tmp_path: Path) -> None:
-    long = {
-        "model": {"name": "logreg"},
-        "optimizer": {"name": "sgd", "lr": 0.1},
-        "epochs": 100_000,
-        "batch_size": 16,
-    }
-    c = _expiring(tmp_path, training=long, privacy=DP)
+    c = _expiring(tmp_path, training=LONG_TRAINING, privacy=DP)
     clock = HostClock()
     state = tmp_path / "state"
     with running_enclave(c, state, clock=clock) as (address, app):
@@ -441,13 +441,7 @@ def test_a_request_for_one_enclave_is_refused_by_another_of_the_same_policy(
 
 def test_an_older_checkpoint_restored_is_refused(tmp_path: Path) -> None:
     """Restoring an earlier checkpoint (to retrain steps with fresh noise) stops the enclave."""
-    long = {
-        "model": {"name": "logreg"},
-        "optimizer": {"name": "sgd", "lr": 0.1},
-        "epochs": 100_000,
-        "batch_size": 16,
-    }
-    c = make_consortium(tmp_path / "c", training=long, privacy=DP)
+    c = make_consortium(tmp_path / "c", training=LONG_TRAINING, privacy=DP)
     state = tmp_path / "state"
     with running_enclave(c, state) as (address, app):
         upload_all(address, c, tmp_path / "owners")

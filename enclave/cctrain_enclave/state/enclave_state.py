@@ -40,7 +40,7 @@ from cctrain.journal import (
     verify_approval,
 )
 from cctrain.policy import Policy
-from cctrain.protocol import RECEIPT_SIG_TAG, RECEIPT_VERSION
+from cctrain.protocol import RECEIPT_SIG_TAG, RECEIPT_VERSION, evidence_to_pb
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 from cctrain_enclave.errors import Refusal, StateError
@@ -292,7 +292,7 @@ class EnclaveState:
                 hpke_public_key=keys.hpke_public,
                 signing_public_key=keys.signing_public,
                 tls_spki_sha256=tls_spki_sha256,
-                evidence=_evidence_pb(evidence),
+                evidence=evidence_to_pb(evidence),
             ),
         )
         record = sign_entry(entry, keys.signing)
@@ -605,17 +605,6 @@ def unusable(root: Path, exc: OSError) -> StateError:
     return StateError(
         f"the state directory {root} cannot be used: {exc.strerror or exc} "
         f"({exc.filename or 'a state file'})"
-    )
-
-
-def _evidence_pb(ev: Any) -> pb.Evidence:
-    import json
-
-    return pb.Evidence(
-        platform=ev.platform,
-        report=ev.report,
-        certificates=list(ev.certificates),
-        collateral_json=json.dumps(ev.collateral) if ev.collateral else "",
     )
 
 

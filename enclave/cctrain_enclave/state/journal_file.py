@@ -17,8 +17,8 @@ import os
 import threading
 from pathlib import Path
 
+from cctrain.files import atomic_write
 from cctrain.journal import JournalError, Record, frame, parse_record, unframe
-from cctrain_enclave.state.sealing import fsync_dir
 
 log = logging.getLogger("cctrain.enclave.state")
 
@@ -48,14 +48,7 @@ class JournalFile:
 
     def create(self, genesis: Record) -> None:
         """Start a new journal with its genesis entry (atomically: all of it or nothing)."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(frame(genesis.raw))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        atomic_write(self.path, frame(genesis.raw))
 
     def append(self, record: Record) -> None:
         """Durably append one record: it is on disk when this returns."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import struct
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -20,11 +19,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cctrain.errors import CctrainError
+from cctrain.files import atomic_write, fsync_dir
 
 SEAL_CONTEXT_TAG = b"cctrain/sealed-object/v2\x00"
 #: The label under which the platform derives the state key (its hardware key mixes in the
 #: measurement on SEV-SNP and SGX; the simulated platform mixes it in too).
 STATE_KEY_LABEL = b"cctrain/state/v2"
+
+
+__all__ = ["STATE_KEY_LABEL", "BoundSealer", "SealingError", "atomic_write", "fsync_dir"]
 
 
 class SealingError(CctrainError):
@@ -68,23 +71,3 @@ class BoundSealer:
                 f"sealed {kind} does not open under this policy and this enclave code "
                 "(sealed under another policy, by other code, for another object, or tampered)"
             ) from None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write-then-rename with fsyncs, so a crash leaves the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
