@@ -19,7 +19,8 @@ parsers) are mapped onto it at the module that meets them::
     │   ├── PermissionDeniedError    the party may not do this
     │   └── UploadRejectedError      the enclave rejected an upload
     ├── ReceiptError             a receipt fails verification
-    └── ReleaseError             a release / manifest fails verification
+    ├── ReleaseError             a release / manifest fails verification
+    └── JournalError             the enclave's journal does not verify (names the entry)
 
 Messages say what was wrong; they never contain plaintext or key material.
 """
@@ -113,3 +114,8 @@ class ReceiptError(CctrainError):
 
 class ReleaseError(CctrainError):
     """A release or its manifest does not verify."""
+
+
+class JournalError(CctrainError):
+    """The enclave's journal does not verify, or an entry breaks the run's rules; the message
+    names the entry."""

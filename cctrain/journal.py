@@ -38,7 +38,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
-from cctrain.errors import CctrainError
+from cctrain.errors import JournalError
 from cctrain.policy import Policy
 from cctrain.protocol import (
     APPROVAL_SIG_TAG,
@@ -55,6 +55,32 @@ from cctrain.protocol import (
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 
+__all__ = [
+    "MANIFEST_TYPE",
+    "STATE_FORMAT",
+    "AcceptedShard",
+    "AuditReport",
+    "CheckpointMark",
+    "JournalError",
+    "JournalHead",
+    "Record",
+    "RunState",
+    "apply",
+    "audit",
+    "describe",
+    "frame",
+    "genesis_nonce",
+    "iter_pages",
+    "manifest_problems",
+    "parse_record",
+    "read_journal_file",
+    "replay",
+    "sign_entry",
+    "summary_line",
+    "unframe",
+    "verify_approval",
+]
+
 JOURNAL_VERSION = 1
 #: The layout of the state directory this journal describes (1: before the journal existed).
 STATE_FORMAT = 2
@@ -65,7 +91,6 @@ MANIFEST_TYPE = "cctrain-release-manifest/v2"
 #: evidence, which for TDX includes collateral): anything longer is not a journal.
 MAX_ENTRY_BYTES = 4 << 20
 
-PHASES = ("collecting", "training", "awaiting_approval", "released", "failed", "expired")
 TERMINAL = frozenset({"failed", "expired"})
 KINDS = {
     "genesis": "genesis",
@@ -78,10 +103,6 @@ KINDS = {
     "failed": "run failed",
     "expired": "policy expired",
 }
-
-
-class JournalError(CctrainError):
-    """The journal does not verify, or an entry breaks the run's rules; names the entry."""
 
 
 def genesis_nonce(run_id: bytes) -> bytes:
