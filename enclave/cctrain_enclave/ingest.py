@@ -101,66 +101,30 @@ def expected_chunk_count(plaintext_size: int, chunk_size: int) -> int:
     return max(1, math.ceil(plaintext_size / chunk_size))
 
 
-class DecryptingReader(io.RawIOBase):
-    """A seekable plaintext view of a stored shard that decrypts one chunk at a time.
-
-    Lets ``np.load`` read an NPZ (a zip, which needs seeking) without the whole
-    plaintext ever being held, or written, anywhere.
-    """
-
-    def __init__(self, path: Path, header: ParsedHeader, key: bytes) -> None:
-        super().__init__()
-        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self._h = header
-        self._opener = StreamOpener(key, header.msg.nonce_prefix, header.sha256)
-        self._pos = 0
-        self._size = int(header.msg.plaintext_size)
-        self._cache: tuple[int, bytes] | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def _chunk(self, index: int) -> bytes:
-        if self._cache is not None and self._cache[0] == index:
-            return self._cache[1]
-        self._fh.seek(self._h.chunk_offset(index))
-        ct = self._fh.read(self._h.chunk_plain_size(index) + TAG_SIZE)
-        pt = self._opener.open(index, ct, last=index == self._h.chunk_count - 1)
-        if pt is None:
-            raise ShardError("stored shard does not authenticate (tampered at rest)")
-        self._cache = (index, pt)
-        return pt
-
-    def readinto(self, buffer: Any) -> int:
-        if self._pos >= self._size:
-            return 0
-        mv = memoryview(buffer).cast("B")
-        cs = int(self._h.msg.chunk_size)
-        written = 0
-        while written < len(mv) and self._pos < self._size:
-            idx, off = divmod(self._pos, cs)
-            chunk = self._chunk(idx)
-            n = min(len(mv) - written, len(chunk) - off)
-            mv[written : written + n] = chunk[off : off + n]
-            written += n
-            self._pos += n
-        return written
-
-    def close(self) -> None:
-        if not self.closed:
-            self._fh.close()
-        super().close()
+def read_committed(path: Path, header: ParsedHeader, key: bytes, *, what: str) -> bytes:
+    """Decrypt a stored shard once, in order, and return its plaintext only if it is what the
+    header commits to (SHA-256). Whatever is checked or trained must be these bytes: reading
+    the file a second time would let a host that owns the disk, with a provider that holds
+    the data key, swap it in between."""
+    opener = StreamOpener(key, header.msg.nonce_prefix, header.sha256)
+    hasher = hashlib.sha256()
+    parts: list[bytes] = []
+    with open(path, "rb") as fh:
+        for i in range(header.chunk_count):
+            last = i == header.chunk_count - 1
+            pt = opener.open(i, fh.read(header.chunk_plain_size(i) + TAG_SIZE), last=last)
+            if pt is None:
+                raise ShardError(f"{what} does not authenticate (altered at rest)")
+            hasher.update(pt)
+            parts.append(pt)
+        if fh.read(1):
+            raise ShardError(f"{what} is longer than its header says (altered at rest)")
+    if hasher.digest() != header.msg.plaintext_sha256:
+        raise ShardError(
+            f"{what} does not match the plaintext commitment of its signed header "
+            "(re-encrypted at rest)"
+        )
+    return b"".join(parts)
 
 
 class ShardStore:
@@ -237,44 +201,40 @@ class ShardStore:
 
     # -- queries
     def partial_progress(self, party: str, shard: str) -> tuple[bytes, int] | None:
+        """(header digest, chunks acknowledged) of a resumable partial upload, or None.
+
+        The host can edit these files: a progress record that does not fit its header is no
+        resume point (the owner then uploads from chunk 0)."""
         pdir = self.partial_dir(party, shard)
         try:
             progress = json.loads((pdir / "progress.json").read_text())
-            header_sha = hashlib.sha256((pdir / "header.bin").read_bytes()).digest()
-            return header_sha, int(progress["next_index"])
-        except (OSError, ValueError, KeyError, TypeError):
+            raw = (pdir / "header.bin").read_bytes()
+            header = pb.ShardHeader()
+            header.ParseFromString(raw)
+            parsed = ParsedHeader(raw, header, hashlib.sha256(raw).digest())
+            next_index, offset = int(progress["next_index"]), int(progress["offset"])
+        except (OSError, ValueError, KeyError, TypeError, DecodeError):
             return None
+        if not 0 <= next_index < parsed.chunk_count or offset != parsed.chunk_offset(next_index):
+            return None
+        return parsed.sha256, next_index
 
     def read_accepted(self, shard: AcceptedShard) -> bytes:
         """The plaintext of an accepted shard, exactly what its receipt commits to.
 
-        Decrypted once, in order, and hashed: the chunks' authentication shows only that they
-        were sealed under the owner's data key, which the owner holds, so a provider working
-        with the host could put other bytes under the same key after its receipt. The
-        commitment in the journaled header is what binds the trained bytes to the receipt,
-        and these very bytes (not a second read of the file) are what gets parsed.
+        The chunks' authentication shows only that they were sealed under the owner's data
+        key, which the owner holds: a provider working with the host could put other bytes
+        under the same key after its receipt. The commitment in the journaled header is what
+        binds the trained bytes to the receipt, and these very bytes (not a second read of
+        the file) are what gets parsed.
         """
-        h = shard.header
         where = f"stored shard {shard.party_id}/{shard.shard_id} (journal entry #{shard.seq})"
-        parsed = ParsedHeader(shard.header_raw, h, shard.header_sha256)
-        opener = StreamOpener(self.data_key(h), h.nonce_prefix, shard.header_sha256)
-        hasher = hashlib.sha256()
-        parts: list[bytes] = []
-        with open(self.paths.shard_ciphertext(shard.header_sha256), "rb") as fh:
-            for i in range(parsed.chunk_count):
-                last = i == parsed.chunk_count - 1
-                pt = opener.open(i, fh.read(parsed.chunk_plain_size(i) + TAG_SIZE), last=last)
-                if pt is None:
-                    raise ShardError(f"{where} does not authenticate (altered at rest)")
-                hasher.update(pt)
-                parts.append(pt)
-            if fh.read(1):
-                raise ShardError(f"{where} is longer than its header says (altered at rest)")
-        if hasher.digest() != h.plaintext_sha256:
-            raise ShardError(
-                f"{where} is not the data its receipt commits to (re-encrypted at rest)"
-            )
-        return b"".join(parts)
+        return read_committed(
+            self.paths.shard_ciphertext(shard.header_sha256),
+            ParsedHeader(shard.header_raw, shard.header, shard.header_sha256),
+            self.data_key(shard.header),
+            what=where,
+        )
 
     def load_dataset(
         self, shards: tuple[AcceptedShard, ...], schema: Mapping[str, Any]
@@ -623,8 +583,9 @@ class UploadSession:
         if summary is not None:
             raise_problems(check_summary(summary, schema))
             return summary.rows
-        with DecryptingReader(self.dir / "chunks.bin", self.header, self.key) as reader:
-            return validate_shard(self.header.msg.format, reader, schema)  # type: ignore[arg-type]
+        # The second pass checks the committed bytes themselves, not a second read of the file.
+        data = read_committed(self.dir / "chunks.bin", self.header, self.key, what="the upload")
+        return validate_shard(self.header.msg.format, io.BytesIO(data), schema)
 
     _moved_to: Path | None = None
 

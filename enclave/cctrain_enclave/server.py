@@ -20,7 +20,7 @@ from cctrain_enclave.app import AppConfig, EnclaveApp
 from cctrain_enclave.auth import AuthInterceptor
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.service import EnclaveServicer
-from cctrain_enclave.state import atomic_write
+from cctrain_enclave.state import atomic_write, unusable
 
 log = logging.getLogger("cctrain.enclave")
 
@@ -47,7 +47,11 @@ def create_server(
     config: AppConfig, *, port: int = 0, max_workers: int = 32
 ) -> tuple[grpc.Server, int, EnclaveApp]:
     """A started-not server bound to ``host:port`` (port 0: any free port) with TLS."""
-    app = EnclaveApp(config, make_provider(config.platform, config.state_dir))
+    try:
+        provider = make_provider(config.platform, config.state_dir)
+    except OSError as exc:
+        raise unusable(config.state_dir, exc) from None
+    app = EnclaveApp(config, provider)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cctrain-rpc"),
         interceptors=[

@@ -59,7 +59,19 @@ def _open_npz(fh: BinaryIO, schema: Mapping[str, Any]) -> zipfile.ZipFile:
     return zf
 
 
-_NPZ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError)
+# zipfile raises NotImplementedError for compression methods it lacks and RuntimeError for
+# encrypted members; numpy raises OverflowError and TypeError on some hostile headers.
+_NPZ_ERRORS = (
+    zipfile.BadZipFile,
+    ValueError,
+    OSError,
+    EOFError,
+    KeyError,
+    NotImplementedError,
+    RuntimeError,
+    OverflowError,
+    TypeError,
+)
 
 
 def load_npz(fh: BinaryIO, schema: Mapping[str, Any]) -> ShardArrays:
@@ -116,10 +128,11 @@ def _load_csv(data: bytes, schema: Mapping[str, Any]) -> ShardArrays:
             raise ShardError(f"csv shard has more than max_rows = {schema['max_rows']} rows")
     dtype = schema["features"]["dtype"]
     width = len(header) - 1
-    return ShardArrays(
-        np.asarray(feats, dtype=dtype).reshape(len(feats), width),
-        np.asarray(labels, dtype=np.int64),
-    )
+    try:
+        label_array = np.asarray(labels, dtype=np.int64)
+    except OverflowError:
+        raise ShardError("csv shard has a label outside the 64-bit integer range") from None
+    return ShardArrays(np.asarray(feats, dtype=dtype).reshape(len(feats), width), label_array)
 
 
 @dataclass(frozen=True)

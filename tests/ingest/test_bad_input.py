@@ -420,3 +420,42 @@ def test_npz_whose_central_directory_disagrees(
     header, chunks = build_upload(owner, bytes(data))
     expect_rejection(owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "'mabels.npy'")
     assert_nothing_kept(enclave[1])
+
+
+def _npz_with_zip_flags(tmp_path: Path, *, method: int | None = None, flag: int = 0) -> bytes:
+    """A valid stored NPZ whose local and central headers claim another compression method
+    or set flag bits (zipfile refuses such members with NotImplementedError/RuntimeError)."""
+    raw = bytearray(write_shard(tmp_path / "z.npz", rows=20).read_bytes())
+    for sig, method_at, flags_at in ((b"PK\x03\x04", 8, 6), (b"PK\x01\x02", 10, 8)):
+        i = raw.find(sig)
+        while i >= 0:
+            if method is not None:
+                raw[i + method_at : i + method_at + 2] = method.to_bytes(2, "little")
+            flags = int.from_bytes(raw[i + flags_at : i + flags_at + 2], "little") | flag
+            raw[i + flags_at : i + flags_at + 2] = flags.to_bytes(2, "little")
+            i = raw.find(sig, i + 4)
+    return bytes(raw)
+
+
+@pytest.mark.parametrize(
+    ("what", "method", "flag"),
+    [("an unknown compression method", 98, 0), ("the encrypted flag", None, 0x1)],
+)
+def test_npz_zipfile_cannot_read(
+    owner: DataOwner, enclave: Any, tmp_path: Path, what: str, method: int | None, flag: int
+) -> None:
+    data = _npz_with_zip_flags(tmp_path, method=method, flag=flag)
+    header, chunks = build_upload(owner, data)
+    expect_rejection(owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "not a valid npz")
+    assert_nothing_kept(enclave[1])
+    assert_still_serving(owner, tmp_path)
+
+
+def test_csv_label_beyond_64_bits(owner: DataOwner, enclave: Any, tmp_path: Path) -> None:
+    data = b"a,b,c,d,label\n" + b"0,0,0,0,1\n" * 5 + b"0,0,0,0,99999999999999999999999\n"
+    header, chunks = build_upload(owner, data, fmt="csv")
+    expect_rejection(
+        owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "outside the 64-bit integer"
+    )
+    assert_nothing_kept(enclave[1])
+    assert_still_serving(owner, tmp_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -532,11 +533,145 @@ def test_a_provider_and_the_host_re_encrypt_a_receipted_shard(tmp_path: Path) ->
         with session(DataOwner, address, c, "hospital-a") as o:
             o.start_training()
             with pytest.raises(
-                ProtocolError, match="hospital-c/honest .* not the data its receipt commits to"
+                ProtocolError, match="hospital-c/honest .* does not match the plaintext commitment"
             ):
                 o.wait_for_phase(("released",), timeout=120)
         with pytest.raises(ProtocolError, match="nothing is released"):
             _fetch(address, c)
+
+
+def _open_in_this_process(path: Path) -> bool:
+    """Whether this process (the in-process enclave) holds ``path`` open, as the host sees it
+    in /proc."""
+    fds = Path("/proc/self/fd")
+    for fd in fds.iterdir():
+        try:
+            if Path(os.readlink(fd)) == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.parametrize("fmt", ["csv", "npz"])
+def test_a_second_validation_pass_sees_only_the_committed_bytes(tmp_path: Path, fmt: str) -> None:
+    """A provider holds back its last chunk while the host renames other ciphertext (under
+    the same data key, which the provider gave it) over the partial upload the enclave is
+    still writing. Whatever the enclave validates must be the bytes it hashed: no receipt."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from cctrain.crypto.stream import StreamSealer
+    from cctrain.protocol import sha256
+
+    chunk = 4096
+    if fmt == "csv":
+        bad = ("a,b,c,d,label\n" + "0.25,0.5,0.75,1.0,9\n" * 20).encode()  # labels out of range
+        good = (
+            "a,b,c,d,label\n" + "".join(f"0.5,0.5,0.5,0.5,{i % 2}\n" for i in range(1200))
+        ).encode()
+        n = max(len(bad), len(good))
+        bad, good = bad + b"\n" * (n - len(bad)), good + b"\n" * (n - len(good))
+    else:  # compressed: the streaming validator leaves it to the second pass
+
+        def npz(rows: int, label: int | None) -> bytes:
+            rng = np.random.default_rng(rows)
+            buf = io.BytesIO()
+            labels = np.full(rows, label) if label is not None else rng.integers(0, 2, rows)
+            np.savez_compressed(
+                buf, features=rng.normal(size=(rows, 4)).astype(np.float32), labels=labels
+            )
+            return buf.getvalue()
+
+        def padded(data: bytes, size: int) -> bytes:
+            buf = io.BytesIO(data)
+            with zipfile.ZipFile(buf, "a") as zf:
+                zf.comment = b"x" * (size - len(data))
+            return buf.getvalue()
+
+        bad, good = npz(20, 9), npz(600, None)
+        n = max(len(bad), len(good))
+        bad, good = (
+            padded(bad, n) if len(bad) < n else bad,
+            padded(good, n) if len(good) < n else good,
+        )
+    assert len(bad) == len(good) > 2 * chunk
+    committed = tmp_path / f"committed.{fmt}"
+    committed.write_bytes(bad)
+
+    c = make_consortium(tmp_path / "c", start={"auto_start": False})
+    state = tmp_path / "state"
+    partial = state / "uploads" / "hospital-c" / "committed" / "chunks.bin"
+    leaked: dict[str, bytes] = {}
+    release_last_chunk = threading.Event()
+
+    class Colluder(DataOwner):
+        def _new_header(self, *args: Any, **kw: Any) -> tuple[bytes, bytes, bytes]:
+            header, signature, key = super()._new_header(*args, **kw)
+            leaked.update(header=header, key=key)
+            return header, signature, key
+
+        @staticmethod
+        def _requests(*args: Any) -> Any:
+            messages = list(DataOwner._requests(*args))
+            yield from messages[:-1]
+            assert release_last_chunk.wait(60)
+            yield messages[-1]
+
+    def host() -> None:
+        _wait(lambda: partial.exists() and _open_in_this_process(partial))
+        header = pb.ShardHeader()
+        header.ParseFromString(leaked["header"])
+        sealer = StreamSealer(leaked["key"], header.nonce_prefix, sha256(leaked["header"]))
+        swap = partial.with_name(".swap")
+        swap.write_bytes(
+            b"".join(
+                sealer.seal(i, good[i * chunk : (i + 1) * chunk], last=i == header.chunk_count - 1)
+                for i in range(header.chunk_count)
+            )
+        )
+        os.replace(swap, partial)
+        release_last_chunk.set()
+
+    with running_enclave(c, state) as (address, app):
+        operator = threading.Thread(target=host)
+        operator.start()
+        with session(Colluder, address, c, "hospital-c") as colluder:
+            with pytest.raises(
+                UploadRejectedError, match="the upload does not match the plaintext"
+            ):
+                colluder.upload(committed, chunk_size=chunk, state_dir=tmp_path / "oc")
+            assert colluder.receipts() == []
+        operator.join()
+        assert app.state.view.shard("hospital-c", "committed") is None
+        assert not partial.parent.exists()
+        assert list((state / "shards").iterdir()) == []
+
+
+def test_an_edited_upload_progress_record(tmp_path: Path) -> None:
+    """The host writes a partial upload whose progress record does not fit its header: no
+    resume point (and no crash); the owner's upload starts from chunk 0 and is accepted."""
+    from tests.ingest.test_bad_input import build_upload
+
+    c = make_consortium(tmp_path / "c")
+    with running_enclave(c, tmp_path / "state") as (address, app):
+        partial = app.store.partial_dir("hospital-a", "s")
+        with session(DataOwner, address, c, "hospital-a") as o:
+            data = write_shard(tmp_path / "partial.npz", rows=1000).read_bytes()
+            header, _chunks = build_upload(o, data, shard_id="s")
+            partial.mkdir(parents=True)
+            (partial / "header.bin").write_bytes(header.header.header)
+            (partial / "chunks.bin").write_bytes(b"")
+            for next_index in (-1, 2**64, 10**6, 0):
+                (partial / "progress.json").write_text(
+                    json.dumps({"next_index": next_index, "offset": 7, "updated": 0})
+                )
+                status = o.unary("UploadStatus", pb.UploadStatusRequest(shard_id="s"))
+                assert status.state == pb.UploadStatusResponse.UNKNOWN
+            receipt = o.upload(write_shard(tmp_path / "s.npz"), state_dir=tmp_path / "o")
+            assert receipt.shard_id == "s"
 
 
 def test_a_state_directory_of_the_old_layout_is_refused(tmp_path: Path) -> None:

@@ -188,7 +188,16 @@ def test_deleted_release_files(finished_run: FinishedRun, copy: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["journal.log", "identity.sealed", "LOCK", "shards", "uploads", "release"]
+    "name",
+    [
+        "journal.log",
+        "identity.sealed",
+        "LOCK",
+        "shards",
+        "uploads",
+        "release",
+        "simulated-platform",
+    ],
 )
 def test_a_state_file_replaced_by_something_unreadable(
     finished_run: FinishedRun, copy: Path, name: str
