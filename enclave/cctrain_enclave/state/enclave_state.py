@@ -147,15 +147,17 @@ class EnclaveState:
         sealer: BoundSealer,
         journal: JournalFile,
         records: list[Record],
+        view: RunState,
         clock: Clock,
     ) -> None:
+        """Use :meth:`open`: ``view`` is ``replay(records, policy)``, done there once."""
         self.paths = paths
         self.policy = policy
         self.keys = keys
         self.sealer = sealer
         self._journal = journal
         self._records = records
-        self._view = replay(records, policy)
+        self._view = view
         self._clock = clock
         self._lock = threading.RLock()
         self._listeners: list[Callable[[RunState], None]] = []
@@ -231,6 +233,7 @@ class EnclaveState:
             records, keys = cls._genesis(
                 paths, policy, provider, sealer, measurement, tls_spki_sha256, clock
             )
+            view = replay(records, policy)
         state = cls(
             paths=paths,
             policy=policy,
@@ -238,6 +241,7 @@ class EnclaveState:
             sealer=sealer,
             journal=journal,
             records=records,
+            view=view,
             clock=clock,
         )
         state._check_files()
