@@ -231,7 +231,7 @@ class EnclaveState:
             )
         else:
             records, keys = cls._genesis(
-                paths, policy, provider, sealer, measurement, tls_spki_sha256, clock
+                paths, journal, policy, provider, sealer, measurement, tls_spki_sha256, clock
             )
             view = replay(records, policy)
         state = cls(
@@ -251,6 +251,7 @@ class EnclaveState:
     @staticmethod
     def _genesis(
         paths: StatePaths,
+        journal: JournalFile,
         policy: Policy,
         provider: Any,
         sealer: BoundSealer,
@@ -300,7 +301,7 @@ class EnclaveState:
             ),
         )
         record = sign_entry(entry, keys.signing)
-        JournalFile(paths.journal).create(record)
+        journal.create(record)
         log.info("genesis: run %s, enclave key %s…", run_id.hex(), keys.signing_public.hex()[:16])
         return [record], keys
 
