@@ -62,6 +62,7 @@ from cctrain.protocol import (
     SHARD_ID,
     Receipt,
     evidence_from_pb,
+    expected_chunk_count,
     request_signing_bytes,
     sha256,
     shard_key_info,
@@ -533,7 +534,7 @@ class DataOwner(EnclaveSession):
             nonce_prefix=os.urandom(NONCE_PREFIX_SIZE),
             chunk_size=chunk_size,
             plaintext_size=size,
-            chunk_count=max(1, -(-size // chunk_size)),
+            chunk_count=expected_chunk_count(size, chunk_size),
             plaintext_sha256=commitment,
             created_unix_ms=int(time.time() * 1000),
         )
@@ -687,11 +688,11 @@ class Recipient(EnclaveSession):
     ) -> FetchedModel:
         """Manifest signature → evidence → policy digest → shard set → release record and
         its approvals → unseal → model hash; then hand it back."""
-        resp = self.fetch_release()
+        bundle = ReleaseBundle.from_response(self.fetch_release())
         if save_to is not None:
-            save_release_bundle(Path(save_to), resp, recipient_id=self.keys.party_id)
+            save_release_bundle(Path(save_to), bundle, recipient_id=self.keys.party_id)
         return open_release(
-            ReleaseBundle.from_response(resp),
+            bundle,
             policy=self.policy,
             keys=self.keys,
             allow_simulated=self._allow_simulated,
@@ -761,18 +762,18 @@ def open_release(
     return FetchedModel(weights, release)
 
 
-def save_release_bundle(path: Path, resp: pb.FetchReleaseResponse, *, recipient_id: str) -> None:
+def save_release_bundle(path: Path, bundle: ReleaseBundle, *, recipient_id: str) -> None:
     """The sealed release as one JSON file, verifiable offline with `cctrain release verify`."""
     from cctrain.release import b64
 
     doc = {
         "type": BUNDLE_TYPE,
         "recipient": recipient_id,
-        "manifest": b64(resp.manifest),
-        "manifest_signature": b64(resp.manifest_signature),
-        "release_record": b64(resp.release_record),
-        "encapsulated_key": b64(resp.encapsulated_key),
-        "sealed_weights": b64(resp.sealed_weights),
+        "manifest": b64(bundle.manifest),
+        "manifest_signature": b64(bundle.manifest_signature),
+        "release_record": b64(bundle.release_record),
+        "encapsulated_key": b64(bundle.encapsulated_key),
+        "sealed_weights": b64(bundle.sealed_weights),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc) + "\n")

@@ -50,6 +50,7 @@ from cctrain.protocol import (
     RECEIPT_SIG_TAG,
     RECEIPT_VERSION,
     SHARD_ID,
+    expected_chunk_count,
     verify_signature,
 )
 from cctrain.v1 import enclave_pb2 as pb
@@ -376,7 +377,8 @@ def _check_header(r: _Refuse, policy: Policy, uh: pb.UploadHeader) -> pb.ShardHe
         0 < msg.plaintext_size <= int(policy.data["max_bytes"]), "shard size outside data.max_bytes"
     )
     r.check(
-        msg.chunk_size > 0 and msg.chunk_count == max(1, -(-msg.plaintext_size // msg.chunk_size)),
+        msg.chunk_size > 0
+        and msg.chunk_count == expected_chunk_count(msg.plaintext_size, msg.chunk_size),
         "chunk count does not match the shard size",
     )
     r.check(uh.resume_from == 0, "upload header carries a resume point")

@@ -54,6 +54,11 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def expected_chunk_count(plaintext_size: int, chunk_size: int) -> int:
+    """How many STREAM chunks a shard of ``plaintext_size`` bytes is cut into (at least one)."""
+    return max(1, -(-plaintext_size // chunk_size))
+
+
 def evidence_to_pb(ev: Evidence) -> pb.Evidence:
     return pb.Evidence(
         platform=ev.platform,

@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import queue
 import shutil
@@ -52,6 +51,7 @@ from cctrain.protocol import (
     HEADER_VERSION,
     MAX_CHUNK_SIZE,
     SHARD_ID,
+    expected_chunk_count,
     shard_key_info,
     verify_signature,
 )
@@ -95,10 +95,6 @@ class ParsedHeader:
     def chunk_offset(self, index: int) -> int:
         """Byte offset of ciphertext chunk ``index`` in chunks.bin."""
         return index * (int(self.msg.chunk_size) + TAG_SIZE)
-
-
-def expected_chunk_count(plaintext_size: int, chunk_size: int) -> int:
-    return max(1, math.ceil(plaintext_size / chunk_size))
 
 
 def read_committed(path: Path, header: ParsedHeader, key: bytes, *, what: str) -> bytes:
@@ -228,12 +224,11 @@ class ShardStore:
         binds the trained bytes to the receipt, and these very bytes (not a second read of
         the file) are what gets parsed.
         """
-        where = f"stored shard {shard.party_id}/{shard.shard_id} (journal entry #{shard.seq})"
         return read_committed(
             self.paths.shard_ciphertext(shard.header_sha256),
             ParsedHeader(shard.header_raw, shard.header, shard.header_sha256),
             self.data_key(shard.header),
-            what=where,
+            what="its stored ciphertext",
         )
 
     def load_dataset(
