@@ -38,6 +38,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
+from cctrain.dpcheck import release_problems
 from cctrain.errors import JournalError
 from cctrain.policy import Policy
 from cctrain.protocol import (
@@ -437,6 +438,20 @@ def _check_receipt(
     return body
 
 
+def manifest_rows(doc: Mapping[str, Any]) -> int:
+    """The rows the manifest's receipts certify (receipts that do not parse count nothing;
+    :func:`manifest_problems` reports them)."""
+    rows = 0
+    for r in doc.get("receipts", []):
+        body = pb.ReceiptBody()
+        try:
+            body.ParseFromString(_unb64(r["body"]))
+        except (KeyError, TypeError, ValueError, DecodeError):
+            continue
+        rows += int(body.rows)
+    return rows
+
+
 def manifest_problems(
     doc: Mapping[str, Any], *, signing_key: bytes, policy: Policy
 ) -> tuple[list[tuple[str, str, bytes]], list[str]]:
@@ -683,14 +698,9 @@ def _on_manifest(r: _Refuse, state: RunState, record: Record, policy: Policy) ->
         receipts == [(s.party_id, s.shard_id, s.header_sha256) for s in state.training_shards],
         "manifest receipts are not the shards training used",
     )
-    cert = doc.get("dp_certificate")
-    if policy.privacy["enabled"]:
-        ok = isinstance(cert, dict) and isinstance(cert.get("epsilon"), int | float)
-        if r.check(ok, "manifest of a DP run has no DP certificate") and isinstance(cert, dict):
-            target = float(policy.privacy["target_epsilon"])
-            r.check(float(cert["epsilon"]) <= target, "the DP certificate's ε exceeds the target")
-    else:
-        r.check(cert is None, "manifest of a run without DP carries a DP certificate")
+    rows = sum(s.rows for s in state.training_shards)
+    for p in release_problems(doc, policy, rows=rows):
+        r.check(False, p)
     return {
         "phase": "awaiting_approval",
         "manifest": bytes(m.manifest),

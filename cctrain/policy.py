@@ -38,6 +38,11 @@ ACCOUNTANTS = frozenset({"rdp", "prv"})
 NOISE_SOURCES = frozenset({"csprng", "insecure-fast"})
 GRAD_SAMPLE_MODES = frozenset({"auto", "hooks", "ghost", "fast"})
 RELEASABLE_METRICS = frozenset({"train_loss", "train_accuracy", "steps", "samples"})
+#: What a DP run can release outside its guarantee, each only if ``release.non_private`` names
+#: it: metrics computed exactly on the pooled private data (``samples``, the sum of the secret
+#: Poisson batch sizes, included), and the per-step loss ``cctrain watch`` streams. ``steps``
+#: is not among them: it follows from the public noise, sample rate and budget alone.
+NON_PRIVATE_OUTPUTS = frozenset({"train_loss", "train_accuracy", "samples", "progress_loss"})
 COMMON_REFERENCE_KEYS = frozenset({"measurements", "accepted_tcb_statuses", "accepted_advisories"})
 #: Hardware platforms whose launch measurement the policy must pin: without an
 #: allow-list, any code on a genuine chip would be trusted with the data.
@@ -442,7 +447,10 @@ def _check_start(c: _Checker, doc: Any, providers: list[str]) -> dict[str, Any]:
 
 def _check_release(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any]:
     t = c.table(
-        doc, "release", required=("recipients",), optional=("metrics", "approvals_required_from")
+        doc,
+        "release",
+        required=("recipients",),
+        optional=("metrics", "approvals_required_from", "non_private"),
     )
     by_id = {p.id: p for p in parties}
     recips = c.str_list(t.get("recipients", []), "release.recipients")
@@ -456,6 +464,8 @@ def _check_release(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any
             c.add("release.recipients", f"{pid!r} does not have the 'recipient' role")
     for m in c.str_list(t.setdefault("metrics", []), "release.metrics"):
         c.choice(m, "release.metrics", RELEASABLE_METRICS)
+    for m in c.str_list(t.setdefault("non_private", []), "release.non_private"):
+        c.choice(m, "release.non_private", NON_PRIVATE_OUTPUTS)
     for pid in c.str_list(
         t.setdefault("approvals_required_from", []), "release.approvals_required_from"
     ):
@@ -465,6 +475,26 @@ def _check_release(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any
                 "release.approvals_required_from", f"{pid!r} is not a data_provider of this policy"
             )
     return t
+
+
+def non_private_outputs(policy: Policy) -> list[str]:
+    """What a run under ``policy`` releases outside a DP guarantee, as its manifest lists it.
+
+    With DP: the opted-in metrics it releases, and ``progress_loss`` if opted in. Without DP
+    nothing is private: the model and every released metric, and ``progress_loss`` when the
+    loss streams (``train_loss`` released, or ``progress_loss`` named).
+    """
+    metrics = list(policy.release["metrics"])
+    opted = set(policy.release.get("non_private", ()))
+    if policy.privacy.get("enabled") is True:
+        out = [m for m in metrics if m in NON_PRIVATE_OUTPUTS and m in opted]
+        if "progress_loss" in opted:
+            out.append("progress_loss")
+        return sorted(out)
+    out = ["model", *metrics]
+    if "train_loss" in metrics or "progress_loss" in opted:
+        out.append("progress_loss")
+    return sorted(set(out))
 
 
 def _freeze(value: Any) -> Any:
@@ -540,6 +570,15 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
         c.add("parties", "no party has the data_provider role")
     start = _check_start(c, top.get("start", {}), providers)
     release = _check_release(c, top.get("release", {}), parties)
+    if privacy.get("enabled") is True:
+        opted_in = set(release.get("non_private") or ())
+        for m in release.get("metrics") or ():
+            if m in NON_PRIVATE_OUTPUTS and m not in opted_in:
+                c.add(
+                    "release.metrics",
+                    f"{m!r} is computed exactly on the private data, outside the DP guarantee: "
+                    f"list it in release.non_private to release it anyway, or remove it",
+                )
     if (
         privacy.get("enabled") is True
         and isinstance(training.get("batch_size"), int)

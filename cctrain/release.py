@@ -33,11 +33,13 @@ from cctrain.attestation.base import Evidence, VerifiedClaims
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.attestation.pipeline import verify_for_policy
 from cctrain.crypto import hpke
+from cctrain.dpcheck import release_problems
 from cctrain.errors import AttestationError, ReleaseError
 from cctrain.journal import (
     MANIFEST_TYPE,
     JournalError,
     manifest_problems,
+    manifest_rows,
     parse_record,
     verify_approval,
 )
@@ -192,6 +194,11 @@ def verify_manifest(
     _receipts, problems = manifest_problems(doc, signing_key=signing_key, policy=policy)
     if problems:
         raise ReleaseError("the manifest's shard set does not hold: " + "; ".join(problems))
+    problems = release_problems(doc, policy, rows=manifest_rows(doc))
+    if problems:
+        raise ReleaseError(
+            "the manifest's privacy claims disagree with the policy: " + "; ".join(problems)
+        )
     return VerifiedRelease(doc, hashlib.sha256(manifest).digest(), claims)
 
 

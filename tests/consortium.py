@@ -55,6 +55,9 @@ def policy_document(keys: dict[str, PartyKeys], **overrides: Any) -> dict[str, A
     }
     for key, value in overrides.items():
         doc[key] = value
+    if doc["privacy"].get("enabled") and "release" not in overrides:
+        # Under DP the exact training loss is a non-private output: not released by default.
+        doc["release"] = {"recipients": [RECIPIENT], "metrics": ["steps"]}
     return doc
 
 
@@ -85,17 +88,26 @@ def make_consortium(root: Path, *, sign_all: bool = True, **overrides: Any) -> C
 
 @contextmanager
 def running_enclave(
-    consortium: Consortium, state_dir: Path, *, clock: Callable[[], float] = time.time
+    consortium: Consortium,
+    state_dir: Path,
+    *,
+    clock: Callable[[], float] = time.time,
+    model_source: Path | None = None,
 ) -> Iterator[tuple[str, Any]]:
     """A real gRPC+TLS enclave server on a loopback port chosen by the OS.
 
-    ``clock`` is the host's clock, which the host owns (tests move it to play the host).
+    ``clock`` is the host's clock, which the host owns (tests move it to play the host);
+    ``model_source`` is the custom model's source file, when the policy pins one.
     """
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.server import create_server
 
     config = AppConfig(
-        policy_path=consortium.policy_path, state_dir=state_dir, platform="simulated", clock=clock
+        policy_path=consortium.policy_path,
+        state_dir=state_dir,
+        platform="simulated",
+        clock=clock,
+        model_source=model_source,
     )
     server, port, app = create_server(config, port=0)
     server.start()

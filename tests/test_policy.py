@@ -15,7 +15,7 @@ from cctrain.cli import main
 from cctrain.crypto.dsse import Envelope, pae
 from cctrain.crypto.keys import PartyKeys
 from cctrain.errors import KeyFileError, PolicyError
-from cctrain.policy import SignedPolicy, parse_policy
+from cctrain.policy import SignedPolicy, non_private_outputs, parse_policy
 from tests.consortium import RECIPIENT, make_consortium, policy_document
 
 
@@ -153,6 +153,7 @@ def test_insecure_noise_only_on_simulated_only_policy() -> None:
         "max_grad_norm": 1.0,
         "noise_source": "insecure-fast",
     }
+    doc["release"]["metrics"] = ["steps"]
     _parse(doc)  # fine on a simulated-only policy
     doc["attestation"] = {
         "platforms": ["simulated", "sev-snp"],
@@ -161,6 +162,37 @@ def test_insecure_noise_only_on_simulated_only_policy() -> None:
     }
     with pytest.raises(PolicyError, match="insecure-fast"):
         _parse(doc)
+
+
+DP = {"enabled": True, "target_epsilon": 1.0, "delta": 1e-5, "max_grad_norm": 1.0}
+
+
+def test_dp_metrics_outside_the_guarantee_need_an_opt_in() -> None:
+    doc = policy_document(_keys())
+    doc["privacy"] = DP
+    doc["release"] = {
+        "recipients": ["research-lab"],
+        "metrics": ["train_loss", "train_accuracy", "steps", "samples"],
+    }
+    with pytest.raises(PolicyError) as info:
+        _parse(doc)
+    refused = [p for p in info.value.problems if "outside the DP guarantee" in p]
+    assert len(refused) == 3  # train_loss, train_accuracy, samples; steps is public
+    assert not any("'steps'" in p for p in refused)
+    doc["release"]["non_private"] = ["train_loss", "train_accuracy", "samples", "progress_loss"]
+    policy = _parse(doc)
+    assert non_private_outputs(policy) == sorted(doc["release"]["non_private"])
+    doc["release"]["non_private"] = ["weights"]
+    with pytest.raises(PolicyError, match="release.non_private"):
+        _parse(doc)
+
+
+def test_non_private_outputs_without_dp_name_everything() -> None:
+    doc = policy_document(_keys())  # no DP, releases train_loss
+    assert non_private_outputs(_parse(doc)) == ["model", "progress_loss", "train_loss"]
+    doc["privacy"] = DP
+    doc["release"] = {"recipients": ["research-lab"], "metrics": ["steps"]}
+    assert non_private_outputs(_parse(doc)) == []
 
 
 def test_dsse_pae_matches_spec() -> None:

@@ -87,13 +87,47 @@ def policy() -> None:
 
 @policy.command("check")
 @click.argument("policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def policy_check(policy_file: Path) -> None:
-    """Validate a TOML/JSON policy strictly and print its digest."""
+@click.option(
+    "--model-source",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The custom model's source file (checked against the policy's pin, then run).",
+)
+def policy_check(policy_file: Path, model_source: Path | None) -> None:
+    """Validate a TOML/JSON policy strictly, print its digest, and check its training plan.
+
+    The plan check builds the model, runs Opacus's validator and the gradient-mode checks,
+    and trains one epoch on synthetic rows, as `cctrain-enclave serve` does before it accepts
+    any data. It needs the trainer (pip install 'cctrain[enclave]'); without it, it is skipped
+    and says so.
+    """
     from cctrain.policy import load_policy_file
 
     p = load_policy_file(policy_file)
     click.echo(f"policy {p.name!r} is valid")
     click.echo(f"digest: {p.digest.hex()}")
+    custom = p.training["model"]["name"] == "custom"
+    source = model_source.read_bytes() if model_source is not None else None
+    if source is not None and not custom:
+        raise PolicyError("--model-source given, but the policy's model is not 'custom'")
+    if custom and source is None:
+        click.echo("training plan: NOT CHECKED (custom model: pass --model-source FILE)")
+        return
+    try:
+        from cctrain_enclave.trainer.precheck import check_training_plan
+    except ImportError:
+        click.echo(
+            "training plan: NOT CHECKED (the trainer is not installed here: "
+            "pip install 'cctrain[enclave]')"
+        )
+        return
+    problems = check_training_plan(
+        p,
+        custom_model_source=source,
+        simulated_platform=list(p.attestation["platforms"]) == ["simulated"],
+    )
+    if problems:
+        raise PolicyError("the policy's training plan cannot run", problems)
+    click.echo("training plan: ok (model built, one epoch trained on synthetic rows)")
 
 
 @policy.command("sign")
@@ -431,7 +465,7 @@ def release_approve(address: str, policy_file: Path, key_file: Path, allow_simul
         m = o.release_manifest()
         click.echo(f"model sha256: {m.manifest['model_sha256']}")
         click.echo(f"metrics: {json.dumps(m.manifest['metrics'])}")
-        click.echo(f"dp: {json.dumps(m.dp_certificate)}")
+        _privacy_summary(m.manifest, o.policy)
         approvals = o.approve_release()
     click.echo(f"approved; approvals so far: {', '.join(approvals)}")
 
@@ -454,10 +488,46 @@ def release_fetch(
     click.echo(
         f"verified and unsealed: {out_dir / 'model.safetensors'} (sha256 {model.manifest['model_sha256']})"
     )
-    if model.release.dp_certificate:
-        dp = model.release.dp_certificate
+    _privacy_summary(model.manifest, r.policy)
+
+
+def _privacy_summary(manifest: dict[str, Any], policy: Any) -> None:
+    """What the release's privacy claims are (already checked against the policy), ε
+    recomputed independently where dp-accounting is installed, and what DP does not cover."""
+    from cctrain.dpcheck import recompute_epsilon
+    from cctrain.errors import ReleaseError
+
+    cert = manifest.get("dp_certificate")
+    outside = manifest.get("non_private_outputs") or []
+    if cert is None:
+        click.echo("DP: none. Nothing released is private: " + ", ".join(outside))
+        return
+    click.echo(
+        f"DP: ε = {cert['epsilon']:.4g} ≤ {cert['target_epsilon']:g}, δ = {cert['delta']:g} "
+        f"({cert['accountant']}; σ = {cert['noise_multiplier']:.4g}, q = {cert['sample_rate']:.4g}, "
+        f"{cert['steps']} steps, clip {cert['max_grad_norm']:g}; noise {cert['noise_source']}, "
+        f"batches {cert['sampling']}): agrees with the policy"
+    )
+    click.echo(f"    covers: {', '.join(cert['covers'])}")
+    if cert["unchanged_from_initialisation"]:
         click.echo(
-            f"DP: ε = {dp['epsilon']:.3f}, δ = {dp['delta']:g} ({dp['accountant']}, noise {dp['noise_source']})"
+            "    released at their initial value: "
+            + ", ".join(cert["unchanged_from_initialisation"])
+        )
+    again = recompute_epsilon(cert)
+    if again is None:
+        click.echo("    ε not recomputed independently (pip install dp-accounting to do so)")
+    else:
+        click.echo(f"    ε recomputed with Google's dp-accounting: {again:.4g}")
+        if again > float(policy.privacy["target_epsilon"]) * 1.01:
+            raise ReleaseError(
+                f"dp-accounting puts ε at {again:.4g}, above the policy's target "
+                f"{policy.privacy['target_epsilon']} by more than 1%"
+            )
+    if outside:
+        click.echo(
+            "OUTSIDE the DP guarantee (exact, opted in by release.non_private): "
+            + ", ".join(outside)
         )
 
 
@@ -499,6 +569,7 @@ def release_verify(
             f"approved by {', '.join(rel.approved_by) or 'nobody (none required)'} "
             "(weights not opened: no --key)"
         )
+        _privacy_summary(rel.manifest, sp.policy)
         return
     model = open_release(
         rb, policy=sp.policy, keys=PartyKeys.load(key_file), allow_simulated=allow_simulated
@@ -509,6 +580,7 @@ def release_verify(
         f"release verified and unsealed: model sha256 {model.manifest['model_sha256']}; "
         f"approved by {', '.join(model.release.approved_by) or 'nobody (none required)'}"
     )
+    _privacy_summary(model.manifest, sp.policy)
 
 
 # --------------------------------------------------------------------------- audit

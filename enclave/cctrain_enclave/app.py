@@ -79,6 +79,7 @@ class EnclaveApp:
             )
         self.provider = provider
         self.custom_model_source = self._load_custom_model_source(config.model_source)
+        self._check_training_plan(provider)
         self.tls = TlsIdentity.generate(list(config.hosts))
         tls_spki = spki_sha256(self.tls.cert)
         self.state = EnclaveState.open(
@@ -91,6 +92,19 @@ class EnclaveApp:
             self.store,
             RunContext(provider, tls_spki, self.custom_model_source),
         )
+
+    def _check_training_plan(self, provider: EvidenceProvider) -> None:
+        """Build the model and train an epoch on synthetic rows before accepting any data:
+        a plan that cannot run is refused now, not after every party uploaded."""
+        from cctrain_enclave.trainer.precheck import check_training_plan
+
+        problems = check_training_plan(
+            self.policy,
+            custom_model_source=self.custom_model_source,
+            simulated_platform=provider.platform == "simulated",
+        )
+        if problems:
+            raise PolicyError("the policy's training plan cannot run; refusing to start", problems)
 
     def _load_custom_model_source(self, path: Path | None) -> bytes | None:
         """Custom model code must be the exact source the policy pins; checked before any import."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cctrain_enclave.shards import NPZ_MEMBERS, ShardSummary
+from cctrain_enclave.shards import NPZ_MEMBERS, ShardSummary, finite_for_training
 
 _LOCAL = b"PK\x03\x04"
 _CENTRAL = b"PK\x01\x02"
@@ -201,8 +201,8 @@ class NpzStreamValidator:
             a = np.frombuffer(
                 data, dtype=self._dtype, count=min(_BLOCK, usable - start) // item, offset=start
             )
-            if self._cur.name == "features.npy" and np.issubdtype(self._dtype, np.floating):
-                self._finite = self._finite and bool(np.isfinite(a).all())
+            if self._cur.name == "features.npy":
+                self._finite = self._finite and finite_for_training(a)
             elif (
                 self._cur.name == "labels.npy" and np.issubdtype(self._dtype, np.integer) and a.size
             ):

@@ -24,7 +24,7 @@ import grpc
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.crypto.keys import x25519_public
 from cctrain.journal import MANIFEST_TYPE, RunState
-from cctrain.policy import thaw
+from cctrain.policy import non_private_outputs, thaw
 from cctrain.protocol import MANIFEST_SIG_TAG
 from cctrain.release import (
     b64,
@@ -78,6 +78,8 @@ class RunController:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._phase = state.view.phase
+        self._non_private = non_private_outputs(self.policy)
+        self._stream_loss = "progress_loss" in self._non_private
         state.subscribe(self._on_transition)
         phase = state.view.phase
         if phase == "training":
@@ -126,9 +128,9 @@ class RunController:
 
     # -- training
     def _on_progress(self, ev: Any) -> None:
-        # The training loss is computed on the pooled private data and is not covered by the
-        # DP guarantee: it streams to parties only if the policy releases it as a metric.
-        loss = float(ev.loss) if "train_loss" in self.policy.release["metrics"] else math.nan
+        # The training loss is computed exactly on the pooled private data, outside any DP
+        # guarantee: it streams only if the policy lists it as a non-private output.
+        loss = float(ev.loss) if self._stream_loss else math.nan
         with self._cond:
             self._events.append(
                 pb.TrainingEvent(
@@ -217,6 +219,8 @@ class RunController:
             "training": thaw(policy.training),
             "dp_certificate": result.dp_certificate,
             "metrics": {k: v for k, v in result.metrics.items() if k in allowed},
+            # Everything released outside the DP guarantee (without DP: everything).
+            "non_private_outputs": self._non_private,
             "recipients": list(policy.recipients),
         }
         manifest = canonical_json(manifest_doc)

@@ -132,7 +132,9 @@ def _load_csv(data: bytes, schema: Mapping[str, Any]) -> ShardArrays:
         label_array = np.asarray(labels, dtype=np.int64)
     except OverflowError:
         raise ShardError("csv shard has a label outside the 64-bit integer range") from None
-    return ShardArrays(np.asarray(feats, dtype=dtype).reshape(len(feats), width), label_array)
+    with np.errstate(over="ignore"):  # out-of-range values become inf: refused as not finite
+        features = np.asarray(feats, dtype=dtype).reshape(len(feats), width)
+    return ShardArrays(features, label_array)
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,20 @@ class ShardSummary:
         return int(self.labels_shape[0]) if self.labels_shape else 0
 
 
+#: Training runs in float32: a float64 value beyond its range (1e300) becomes inf there.
+TRAINING_DTYPE = np.float32
+
+
+def finite_for_training(values: np.ndarray) -> bool:
+    """Whether every value is finite *after* conversion to the training dtype."""
+    if not values.size:
+        return True
+    if values.dtype.kind not in "fiub":
+        return True  # not numbers: the dtype check refuses the shard
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(values.astype(TRAINING_DTYPE, copy=False)).all())
+
+
 def summarize_arrays(arrays: ShardArrays) -> ShardSummary:
     f, y = arrays.features, arrays.labels
     integer = np.issubdtype(y.dtype, np.integer) and y.size > 0
@@ -162,7 +178,7 @@ def summarize_arrays(arrays: ShardArrays) -> ShardSummary:
         labels_dtype=y.dtype,
         label_min=int(y.min()) if integer else None,
         label_max=int(y.max()) if integer else None,
-        finite=not (np.issubdtype(f.dtype, np.floating) and f.size and not np.isfinite(f).all()),
+        finite=finite_for_training(f),
     )
 
 
@@ -202,8 +218,8 @@ def summarize_npz_stream(
                             raise ShardError(f"npz member {name} is truncated")
                         remaining -= len(buf)
                         a = np.frombuffer(buf, dtype=dtype)
-                        if name == "features.npy" and np.issubdtype(dtype, np.floating):
-                            finite = finite and bool(np.isfinite(a).all())
+                        if name == "features.npy":
+                            finite = finite and finite_for_training(a)
                         elif name == "labels.npy" and np.issubdtype(dtype, np.integer):
                             lo = int(a.min()) if lo is None else min(lo, int(a.min()))
                             hi = int(a.max()) if hi is None else max(hi, int(a.max()))
@@ -246,7 +262,10 @@ def check_summary(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]
                 f"want within [0, {k - 1}]"
             )
     if not summary.finite:
-        problems.append("features: contains NaN or infinity")
+        problems.append(
+            "features: contains NaN or infinity, or values beyond the float32 range that "
+            "training converts to infinity"
+        )
     return problems
 
 
@@ -277,6 +296,6 @@ def parse_shard(fmt: str, reader: BinaryIO, schema: Mapping[str, Any]) -> ShardA
     arrays = load_npz(reader, schema) if fmt == "npz" else load_csv(reader.read(), schema)
     raise_problems(check_summary(summarize_arrays(arrays), schema))
     return ShardArrays(
-        np.ascontiguousarray(arrays.features, dtype=np.float32),
+        np.ascontiguousarray(arrays.features, dtype=TRAINING_DTYPE),
         np.ascontiguousarray(arrays.labels, dtype=np.int64),
     )

@@ -54,6 +54,18 @@ def say(msg: str) -> None:
     print(f"\033[1m==> {msg}\033[0m", flush=True)
 
 
+def release_values(dp: bool) -> dict[str, str]:
+    """What the run releases. Under DP the exact training loss and accuracy are computed on
+    the pooled private data, outside the guarantee: the policy must say so (non_private),
+    and the manifest and `cctrain release verify` flag them."""
+    if dp:
+        return {
+            "@METRICS@": '["train_loss", "train_accuracy", "steps"]',
+            "@NON_PRIVATE@": 'non_private = ["train_loss", "train_accuracy", "progress_loss"]\n',
+        }
+    return {"@METRICS@": '["train_loss", "train_accuracy", "steps", "samples"]', "@NON_PRIVATE@": ""}
+
+
 def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str) -> Path:
     text = (HERE / "policy.toml.in").read_text()
     for pid in PARTIES:
@@ -74,9 +86,11 @@ def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str) -> Path
         "@EXPIRES@": expires,
         "@MEASUREMENT@": measurement,
         "@PRIVACY@": privacy,
-        "@LR@": "0.5" if dp else "0.05",
+        # With momentum 0.9 the effective step is ~10x lr: 0.5 cost the DP model 12 points.
+        "@LR@": "0.1" if dp else "0.05",
         "@EPOCHS@": "30" if dp else "40",
         "@BATCH@": "128" if dp else "32",
+        **release_values(dp),
     }
     for k, v in values.items():
         text = text.replace(k, v)
@@ -276,6 +290,15 @@ def main() -> None:
         raise SystemExit(
             f"the joint model ({joint:.3f}) did not beat the best single hospital ({best_single:.3f})"
         )
+    dp_row = next((r for r in rows if r["model"] == "joint (DP)"), None)
+    if dp_row is not None:
+        # The DP model's noise is fresh each run (secret keys), so its accuracy varies a little
+        # (0.94-0.96 over 18 runs of this configuration); this is a report, not a test.
+        verdict = "beats" if dp_row["accuracy"] > best_single else "does NOT beat"  # type: ignore[operator]
+        print(
+            f"    the DP joint model (ε = {dp_row['epsilon']}) {verdict} the best single "
+            f"hospital: {dp_row['accuracy']:.3f} vs {best_single:.3f}"
+        )
     say(
         f"done: the joint model beats the best single hospital ({joint:.3f} > {best_single:.3f}); "
         f"everything is in {work}"
@@ -298,7 +321,7 @@ def evaluate(data: object, releases: dict[bool, Path]) -> list[dict[str, object]
     from cctrain_enclave.trainer import build_model_from_spec, train
 
     x_test, y_test = data.test  # type: ignore[attr-defined]
-    policy = tomllib.loads(
+    text = (
         (HERE / "policy.toml.in")
         .read_text()
         .replace("@LR@", "0.05")
@@ -306,6 +329,9 @@ def evaluate(data: object, releases: dict[bool, Path]) -> list[dict[str, object]
         .replace("@BATCH@", "32")
         .replace("@PRIVACY@", "enabled = false")
     )
+    for key, value in release_values(False).items():
+        text = text.replace(key, value)
+    policy = tomllib.loads(text)
     rows: list[dict[str, object]] = []
     for pid, (x, y) in data.shards.items():  # type: ignore[attr-defined]
         result = train(
@@ -342,6 +368,8 @@ def evaluate(data: object, releases: dict[bool, Path]) -> list[dict[str, object]
                 "accuracy": _accuracy(model, x_test, y_test),
                 "epsilon": round(cert["epsilon"], 3) if cert else None,
                 "delta": cert["delta"] if cert else None,
+                "outside_dp": manifest["non_private_outputs"] if cert else None,
+                "metrics": manifest["metrics"],
             }
         )
     return rows
@@ -362,6 +390,17 @@ def print_table(rows: list[dict[str, object]]) -> None:
         )
         table.add_row(str(r["model"]), str(r["rows"]), f"{r['accuracy']:.3f}", privacy)
     Console().print(table)
+    for r in rows:
+        if r.get("outside_dp"):
+            metrics = ", ".join(
+                f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                for k, v in r["metrics"].items()  # type: ignore[attr-defined]
+            )
+            print(
+                f"    {r['model']}: released OUTSIDE the DP guarantee (exact, computed on the "
+                f"pooled private rows, opted in by the policy): "
+                f"{', '.join(r['outside_dp'])}  [{metrics}]"  # type: ignore[arg-type]
+            )
 
 
 if __name__ == "__main__":

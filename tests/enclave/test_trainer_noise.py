@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
 from cctrain_enclave.trainer.noise import AesCtrGaussian, TorchGaussian
-from cctrain_enclave.trainer.sampling import PoissonBatches
+from cctrain_enclave.trainer.sampling import SecretPoissonBatches, SeededPoissonBatches
 
 KEY = bytes(range(32))
 
@@ -62,9 +64,18 @@ def test_insecure_source_state_roundtrip():
     assert torch.equal(first, a.gaussian(torch.Size([10]), std=1.0, dtype=torch.float32))
 
 
-def test_poisson_batches_are_independent_bernoulli():
+def _sampler(kind: str, rows: int, q: float, steps: int):
+    if kind == "secret":  # a fixed key: deterministic, like every test here
+        return SecretPoissonBatches(
+            num_rows=rows, sample_rate=q, steps_per_epoch=steps, key=bytes(range(32))
+        )
+    return SeededPoissonBatches(num_rows=rows, sample_rate=q, steps_per_epoch=steps, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["secret", "seeded"])
+def test_poisson_batches_are_independent_bernoulli(kind):
     rows, q, draws = 50, 0.1, 20_000
-    sampler = PoissonBatches(num_rows=rows, sample_rate=q, steps_per_epoch=draws, seed=0)
+    sampler = _sampler(kind, rows, q, draws)
     counts = np.zeros(rows)
     sizes = []
     for batch in sampler.epoch_batches():
@@ -79,11 +90,39 @@ def test_poisson_batches_are_independent_bernoulli():
     assert sizes.count(0) > 0  # empty batches happen (0.9^50 ~ 0.5%) and must be handled
 
 
-def test_poisson_state_resumes_the_same_batches():
-    a = PoissonBatches(num_rows=100, sample_rate=0.2, steps_per_epoch=5, seed=7)
+def test_secret_sampler_rate_is_q_rounded_down_and_its_key_is_fresh():
+    s = SecretPoissonBatches(num_rows=10, sample_rate=1 / 3, steps_per_epoch=3)
+    assert s.realised_rate <= Fraction(1 / 3)
+    assert Fraction(1 / 3) - s.realised_rate < Fraction(1, 1 << 64)
+    assert s.state() == {}  # nothing to checkpoint: after a restart, a fresh key
+    # Without a key each sampler draws its own: two never agree on 200 steps of 1000 rows.
+    a, b = (
+        SecretPoissonBatches(num_rows=1000, sample_rate=0.5, steps_per_epoch=200) for _ in range(2)
+    )
+    assert not all(
+        torch.equal(x, y) for x, y in zip(a.epoch_batches(), b.epoch_batches(), strict=True)
+    )
+    full = SecretPoissonBatches(num_rows=7, sample_rate=1.0, steps_per_epoch=1)
+    assert full.epoch_batches()[0].tolist() == list(range(7))
+
+
+def test_secret_sampler_resumes_mid_epoch_with_only_the_steps_left():
+    s = _sampler("secret", 100, 0.2, 5)
+    assert len(s.epoch_batches(3)) == 2
+
+
+def test_seeded_poisson_state_resumes_the_same_batches():
+    a = SeededPoissonBatches(num_rows=100, sample_rate=0.2, steps_per_epoch=5, seed=7)
     a.epoch_batches()
     state = a.state()
     second = a.epoch_batches()
-    b = PoissonBatches(num_rows=100, sample_rate=0.2, steps_per_epoch=5, seed=999)
+    b = SeededPoissonBatches(num_rows=100, sample_rate=0.2, steps_per_epoch=5, seed=999)
     b.load_state(state)
     assert all(torch.equal(x, y) for x, y in zip(second, b.epoch_batches(), strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(second[2:], b_again(state), strict=True))
+
+
+def b_again(state):
+    c = SeededPoissonBatches(num_rows=100, sample_rate=0.2, steps_per_epoch=5, seed=0)
+    c.load_state(state)
+    return c.epoch_batches(2)

@@ -117,6 +117,7 @@ class FinishedRun:
 APPROVING_RELEASE = {
     "recipients": [RECIPIENT],
     "metrics": ["steps", "samples"],
+    "non_private": ["samples"],  # the realised batch sizes: outside DP, so opted in
     "approvals_required_from": ["hospital-a"],
 }
 DP = {"enabled": True, "target_epsilon": 4.0, "delta": 1e-5, "max_grad_norm": 1.0}

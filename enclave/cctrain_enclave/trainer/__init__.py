@@ -18,6 +18,7 @@ from .models import (
 from .noise import AesCtrGaussian
 from .train import (
     ProgressEvent,
+    TrainingRandomness,
     TrainingResult,
     TrainingStopped,
     build_model_from_spec,
@@ -35,6 +36,7 @@ __all__ = [
     "FastClipUnsupported",
     "PrivacyLedger",
     "ProgressEvent",
+    "TrainingRandomness",
     "TrainingResult",
     "TrainingStopped",
     "build_builtin_model",

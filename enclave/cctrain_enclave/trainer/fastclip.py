@@ -16,15 +16,22 @@ clipped gradient sum (a test checks it against Opacus's hooks mode).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cctrain.errors import CctrainError
 
-__all__ = ["FastClipUnsupported", "LinearClipper", "fast_clip_unsupported_reasons"]
+__all__ = [
+    "FastClipUnsupported",
+    "LinearClipper",
+    "fast_clip_runtime_reasons",
+    "fast_clip_unsupported_reasons",
+]
 
 #: Opacus adds this to the norm before dividing, so we do too (equality, not just closeness).
 _NORM_EPS = 1e-6
@@ -35,18 +42,70 @@ class FastClipUnsupported(CctrainError):
 
 
 def fast_clip_unsupported_reasons(model: nn.Module) -> list[str]:
-    """Why the fast path cannot privatise ``model`` (empty when it can)."""
-    linear_params = {
-        id(p)
-        for m in model.modules()
-        if isinstance(m, nn.Linear)
-        for p in m.parameters(recurse=False)
-    }
-    return [
-        f"parameter {name!r} is not the weight or bias of an nn.Linear layer"
-        for name, p in model.named_parameters()
-        if p.requires_grad and id(p) not in linear_params
-    ]
+    """Why the fast path cannot privatise ``model`` from its structure (empty when it can).
+
+    Only layers of *exactly* ``nn.Linear`` qualify: a subclass may compute something else in
+    ``forward`` (Opacus's ``RNNLinear`` in ``DPLSTM`` is one). A parameter shared by two layers
+    (tied weights) has a per-sample gradient that is the sum of two outer products, whose
+    norm the per-layer identity cannot give. A layer that runs twice in one pass has the same
+    problem; that shows only when the model runs (:func:`fast_clip_runtime_reasons`).
+    """
+    reasons: list[str] = []
+    owners: dict[int, list[str]] = {}
+    linear_params: set[int] = set()
+    for mname, m in model.named_modules():
+        for pname, p in m.named_parameters(recurse=False, remove_duplicate=False):
+            owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+            if type(m) is nn.Linear:
+                linear_params.add(id(p))
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) not in linear_params:
+            reasons.append(f"parameter {name!r} is not the weight or bias of an nn.Linear layer")
+        elif len(owners[id(p)]) > 1:
+            reasons.append(
+                f"parameter {name!r} is shared by {', '.join(owners[id(p)])} (tied weights)"
+            )
+    return reasons
+
+
+def fast_clip_runtime_reasons(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
+    """Why the fast path gets ``model``'s gradients wrong on the batch ``(x, y)``; empty when it
+    gets them right.
+
+    One forward pass; the fast path's unclipped per-sample sum must equal autograd's gradient
+    of the summed loss for every parameter. It differs when a Linear layer runs twice, when its
+    output is changed in place, or when a parameter is also used outside its layer's call
+    (e.g. ``x @ layer.weight.T``), none of which the structure shows.
+    """
+    if fast_clip_unsupported_reasons(model):
+        return []  # the structural reasons say it already
+    clipper = LinearClipper(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    names = {id(p): n for n, p in model.named_parameters()}
+    try:
+        with clipper.capture():
+            logits = model(x)
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        true = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        fast = {id(p): g for p, g in clipper.clipped_gradient_sum(loss, max_grad_norm=math.inf)}
+    except FastClipUnsupported as exc:
+        return [str(exc)]
+    finally:
+        clipper._records = []
+        clipper.close()
+    reasons = []
+    for p, t in zip(params, true, strict=True):
+        f = fast.get(id(p))
+        t = torch.zeros_like(p) if t is None else t
+        f = torch.zeros_like(p) if f is None else f
+        if float((t - f).norm()) > 1e-4 * float(t.norm()) + 1e-6:
+            reasons.append(
+                f"parameter {names[id(p)]!r}: the fast path's gradient differs from autograd's "
+                "(the parameter is used outside its nn.Linear call)"
+            )
+    return reasons
 
 
 class LinearClipper:
@@ -59,7 +118,7 @@ class LinearClipper:
         self._layers = [
             m
             for m in model.modules()
-            if isinstance(m, nn.Linear) and any(p.requires_grad for p in m.parameters())
+            if type(m) is nn.Linear and any(p.requires_grad for p in m.parameters())
         ]
         self._records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor, int]] = []
         self._armed = False

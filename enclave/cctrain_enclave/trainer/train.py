@@ -1,8 +1,14 @@
 """The training loop run inside the enclave.
 
 ``train`` builds the model the policy names, trains it (with DP-SGD when ``privacy.enabled``),
-checkpoints and resumes, and returns plain weights plus a DP certificate. Everything random is
-seeded from ``training.seed`` except the secure noise, whose key comes from ``os.urandom``.
+checkpoints and resumes, and returns plain weights plus a DP certificate.
+
+Randomness: the model's initialisation (and dropout) comes from the public ``training.seed``;
+nothing private rests on it. Under DP the two random choices the guarantee rests on, which
+rows each step samples and the Gaussian noise, come from AES-256-CTR keystreams under keys
+from ``os.urandom`` that never leave the trainer's memory (:class:`TrainingRandomness`). Only
+the ``insecure-fast`` noise source (simulated platform only) draws both from the seed, so that
+tests are reproducible; its certificate says so.
 """
 
 from __future__ import annotations
@@ -23,21 +29,36 @@ from torch import nn
 from cctrain.errors import CctrainError, PolicyError, ShardError
 
 from .checkpoint import Checkpointer, CheckpointError
-from .dp import GRAD_SAMPLE_MODES, DpPlan, DpStepEngine, PrivacyLedger, plan_privacy
+from .dp import (
+    GRAD_SAMPLE_MODES,
+    DpPlan,
+    DpStepEngine,
+    PrivacyLedger,
+    plan_privacy,
+    synthetic_batch,
+)
+from .guard import StateGuard
 from .models import MODEL_BUILDERS, build_builtin_model, load_custom_model
-from .noise import NOISE_SOURCES, GaussianSource
-from .sampling import BatchPlanner, PoissonBatches, ShuffledBatches, poisson_sample_rate
+from .noise import NOISE_SOURCES, AesCtrGaussian, GaussianSource
+from .sampling import (
+    BatchPlanner,
+    SecretPoissonBatches,
+    SeededPoissonBatches,
+    ShuffledBatches,
+    poisson_sample_rate,
+)
 
 __all__ = [
     "OPTIMIZERS",
     "ProgressEvent",
+    "TrainingRandomness",
     "TrainingResult",
     "TrainingStopped",
     "build_model_from_spec",
     "train",
 ]
 
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2
 _EVAL_CHUNK = 4096
 
 
@@ -59,6 +80,23 @@ class TrainingResult:
     metrics: dict[str, float | int]
     dp_certificate: dict[str, Any] | None
     model_spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainingRandomness:
+    """The secret keys of a DP run's sampling and noise.
+
+    The enclave never passes one: :func:`train` draws both keys from ``os.urandom``. Tests pass
+    fixed keys to make a run with the secure sources reproducible.
+    """
+
+    sampling_key: bytes
+    noise_key: bytes
+
+    @classmethod
+    def fixed_for_tests(cls, seed: int) -> TrainingRandomness:
+        digest = hashlib.sha512(f"cctrain test randomness {seed}".encode()).digest()
+        return cls(digest[:32], digest[32:])
 
 
 class TrainingStopped(CctrainError):
@@ -210,6 +248,39 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     return loss / len(y), correct / len(y)
 
 
+def _dp_parts(
+    plan: DpPlan,
+    *,
+    num_rows: int,
+    steps_per_epoch: int,
+    seed: int,
+    randomness: TrainingRandomness | None,
+) -> tuple[BatchPlanner, GaussianSource]:
+    """The sampler and noise source of a DP run: both secret unless the noise is insecure."""
+    if plan.noise_source == "insecure-fast":
+        return (
+            SeededPoissonBatches(
+                num_rows=num_rows,
+                sample_rate=plan.sample_rate,
+                steps_per_epoch=steps_per_epoch,
+                seed=seed,
+            ),
+            NOISE_SOURCES["insecure-fast"].build(seed),
+        )
+    planner = SecretPoissonBatches(
+        num_rows=num_rows,
+        sample_rate=plan.sample_rate,
+        steps_per_epoch=steps_per_epoch,
+        key=randomness.sampling_key if randomness is not None else None,
+    )
+    noise = (
+        AesCtrGaussian.from_key_insecure_for_tests(randomness.noise_key)
+        if randomness is not None
+        else NOISE_SOURCES[plan.noise_source].build(seed)
+    )
+    return planner, noise
+
+
 def train(
     features: np.ndarray,
     labels: np.ndarray,
@@ -223,13 +294,15 @@ def train(
     custom_model_source: bytes | None = None,
     stop: threading.Event | None = None,
     progress_every: int = 10,
+    randomness: TrainingRandomness | None = None,
 ) -> TrainingResult:
     """Train the policy's model on ``features``/``labels`` and return weights + DP certificate.
 
     Resumes from ``checkpoint`` when it holds a checkpoint of this same run; the accountant
     history in it makes ε cover every step taken before a crash. With DP, a step is taken only
     if ε after it stays within ``privacy.target_epsilon``; otherwise training stops early and
-    the certificate says so.
+    the certificate says so. Under DP the release holds only what the DP step trained plus
+    tensors still at their initial value (:mod:`.guard`); anything else refuses the release.
     """
     problems = _training_problems(training)
     if problems:
@@ -261,6 +334,7 @@ def train(
         ledger: PrivacyLedger | None = None
         noise: GaussianSource | None = None
         plan: DpPlan | None = None
+        guard: StateGuard | None = None
         if dp_enabled:
             sample_rate, steps_per_epoch = poisson_sample_rate(
                 num_rows=num_rows, batch_size=int(training["batch_size"])
@@ -273,14 +347,18 @@ def train(
                 sample_rate=sample_rate,
                 steps_per_epoch=steps_per_epoch,
                 simulated_platform=simulated_platform,
+                example=synthetic_batch(tuple(features.shape[1:]), num_classes),
             )
-            planner = PoissonBatches(
+            planner, noise = _dp_parts(
+                plan,
                 num_rows=num_rows,
-                sample_rate=sample_rate,
                 steps_per_epoch=steps_per_epoch,
                 seed=seed,
+                randomness=randomness,
             )
-            noise = NOISE_SOURCES[plan.noise_source].build(seed)
+            # Built-in models are our code and write nothing in forward: checked at release.
+            # Custom code is checked at every step as well.
+            guard = StateGuard(model, every_step=model_spec["name"] == "custom")
         else:
             planner = ShuffledBatches(
                 num_rows=num_rows, batch_size=int(training["batch_size"]), seed=seed
@@ -316,6 +394,8 @@ def train(
             engine = GRAD_SAMPLE_MODES[plan.grad_sample_mode](model, optimizer, plan, noise)
         else:
             engine = _PlainStep(model, optimizer)
+        if guard is not None:
+            guard.attach(optimizer)
 
         def save(epoch_: int, step_: int, planner_state: dict[str, Any]) -> None:
             if checkpoint is None:
@@ -347,15 +427,18 @@ def train(
         try:
             while epoch < epochs and not stopped_early:
                 epoch_start_state = planner.state()
-                batches = planner.epoch_batches()
-                for i in range(step_in_epoch, planner.steps_per_epoch):
+                first = step_in_epoch
+                batches = planner.epoch_batches(first)
+                for i in range(first, planner.steps_per_epoch):
                     if stop is not None and stop.is_set():
                         save(epoch, i, epoch_start_state)
                         raise TrainingStopped(f"training stopped at step {global_step}")
                     if ledger is not None and not ledger.can_step():
                         stopped_early = True
                         break
-                    idx = batches[i]
+                    idx = batches[i - first]
+                    if guard is not None:
+                        guard.begin_step()
                     loss_sum = engine.step(x_all[idx], y_all[idx])
                     if ledger is not None:
                         ledger.record_step()
@@ -393,11 +476,17 @@ def train(
                 save(epochs, 0, planner.state())
         finally:
             engine.close()
+            if guard is not None:
+                guard.detach()
 
+        if guard is not None:
+            guard.begin_release()
         train_loss, train_accuracy = _evaluate(model, x_all, y_all)
+        if guard is not None:
+            guard.check_release()
 
     certificate = None
-    if ledger is not None and plan is not None and noise is not None:
+    if ledger is not None and plan is not None and noise is not None and guard is not None:
         epsilon = ledger.epsilon()
         if epsilon > plan.target_epsilon:  # the guard makes this unreachable; never release if not
             raise CctrainError(f"privacy budget exceeded: ε={epsilon} > {plan.target_epsilon}")
@@ -405,6 +494,7 @@ def train(
             "accountant": plan.accountant,
             "noise_multiplier": plan.noise_multiplier,
             "sample_rate": plan.sample_rate,
+            "expected_batch_size": plan.expected_batch_size,
             "steps": ledger.steps_taken,
             "steps_planned": plan.steps_planned,
             "max_grad_norm": plan.max_grad_norm,
@@ -412,8 +502,13 @@ def train(
             "target_epsilon": plan.target_epsilon,
             "delta": plan.delta,
             "noise_source": noise.name,
+            "sampling": planner.name,
             "grad_sample_mode": plan.grad_sample_mode,
             "stopped_early": stopped_early,
+            # What the guarantee covers in the weights, and what is released because it is
+            # still the value the public seed built (checked bit for bit).
+            "covers": guard.trainable,
+            "unchanged_from_initialisation": guard.frozen,
         }
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     metrics: dict[str, float | int] = {

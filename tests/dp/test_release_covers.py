@@ -1,0 +1,149 @@
+"""A DP release holds only what the DP step trained, plus tensors still at their initial value.
+
+Played against a real enclave with pinned custom models that try to get rows out: through a
+buffer in ``forward`` (always, or only on real data so that the pre-start check cannot see
+it), through a trainable weight written in ``forward``, and through a buffer written during
+the final evaluation pass. Each is refused naming the tensor, and nothing is released.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cctrain.client import Recipient
+from cctrain.errors import CctrainError, PolicyError
+from tests.consortium import RECIPIENT, running_enclave
+from tests.dp.conftest import dp_privacy, recorder_consortium, run_dp, status_detail, upload_parties
+from tests.state.conftest import session, wait_phase
+
+HEADER = b"""
+import torch
+from torch import nn
+
+
+def build_model(shape, classes, *, log):
+    return Model(shape[0], classes)
+
+"""
+
+ALWAYS = (
+    HEADER
+    + b"""
+class Model(nn.Module):
+    def __init__(self, width, classes):
+        super().__init__()
+        self.fc = nn.Linear(width, classes)
+        self.register_buffer("seen", torch.zeros(width))
+
+    def forward(self, x):
+        if self.training:
+            self.seen.copy_(x[0].detach())
+        return self.fc(x)
+"""
+)
+
+ON_REAL_DATA = (
+    HEADER
+    + b"""
+class Model(nn.Module):
+    def __init__(self, width, classes):
+        super().__init__()
+        self.fc = nn.Linear(width, classes)
+        self.register_buffer("seen", torch.zeros(width))
+
+    def forward(self, x):
+        if self.training and bool((x[:, 0] >= 1000).all()):  # real rows only: ids >= 1000
+            self.seen.copy_(x[0].detach())
+        return self.fc(x)
+"""
+)
+
+INTO_WEIGHT = (
+    HEADER
+    + b"""
+class Model(nn.Module):
+    def __init__(self, width, classes):
+        super().__init__()
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        if self.training and bool((x[:, 0] >= 1000).all()):
+            with torch.no_grad():
+                self.fc.weight[0].copy_(x[0])
+        return self.fc(x)
+"""
+)
+
+AT_EVALUATION = (
+    HEADER
+    + b"""
+class Model(nn.Module):
+    def __init__(self, width, classes):
+        super().__init__()
+        self.fc = nn.Linear(width, classes)
+        self.register_buffer("seen", torch.zeros(width))
+
+    def forward(self, x):
+        if not self.training and bool((x[:, 0] >= 1000).all()):
+            self.seen.copy_(x.mean(0).detach())
+        return self.fc(x)
+"""
+)
+
+CONSTANT = (
+    HEADER
+    + b"""
+class Model(nn.Module):
+    def __init__(self, width, classes):
+        super().__init__()
+        self.fc = nn.Linear(width, classes)
+        self.register_buffer("scale", torch.full((width,), 0.5))
+        self.frozen = nn.Linear(width, width)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x):
+        return self.fc(self.frozen(x * self.scale))
+"""
+)
+
+
+def test_a_model_writing_a_buffer_is_refused_before_any_upload(tmp_path: Path) -> None:
+    c, source = recorder_consortium(tmp_path, tmp_path / "log", privacy=dp_privacy(), source=ALWAYS)
+    with pytest.raises(PolicyError) as info:
+        with running_enclave(c, tmp_path / "state", model_source=source):
+            pass
+    assert "'seen' changed during a training step" in str(info.value.problems)
+    assert not (tmp_path / "state" / "journal.log").exists()  # no run was ever started
+
+
+@pytest.mark.parametrize(
+    ("source", "named", "when"),
+    [
+        (ON_REAL_DATA, "'seen'", "during a training step"),
+        (INTO_WEIGHT, "'fc.weight'", "during the model's forward or backward pass"),
+        (AT_EVALUATION, "'seen'", "during training"),
+    ],
+    ids=["buffer-on-real-data", "weight-in-forward", "buffer-at-evaluation"],
+)
+def test_data_in_model_state_fails_the_run_and_nothing_is_released(
+    tmp_path: Path, source: bytes, named: str, when: str
+) -> None:
+    c, path = recorder_consortium(tmp_path, tmp_path / "log", privacy=dp_privacy(), source=source)
+    with running_enclave(c, tmp_path / "state", model_source=path) as (address, app):
+        upload_parties(address, c, tmp_path / "uploads")
+        assert wait_phase(address, c, "released", "failed", "awaiting_approval") == "failed"
+        detail = status_detail(address, c).detail
+        assert named in detail and when in detail and "DP" in detail
+        assert not app.state.view.manifest
+        with session(Recipient, address, c, RECIPIENT) as r, pytest.raises(CctrainError):
+            r.fetch_model()
+    assert list((tmp_path / "state" / "release").glob("**/*.sealed")) == []
+
+
+def test_unchanged_buffers_and_frozen_layers_are_released_and_listed(tmp_path: Path) -> None:
+    run = run_dp(tmp_path, privacy=dp_privacy(), source=CONSTANT)
+    cert = run.manifest["dp_certificate"]
+    assert cert["covers"] == ["fc.bias", "fc.weight"]
+    assert cert["unchanged_from_initialisation"] == ["frozen.bias", "frozen.weight", "scale"]
