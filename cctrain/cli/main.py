@@ -518,7 +518,11 @@ def _privacy_summary(manifest: dict[str, Any], policy: Any) -> None:
     if again is None:
         click.echo("    ε not recomputed independently (pip install dp-accounting to do so)")
     else:
-        click.echo(f"    ε recomputed with Google's dp-accounting: {again:.4g}")
+        diff = (again - cert["epsilon"]) / max(cert["epsilon"], 1e-12)
+        click.echo(
+            f"    ε recomputed with Google's dp-accounting: {again:.4g} ({diff:+.2%}; its RDP "
+            "bound at fractional orders is slightly looser, see docs/dp.md)"
+        )
         if again > float(policy.privacy["target_epsilon"]) * 1.01:
             raise ReleaseError(
                 f"dp-accounting puts ε at {again:.4g}, above the policy's target "

@@ -63,7 +63,10 @@ def release_values(dp: bool) -> dict[str, str]:
             "@METRICS@": '["train_loss", "train_accuracy", "steps"]',
             "@NON_PRIVATE@": 'non_private = ["train_loss", "train_accuracy", "progress_loss"]\n',
         }
-    return {"@METRICS@": '["train_loss", "train_accuracy", "steps", "samples"]', "@NON_PRIVATE@": ""}
+    return {
+        "@METRICS@": '["train_loss", "train_accuracy", "steps", "samples"]',
+        "@NON_PRIVATE@": "",
+    }
 
 
 def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str) -> Path:

@@ -147,3 +147,45 @@ def test_unchanged_buffers_and_frozen_layers_are_released_and_listed(tmp_path: P
     cert = run.manifest["dp_certificate"]
     assert cert["covers"] == ["fc.bias", "fc.weight"]
     assert cert["unchanged_from_initialisation"] == ["frozen.bias", "frozen.weight", "scale"]
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("mode", ["fast", "hooks", "ghost"])
+def test_every_gradient_mode_checks_the_step_for_writes_outside_the_update(mode: str) -> None:
+    """The per-step check hangs on the torch optimiser's pre-step hook: every engine calls it."""
+    import hashlib
+
+    import numpy as np
+
+    from cctrain_enclave.trainer import train
+    from cctrain_enclave.trainer.guard import DpStateViolation
+
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    x[:, 0] = 1000 + np.arange(64)
+    training = {
+        "model": {
+            "name": "custom",
+            "source_sha256": hashlib.sha256(INTO_WEIGHT).hexdigest(),
+            "entry": "build_model",
+            "params": {"log": "unused"},
+        },
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "epochs": 1,
+        "batch_size": 16,
+        "seed": 0,
+    }
+    privacy = dp_privacy(noise_source="insecure-fast", grad_sample_mode=mode) | {
+        "accountant": "rdp"
+    }
+    with pytest.raises(DpStateViolation, match="'fc.weight' changed during the model's forward"):
+        train(
+            x,
+            (x[:, 1] > 0).astype(np.int64),
+            num_classes=2,
+            training=training,
+            privacy=privacy,
+            simulated_platform=True,
+            checkpoint=None,
+            progress=None,
+            custom_model_source=INTO_WEIGHT,
+        )

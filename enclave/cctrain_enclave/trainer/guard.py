@@ -101,16 +101,24 @@ class StateGuard:
         if self.every_step:
             self._params_at_step = _snapshot(self._trained())
 
-    def before_update(self) -> None:
+    def _refuse_changed_params(self, message: str) -> None:
         if self._params_at_step is not None:
             changed = _changed(self._params_at_step, self._trained())
             if changed:
-                raise DpStateViolation(
-                    f"DP training refused: {', '.join(repr(n) for n in changed)} changed during "
-                    "the model's forward or backward pass, outside the DP update"
-                )
+                raise DpStateViolation(f"{', '.join(repr(n) for n in changed)} {message}")
             self._params_at_step = None
+
+    def before_update(self) -> None:
+        self._refuse_changed_params(
+            "changed during the model's forward or backward pass, outside the DP update: "
+            "DP training refused"
+        )
         self.check_frozen("during a training step")
+
+    def end_step(self) -> None:
+        """The pre-update check must have run in this step (else nothing was checked)."""
+        if self.every_step and self._params_at_step is not None:
+            raise DpStateViolation("the optimiser's update ran without the DP state check")
 
     def detach(self) -> None:
         if self._hook is not None:
@@ -124,11 +132,7 @@ class StateGuard:
     def check_release(self) -> None:
         """After the last step and the evaluation pass: trained parameters as the last DP
         update left them, everything else as built."""
-        if self._params_at_step is not None:
-            changed = _changed(self._params_at_step, self._trained())
-            if changed:
-                raise DpStateViolation(
-                    f"DP release refused: {', '.join(repr(n) for n in changed)} changed after "
-                    "the last DP step (during evaluation)"
-                )
+        self._refuse_changed_params(
+            "changed after the last DP step (during evaluation): DP release refused"
+        )
         self.check_frozen("during training")

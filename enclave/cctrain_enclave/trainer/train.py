@@ -440,6 +440,8 @@ def train(
                     if guard is not None:
                         guard.begin_step()
                     loss_sum = engine.step(x_all[idx], y_all[idx])
+                    if guard is not None:
+                        guard.end_step()
                     if ledger is not None:
                         ledger.record_step()
                     global_step += 1
