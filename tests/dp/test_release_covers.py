@@ -149,7 +149,6 @@ def test_unchanged_buffers_and_frozen_layers_are_released_and_listed(tmp_path: P
     assert cert["unchanged_from_initialisation"] == ["frozen.bias", "frozen.weight", "scale"]
 
 
-@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 @pytest.mark.parametrize("mode", ["fast", "hooks", "ghost"])
 def test_every_gradient_mode_checks_the_step_for_writes_outside_the_update(mode: str) -> None:
     """The per-step check hangs on the torch optimiser's pre-step hook: every engine calls it."""

@@ -265,7 +265,6 @@ def _opacus_clipped_sum(model, x, y, max_grad_norm):
     return sums
 
 
-@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 @pytest.mark.parametrize("max_grad_norm", [0.05, 1.0, 100.0])
 def test_fast_clipping_equals_opacus(max_grad_norm):
     torch.manual_seed(0)
@@ -297,7 +296,6 @@ class _SequenceModel(nn.Module):
         return self.head(torch.tanh(self.proj(x)).mean(1))
 
 
-@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_fast_clipping_equals_opacus_on_sequence_inputs():
     torch.manual_seed(1)
     model = _SequenceModel()

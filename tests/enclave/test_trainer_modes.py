@@ -22,8 +22,6 @@ from cctrain_enclave.trainer.dp import (
     synthetic_batch,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
-
 
 class Lstm(nn.Module):
     def __init__(self) -> None:

@@ -20,9 +20,8 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -300,8 +299,7 @@ def clipping_problems(
         optimizer = torch.optim.SGD(params, lr=0.0)
         engine = GRAD_SAMPLE_MODES[mode](m, optimizer, plan, _ZeroNoise())
         try:
-            with _quiet_input_hook_warning():
-                engine.step(x, y)
+            engine.step(x, y)
         finally:
             engine.close()
         got = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
@@ -540,14 +538,11 @@ class NoisePrefetcher:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-@contextmanager
-def _quiet_input_hook_warning() -> Iterator[None]:
-    """Opacus's full backward hooks make torch warn that the (data) input needs no gradient."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Full backward hook is firing", category=UserWarning
-        )
-        yield
+#: Opacus's full backward hooks make torch warn that the (data) input needs no gradient. The
+#: filter is set once, at import: ``warnings.catch_warnings`` is not thread-safe, and the
+#: trainer runs on its own thread while the server's threads use the warnings machinery too
+#: (restoring a saved filter list from one thread silently drops another thread's filters).
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 
 class _SourceNoiseMixin:
@@ -659,8 +654,7 @@ class _OpacusEngine(_EngineBase):
             return self._noise_only_step()
         self.dp_optimizer.zero_grad(set_to_none=True)
         loss = self._loss(self.gsm(x), y)
-        with _quiet_input_hook_warning():
-            loss.backward()
+        loss.backward()
         self.dp_optimizer.step()
         return loss.detach() * len(x)
 
