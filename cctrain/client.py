@@ -39,6 +39,7 @@ from cctrain.attestation.pipeline import SIMULATED_WARNING, verify_for_policy
 from cctrain.crypto import hpke
 from cctrain.crypto.keys import PartyKeys
 from cctrain.crypto.stream import NONCE_PREFIX_SIZE, StreamSealer
+from cctrain.dpcheck import weights_problems
 from cctrain.errors import (
     AttestationError,
     AuthenticationError,
@@ -759,6 +760,9 @@ def open_release(
         sealed_weights=bundle.sealed_weights,
         policy=policy,
     )
+    problems = weights_problems(release.dp_certificate, weights)
+    if problems:
+        raise ReleaseError("; ".join(problems))
     return FetchedModel(weights, release)
 
 

@@ -12,6 +12,7 @@ when it is installed.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any, TypeGuard
@@ -24,6 +25,7 @@ __all__ = [
     "certificate_problems",
     "recompute_epsilon",
     "release_problems",
+    "weights_problems",
 ]
 
 #: ``privacy.noise_source`` → the noise and sampling names the trainer writes.
@@ -90,7 +92,30 @@ def certificate_problems(cert: Any, policy: Policy, *, rows: int) -> list[str]:
     frozen = cert.get("unchanged_from_initialisation")
     if not isinstance(frozen, list) or not all(isinstance(c, str) for c in frozen):
         problems.append("certificate does not list the tensors released at their initial value")
+    elif isinstance(covers, list) and set(covers) & set(frozen):
+        problems.append("certificate lists a tensor as both trained and unchanged")
     return problems
+
+
+def weights_problems(cert: Mapping[str, Any] | None, weights: bytes) -> list[str]:
+    """The released safetensors must hold exactly the tensors the certificate accounts for:
+    those it covers and those released at their initial value (read from the safetensors
+    header, no torch needed)."""
+    if cert is None:
+        return []
+    try:
+        size = int.from_bytes(weights[:8], "little")
+        header = json.loads(weights[8 : 8 + size])
+        names = {k for k in header if k != "__metadata__"}
+    except (ValueError, TypeError):
+        return ["the released weights are not a safetensors file"]
+    accounted = set(cert.get("covers") or []) | set(cert.get("unchanged_from_initialisation") or [])
+    if names != accounted:
+        return [
+            "the released tensors are not exactly those the DP certificate accounts for: "
+            f"unaccounted {sorted(names - accounted)}, missing {sorted(accounted - names)}"
+        ]
+    return []
 
 
 def release_problems(doc: Mapping[str, Any], policy: Policy, *, rows: int) -> list[str]:

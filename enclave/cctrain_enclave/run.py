@@ -171,7 +171,24 @@ class RunController:
             log.warning("training ended: %s", exc.message)
         except Exception as exc:  # noqa: BLE001 - every failure ends the run, with a safe message
             log.exception("training failed")
-            state.record_failure(f"{type(exc).__name__}: {exc}")
+            state.record_failure(self._failure_detail(exc))
+
+    def _failure_detail(self, exc: BaseException) -> str:
+        """What the journal (readable by every party) says about a failure. Under DP, an
+        exception raised by torch or the model's code may quote values of the private data:
+        only the trainer's own refusals, which name tensors and settings, are journaled in
+        full; the rest stays in the enclave's log."""
+        from cctrain.errors import PolicyError
+        from cctrain_enclave.trainer.guard import DpStateViolation
+
+        if not self.policy.privacy.get("enabled") or isinstance(
+            exc, DpStateViolation | PolicyError
+        ):
+            return f"{type(exc).__name__}: {exc}"
+        return (
+            f"{type(exc).__name__} (message withheld under DP: it may quote the data; "
+            "the enclave's log has it)"
+        )
 
     # -- release
     def _build_release(self, result: Any) -> None:

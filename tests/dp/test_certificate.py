@@ -9,6 +9,7 @@ agrees with Google's dp-accounting.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,3 +139,22 @@ def test_release_verify_cli_prints_the_certificate_and_what_it_does_not_cover(
     assert "ε recomputed with Google's dp-accounting" in out
     assert "OUTSIDE the DP guarantee (exact, opted in by release.non_private): " in out
     assert "progress_loss, train_accuracy" in out
+
+
+def test_released_tensors_must_be_exactly_those_the_certificate_accounts_for(
+    released: Released,
+) -> None:
+    from cctrain.dpcheck import weights_problems
+
+    cert = released.manifest["dp_certificate"]
+
+    def safetensors(names: list[str]) -> bytes:
+        header = json.dumps(
+            {n: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]} for n in names}
+        )
+        return len(header).to_bytes(8, "little") + header.encode() + bytes(4)
+
+    assert weights_problems(cert, safetensors(cert["covers"])) == []
+    extra = weights_problems(cert, safetensors([*cert["covers"], "leak"]))
+    assert extra and "unaccounted ['leak']" in extra[0]
+    assert weights_problems(cert, b"not safetensors") != []

@@ -188,3 +188,118 @@ def test_every_gradient_mode_checks_the_step_for_writes_outside_the_update(mode:
             progress=None,
             custom_model_source=INTO_WEIGHT,
         )
+
+
+# Found by an independent review: optimiser hooks registered by model code run around the DP
+# update, where the per-step snapshots could not see them.
+POSTHOOK = b"""
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+class Model(nn.Module):
+    def __init__(self, width, classes):
+        super().__init__()
+        self.fc = nn.Linear(width, classes)
+        self.scale = nn.Linear(width, 1)  # "folded input scale", trained
+        self._last = None
+        register_optimizer_step_post_hook(self._after_step)
+
+    def _after_step(self, opt, args, kwargs):
+        # "fold the running input statistics into the weights after each step"
+        if self._last is not None:
+            with torch.no_grad():
+                self.scale.weight.copy_(self._last[:1])
+            self._last = None
+
+    def forward(self, x):
+        if self.training and x.shape[0] > 0:
+            self._last = x.detach().clone()
+        return self.fc(x) + 0 * self.scale(x)
+
+def build_model(shape, classes):
+    return Model(shape[0], classes)
+"""
+
+PREHOOK_GRAD = b"""
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+class Model(nn.Module):
+    def __init__(self, width, classes):
+        super().__init__()
+        self.fc = nn.Linear(width, classes)
+        self._last = None
+        register_optimizer_step_pre_hook(self._before_step)
+
+    def _before_step(self, opt, args, kwargs):
+        if self._last is not None and self.fc.bias.grad is not None:
+            # replace the noisy gradient: the SGD update writes -lr * this into the weights
+            self.fc.weight.grad = (self.fc.weight.detach() - torch.stack([self._last[0], self._last[0]])) / 0.01
+            self._last = None
+
+    def forward(self, x):
+        if self.training and x.shape[0] > 0:
+            self._last = x.detach().clone()
+        return self.fc(x)
+
+def build_model(shape, classes):
+    return Model(shape[0], classes)
+"""
+
+
+@pytest.fixture
+def restore_global_optimizer_hooks():
+    from torch.optim import optimizer as torch_optimizer
+
+    pre = dict(torch_optimizer._global_optimizer_pre_hooks)
+    post = dict(torch_optimizer._global_optimizer_post_hooks)
+    yield
+    for hooks, saved in (
+        (torch_optimizer._global_optimizer_pre_hooks, pre),
+        (torch_optimizer._global_optimizer_post_hooks, post),
+    ):
+        hooks.clear()
+        hooks.update(saved)
+
+
+@pytest.mark.usefixtures("restore_global_optimizer_hooks")
+@pytest.mark.parametrize("source", [POSTHOOK, PREHOOK_GRAD], ids=["post-hook", "pre-hook-grad"])
+@pytest.mark.parametrize("mode", ["fast", "hooks", "ghost"])
+def test_optimiser_hooks_of_model_code_refuse_dp_training(source: bytes, mode: str) -> None:
+    import hashlib
+
+    import numpy as np
+
+    from cctrain_enclave.trainer import train
+    from cctrain_enclave.trainer.guard import DpStateViolation
+
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    x[:, 0] = 1000 + np.arange(64)
+    training = {
+        "model": {
+            "name": "custom",
+            "source_sha256": hashlib.sha256(source).hexdigest(),
+            "entry": "build_model",
+        },
+        "optimizer": {"name": "sgd", "lr": 0.01},
+        "epochs": 1,
+        "batch_size": 16,
+        "seed": 0,
+    }
+    privacy = dp_privacy(noise_source="insecure-fast", grad_sample_mode=mode) | {
+        "accountant": "rdp"
+    }
+    with pytest.raises(DpStateViolation, match="optimiser step hook"):
+        train(
+            x,
+            (x[:, 1] > 0).astype(np.int64),
+            num_classes=2,
+            training=training,
+            privacy=privacy,
+            simulated_platform=True,
+            checkpoint=None,
+            progress=None,
+            custom_model_source=source,
+        )

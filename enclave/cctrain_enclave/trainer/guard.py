@@ -63,7 +63,9 @@ class StateGuard:
         self.trainable = sorted(k for k, v in state.items() if id(v) in trainable)
         self._initial_frozen = _snapshot(self._frozen())
         self._params_at_step: dict[str, torch.Tensor] | None = None
+        self._params_after_update: dict[str, torch.Tensor] | None = None
         self._hook: torch.utils.hooks.RemovableHandle | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
 
     @property
     def frozen(self) -> list[str]:
@@ -94,11 +96,42 @@ class StateGuard:
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Verify, just before every optimiser update, that the step's forward/backward
         changed no model state (the update itself is the only writer)."""
+        self._optimizer = optimizer
         if self.every_step:
             self._hook = optimizer.register_step_pre_hook(lambda *_: self.before_update())
 
+    def _check_no_foreign_hooks(self) -> None:
+        """Optimiser hooks registered by model code run around the update, where no snapshot
+        can see them (a post-hook writing a row into a weight, a pre-hook replacing a
+        gradient): under DP the only hook allowed is the guard's own."""
+        from torch.optim import optimizer as torch_optimizer
+
+        opt = self._optimizer
+        foreign = bool(
+            torch_optimizer._global_optimizer_pre_hooks  # noqa: SLF001
+            or torch_optimizer._global_optimizer_post_hooks  # noqa: SLF001
+        )
+        if opt is not None:
+            own = {self._hook.id} if self._hook is not None else set()
+            foreign = foreign or bool(
+                set(opt._optimizer_step_pre_hooks) - own  # noqa: SLF001
+                or opt._optimizer_step_post_hooks  # noqa: SLF001
+            )
+        if foreign:
+            raise DpStateViolation(
+                "an optimiser step hook was registered by code other than the trainer's: it "
+                "could write data into the weights around the DP update; DP training refused"
+            )
+
     def begin_step(self) -> None:
         if self.every_step:
+            self._check_no_foreign_hooks()
+            # Anything written between the last update and now (not by the update) shows here.
+            if self._params_after_update is not None:
+                self._params_at_step = self._params_after_update
+                self._refuse_changed_params(
+                    "changed after the DP update of the previous step: DP training refused"
+                )
             self._params_at_step = _snapshot(self._trained())
 
     def _refuse_changed_params(self, message: str) -> None:
@@ -109,6 +142,7 @@ class StateGuard:
             self._params_at_step = None
 
     def before_update(self) -> None:
+        self._check_no_foreign_hooks()
         self._refuse_changed_params(
             "changed during the model's forward or backward pass, outside the DP update: "
             "DP training refused"
@@ -117,8 +151,11 @@ class StateGuard:
 
     def end_step(self) -> None:
         """The pre-update check must have run in this step (else nothing was checked)."""
-        if self.every_step and self._params_at_step is not None:
-            raise DpStateViolation("the optimiser's update ran without the DP state check")
+        if self.every_step:
+            if self._params_at_step is not None:
+                raise DpStateViolation("the optimiser's update ran without the DP state check")
+            self._check_no_foreign_hooks()
+            self._params_after_update = _snapshot(self._trained())
 
     def detach(self) -> None:
         if self._hook is not None:
@@ -127,6 +164,9 @@ class StateGuard:
 
     # -- release
     def begin_release(self) -> None:
+        if self._params_after_update is not None:
+            self._params_at_step = self._params_after_update
+            self._refuse_changed_params("changed after the last DP update: DP release refused")
         self._params_at_step = _snapshot(self._trained())
 
     def check_release(self) -> None:
