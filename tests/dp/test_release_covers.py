@@ -9,6 +9,7 @@ the final evaluation pass. Each is refused naming the tensor, and nothing is rel
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,26 +150,24 @@ def test_unchanged_buffers_and_frozen_layers_are_released_and_listed(tmp_path: P
     assert cert["unchanged_from_initialisation"] == ["frozen.bias", "frozen.weight", "scale"]
 
 
-@pytest.mark.parametrize("mode", ["fast", "hooks", "ghost"])
-def test_every_gradient_mode_checks_the_step_for_writes_outside_the_update(mode: str) -> None:
-    """The per-step check hangs on the torch optimiser's pre-step hook: every engine calls it."""
+def _train_on_id_rows(source: bytes, mode: str, *, lr: float, params: dict[str, Any]) -> None:
+    """Train the pinned ``source`` under DP on 64 rows whose feature 0 is the row id."""
     import hashlib
 
     import numpy as np
 
     from cctrain_enclave.trainer import train
-    from cctrain_enclave.trainer.guard import DpStateViolation
 
     x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
     x[:, 0] = 1000 + np.arange(64)
     training = {
         "model": {
             "name": "custom",
-            "source_sha256": hashlib.sha256(INTO_WEIGHT).hexdigest(),
+            "source_sha256": hashlib.sha256(source).hexdigest(),
             "entry": "build_model",
-            "params": {"log": "unused"},
+            "params": params,
         },
-        "optimizer": {"name": "sgd", "lr": 0.1},
+        "optimizer": {"name": "sgd", "lr": lr},
         "epochs": 1,
         "batch_size": 16,
         "seed": 0,
@@ -176,18 +175,26 @@ def test_every_gradient_mode_checks_the_step_for_writes_outside_the_update(mode:
     privacy = dp_privacy(noise_source="insecure-fast", grad_sample_mode=mode) | {
         "accountant": "rdp"
     }
+    train(
+        x,
+        (x[:, 1] > 0).astype(np.int64),
+        num_classes=2,
+        training=training,
+        privacy=privacy,
+        simulated_platform=True,
+        checkpoint=None,
+        progress=None,
+        custom_model_source=source,
+    )
+
+
+@pytest.mark.parametrize("mode", ["fast", "hooks", "ghost"])
+def test_every_gradient_mode_checks_the_step_for_writes_outside_the_update(mode: str) -> None:
+    """The per-step check hangs on the torch optimiser's pre-step hook: every engine calls it."""
+    from cctrain_enclave.trainer.guard import DpStateViolation
+
     with pytest.raises(DpStateViolation, match="'fc.weight' changed during the model's forward"):
-        train(
-            x,
-            (x[:, 1] > 0).astype(np.int64),
-            num_classes=2,
-            training=training,
-            privacy=privacy,
-            simulated_platform=True,
-            checkpoint=None,
-            progress=None,
-            custom_model_source=INTO_WEIGHT,
-        )
+        _train_on_id_rows(INTO_WEIGHT, mode, lr=0.1, params={"log": "unused"})
 
 
 # Found by an independent review: optimiser hooks registered by model code run around the DP
@@ -268,38 +275,7 @@ def restore_global_optimizer_hooks():
 @pytest.mark.parametrize("source", [POSTHOOK, PREHOOK_GRAD], ids=["post-hook", "pre-hook-grad"])
 @pytest.mark.parametrize("mode", ["fast", "hooks", "ghost"])
 def test_optimiser_hooks_of_model_code_refuse_dp_training(source: bytes, mode: str) -> None:
-    import hashlib
-
-    import numpy as np
-
-    from cctrain_enclave.trainer import train
     from cctrain_enclave.trainer.guard import DpStateViolation
 
-    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
-    x[:, 0] = 1000 + np.arange(64)
-    training = {
-        "model": {
-            "name": "custom",
-            "source_sha256": hashlib.sha256(source).hexdigest(),
-            "entry": "build_model",
-        },
-        "optimizer": {"name": "sgd", "lr": 0.01},
-        "epochs": 1,
-        "batch_size": 16,
-        "seed": 0,
-    }
-    privacy = dp_privacy(noise_source="insecure-fast", grad_sample_mode=mode) | {
-        "accountant": "rdp"
-    }
     with pytest.raises(DpStateViolation, match="optimiser step hook"):
-        train(
-            x,
-            (x[:, 1] > 0).astype(np.int64),
-            num_classes=2,
-            training=training,
-            privacy=privacy,
-            simulated_platform=True,
-            checkpoint=None,
-            progress=None,
-            custom_model_source=source,
-        )
+        _train_on_id_rows(source, mode, lr=0.01, params={})

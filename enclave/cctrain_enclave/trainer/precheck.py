@@ -23,7 +23,7 @@ import torch
 from cctrain.errors import CctrainError, PolicyError
 from cctrain.policy import Policy, thaw
 
-from .dp import resolve_grad_sample_mode, synthetic_batch, validate_dp_config
+from .dp import synthetic_batch, validate_dp_config
 from .train import _model_spec, _training_problems, build_model_from_spec, train
 
 __all__ = ["check_training_plan"]
@@ -74,10 +74,10 @@ def check_training_plan(
     dry_training = training | {"batch_size": _DRY_BATCH, "epochs": 1}
     dry_privacy = privacy
     if privacy.get("enabled"):
-        mode = resolve_grad_sample_mode(model, privacy.get("grad_sample_mode", "auto"), example)
         # ε and δ of the dry run only set the noise (large noise calibrates fastest); the
-        # real calibration runs when the real rows are known.
-        dry_privacy = privacy | {"grad_sample_mode": mode, "delta": 1e-3, "target_epsilon": 1.0}
+        # real calibration runs when the real rows are known. The trainer resolves ``auto``
+        # on the same synthetic batch the check above used.
+        dry_privacy = privacy | {"delta": 1e-3, "target_epsilon": 1.0}
     generator = torch.Generator().manual_seed(7)
     features = torch.randn((_DRY_ROWS, *shape), generator=generator).numpy()
     labels = (np.arange(_DRY_ROWS) % classes).astype(np.int64)
