@@ -24,6 +24,7 @@ import ssl
 import sys
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,18 @@ from cctrain.dpcheck import weights_problems
 from cctrain.errors import (
     AttestationError,
     AuthenticationError,
+    CctrainError,
+    EnclaveAddressError,
+    EnclaveUnavailableError,
+    KeyFileError,
     PermissionDeniedError,
     ProtocolError,
     ReceiptError,
     ReleaseError,
+    ReleaseFileError,
+    ShardError,
     UploadRejectedError,
+    describe_parse_error,
 )
 from cctrain.files import atomic_write
 from cctrain.journal import AuditReport, Record, audit, iter_pages, parse_record
@@ -101,9 +109,12 @@ class SimulatedEvidenceWarning(UserWarning):
 def _parse_address(address: str) -> tuple[str, int]:
     addr = address.removeprefix("https://").removeprefix("grpcs://").rstrip("/")
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ProtocolError(f"enclave address must be host:port, got {address!r}")
-    return host.strip("[]"), int(port)
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EnclaveAddressError(
+            f"enclave address must be host:port (port 1-65535), got {address!r}"
+        )
+    return host, int(port)
 
 
 def fetch_server_certificate(host: str, port: int, *, timeout: float = 10.0) -> bytes:
@@ -116,20 +127,30 @@ def fetch_server_certificate(host: str, port: int, *, timeout: float = 10.0) -> 
         with socket.create_connection((host, port), timeout=timeout) as sock:
             with ctx.wrap_socket(sock, server_hostname=TLS_SERVER_NAME) as tls:
                 der = tls.getpeercert(binary_form=True)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_NONAME:  # no such host (not a resolver that is down)
+            raise EnclaveAddressError(
+                f"enclave host {host!r} does not resolve: {exc.strerror}"
+            ) from None
+        raise EnclaveUnavailableError(
+            f"cannot resolve the enclave host {host!r}: {exc.strerror}", code="UNAVAILABLE"
+        ) from None
     except OSError as exc:
-        raise ProtocolError(
-            f"cannot reach the enclave at {host}:{port}: {exc}", code="UNAVAILABLE"
+        raise EnclaveUnavailableError(
+            f"cannot reach the enclave at {host}:{port}: {exc.strerror or exc}", code="UNAVAILABLE"
         ) from None
     if not der:
         raise ProtocolError("the enclave presented no TLS certificate")
     return der
 
 
-def map_rpc_error(exc: grpc.RpcError, *, upload: bool = False) -> ProtocolError:
+def map_rpc_error(exc: grpc.RpcError, *, upload: bool = False) -> CctrainError:
     code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     name = code.name if code is not None else "UNKNOWN"
     msg = f"{details} [{name}]"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return EnclaveUnavailableError(f"the enclave is unavailable: {msg}", code=name)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthenticationError(msg, code=name)
     if code == grpc.StatusCode.PERMISSION_DENIED:
@@ -243,8 +264,9 @@ class EnclaveSession:
         self.keys = key if isinstance(key, PartyKeys) else PartyKeys.load(Path(key))
         party = self.policy.party(self.keys.party_id)
         if party is None or party.signing_key != self.keys.signing_public:
-            raise AuthenticationError(
-                f"key of {self.keys.party_id!r} is not a party key of this policy"
+            raise KeyFileError(
+                f"the key of {self.keys.party_id!r} is not a party key of this policy "
+                f"{'(another signing key is listed)' if party else '(no such party)'}"
             )
         self.address = address
         self._allow_simulated = allow_simulated
@@ -411,6 +433,40 @@ def file_sha256(path: Path) -> tuple[bytes, int]:
     return h.digest(), size
 
 
+#: The members an NPZ shard holds, exactly (the enclave checks everything else).
+NPZ_MEMBERS = frozenset({"features.npy", "labels.npy"})
+
+
+def check_shard_file(path: str | Path) -> str:
+    """The shard's format (``npz`` or ``csv``) after the checks that need no policy: a
+    supported extension, a readable regular file, and for NPZ a zip of exactly ``features``
+    and ``labels``. Raise :class:`ShardError` before anything is sent. The enclave checks
+    the content against the policy's schema."""
+    path = Path(path)
+    fmt = SHARD_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ShardError(f"{path}: unsupported shard format (use .npz or .csv)")
+    if not path.is_file():
+        raise ShardError(f"{path}: no such shard file")
+    try:
+        if fmt == "npz":
+            with zipfile.ZipFile(path) as zf:
+                names = set(zf.namelist())
+            if names != NPZ_MEMBERS:
+                raise ShardError(
+                    f"{path}: an NPZ shard holds exactly 'features' and 'labels', "
+                    f"this one {sorted(n.removesuffix('.npy') for n in names)}"
+                )
+        else:
+            with open(path, "rb"):
+                pass
+    except zipfile.BadZipFile:
+        raise ShardError(f"{path} is not an NPZ file (not a zip archive)") from None
+    except OSError as exc:
+        raise ShardError(f"cannot read shard {path}: {exc.strerror}") from None
+    return fmt
+
+
 ProgressFn = Callable[[int, int], None]
 
 
@@ -427,12 +483,10 @@ class DataOwner(EnclaveSession):
         state_dir: str | Path | None = None,
     ) -> Receipt:
         path = Path(path)
-        fmt = SHARD_FORMATS.get(path.suffix.lower())
-        if fmt is None:
-            raise UploadRejectedError(f"{path.name}: unsupported shard format (use .npz or .csv)")
+        fmt = check_shard_file(path)
         shard_id = shard_id or path.stem
         if not SHARD_ID.match(shard_id):
-            raise UploadRejectedError(f"shard id {shard_id!r} must match {SHARD_ID.pattern}")
+            raise ShardError(f"shard id {shard_id!r} must match {SHARD_ID.pattern}")
         party = self.keys.party_id
         state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         resume_path = (
@@ -440,8 +494,11 @@ class DataOwner(EnclaveSession):
         )
         receipts_dir = state_dir / "receipts" / self.policy.digest.hex()[:16]
 
+        try:
+            commitment, size = file_sha256(path)
+        except OSError as exc:
+            raise ShardError(f"cannot read shard {path}: {exc.strerror}") from None
         status = self.unary("UploadStatus", pb.UploadStatusRequest(shard_id=shard_id))
-        commitment, size = file_sha256(path)
         if status.state == pb.UploadStatusResponse.ACCEPTED:
             receipt = self._check_receipt(status.receipt, shard_id, commitment, size, None)
             self._save_receipt(receipts_dir, receipt)
@@ -504,8 +561,9 @@ class DataOwner(EnclaveSession):
             err = map_rpc_error(exc, upload=True)
             if isinstance(err, UploadRejectedError | AuthenticationError | PermissionDeniedError):
                 resume_path.unlink(missing_ok=True)
-            else:
-                err = ProtocolError(f"{err}; run the upload again to resume", code=err.code)
+            elif isinstance(err, ProtocolError):  # the stream broke: what was acked is kept
+                again = type(err) if isinstance(err, EnclaveUnavailableError) else ProtocolError
+                err = again(f"{err}; run the upload again to resume", code=err.code)
             raise err from None
         finally:
             report(None, None)
@@ -766,10 +824,11 @@ def open_release(
     return FetchedModel(weights, release)
 
 
-def save_release_bundle(path: Path, bundle: ReleaseBundle, *, recipient_id: str) -> None:
+def save_release_bundle(path: str | Path, bundle: ReleaseBundle, *, recipient_id: str) -> None:
     """The sealed release as one JSON file, verifiable offline with `cctrain release verify`."""
     from cctrain.release import b64
 
+    path = Path(path)
     doc = {
         "type": BUNDLE_TYPE,
         "recipient": recipient_id,
@@ -783,13 +842,16 @@ def save_release_bundle(path: Path, bundle: ReleaseBundle, *, recipient_id: str)
     path.write_text(json.dumps(doc) + "\n")
 
 
-def load_release_bundle(path: Path) -> ReleaseBundle:
+def load_release_bundle(path: str | Path) -> ReleaseBundle:
+    """The release bundle :func:`save_release_bundle` wrote (``release fetch`` writes one)."""
     from cctrain.release import unb64
 
+    path = Path(path)
     try:
-        doc = json.loads(path.read_text())
-        if doc.get("type") != BUNDLE_TYPE:
-            raise ValueError(f"type {doc.get('type')!r}, want {BUNDLE_TYPE!r}")
+        doc = json.loads(path.read_bytes())
+        if not isinstance(doc, dict) or doc.get("type") != BUNDLE_TYPE:
+            got = doc.get("type") if isinstance(doc, dict) else None
+            raise ValueError(f"type {got!r}, want {BUNDLE_TYPE!r}")
         return ReleaseBundle(
             unb64(doc["manifest"]),
             unb64(doc["manifest_signature"]),
@@ -797,8 +859,12 @@ def load_release_bundle(path: Path) -> ReleaseBundle:
             unb64(doc["encapsulated_key"]),
             unb64(doc["sealed_weights"]),
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ReleaseError(f"{path} is not a release bundle: {exc}") from None
+    except OSError as exc:
+        raise ReleaseFileError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ReleaseFileError(
+            f"{path} is not a release bundle: {describe_parse_error(exc)}"
+        ) from None
 
 
 def x25519_public_raw(raw: bytes) -> Any:

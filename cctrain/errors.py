@@ -5,22 +5,33 @@ lower-layer errors (``grpc.RpcError``, ``OSError``, ``ValueError`` from
 parsers) are mapped onto it at the module that meets them::
 
     CctrainError
-    ├── PolicyError              invalid or incompletely signed policy (.problems)
-    ├── KeyFileError             a key file is missing, malformed or too permissive
+    ├── InputError               what the caller gave cannot be used: an argument, a file, the
+    │   │                        installation or configuration (nothing was attempted)
+    │   ├── PolicyError              invalid or incompletely signed policy (.problems)
+    │   │   └── PolicyFileError          unreadable, or not TOML/JSON/a signed-policy envelope
+    │   ├── KeyFileError             a key file is missing, malformed, too permissive or not
+    │   │                            a key of this policy
+    │   ├── ShardError               a shard file is unreadable or violates the schema
+    │   └── EnclaveAddressError      not host:port, or a host that does not resolve
+    │                                (also a ProtocolError)
     ├── SignatureError           a signature does not verify
     ├── AttestationError         evidence cannot be trusted
     │   ├── EvidenceParseError       bytes are not evidence of the claimed format
     │   ├── EvidenceVerificationError signatures / chain / collateral fail (.errors)
     │   ├── EvidenceValidationError  verified claims do not match the policy (.mismatches)
     │   └── NoEvidenceProviderError  no TEE device present to produce evidence
-    ├── ShardError               a shard file is unreadable or violates the schema
     ├── ProtocolError            the peer broke the protocol or refused a request
     │   ├── AuthenticationError      request not signed by a party of the policy
     │   ├── PermissionDeniedError    the party may not do this
-    │   └── UploadRejectedError      the enclave rejected an upload
+    │   ├── UploadRejectedError      the enclave rejected an upload
+    │   └── EnclaveUnavailableError  the enclave cannot be reached, or the connection broke
     ├── ReceiptError             a receipt fails verification
     ├── ReleaseError             a release / manifest fails verification
+    │   └── ReleaseFileError         the file is not a release bundle (also an InputError)
     └── JournalError             the enclave's journal does not verify (names the entry)
+
+The command lines turn this tree into their exit status (:mod:`cctrain.commandline`):
+``InputError`` is 2, ``EnclaveUnavailableError`` 3, everything else 1.
 
 Messages say what was wrong; they never contain plaintext or key material.
 """
@@ -34,7 +45,12 @@ class CctrainError(Exception):
     """Base of every error cctrain raises on purpose."""
 
 
-class PolicyError(CctrainError):
+class InputError(CctrainError):
+    """What the caller gave cannot be used as given: a bad argument, a missing or malformed
+    file, an installation or configuration that cannot work. Nothing was attempted."""
+
+
+class PolicyError(InputError):
     """A policy document is invalid, or its signatures are incomplete."""
 
     def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
@@ -44,8 +60,13 @@ class PolicyError(CctrainError):
         super().__init__(message)
 
 
-class KeyFileError(CctrainError):
-    """A key file is missing, malformed, or readable by others."""
+class PolicyFileError(PolicyError):
+    """A policy file cannot be read, or is not TOML/JSON (or not a signed-policy envelope)
+    at all: there is no policy to check."""
+
+
+class KeyFileError(InputError):
+    """A key file is missing, malformed, readable by others, or not a key of this policy."""
 
 
 class SignatureError(CctrainError):
@@ -84,7 +105,7 @@ class NoEvidenceProviderError(AttestationError):
     """No TEE interface was found to produce evidence on this host."""
 
 
-class ShardError(CctrainError):
+class ShardError(InputError):
     """A shard is unreadable, in an unsafe format, or violates the policy schema."""
 
 
@@ -108,6 +129,15 @@ class UploadRejectedError(ProtocolError):
     """The enclave rejected an upload; it kept nothing of it."""
 
 
+class EnclaveUnavailableError(ProtocolError):
+    """The enclave cannot be reached, or the connection broke: nothing is known to have
+    happened, and the same call can be made again (an upload resumes)."""
+
+
+class EnclaveAddressError(ProtocolError, InputError):
+    """An enclave address that is not ``host:port``, or whose host does not resolve."""
+
+
 class ReceiptError(CctrainError):
     """A receipt does not verify against the enclave key, policy or shard."""
 
@@ -116,6 +146,17 @@ class ReleaseError(CctrainError):
     """A release or its manifest does not verify."""
 
 
+class ReleaseFileError(ReleaseError, InputError):
+    """The file is not a release bundle at all (unreadable, not JSON, fields missing)."""
+
+
 class JournalError(CctrainError):
     """The enclave's journal does not verify, or an entry breaks the run's rules; the message
     names the entry."""
+
+
+def describe_parse_error(exc: BaseException) -> str:
+    """A parser's error in words: a ``KeyError``'s own text is only the missing key."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}" if exc.args else "a field is missing"
+    return str(exc) or type(exc).__name__

@@ -212,8 +212,9 @@ def unframe(data: bytes) -> tuple[list[bytes], int]:
     return out, pos
 
 
-def read_journal_file(path: Path) -> list[Record]:
+def read_journal_file(path: str | Path) -> list[Record]:
     """Every record of a saved journal (``cctrain audit --journal``); a torn tail is an error."""
+    path = Path(path)
     data = path.read_bytes()
     raws, end = unframe(data)
     if end != len(data):

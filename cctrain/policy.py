@@ -22,7 +22,7 @@ import tomllib
 
 from cctrain.crypto.dsse import Envelope
 from cctrain.crypto.keys import decode_public, ed25519_public
-from cctrain.errors import PolicyError
+from cctrain.errors import PolicyError, PolicyFileError
 
 PAYLOAD_TYPES = {
     "toml": "application/vnd.cctrain.policy+toml",
@@ -174,7 +174,7 @@ def _parse_bytes(raw: bytes, fmt: str) -> Any:
             return tomllib.loads(raw.decode("utf-8"))
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise PolicyError(f"policy is not valid {fmt.upper()}: {exc}") from None
+        raise PolicyFileError(f"policy is not valid {fmt.upper()}: {exc}") from None
 
 
 def _check_parties(c: _Checker, doc: Any) -> list[Party]:
@@ -606,13 +606,17 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
     )
 
 
-def load_policy_file(path: Path) -> Policy:
+def load_policy_file(path: str | Path) -> Policy:
+    path = Path(path)
     fmt = "toml" if path.suffix == ".toml" else "json"
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise PolicyError(f"cannot read {path}: {exc.strerror}") from None
-    return parse_policy(raw, fmt)
+        raise PolicyFileError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return parse_policy(raw, fmt)
+    except PolicyFileError as exc:
+        raise PolicyFileError(f"{path}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- signatures
@@ -645,18 +649,24 @@ class SignedPolicy:
     def from_envelope(cls, envelope: Envelope) -> SignedPolicy:
         fmt = next((f for f, t in PAYLOAD_TYPES.items() if t == envelope.payload_type), None)
         if fmt is None:
-            raise PolicyError(
+            raise PolicyFileError(
                 f"envelope payloadType {envelope.payload_type!r} is not a cctrain policy"
             )
         return cls(envelope, parse_policy(envelope.payload, fmt))
 
     @classmethod
-    def load(cls, path: Path) -> SignedPolicy:
+    def load(cls, path: str | Path) -> SignedPolicy:
+        """The signed policy in ``path`` (the envelope ``cctrain policy sign`` writes)."""
+        path = Path(path)
         try:
             text = path.read_bytes()
         except OSError as exc:
-            raise PolicyError(f"cannot read {path}: {exc.strerror}") from None
-        return cls.from_envelope(Envelope.from_json(text))
+            raise PolicyFileError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            return cls.from_envelope(Envelope.from_json(text))
+        except PolicyFileError as exc:
+            hint = " (sign it first: cctrain policy sign)" if path.suffix == ".toml" else ""
+            raise PolicyFileError(f"{path} is not a signed policy{hint}: {exc}") from None
 
     def status(self) -> SignatureStatus:
         signed, invalid = [], []

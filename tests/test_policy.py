@@ -282,7 +282,7 @@ def test_cli_keygen_sign_verify(tmp_path: Path) -> None:
     outsider = PartyKeys.generate("mallory")
     outsider.save(tmp_path)
     r = runner.invoke(main, ["policy", "sign", str(policy), "--key", str(tmp_path / "mallory.key")])
-    assert r.exit_code == 1 and "names no party 'mallory'" in r.output
+    assert r.exit_code == 2 and "names no party 'mallory'" in r.output
 
 
 def test_cli_policy_check_reports_problems(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """``cctrain``: keys, policy, attestation, upload, training and release from the shell.
 
-Exit codes: 0 success; 1 a check failed (verification, signatures incomplete,
-upload rejected); 2 bad arguments or unreadable input.
+Exit status (the contract, in full, is in :mod:`cctrain.commandline`): 0 success; 1 a check
+or an operation failed; 2 bad input (usage, a missing or malformed file, a policy or key that
+cannot be used); 3 the enclave cannot be reached (run the command again). Every error is one
+``error: ...`` line on stderr.
 """
 
 from __future__ import annotations
@@ -11,19 +13,26 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from cctrain.errors import CctrainError, KeyFileError, PolicyError
+from cctrain.commandline import BAD_INPUT, FAILED, CommandGroup, fail
+from cctrain.errors import PolicyError, PolicyFileError
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+class _OnceSimulatedNotice(logging.Filter):
+    """Drops the attestation pipeline's own simulated-evidence warning: the banner said it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from cctrain.attestation.pipeline import SIMULATED_WARNING
+
+        return record.getMessage() != SIMULATED_WARNING
 
 
 def _simulated_banner() -> None:
+    """One line on stderr for --allow-simulated; the SDK's repeats of it (a Python warning and
+    a log record at every verification) are silenced in this process, not duplicated."""
     click.secho(
         "WARNING: accepting SIMULATED attestation. Its root key is public; this proves nothing. "
         "Local development only.",
@@ -31,21 +40,12 @@ def _simulated_banner() -> None:
         bold=True,
         err=True,
     )
+    warnings.filterwarnings("ignore", message="SIMULATED TEE: ")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OnceSimulatedNotice())
 
 
-class _CctrainGroup(click.Group):
-    """Maps cctrain errors to a one-line message and exit status 1 (never a traceback)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (KeyFileError, PolicyError) as exc:
-            _fail(str(exc), 2 if isinstance(exc, KeyFileError) else 1)
-        except CctrainError as exc:
-            _fail(str(exc), 1)
-
-
-@click.group(cls=_CctrainGroup)
+@click.group(cls=CommandGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
 @click.version_option(package_name="cctrain")
 def main(verbose: bool) -> None:
@@ -71,8 +71,11 @@ def keygen(party_id: str, out_dir: Path) -> None:
     from cctrain.policy import PARTY_ID
 
     if not PARTY_ID.match(party_id):
-        _fail(f"party id must match {PARTY_ID.pattern}", 2)
-    priv, pub = PartyKeys.generate(party_id).save(out_dir)
+        fail(f"party id must match {PARTY_ID.pattern}", BAD_INPUT)
+    try:
+        priv, pub = PartyKeys.generate(party_id).save(out_dir)
+    except OSError as exc:
+        fail(f"cannot write the keys to {out_dir}: {exc.strerror}", BAD_INPUT)
     click.echo(f"private key: {priv} (mode 0600; never share it)")
     click.echo(f"public keys: {pub} (put them in the policy's [[parties]] entry)")
 
@@ -102,7 +105,12 @@ def policy_check(policy_file: Path, model_source: Path | None) -> None:
     """
     from cctrain.policy import load_policy_file
 
-    p = load_policy_file(policy_file)
+    try:
+        p = load_policy_file(policy_file)
+    except PolicyFileError:
+        raise  # nothing to check: bad input
+    except PolicyError as exc:
+        fail(str(exc), FAILED)  # the check this command exists for
     click.echo(f"policy {p.name!r} is valid")
     click.echo(f"digest: {p.digest.hex()}")
     custom = p.training["model"]["name"] == "custom"
@@ -126,7 +134,7 @@ def policy_check(policy_file: Path, model_source: Path | None) -> None:
         simulated_platform=list(p.attestation["platforms"]) == ["simulated"],
     )
     if problems:
-        raise PolicyError("the policy's training plan cannot run", problems)
+        fail(str(PolicyError("the policy's training plan cannot run", problems)), FAILED)
     click.echo("training plan: ok (model built, one epoch trained on synthetic rows)")
 
 
@@ -148,14 +156,21 @@ def policy_sign(policy_file: Path, key_file: Path, envelope_file: Path | None) -
     p = load_policy_file(policy_file)
     party = p.party(keys.party_id)
     if party is None:
-        _fail(f"the policy names no party {keys.party_id!r}; refusing to sign")
+        fail(f"the policy names no party {keys.party_id!r}; refusing to sign", BAD_INPUT)
     if party.signing_key != keys.signing_public:
-        _fail(f"the policy lists another signing key for {keys.party_id!r}; refusing to sign")
+        fail(
+            f"the policy lists another signing key for {keys.party_id!r}; refusing to sign",
+            BAD_INPUT,
+        )
     envelope_file = envelope_file or policy_file.with_suffix(".signed.json")
     if envelope_file.exists():
         sp = SignedPolicy.load(envelope_file)
         if sp.digest != p.digest:
-            _fail(f"{envelope_file} holds another policy (digest {sp.digest.hex()[:16]}…)")
+            fail(
+                f"{envelope_file} holds another policy (digest {sp.digest.hex()}); "
+                "pass --envelope to write a new one",
+                BAD_INPUT,
+            )
     else:
         sp = SignedPolicy.new(p)
     sp = SignedPolicy(sp.envelope.sign(keys.party_id, keys.signing_key), sp.policy)
@@ -174,7 +189,12 @@ def policy_verify(envelope_file: Path, fmt: str) -> None:
     """Show digest, who signed, who is missing; exit 1 unless fully signed and unexpired."""
     from cctrain.policy import SignedPolicy
 
-    sp = SignedPolicy.load(envelope_file)
+    try:
+        sp = SignedPolicy.load(envelope_file)
+    except PolicyFileError:
+        raise  # not a signed policy at all: bad input
+    except PolicyError as exc:
+        fail(str(exc), FAILED)  # a signed policy whose payload is not a valid policy
     st = sp.status()
     problem = None
     try:
@@ -277,7 +297,7 @@ def attest_verify(
         ):
             click.echo(f"  {k}: {doc.get(k)}")
         for e in doc["errors"]:
-            click.echo(f"  error: {e}", err=True)
+            click.echo(f"error: {e}", err=True)
     if doc.get("platform") == "simulated" and doc["verified"]:
         _simulated_banner()
     sys.exit(code)
@@ -293,17 +313,22 @@ def _session_options(f: Any) -> Any:
     return f
 
 
+def _connect(
+    cls: Any, address: str, policy_file: Path | Any, key_file: Path, allow_simulated: bool
+) -> Any:
+    """An attested session of ``cls`` (EnclaveSession, DataOwner, Recipient)."""
+    if allow_simulated:
+        _simulated_banner()
+    return cls(address, policy=policy_file, key=key_file, allow_simulated=allow_simulated)
+
+
 @attest.command("enclave")
 @_session_options
 def attest_enclave(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
     """Attest a running enclave against the signed policy and print the verified claims."""
     from cctrain.client import EnclaveSession
 
-    if allow_simulated:
-        _simulated_banner()
-    with EnclaveSession(
-        address, policy=policy_file, key=key_file, allow_simulated=allow_simulated
-    ) as s:
+    with _connect(EnclaveSession, address, policy_file, key_file, allow_simulated) as s:
         click.echo(json.dumps(s.enclave.claims.to_json(), indent=2))
         click.echo(f"policy digest: {s.policy.digest.hex()}")
 
@@ -330,13 +355,10 @@ def upload(
     progress: bool | None,
 ) -> None:
     """Attest the enclave, then stream SHARD (.npz or .csv) encrypted to it; verify the receipt."""
-    from cctrain.client import DataOwner
+    from cctrain.client import DataOwner, check_shard_file
 
-    if allow_simulated:
-        _simulated_banner()
-    with DataOwner(
-        address, policy=policy_file, key=key_file, allow_simulated=allow_simulated
-    ) as owner:
+    check_shard_file(shard)  # before connecting: a wrong file is bad input, not a failed upload
+    with _connect(DataOwner, address, policy_file, key_file, allow_simulated) as owner:
         receipt = owner.upload(shard, shard_id=shard_id, progress=progress)
     doc = receipt.to_json()
     if receipt_out:
@@ -359,9 +381,7 @@ def status(
     """The run's phase, who has uploaded, and the approvals still missing."""
     from cctrain.client import EnclaveSession
 
-    with EnclaveSession(
-        address, policy=policy_file, key=key_file, allow_simulated=allow_simulated
-    ) as s:
+    with _connect(EnclaveSession, address, policy_file, key_file, allow_simulated) as s:
         st = s.status()
     doc = {
         "phase": st.phase,
@@ -394,9 +414,7 @@ def train_start(address: str, policy_file: Path, key_file: Path, allow_simulated
     """Request the start; refused with the reason unless every required provider has uploaded."""
     from cctrain.client import EnclaveSession
 
-    with EnclaveSession(
-        address, policy=policy_file, key=key_file, allow_simulated=allow_simulated
-    ) as s:
+    with _connect(EnclaveSession, address, policy_file, key_file, allow_simulated) as s:
         click.echo(f"phase: {s.start_training()}")
 
 
@@ -407,9 +425,7 @@ def watch(address: str, policy_file: Path, key_file: Path, allow_simulated: bool
     """Stream training progress (step, epoch, loss, ε spent) until the run ends."""
     from cctrain.client import EnclaveSession
 
-    with EnclaveSession(
-        address, policy=policy_file, key=key_file, allow_simulated=allow_simulated
-    ) as s:
+    with _connect(EnclaveSession, address, policy_file, key_file, allow_simulated) as s:
         events = s.watch()
         if fmt == "json":
             for ev in events:
@@ -461,7 +477,7 @@ def release_approve(address: str, policy_file: Path, key_file: Path, allow_simul
     """Verify the release manifest, show what it says, and approve exactly it."""
     from cctrain.client import DataOwner
 
-    with DataOwner(address, policy=policy_file, key=key_file, allow_simulated=allow_simulated) as o:
+    with _connect(DataOwner, address, policy_file, key_file, allow_simulated) as o:
         m = o.release_manifest()
         click.echo(f"model sha256: {m.manifest['model_sha256']}")
         click.echo(f"metrics: {json.dumps(m.manifest['metrics'])}")
@@ -481,7 +497,7 @@ def release_fetch(
     """Fetch, verify and unseal the model: OUT/release.json (sealed) and OUT/model.safetensors."""
     from cctrain.client import Recipient
 
-    with Recipient(address, policy=policy_file, key=key_file, allow_simulated=allow_simulated) as r:
+    with _connect(Recipient, address, policy_file, key_file, allow_simulated) as r:
         model = r.fetch_model(save_to=out_dir / "release.json")
     (out_dir / "model.safetensors").write_bytes(model.weights)
     (out_dir / "manifest.json").write_text(json.dumps(model.manifest, indent=2) + "\n")
@@ -634,17 +650,16 @@ def audit_cmd(
     from cctrain.policy import SignedPolicy
 
     if (address is None) == (journal_file is None):
-        _fail("give exactly one of --enclave HOST:PORT or --journal FILE", 2)
+        fail("give exactly one of --enclave HOST:PORT or --journal FILE", BAD_INPUT)
+    if address is not None and key_file is None:
+        fail("--enclave needs --key: every request to the enclave is signed", BAD_INPUT)
     sp = SignedPolicy.load(policy_file)
     sp.require_complete(check_expiry=False)  # a journal outlives its policy's expiry
-    if allow_simulated:
-        _simulated_banner()
     if address is not None:
-        if key_file is None:
-            _fail("--enclave needs --key: every request to the enclave is signed", 2)
         from cctrain.client import EnclaveSession
 
-        with EnclaveSession(address, policy=sp, key=key_file, allow_simulated=allow_simulated) as s:
+        assert key_file is not None
+        with _connect(EnclaveSession, address, sp, key_file, allow_simulated) as s:
             report = s.audit()
         records = list(report.records)
     else:
@@ -652,7 +667,9 @@ def audit_cmd(
         try:
             records = read_journal_file(journal_file)
         except OSError as exc:
-            _fail(f"cannot read {journal_file}: {exc.strerror}", 2)
+            fail(f"cannot read {journal_file}: {exc.strerror}", BAD_INPUT)
+        if allow_simulated:
+            _simulated_banner()
         report = audit(records, sp.policy, allow_simulated=allow_simulated)
     if save_file is not None:
         save_file.write_bytes(b"".join(frame(r.raw) for r in records))

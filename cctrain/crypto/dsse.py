@@ -14,7 +14,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cctrain.errors import PolicyError
+from cctrain.errors import PolicyFileError, describe_parse_error
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -70,6 +70,6 @@ class Envelope:
                 sigs[keyid] = base64.b64decode(entry["sig"], validate=True)
             if not isinstance(payload_type, str):
                 raise ValueError("payloadType must be a string")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PolicyError(f"not a DSSE envelope: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise PolicyFileError(f"not a DSSE envelope: {describe_parse_error(exc)}") from None
         return cls(payload_type, payload, sigs)

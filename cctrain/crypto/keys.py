@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from cctrain.errors import KeyFileError
+from cctrain.errors import KeyFileError, describe_parse_error
 
 PRIVATE_TYPE = "cctrain-party-private-key/v1"
 PUBLIC_TYPE = "cctrain-party-public-key/v1"
@@ -76,8 +76,9 @@ class PartyKeys:
             "hpke_key": self.hpke_public,
         }
 
-    def save(self, directory: Path) -> tuple[Path, Path]:
+    def save(self, directory: str | Path) -> tuple[Path, Path]:
         """Write ``<id>.key`` (0600, refuses to overwrite) and ``<id>.pub.json``."""
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         priv_path = directory / f"{self.party_id}.key"
         pub_path = directory / f"{self.party_id}.pub.json"
@@ -106,25 +107,43 @@ class PartyKeys:
         return priv_path, pub_path
 
     @classmethod
-    def load(cls, path: Path) -> PartyKeys:
+    def load(cls, path: str | Path) -> PartyKeys:
+        """The party's private keys from ``path`` (``<id>.key``, as :meth:`save` wrote it)."""
+        path = Path(path)
         try:
             st = path.stat()
+            raw = path.read_bytes()
         except OSError as exc:
             raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            raise KeyFileError(
+                f"{path} is not a cctrain private key file: {describe_parse_error(exc)}"
+            ) from None
+        kind = doc.get("type")
+        if kind == PUBLIC_TYPE:
+            raise KeyFileError(
+                f"{path} holds public keys only: give the private key file "
+                f"({doc.get('id', 'PARTY')}.key, written by cctrain keygen)"
+            )
         if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise KeyFileError(
                 f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
                 f"run: chmod 600 {path}"
             )
         try:
-            doc = json.loads(path.read_text())
-            if doc.get("type") != PRIVATE_TYPE:
-                raise ValueError(f"type is {doc.get('type')!r}, want {PRIVATE_TYPE!r}")
+            if kind != PRIVATE_TYPE:
+                raise ValueError(f"type is {kind!r}, want {PRIVATE_TYPE!r}")
             sk = serialization.load_pem_private_key(doc["signing_key"].encode(), None)
             hk = serialization.load_pem_private_key(doc["hpke_key"].encode(), None)
             party_id = str(doc["id"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise KeyFileError(f"{path} is not a cctrain private key file: {exc}") from None
+            raise KeyFileError(
+                f"{path} is not a cctrain private key file: {describe_parse_error(exc)}"
+            ) from None
         if not isinstance(sk, Ed25519PrivateKey) or not isinstance(hk, X25519PrivateKey):
             raise KeyFileError(f"{path}: wrong key types (want Ed25519 and X25519)")
         return cls(party_id, sk, hk)
