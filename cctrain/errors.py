@@ -19,7 +19,8 @@ parsers) are mapped onto it at the module that meets them::
     │   ├── EvidenceParseError       bytes are not evidence of the claimed format
     │   ├── EvidenceVerificationError signatures / chain / collateral fail (.errors)
     │   ├── EvidenceValidationError  verified claims do not match the policy (.mismatches)
-    │   └── NoEvidenceProviderError  no TEE device present to produce evidence
+    │   └── NoEvidenceProviderError  no TEE device present to produce evidence (also an
+    │                                InputError: the host's setup)
     ├── ProtocolError            the peer broke the protocol or refused a request
     │   ├── AuthenticationError      request not signed by a party of the policy
     │   ├── PermissionDeniedError    the party may not do this
@@ -101,8 +102,8 @@ class EvidenceValidationError(AttestationError):
         super().__init__("evidence does not satisfy the policy: " + "; ".join(self.mismatches))
 
 
-class NoEvidenceProviderError(AttestationError):
-    """No TEE interface was found to produce evidence on this host."""
+class NoEvidenceProviderError(AttestationError, InputError):
+    """No TEE interface was found to produce evidence on this host (a setup problem)."""
 
 
 class ShardError(InputError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from cctrain.attestation.binding import spki_sha256
-from cctrain.errors import PolicyError
+from cctrain.errors import InputError, PolicyError
 from cctrain.policy import SignedPolicy
 from cctrain.v1 import enclave_pb2 as pb
-from cctrain_enclave.errors import Refusal
+from cctrain_enclave.errors import Refusal, StateDirectoryError, TrainerUnavailableError
 from cctrain_enclave.ingest import ShardStore
 from cctrain_enclave.keys import TlsIdentity
 from cctrain_enclave.providers.base import EvidenceProvider
@@ -28,6 +29,23 @@ from cctrain_enclave.run import RunContext, RunController
 from cctrain_enclave.state import EnclaveState, unusable
 
 log = logging.getLogger("cctrain.enclave")
+
+#: What the trainer imports (the ``enclave`` extra), then the trainer itself.
+TRAINER_MODULES = ("torch", "opacus", "safetensors", "cctrain_enclave.trainer")
+
+
+def require_trainer() -> None:
+    """Refuse to start without a trainer that imports: such an enclave would accept every
+    upload and then fail (or hang) at the start of training, after every party uploaded."""
+    for name in TRAINER_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - a broken install raises more than ImportError
+            raise TrainerUnavailableError(
+                f"the trainer cannot be loaded: importing {name} failed "
+                f"({type(exc).__name__}: {exc}); install the enclave extra: "
+                "pip install 'cctrain[enclave]'"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -55,7 +73,7 @@ class EnclaveApp:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lock_fh.close()
-            raise PolicyError(
+            raise StateDirectoryError(
                 f"state directory {state_dir} is in use by another enclave process"
             ) from None
         try:
@@ -66,6 +84,11 @@ class EnclaveApp:
         except BaseException:
             self._lock_fh.close()
             raise
+        if provider.platform == "simulated":
+            # Once every check passed: a refused start says only why it was refused.
+            from cctrain_enclave.providers.simulated import BANNER
+
+            log.warning(BANNER)
 
     def _open(self, config: AppConfig, provider: EvidenceProvider) -> None:
         self.signed_policy = SignedPolicy.load(config.policy_path)
@@ -96,6 +119,7 @@ class EnclaveApp:
     def _check_training_plan(self, provider: EvidenceProvider) -> None:
         """Build the model and train an epoch on synthetic rows before accepting any data:
         a plan that cannot run is refused now, not after every party uploaded."""
+        require_trainer()
         from cctrain_enclave.trainer.precheck import check_training_plan
 
         problems = check_training_plan(
@@ -117,7 +141,10 @@ class EnclaveApp:
             raise PolicyError(
                 "the policy trains a custom model: pass --model-source with its source file"
             )
-        source = path.read_bytes()
+        try:
+            source = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read the model source {path}: {exc.strerror}") from None
         got = hashlib.sha256(source).hexdigest()
         if got != model["source_sha256"]:
             raise PolicyError(

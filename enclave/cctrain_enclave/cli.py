@@ -1,14 +1,19 @@
-"""``cctrain-enclave serve``: the enclave's own entry point (also ``cctrain enclave serve``)."""
+"""``cctrain-enclave serve``: the enclave's own entry point (also ``cctrain enclave serve``).
+
+It refuses to start (exit status 2, one line on stderr) on any setup it could not train
+with: the trainer not installed, a policy that is unsigned or whose training plan cannot run,
+a custom model source that does not match its pin, an unusable or locked state directory, a
+port it cannot listen on. Nothing is served before every check passed.
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
 
-from cctrain.errors import CctrainError
+from cctrain.commandline import CommandGroup
 
 
 def serve_command(
@@ -34,14 +39,10 @@ def serve_command(
         hosts=hosts,
         model_source=model_source,
     )
-    try:
-        serve(config, port=port)
-    except CctrainError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    serve(config, port=port)
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def main() -> None:
     """The cctrain enclave service."""
 
@@ -52,7 +53,7 @@ def main() -> None:
 )
 @click.option("--state-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=0, show_default=True)
+@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--platform",
     default="auto",

@@ -145,7 +145,14 @@ class RunController:
             self._cond.notify_all()
 
     def _train_and_release(self) -> None:
-        from cctrain_enclave.trainer import BlobCheckpoints, TrainingStopped, train
+        # Its own try: the handlers below name TrainingStopped, and the failure detail imports
+        # the trainer. A trainer that cannot load fails the run; it never trains "forever".
+        try:
+            from cctrain_enclave.trainer import BlobCheckpoints, TrainingStopped, train
+        except Exception as exc:  # noqa: BLE001 - a broken install raises more than ImportError
+            log.exception("the trainer cannot be loaded")
+            self.state.record_failure(f"the trainer cannot be loaded: {type(exc).__name__}: {exc}")
+            return
 
         policy, state = self.policy, self.state
         checkpoints = JournaledCheckpoints(state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -14,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cctrain.attestation.binding import spki_sha256
+from cctrain.errors import InputError
 from cctrain.protocol import MAX_MESSAGE_SIZE
 from cctrain.v1 import enclave_pb2, enclave_pb2_grpc
 from cctrain_enclave.app import AppConfig, EnclaveApp
@@ -43,10 +45,23 @@ def make_provider(platform: str, state_dir: Path) -> EvidenceProvider:
     return provider
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """Refuse, naming why, an address this host cannot listen on (gRPC would only log it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            sock.bind(address)
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def create_server(
     config: AppConfig, *, port: int = 0, max_workers: int = 32
 ) -> tuple[grpc.Server, int, EnclaveApp]:
     """A started-not server bound to ``host:port`` (port 0: any free port) with TLS."""
+    check_listen_address(config.hosts[0], port)
     try:
         provider = make_provider(config.platform, config.state_dir)
     except OSError as exc:
@@ -77,9 +92,13 @@ def create_server(
         server,
     )
     creds = grpc.ssl_server_credentials([(app.tls.key_pem, app.tls.cert_pem)])
-    bound = server.add_secure_port(f"{config.hosts[0]}:{port}", creds)
+    try:
+        bound = server.add_secure_port(f"{config.hosts[0]}:{port}", creds)
+    except RuntimeError:  # taken between the check above and now
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind {config.hosts[0]}:{port}")
+        app.shutdown()
+        raise InputError(f"cannot listen on {config.hosts[0]}:{port}")
     return server, bound, app
 
 

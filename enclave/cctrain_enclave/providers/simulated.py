@@ -6,7 +6,6 @@ Chosen only by an explicit ``--platform simulated``; never by ``auto``.
 from __future__ import annotations
 
 import datetime as _dt
-import logging
 import os
 import time
 from pathlib import Path
@@ -18,8 +17,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cctrain.attestation.base import Evidence
 from cctrain.attestation.simulated import build_report, issue_chip_certificate
 from cctrain.measure import code_measurement
-
-log = logging.getLogger("cctrain.enclave")
 
 BANNER = (
     "\n"
@@ -59,7 +56,7 @@ class SimulatedProvider:
         self._chip_cert_der = issue_chip_certificate(
             self._chip_key, now=_dt.datetime.now(_dt.timezone.utc)
         ).public_bytes(serialization.Encoding.DER)
-        log.warning(BANNER)
+        # The enclave logs BANNER once it has started on this provider (cctrain_enclave.app).
 
     @property
     def measurement(self) -> bytes:

@@ -43,7 +43,7 @@ from cctrain.policy import Policy
 from cctrain.protocol import RECEIPT_SIG_TAG, RECEIPT_VERSION, evidence_to_pb
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
-from cctrain_enclave.errors import Refusal, StateError
+from cctrain_enclave.errors import Refusal, StateDirectoryError, StateError
 from cctrain_enclave.providers._common import own_measurement
 from cctrain_enclave.state.journal_file import JournalFile
 from cctrain_enclave.state.sealing import STATE_KEY_LABEL, BoundSealer, atomic_write
@@ -607,7 +607,7 @@ class EnclaveState:
 
 def unusable(root: Path, exc: OSError) -> StateError:
     """The host's files are input: an OS error on them is a clear refusal, never a traceback."""
-    return StateError(
+    return StateDirectoryError(
         f"the state directory {root} cannot be used: {exc.strerror or exc} "
         f"({exc.filename or 'a state file'})"
     )
