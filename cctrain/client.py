@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import ssl
 import sys
@@ -49,6 +50,7 @@ from cctrain.errors import (
     EnclaveUnavailableError,
     KeyFileError,
     PermissionDeniedError,
+    PolicyMismatchError,
     ProtocolError,
     ReceiptError,
     ReleaseError,
@@ -66,6 +68,7 @@ from cctrain.protocol import (
     MAX_MESSAGE_SIZE,
     MD_NONCE,
     MD_PARTY,
+    MD_POLICY,
     MD_SIG,
     MD_TIME,
     SHARD_ID,
@@ -144,6 +147,12 @@ def fetch_server_certificate(host: str, port: int, *, timeout: float = 10.0) -> 
     return der
 
 
+#: How the enclave's interceptor refuses a request signed for another policy (auth.py).
+_POLICY_MISMATCH = re.compile(
+    r"policy mismatch: the request is for policy ([0-9a-f]{64}), this enclave serves ([0-9a-f]{64})"
+)
+
+
 def map_rpc_error(exc: grpc.RpcError, *, upload: bool = False) -> CctrainError:
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
@@ -152,6 +161,9 @@ def map_rpc_error(exc: grpc.RpcError, *, upload: bool = False) -> CctrainError:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return EnclaveUnavailableError(f"the enclave is unavailable: {msg}", code=name)
     if code == grpc.StatusCode.UNAUTHENTICATED:
+        mismatch = _POLICY_MISMATCH.search(details)
+        if mismatch is not None:
+            return PolicyMismatchError(client=mismatch[1], enclave=mismatch[2])
         return AuthenticationError(msg, code=name)
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return PermissionDeniedError(msg, code=name)
@@ -197,9 +209,8 @@ def check_attestation(
     policy = signed_policy.policy
     evidence = evidence_from_pb(resp.evidence)
     if resp.policy_digest != policy.digest:
-        raise AttestationError(
-            f"enclave serves policy {bytes(resp.policy_digest).hex()[:16]}…, "
-            f"ours is {policy.digest.hex()[:16]}…"
+        raise PolicyMismatchError(
+            client=policy.digest.hex(), enclave=bytes(resp.policy_digest).hex()
         )
     if bytes(resp.tls_certificate) != tls_certificate_der:
         raise AttestationError("the attested TLS certificate is not the one this connection uses")
@@ -315,6 +326,7 @@ class EnclaveSession:
         )
         return [
             (MD_PARTY, self.keys.party_id),
+            (MD_POLICY, self.policy.digest.hex()),
             (MD_TIME, str(t)),
             (MD_NONCE, nonce.hex()),
             (MD_SIG, sig),

@@ -19,8 +19,9 @@ parsers) are mapped onto it at the module that meets them::
     │   ├── EvidenceParseError       bytes are not evidence of the claimed format
     │   ├── EvidenceVerificationError signatures / chain / collateral fail (.errors)
     │   ├── EvidenceValidationError  verified claims do not match the policy (.mismatches)
-    │   └── NoEvidenceProviderError  no TEE device present to produce evidence (also an
-    │                                InputError: the host's setup)
+    │   ├── NoEvidenceProviderError  no TEE device present to produce evidence (also an
+    │   │                            InputError: the host's setup)
+    │   └── PolicyMismatchError      the enclave serves another policy (.client, .enclave)
     ├── ProtocolError            the peer broke the protocol or refused a request
     │   ├── AuthenticationError      request not signed by a party of the policy
     │   ├── PermissionDeniedError    the party may not do this
@@ -104,6 +105,18 @@ class EvidenceValidationError(AttestationError):
 
 class NoEvidenceProviderError(AttestationError, InputError):
     """No TEE interface was found to produce evidence on this host (a setup problem)."""
+
+
+class PolicyMismatchError(AttestationError):
+    """The enclave serves another policy than the caller's: both digests (hex) are kept."""
+
+    def __init__(self, *, client: str, enclave: str) -> None:
+        self.client = client
+        self.enclave = enclave
+        super().__init__(
+            f"policy mismatch: the enclave serves policy {enclave}, this client's policy is "
+            f"{client} (both sides must use the same signed policy)"
+        )
 
 
 class ShardError(InputError):

@@ -47,6 +47,9 @@ MD_PARTY = "cctrain-party"
 MD_TIME = "cctrain-time-ms"
 MD_NONCE = "cctrain-nonce"
 MD_SIG = "cctrain-signature-bin"
+#: The client's policy digest (hex), so an enclave serving another policy says so, with both
+#: digests, rather than only that the request signature (which covers the digest) fails.
+MD_POLICY = "cctrain-policy"
 AUTH_WINDOW_MS = 120_000
 
 

@@ -86,6 +86,18 @@ def make_consortium(root: Path, *, sign_all: bool = True, **overrides: Any) -> C
     return Consortium(root, keys, signed)
 
 
+def another_policy(c: Consortium, **overrides: Any) -> SignedPolicy:
+    """A policy the same parties signed, differing from ``c``'s (by default in one field)."""
+    doc = policy_document(c.keys, **overrides)
+    if not overrides:
+        doc["training"]["epochs"] += 1
+    signed = SignedPolicy.new(parse_policy(json.dumps(doc, indent=2).encode(), "json"))
+    env = signed.envelope
+    for pid, k in c.keys.items():
+        env = env.sign(pid, k.signing_key)
+    return SignedPolicy(env, signed.policy)
+
+
 @contextmanager
 def running_enclave(
     consortium: Consortium,

@@ -20,7 +20,7 @@ import pytest
 from cctrain.crypto.keys import PRIVATE_TYPE, PartyKeys
 from cctrain.release import BUNDLE_TYPE
 from tests.cli_process import assert_clean_error, cctrain, environment
-from tests.consortium import make_consortium, running_enclave
+from tests.consortium import another_policy, make_consortium, running_enclave
 from tests.ingest.conftest import write_shard
 
 
@@ -57,6 +57,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     (root / "fields-missing.toml").write_text('version = 1\nname = "x"\n')
     unsigned = json.loads(c.policy_path.read_text()) | {"signatures": []}
     (root / "unsigned.signed.json").write_text(json.dumps(unsigned))
+    (root / "other.signed.json").write_text(another_policy(c).envelope.to_json())
     _private(root / "garbage.key", "not a key\n")
     _private(root / "fields-missing.key", json.dumps({"type": PRIVATE_TYPE, "id": "x"}))
     (root / "a-directory.key").mkdir()
@@ -177,6 +178,13 @@ CASES: list[tuple[str, tuple[str, ...], int, str]] = [
         + ("--key", "hospital-a.key"),
         2,
         "policy is not fully signed",
+    ),
+    (
+        "enclave-serves-another-policy",
+        ("status", "--enclave", "{addr}", "--policy", "other.signed.json")
+        + ("--key", "hospital-a.key", "--allow-simulated"),
+        1,
+        "policy mismatch: the enclave serves policy ",
     ),
     # shards
     ("shard-wrong-extension", ("upload", "shard.txt", *A), 2, "unsupported shard format"),

@@ -33,6 +33,7 @@ from cctrain.protocol import (
     AUTH_WINDOW_MS,
     MD_NONCE,
     MD_PARTY,
+    MD_POLICY,
     MD_SIG,
     MD_TIME,
     request_signing_bytes,
@@ -102,6 +103,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             sig = metadata[MD_SIG]
         except (KeyError, ValueError, TypeError):
             raise AuthError("missing or malformed authentication metadata") from None
+        theirs, ours = metadata.get(MD_POLICY), self._policy.digest.hex()
+        if theirs is not None and theirs != ours:
+            raise AuthError(
+                f"policy mismatch: the request is for policy {theirs}, this enclave serves {ours}"
+            )
         key = self._keys.get(party)
         if key is None:
             raise AuthError(f"party {party!r} is not in the policy")
