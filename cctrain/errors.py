@@ -33,7 +33,8 @@ parsers) are mapped onto it at the module that meets them::
     └── JournalError             the enclave's journal does not verify (names the entry)
 
 The command lines turn this tree into their exit status (:mod:`cctrain.commandline`):
-``InputError`` is 2, ``EnclaveUnavailableError`` 3, everything else 1.
+``InputError`` (and an upload the enclave refuses as invalid, INVALID_ARGUMENT) is 2,
+``EnclaveUnavailableError`` 3, everything else 1.
 
 Messages say what was wrong; they never contain plaintext or key material.
 """
