@@ -32,6 +32,9 @@ import click
 
 from cctrain.errors import CctrainError, EnclaveUnavailableError, InputError, UploadRejectedError
 
+#: click >= 8.2 raises this (a UsageError) for a group run without a command.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 SUCCESS = 0
 FAILED = 1
 BAD_INPUT = 2
@@ -79,6 +82,9 @@ class CommandGroup(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as exc:  # a group run without a command: its help, as click does
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             fail(exc.format_message() + where, BAD_INPUT)

@@ -258,3 +258,11 @@ def test_a_careless_user(ws: Workspace, args: tuple[str, ...], code: int, needle
 def test_every_case_has_its_own_name() -> None:
     names = [name for name, *_ in CASES]
     assert len(names) == len(set(names))
+
+
+def test_help_is_not_an_error(tmp_path: Path) -> None:
+    shown = cctrain("release", "--help", cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.startswith("Usage: cctrain release")
+    bare = cctrain(cwd=tmp_path)  # a group without a command: its help, exit status 2
+    assert bare.returncode == 2 and "Usage: cctrain [OPTIONS] COMMAND" in bare.stderr
+    assert "error:" not in bare.stdout + bare.stderr
