@@ -22,7 +22,6 @@ Design (see DESIGN.md, protocol step 2):
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -30,13 +29,12 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import DecodeError
 
@@ -57,13 +55,13 @@ from cctrain.protocol import (
 )
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal
-from cctrain_enclave.npzstream import NpzStreamValidator
 from cctrain_enclave.shards import (
     ShardArrays,
-    check_summary,
-    parse_shard,
-    raise_problems,
-    validate_shard,
+    ShardParser,
+    ShardSummary,
+    checked_rows,
+    empty_arrays,
+    open_parser,
 )
 from cctrain_enclave.state import EnclaveState, StatePaths, atomic_write, fsync_dir
 
@@ -97,14 +95,17 @@ class ParsedHeader:
         return index * (int(self.msg.chunk_size) + TAG_SIZE)
 
 
-def read_committed(path: Path, header: ParsedHeader, key: bytes, *, what: str) -> bytes:
-    """Decrypt a stored shard once, in order, and return its plaintext only if it is what the
-    header commits to (SHA-256). Whatever is checked or trained must be these bytes: reading
-    the file a second time would let a host that owns the disk, with a provider that holds
-    the data key, swap it in between."""
+def read_committed(
+    path: Path, header: ParsedHeader, key: bytes, consume: Callable[[bytes], None], *, what: str
+) -> None:
+    """Decrypt a stored shard once, in order, handing each chunk's plaintext to ``consume``
+    (a shard parser) as soon as it authenticates; return only if the whole plaintext is what
+    the header commits to (SHA-256). Whatever is checked or trained must be these bytes:
+    reading the file a second time would let a host that owns the disk, with a provider that
+    holds the data key, swap it in between. So what ``consume`` built may be used only once
+    this returned: a chunk that fails, or a commitment that does not match, raises."""
     opener = StreamOpener(key, header.msg.nonce_prefix, header.sha256)
     hasher = hashlib.sha256()
-    parts: list[bytes] = []
     with open(path, "rb") as fh:
         for i in range(header.chunk_count):
             last = i == header.chunk_count - 1
@@ -112,7 +113,7 @@ def read_committed(path: Path, header: ParsedHeader, key: bytes, *, what: str) -
             if pt is None:
                 raise ShardError(f"{what} does not authenticate (altered at rest)")
             hasher.update(pt)
-            parts.append(pt)
+            consume(pt)
         if fh.read(1):
             raise ShardError(f"{what} is longer than its header says (altered at rest)")
     if hasher.digest() != header.msg.plaintext_sha256:
@@ -120,7 +121,6 @@ def read_committed(path: Path, header: ParsedHeader, key: bytes, *, what: str) -
             f"{what} does not match the plaintext commitment of its signed header "
             "(re-encrypted at rest)"
         )
-    return b"".join(parts)
 
 
 class ShardStore:
@@ -215,8 +215,9 @@ class ShardStore:
             return None
         return parsed.sha256, next_index
 
-    def read_accepted(self, shard: AcceptedShard) -> bytes:
-        """The plaintext of an accepted shard, exactly what its receipt commits to.
+    def read_accepted(self, shard: AcceptedShard, consume: Callable[[bytes], None]) -> None:
+        """Feed the plaintext of an accepted shard, exactly what its receipt commits to, to
+        ``consume`` chunk by chunk; return once the whole of it matched the commitment.
 
         The chunks' authentication shows only that they were sealed under the owner's data
         key, which the owner holds: a provider working with the host could put other bytes
@@ -224,38 +225,46 @@ class ShardStore:
         binds the trained bytes to the receipt, and these very bytes (not a second read of
         the file) are what gets parsed.
         """
-        return read_committed(
+        read_committed(
             self.paths.shard_ciphertext(shard.header_sha256),
             ParsedHeader(shard.header_raw, shard.header, shard.header_sha256),
             self.data_key(shard.header),
+            consume,
             what="its stored ciphertext",
         )
 
     def load_dataset(
         self, shards: tuple[AcceptedShard, ...], schema: Mapping[str, Any]
     ) -> ShardArrays:
-        """The shards uploads were closed on, pooled in the journal's order (for the trainer)."""
-        feats, labels = [], []
+        """The shards uploads were closed on, pooled in the journal's order (for the trainer).
+
+        The pooled arrays are allocated once from the receipts' row counts; each shard is
+        decrypted chunk by chunk into the same parser that validated it at upload, which
+        writes its rows into its slice. No shard's plaintext is ever held whole."""
+        if not shards:
+            raise ShardError("no accepted shards")
+        pooled = empty_arrays(sum(s.rows for s in shards), schema)
+        at = 0
         for shard in shards:
+            out = ShardArrays(
+                pooled.features[at : at + shard.rows], pooled.labels[at : at + shard.rows]
+            )
             try:
-                data = self.read_accepted(shard)
-                arrays = parse_shard(shard.header.format, io.BytesIO(data), schema)  # type: ignore[arg-type]
-                del data
+                parser = open_parser(shard.header.format, schema, out=out)
+                self.read_accepted(shard, parser.feed)
+                rows = checked_rows(parser.finish(), schema)
             except (ShardError, OSError) as exc:
                 raise ShardError(
                     f"stored shard {shard.party_id}/{shard.shard_id} (journal entry #{shard.seq}) "
                     f"does not read back: {exc}"
                 ) from None
-            if arrays.rows != shard.rows:
+            if rows != shard.rows:  # the parsers enforce it already; a second line of defence
                 raise ShardError(
-                    f"stored shard {shard.party_id}/{shard.shard_id} has {arrays.rows} rows, "
+                    f"stored shard {shard.party_id}/{shard.shard_id} has {rows} rows, "
                     f"its receipt {shard.rows}"
                 )
-            feats.append(arrays.features)
-            labels.append(arrays.labels)
-        if not feats:
-            raise ShardError("no accepted shards")
-        return ShardArrays(np.concatenate(feats), np.concatenate(labels))
+            at += shard.rows
+        return pooled
 
 
 class _ChunkSink:
@@ -332,6 +341,26 @@ class _ChunkSink:
             self._check()
 
 
+class _StreamingCheck:
+    """A shard parser fed on the sink thread: its first refusal is kept for ``finish``."""
+
+    def __init__(self, parser: ShardParser) -> None:
+        self._parser = parser
+        self._error: ShardError | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._error is None:
+            try:
+                self._parser.feed(data)
+            except ShardError as exc:
+                self._error = exc
+
+    def finish(self) -> ShardSummary:
+        if self._error is not None:
+            raise self._error
+        return self._parser.finish()
+
+
 class UploadSession:
     """One Upload stream. ``begin`` → ``add_chunk``* → ``finish``; or ``reject`` / ``suspend``."""
 
@@ -365,13 +394,14 @@ class UploadSession:
             self.key = store.data_key(msg)
             self.opener = StreamOpener(self.key, msg.nonce_prefix, self.header.sha256)
             self.hasher = hashlib.sha256()
-            # Validates an NPZ as it arrives, so finish() needs no second pass (when it can).
-            self.npz = NpzStreamValidator() if msg.format == "npz" else None
+            # The shard's parser, fed each chunk as it is decrypted: its verdict is the one the
+            # receipt records (there is no second pass), and training runs the same parser.
+            self.check = _StreamingCheck(open_parser(msg.format, self.policy.data))
             self.dir = store.partial_dir(party_id, self.shard_id)
             self.next_index = self._prepare(int(upload_header.resume_from))
             self.finished = False
             self._unacked = 0
-            self._sink = _ChunkSink(self._fh, self.hasher, self._record_progress, self.npz)
+            self._sink = _ChunkSink(self._fh, self.hasher, self._record_progress, self.check)
         except BaseException:
             self._lock.release()
             raise
@@ -459,8 +489,7 @@ class UploadSession:
                     if pt is None:
                         raise Refusal(grpc.StatusCode.DATA_LOSS, "stored partial upload is corrupt")
                     self.hasher.update(pt)
-                    if self.npz is not None:
-                        self.npz.feed(pt)
+                    self.check.feed(pt)
             self._fh = open(self.dir / "chunks.bin", "ab")  # noqa: SIM115
             return resume_from
         # A fresh upload replaces any earlier partial of the same shard.
@@ -572,15 +601,8 @@ class UploadSession:
         return receipt
 
     def _validate(self) -> int:
-        """Rows of the shard after the schema check: from the streamed summary, or a second pass."""
-        schema = self.policy.data
-        summary = self.npz.summary() if self.npz is not None else None
-        if summary is not None:
-            raise_problems(check_summary(summary, schema))
-            return summary.rows
-        # The second pass checks the committed bytes themselves, not a second read of the file.
-        data = read_committed(self.dir / "chunks.bin", self.header, self.key, what="the upload")
-        return validate_shard(self.header.msg.format, io.BytesIO(data), schema)
+        """Rows of the shard: the streaming parser's verdict, then the schema check."""
+        return checked_rows(self.check.finish(), self.policy.data)
 
     _moved_to: Path | None = None
 
