@@ -328,15 +328,46 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
     if isinstance(t.get("max_rows"), int) and isinstance(t["min_rows"], int):
         if t["min_rows"] > t["max_rows"]:
             c.add("data.min_rows", f"{t['min_rows']} exceeds data.max_rows {t['max_rows']}")
-    csv = c.table(t.setdefault("csv", {}), "data.csv", optional=("header", "label_column"))
+    csv = c.table(
+        t.setdefault("csv", {}),
+        "data.csv",
+        optional=("header", "label_column", "feature_columns", "ignore_extra_columns"),
+    )
     csv.setdefault("header", True)
     csv.setdefault("label_column", "label")
     c.typed(csv["header"], "data.csv.header", bool, "true or false")
     c.typed(csv["label_column"], "data.csv.label_column", str, "a column name")
     if "features" in t and isinstance(shape, list) and len(shape) != 1 and "csv" in formats:
         c.add("data.formats", "csv shards need 1-D features; use npz for shaped features")
+    _check_csv_columns(c, csv, shape)
     t["csv"] = csv
     return t
+
+
+def _check_csv_columns(c: _Checker, csv: dict[str, Any], shape: Any) -> None:
+    """``feature_columns``: the CSV columns that are the features, in the schema's order
+    (matched by header name); ``ignore_extra_columns``: whether other columns are allowed."""
+    if "ignore_extra_columns" in csv:
+        c.typed(csv["ignore_extra_columns"], "data.csv.ignore_extra_columns", bool, "true or false")
+        if "feature_columns" not in csv:
+            c.add("data.csv.ignore_extra_columns", "applies only with data.csv.feature_columns")
+    if "feature_columns" not in csv:
+        return
+    path, names = "data.csv.feature_columns", csv["feature_columns"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        c.add(path, f"must be a non-empty list of column names, got {names!r}")
+        return
+    if not all(names):
+        c.add(path, "column names must not be empty")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        c.add(path, f"names {twice} more than once")
+    label = csv.get("label_column")
+    if label in names:
+        c.add(path, f"includes the label column {label!r} (data.csv.label_column)")
+    if isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int):
+        if len(names) != shape[0]:
+            c.add(path, f"names {len(names)} columns, data.features.shape wants {shape[0]}")
 
 
 def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
