@@ -392,6 +392,27 @@ def test_zip64_end_record_is_read() -> None:
     refused(bytes(bad), "places the central directory")
 
 
+def test_zip64_directory_fields_are_read() -> None:
+    """Past 2 GiB, zipfile moves a directory entry's sizes and offset into a zip64 field and
+    writes 0xFFFFFFFF in their place; the values in the field count."""
+    a = Archive.parse(good())
+    entry = a.centrals[1]
+    nlen = struct.unpack_from("<H", entry, 28)[0]
+    usize, csize, offset = (struct.unpack_from("<I", entry, at)[0] for at in (24, 20, 42))
+    fixed = bytearray(entry[:46])
+    for at in (20, 24, 42):
+        set_field(fixed, at, "<I", 0xFFFFFFFF)
+    set_field(fixed, 30, "<H", 28)
+    extra = struct.pack("<HHQQQ", 1, 24, usize, csize, offset)
+    a.centrals[1] = fixed + entry[46 : 46 + nlen] + extra
+    data = a.build(fix_offsets=False)
+    np.testing.assert_array_equal(parse_shard("npz", data, SCHEMA).labels, np_load(data)["labels"])
+    a.centrals[1] = fixed + entry[46 : 46 + nlen] + extra[:-8]  # the offset left out
+    set_field(a.centrals[1], 30, "<H", 20)
+    struct.pack_into("<H", a.centrals[1], 46 + nlen + 2, 16)
+    refused(a.build(fix_offsets=False), "zip64 field that does not fit")
+
+
 def test_local_sizes_may_be_written_in_full_with_zip64() -> None:
     """Some zipfile versions put the real sizes in the 32-bit fields as well as the zip64
     field; both forms read alike. Disagreeing values are refused."""
