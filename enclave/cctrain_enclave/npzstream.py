@@ -111,22 +111,14 @@ class _Fill:
     """Writes a member's values, in the order they stream, into the caller's array."""
 
     def __init__(self, dest: np.ndarray, fortran: bool) -> None:
-        # A Fortran-order array streams as the C-order enumeration of its transpose.
+        # A Fortran-order array streams as the C-order enumeration of its transpose, which
+        # ``.flat`` walks (in C, without a copy) when the view is not contiguous.
         self.view = dest.T if fortran else dest
-        self.flat = self.view.reshape(-1) if self.view.flags.c_contiguous else None
+        self.flat = self.view.reshape(-1) if self.view.flags.c_contiguous else self.view.flat
 
     def write(self, start: int, values: np.ndarray) -> None:
         with np.errstate(over="ignore", invalid="ignore"):  # refused afterwards as not finite
-            if self.flat is not None:
-                self.flat[start : start + values.size] = values
-                return
-            line_len, lead = self.view.shape[-1], self.view.shape[:-1]
-            done = 0
-            while done < values.size:
-                line, col = divmod(start + done, line_len)
-                n = min(line_len - col, values.size - done)
-                self.view[np.unravel_index(line, lead)][col : col + n] = values[done : done + n]
-                done += n
+            self.flat[start : start + values.size] = values
 
 
 class _MemberReader:
