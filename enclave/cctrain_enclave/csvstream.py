@@ -93,8 +93,8 @@ class CsvParser:
         self._finite = True
         self._error: ShardError | None = None
         self._summary: ShardSummary | None = None
-        if len(self._shape) != 1:
-            raise ShardError("csv shards need 1-D features; use npz for shaped features")
+        if len(self._shape) != 1:  # the policy refuses this; still, refuse the shard, not start
+            self._error = ShardError("csv shards need 1-D features; use npz for shaped features")
 
     # -- input
     def feed(self, data: bytes | bytearray | memoryview) -> None:
