@@ -31,6 +31,15 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 4 << 20
 #: gRPC message limit on both sides: one chunk plus framing.
 MAX_MESSAGE_SIZE = MAX_CHUNK_SIZE + (64 << 10)
+
+
+def quoted(value: object, limit: int = 64) -> str:
+    """An untrusted string as an error message may echo it: repr'd (no control characters
+    reach a log line), at most ``limit`` characters of it."""
+    text = str(value)
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
 SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 HEADER_SIG_TAG = b"cctrain/shard-header/v1\x00"
