@@ -23,13 +23,13 @@ import tomllib
 from cctrain.crypto.dsse import Envelope
 from cctrain.crypto.keys import decode_public, ed25519_public
 from cctrain.errors import PolicyError
+from cctrain.ids import PARTY_ID, is_party_id
 
 PAYLOAD_TYPES = {
     "toml": "application/vnd.cctrain.policy+toml",
     "json": "application/vnd.cctrain.policy+json",
 }
 ROLES = frozenset({"data_provider", "recipient"})
-PARTY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 SHARD_FORMATS = frozenset({"npz", "csv"})
 FEATURE_DTYPES = frozenset({"float32", "float64"})
 MODELS = frozenset({"logreg", "mlp", "cnn", "custom"})
@@ -192,7 +192,7 @@ def _check_parties(c: _Checker, doc: Any) -> list[Party]:
             entry, path, required=("id", "roles", "signing_key"), optional=("hpke_key", "name")
         )
         pid = t.get("id")
-        if not isinstance(pid, str) or not PARTY_ID.match(pid):
+        if not isinstance(pid, str) or not is_party_id(pid):
             c.add(f"{path}.id", f"must match {PARTY_ID.pattern}, got {pid!r}")
             continue
         if pid in seen:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from google.protobuf.message import DecodeError
 from cctrain.attestation.base import Evidence
 from cctrain.crypto.hpke import info_for
 from cctrain.errors import AttestationError, ReceiptError
+from cctrain.ids import SHARD_ID as SHARD_ID  # re-exported
 from cctrain.v1 import enclave_pb2 as pb
 
 HEADER_VERSION = 1
@@ -39,8 +39,6 @@ def quoted(value: object, limit: int = 64) -> str:
     text = str(value)
     return repr(text[:limit]) + ("…" if len(text) > limit else "")
 
-
-SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 HEADER_SIG_TAG = b"cctrain/shard-header/v1\x00"
 RECEIPT_SIG_TAG = b"cctrain/receipt/v1\x00"

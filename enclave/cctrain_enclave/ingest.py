@@ -44,6 +44,7 @@ from cctrain.crypto import hpke
 from cctrain.crypto.keys import ed25519_public
 from cctrain.crypto.stream import NONCE_PREFIX_SIZE, TAG_SIZE, StreamOpener
 from cctrain.errors import ShardError
+from cctrain.ids import is_shard_id, path_component
 from cctrain.journal import AcceptedShard
 from cctrain.policy import Policy
 from cctrain.protocol import (
@@ -152,7 +153,7 @@ class ShardStore:
 
     # -- paths and locks
     def partial_dir(self, party: str, shard: str) -> Path:
-        return self.uploads / party / shard
+        return self.uploads / path_component("party", party) / path_component("shard", shard)
 
     def lock(self, party: str, shard: str) -> threading.Lock:
         with self._locks_guard:
@@ -206,7 +207,7 @@ class ShardStore:
         if not party_dir.is_dir():
             return out
         for pdir in party_dir.iterdir():
-            if pdir.name.startswith(".") or not SHARD_ID.match(pdir.name):
+            if not is_shard_id(pdir.name):
                 continue
             msg = pb.ShardHeader()
             try:
@@ -483,7 +484,7 @@ class UploadSession:
             raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED, f"{self.party_id!r} is not a data_provider"
             )
-        if not SHARD_ID.match(msg.shard_id):
+        if not is_shard_id(msg.shard_id):
             raise Refusal(bad, f"upload header: shard_id must match {SHARD_ID.pattern}")
         schema = self.policy.data
         if msg.format not in schema["formats"]:

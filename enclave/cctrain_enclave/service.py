@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import grpc
 
 from cctrain.attestation.binding import NONCE_SIZE, EnclaveIdentity, report_data_for, spki_sha256
-from cctrain.protocol import SHARD_ID, evidence_to_pb
+from cctrain.ids import SHARD_ID, is_shard_id
+from cctrain.protocol import evidence_to_pb
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import enclave_pb2_grpc as pb_grpc
 from cctrain_enclave.app import EnclaveApp
@@ -207,7 +208,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         self, request: pb.UploadStatusRequest, context: grpc.ServicerContext
     ) -> pb.UploadStatusResponse:
         party = current_party.get()
-        if not SHARD_ID.match(request.shard_id):
+        if not is_shard_id(request.shard_id):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"shard_id must match {SHARD_ID.pattern}"
             )

@@ -157,6 +157,7 @@ def test_identifiers_never_reach_a_path(tmp_path: Path) -> None:
                 "/etc/passwd",
                 "a" * 300,
                 "mine\x00",
+                "mine\n",  # a `$` anchor accepts a trailing newline: fullmatch does not
                 ".",
                 "..",
                 "a/b",
