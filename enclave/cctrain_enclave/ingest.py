@@ -42,6 +42,7 @@ from cctrain.crypto import hpke
 from cctrain.crypto.keys import ed25519_public
 from cctrain.crypto.stream import NONCE_PREFIX_SIZE, TAG_SIZE, StreamOpener
 from cctrain.errors import ShardError
+from cctrain.ids import is_shard_id, path_component
 from cctrain.journal import AcceptedShard
 from cctrain.policy import Policy
 from cctrain.protocol import (
@@ -50,11 +51,13 @@ from cctrain.protocol import (
     MAX_CHUNK_SIZE,
     SHARD_ID,
     expected_chunk_count,
+    quoted,
     shard_key_info,
     verify_signature,
 )
 from cctrain.v1 import enclave_pb2 as pb
-from cctrain_enclave.errors import Refusal
+from cctrain_enclave.errors import Refusal, StoredShardError
+from cctrain_enclave.quotas import Holding, check_provider_limits
 from cctrain_enclave.shards import (
     ShardArrays,
     ShardParser,
@@ -68,6 +71,11 @@ from cctrain_enclave.state import EnclaveState, StatePaths, atomic_write, fsync_
 log = logging.getLogger("cctrain.enclave.ingest")
 
 MIN_CHUNK_SIZE = 4096
+#: What the enclave's log says of a shard refused for its content: the uploader hears which
+#: values broke which rule, the host (which reads the log) only that something did.
+CONTENT_REFUSED = (
+    "its content does not meet the policy's data schema (details went to the uploader only)"
+)
 #: Acknowledge (after fsync) at least every this many bytes of ciphertext. Larger means fewer
 #: fsyncs (faster) but more to resend after a crash; 64 MiB costs well under a second to resend.
 ACK_EVERY_BYTES = int(os.environ.get("CCTRAIN_ACK_EVERY_BYTES", 64 << 20))
@@ -140,14 +148,74 @@ class ShardStore:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        #: Uploads in progress, per provider: what each would add to the provider's holdings.
+        self._inflight: dict[str, dict[str, Holding]] = {}
 
     # -- paths and locks
     def partial_dir(self, party: str, shard: str) -> Path:
-        return self.uploads / party / shard
+        return self.uploads / path_component("party", party) / path_component("shard", shard)
 
     def lock(self, party: str, shard: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault((party, shard), threading.Lock())
+
+    # -- a provider's share (policy [limits])
+    def admit(
+        self, party: str, header: pb.ShardHeader, accepted: tuple[AcceptedShard, ...]
+    ) -> None:
+        """Count a new upload against the provider's limits before receiving any of it.
+
+        Its holdings are its accepted shards, its partial uploads on disk and its uploads in
+        progress; this upload's own earlier partial (same shard id) is replaced, not counted.
+        """
+        with self._locks_guard:
+            inflight = self._inflight.setdefault(party, {})
+            limit = int(self._policy.limits["concurrent_uploads_per_provider"])
+            if len(inflight) >= limit:
+                raise Refusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"you have {len(inflight)} upload(s) in progress; the policy allows {limit} "
+                    "at once (limits.concurrent_uploads_per_provider)",
+                )
+            holdings = {
+                s.shard_id: Holding(s.shard_id, s.header.plaintext_size, s.header.plaintext_sha256)
+                for s in accepted
+                if s.party_id == party
+            }
+            for h in (*self._partial_holdings(party), *inflight.values()):
+                holdings.setdefault(h.shard_id, h)
+            check_provider_limits(
+                self._policy,
+                shard_id=header.shard_id,
+                plaintext_size=int(header.plaintext_size),
+                plaintext_sha256=bytes(header.plaintext_sha256),
+                holdings=holdings.values(),
+            )
+            inflight[header.shard_id] = Holding(
+                header.shard_id, int(header.plaintext_size), bytes(header.plaintext_sha256)
+            )
+
+    def release_admission(self, party: str, shard: str) -> None:
+        with self._locks_guard:
+            self._inflight.get(party, {}).pop(shard, None)
+
+    def _partial_holdings(self, party: str) -> list[Holding]:
+        """The provider's partial uploads on disk (the host can edit them: a header that does
+        not parse still takes a slot, of size 0)."""
+        out = []
+        party_dir = self.uploads / party
+        if not party_dir.is_dir():
+            return out
+        for pdir in party_dir.iterdir():
+            if not is_shard_id(pdir.name):
+                continue
+            msg = pb.ShardHeader()
+            try:
+                msg.ParseFromString((pdir / "header.bin").read_bytes())
+            except (OSError, DecodeError):
+                pass
+            out.append(Holding(pdir.name, int(msg.plaintext_size), bytes(msg.plaintext_sha256)))
+        return out
 
     def data_key(self, header: pb.ShardHeader) -> bytes:
         """The owner's data key, unwrapped from its header with the enclave's HPKE key."""
@@ -246,23 +314,28 @@ class ShardStore:
         pooled = empty_arrays(sum(s.rows for s in shards), schema)
         at = 0
         for shard in shards:
+
+            def fail(
+                reason: object, *, at_rest: bool, s: AcceptedShard = shard
+            ) -> StoredShardError:
+                return StoredShardError(s.party_id, s.shard_id, s.seq, str(reason), at_rest=at_rest)
+
             out = ShardArrays(
                 pooled.features[at : at + shard.rows], pooled.labels[at : at + shard.rows]
             )
+            # A parser refusal waits for the end of the pass: if the bytes are not the committed
+            # ones, the failure is the host's (at rest), and its text must not be the parser's.
+            check = _StreamingCheck(open_parser(shard.header.format, schema, out=out))
             try:
-                parser = open_parser(shard.header.format, schema, out=out)
-                self.read_accepted(shard, parser.feed)
-                rows = checked_rows(parser.finish(), schema)
+                self.read_accepted(shard, check.feed)
             except (ShardError, OSError) as exc:
-                raise ShardError(
-                    f"stored shard {shard.party_id}/{shard.shard_id} (journal entry #{shard.seq}) "
-                    f"does not read back: {exc}"
-                ) from None
+                raise fail(exc, at_rest=True) from None
+            try:
+                rows = checked_rows(check.finish(), schema)
+            except ShardError as exc:
+                raise fail(exc, at_rest=False) from None
             if rows != shard.rows:  # the parsers enforce it already; a second line of defence
-                raise ShardError(
-                    f"stored shard {shard.party_id}/{shard.shard_id} has {rows} rows, "
-                    f"its receipt {shard.rows}"
-                )
+                raise fail(f"{rows} rows, its receipt says {shard.rows}", at_rest=False)
             at += shard.rows
         return pooled
 
@@ -391,6 +464,8 @@ class UploadSession:
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"shard {self.shard_id!r} was already accepted; fetch its receipt with UploadStatus",
                 )
+            store.admit(party_id, msg, state.view.shards)
+            self._admitted = True
             self.key = store.data_key(msg)
             self.opener = StreamOpener(self.key, msg.nonce_prefix, self.header.sha256)
             self.hasher = hashlib.sha256()
@@ -403,7 +478,7 @@ class UploadSession:
             self._unacked = 0
             self._sink = _ChunkSink(self._fh, self.hasher, self._record_progress, self.check)
         except BaseException:
-            self._lock.release()
+            self.close()
             raise
 
     # -- header
@@ -441,13 +516,14 @@ class UploadSession:
             raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED, f"{self.party_id!r} is not a data_provider"
             )
-        if not SHARD_ID.match(msg.shard_id):
+        if not is_shard_id(msg.shard_id):
             raise Refusal(bad, f"upload header: shard_id must match {SHARD_ID.pattern}")
         schema = self.policy.data
         if msg.format not in schema["formats"]:
             raise Refusal(
                 bad,
-                f"upload header: format {msg.format!r} not allowed (policy: {list(schema['formats'])})",
+                f"upload header: format {quoted(msg.format)} not allowed "
+                f"(policy: {list(schema['formats'])})",
             )
         if not MIN_CHUNK_SIZE <= msg.chunk_size <= MAX_CHUNK_SIZE:
             raise Refusal(
@@ -582,7 +658,7 @@ class UploadSession:
         try:
             rows = self._validate()
         except ShardError as exc:
-            raise Refusal(bad, str(exc)) from None
+            raise Refusal(bad, str(exc), log=CONTENT_REFUSED) from None
         # The ciphertext moves to its place first; the journal entry is what accepts it (a
         # crash in between leaves a file no entry vouches for, removed at the next start).
         dest = self.store.paths.shard_ciphertext(self.header.sha256)
@@ -628,6 +704,11 @@ class UploadSession:
         except (OSError, ValueError, KeyError):
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    _admitted = False
+
     def close(self) -> None:
+        if self._admitted:
+            self.store.release_admission(self.party_id, self.shard_id)
+            self._admitted = False
         if self._lock.locked():
             self._lock.release()
