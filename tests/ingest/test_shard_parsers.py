@@ -267,3 +267,35 @@ def test_memory_of_an_8_mib_csv_at_ingest_and_at_training(world: Any, tmp_path: 
         f"training peak {train_peak} B: {train_peak - arrays_size} B beyond the arrays "
         f"({arrays_size} B) for a {size}-byte shard"
     )
+
+
+def test_bytes_that_are_not_the_committed_ones_fail_at_rest_whatever_they_parse_to(
+    world: Any, tmp_path: Path
+) -> None:
+    """A stored shard re-encrypted (under its owner's key, which the host got from the owner)
+    with bytes that do not even parse: every chunk authenticates, the parser refuses early,
+    yet the pass runs to the end and the failure is the commitment's, at rest, naming no data
+    and no parser finding; no array of it is used."""
+    from cctrain.crypto.stream import StreamSealer
+    from cctrain_enclave.errors import StoredShardError
+
+    _c, app, owner = world
+    rng = np.random.default_rng(9)
+    path = npz_file(tmp_path / "s.npz", features=rng.normal(size=(500, 4)).astype(np.float32),
+                    labels=rng.integers(0, 3, 500))  # fmt: skip
+    upload(owner, path, chunk_size=4096)
+    (shard,) = app.state.view.shards
+    key = app.store.data_key(shard.header)
+    header = shard.header
+    sealer = StreamSealer(key, header.nonce_prefix, shard.header_sha256)
+    junk = b"\x93NUMPY not a zip archive " * (int(header.plaintext_size) // 25 + 1)
+    junk = junk[: int(header.plaintext_size)]
+    cs, n = int(header.chunk_size), int(header.chunk_count)
+    app.state.paths.shard_ciphertext(shard.header_sha256).write_bytes(
+        b"".join(sealer.seal(i, junk[i * cs : (i + 1) * cs], last=i == n - 1) for i in range(n))
+    )
+    with pytest.raises(StoredShardError) as info:
+        trained_on(app)
+    assert info.value.at_rest
+    assert "does not match the plaintext commitment" in str(info.value)
+    assert "npz" not in str(info.value)
