@@ -428,6 +428,11 @@ class _StreamingCheck:
             except ShardError as exc:
                 self._error = exc
 
+    @property
+    def error(self) -> ShardError | None:
+        """The parser's refusal, once it has one (set on the sink thread)."""
+        return self._error
+
     def finish(self) -> ShardSummary:
         if self._error is not None:
             raise self._error
@@ -616,6 +621,10 @@ class UploadSession:
                 f"chunk {chunk.index} failed authentication (ciphertext, header or key tampered)",
             )
         self._sink.add(pt, ciphertext)
+        if self.check.error is not None:
+            # The parser refused a chunk already received: the shard can no longer be
+            # accepted, so the rest of it is not worth receiving or storing.
+            raise Refusal(bad, str(self.check.error), log=CONTENT_REFUSED)
         self.next_index += 1
         self._unacked += len(ciphertext)
         if chunk.last:

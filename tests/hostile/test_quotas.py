@@ -158,3 +158,38 @@ def test_limits_are_validated(tmp_path: Path) -> None:
         "concurrent_uploads_per_provider": 2,
         "allow_duplicate_shards": False,
     }
+
+
+def test_a_shard_the_parser_refused_is_not_received_to_its_end(tmp_path: Path) -> None:
+    """A malformed shard is refused as soon as the parser sees it: the provider does not
+    get to make the enclave receive and store the rest (up to data.max_bytes)."""
+    import hashlib
+    import queue
+
+    from cctrain.v1 import enclave_pb2 as pb
+    from cctrain_enclave.limits import ServerLimits
+    from tests.hostile.helpers import first_response, open_stream, signed_metadata
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,c,d,label\n1,2,3,not-a-number,0\n" + "1,2,3,4,1\n" * 40_000)
+    c = make_consortium(tmp_path / "c")
+    # Without the early refusal the enclave would wait for the last chunk, then time out.
+    limits = ServerLimits(upload_idle_s=60.0)
+    with running_enclave(c, tmp_path / "state", limits=limits) as (address, _app):
+        with make_owner(address, c, "hospital-a") as a:
+            data = bad.read_bytes()
+            header_bytes, sig, key = a._new_header(
+                "csv", "bad", 1 << 14, len(data), hashlib.sha256(data).digest()
+            )
+            header = pb.ShardHeader()
+            header.ParseFromString(header_bytes)
+            requests = list(a._requests(bad, header, header_bytes, sig, key, 0, lambda *_: None))
+            box: queue.Queue[object] = queue.Queue()
+            for req in requests[:-1]:  # everything but the final chunk
+                box.put(req)
+            call = open_stream(a.stub.Upload, box, metadata=signed_metadata(a, "Upload"))
+            msg, err = first_response(call, timeout=45.0)
+            box.put(None)
+    assert err is not None, msg
+    assert err.code().name == "INVALID_ARGUMENT", (err.code(), err.details())
+    assert "line 2" in (err.details() or "")
