@@ -60,6 +60,7 @@ from cctrain.errors import (
     describe_parse_error,
 )
 from cctrain.files import atomic_write
+from cctrain.ids import SHARD_ID, is_shard_id
 from cctrain.journal import AuditReport, Record, audit, iter_pages, parse_record
 from cctrain.policy import SignedPolicy
 from cctrain.protocol import (
@@ -71,7 +72,6 @@ from cctrain.protocol import (
     MD_POLICY,
     MD_SIG,
     MD_TIME,
-    SHARD_ID,
     Receipt,
     evidence_from_pb,
     expected_chunk_count,
@@ -497,7 +497,7 @@ class DataOwner(EnclaveSession):
         path = Path(path)
         fmt = check_shard_file(path)
         shard_id = shard_id or path.stem
-        if not SHARD_ID.match(shard_id):
+        if not is_shard_id(shard_id):
             raise ShardError(f"shard id {shard_id!r} must match {SHARD_ID.pattern}")
         party = self.keys.party_id
         state_dir = Path(state_dir) if state_dir is not None else default_state_dir()

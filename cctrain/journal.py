@@ -40,6 +40,7 @@ from google.protobuf.message import DecodeError
 
 from cctrain.dpcheck import release_problems
 from cctrain.errors import JournalError
+from cctrain.ids import is_shard_id
 from cctrain.policy import Policy
 from cctrain.protocol import (
     APPROVAL_SIG_TAG,
@@ -50,7 +51,6 @@ from cctrain.protocol import (
     MANIFEST_SIG_TAG,
     RECEIPT_SIG_TAG,
     RECEIPT_VERSION,
-    SHARD_ID,
     expected_chunk_count,
     verify_signature,
 )
@@ -375,7 +375,7 @@ def _check_header(r: _Refuse, policy: Policy, uh: pb.UploadHeader) -> pb.ShardHe
     r.check(msg.version == HEADER_VERSION, f"upload header version {msg.version}")
     r.check(msg.policy_digest == policy.digest, "upload header is for another policy")
     r.check(party is not None and party.is_provider, f"{msg.party_id!r} is not a data provider")
-    r.check(bool(SHARD_ID.match(msg.shard_id)), f"shard id {msg.shard_id!r} is not valid")
+    r.check(is_shard_id(msg.shard_id), f"shard id {msg.shard_id!r} is not valid")
     r.check(msg.format in policy.data["formats"], f"format {msg.format!r} is not allowed")
     r.check(
         0 < msg.plaintext_size <= int(policy.data["max_bytes"]), "shard size outside data.max_bytes"

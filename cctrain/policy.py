@@ -23,13 +23,13 @@ import tomllib
 from cctrain.crypto.dsse import Envelope
 from cctrain.crypto.keys import decode_public, ed25519_public
 from cctrain.errors import PolicyError, PolicyFileError
+from cctrain.ids import PARTY_ID, is_party_id
 
 PAYLOAD_TYPES = {
     "toml": "application/vnd.cctrain.policy+toml",
     "json": "application/vnd.cctrain.policy+json",
 }
 ROLES = frozenset({"data_provider", "recipient"})
-PARTY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 SHARD_FORMATS = frozenset({"npz", "csv"})
 FEATURE_DTYPES = frozenset({"float32", "float64"})
 MODELS = frozenset({"logreg", "mlp", "cnn", "custom"})
@@ -85,6 +85,8 @@ class Policy:
     privacy: Mapping[str, Any]
     start: Mapping[str, Any]
     release: Mapping[str, Any]
+    #: What one provider may put into the enclave (see :func:`_check_limits`).
+    limits: Mapping[str, Any]
 
     @property
     def digest(self) -> bytes:
@@ -190,7 +192,7 @@ def _check_parties(c: _Checker, doc: Any) -> list[Party]:
             entry, path, required=("id", "roles", "signing_key"), optional=("hpke_key", "name")
         )
         pid = t.get("id")
-        if not isinstance(pid, str) or not PARTY_ID.match(pid):
+        if not isinstance(pid, str) or not is_party_id(pid):
             c.add(f"{path}.id", f"must match {PARTY_ID.pattern}, got {pid!r}")
             continue
         if pid in seen:
@@ -328,15 +330,46 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
     if isinstance(t.get("max_rows"), int) and isinstance(t["min_rows"], int):
         if t["min_rows"] > t["max_rows"]:
             c.add("data.min_rows", f"{t['min_rows']} exceeds data.max_rows {t['max_rows']}")
-    csv = c.table(t.setdefault("csv", {}), "data.csv", optional=("header", "label_column"))
+    csv = c.table(
+        t.setdefault("csv", {}),
+        "data.csv",
+        optional=("header", "label_column", "feature_columns", "ignore_extra_columns"),
+    )
     csv.setdefault("header", True)
     csv.setdefault("label_column", "label")
     c.typed(csv["header"], "data.csv.header", bool, "true or false")
     c.typed(csv["label_column"], "data.csv.label_column", str, "a column name")
     if "features" in t and isinstance(shape, list) and len(shape) != 1 and "csv" in formats:
         c.add("data.formats", "csv shards need 1-D features; use npz for shaped features")
+    _check_csv_columns(c, csv, shape)
     t["csv"] = csv
     return t
+
+
+def _check_csv_columns(c: _Checker, csv: dict[str, Any], shape: Any) -> None:
+    """``feature_columns``: the CSV columns that are the features, in the schema's order
+    (matched by header name); ``ignore_extra_columns``: whether other columns are allowed."""
+    if "ignore_extra_columns" in csv:
+        c.typed(csv["ignore_extra_columns"], "data.csv.ignore_extra_columns", bool, "true or false")
+        if "feature_columns" not in csv:
+            c.add("data.csv.ignore_extra_columns", "applies only with data.csv.feature_columns")
+    if "feature_columns" not in csv:
+        return
+    path, names = "data.csv.feature_columns", csv["feature_columns"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        c.add(path, f"must be a non-empty list of column names, got {names!r}")
+        return
+    if not all(names):
+        c.add(path, "column names must not be empty")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        c.add(path, f"names {twice} more than once")
+    label = csv.get("label_column")
+    if label in names:
+        c.add(path, f"includes the label column {label!r} (data.csv.label_column)")
+    if isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int):
+        if len(names) != shape[0]:
+            c.add(path, f"names {len(names)} columns, data.features.shape wants {shape[0]}")
 
 
 def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
@@ -428,6 +461,53 @@ def _check_privacy(c: _Checker, doc: Any, *, simulated_only: bool) -> dict[str, 
             "privacy.noise_source",
             "'insecure-fast' noise is allowed only when attestation.platforms is ['simulated']",
         )
+    return t
+
+
+#: Defaults of the ``[limits]`` table: a provider's share of the enclave's disk and streams.
+DEFAULT_SHARDS_PER_PROVIDER = 8
+DEFAULT_CONCURRENT_UPLOADS_PER_PROVIDER = 2
+
+
+def _check_limits(c: _Checker, doc: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """What one provider may put into the enclave. Every provider is a possible adversary of
+    the others: without a bound, one fills the host's disk or holds every upload slot.
+
+    * ``shards_per_provider``: accepted shards per provider (default 8);
+    * ``bytes_per_provider``: plaintext bytes per provider, accepted plus in flight
+      (default ``shards_per_provider`` × ``data.max_bytes``);
+    * ``concurrent_uploads_per_provider``: upload streams open at once (default 2);
+    * ``allow_duplicate_shards``: accept a shard whose bytes (plaintext commitment) equal one
+      the same provider already uploaded (default false: the same rows counted twice weigh
+      double in training, and under DP a row in k shards needs k× the noise).
+    """
+    t = c.table(
+        doc,
+        "limits",
+        optional=(
+            "shards_per_provider",
+            "bytes_per_provider",
+            "concurrent_uploads_per_provider",
+            "allow_duplicate_shards",
+        ),
+    )
+    shards = t.setdefault("shards_per_provider", DEFAULT_SHARDS_PER_PROVIDER)
+    c.positive_int(shards, "limits.shards_per_provider")
+    max_bytes = data.get("max_bytes")
+    if isinstance(shards, int) and isinstance(max_bytes, int):
+        t.setdefault("bytes_per_provider", shards * max_bytes)
+    if "bytes_per_provider" in t:
+        c.positive_int(t["bytes_per_provider"], "limits.bytes_per_provider")
+    c.positive_int(
+        t.setdefault("concurrent_uploads_per_provider", DEFAULT_CONCURRENT_UPLOADS_PER_PROVIDER),
+        "limits.concurrent_uploads_per_provider",
+    )
+    c.typed(
+        t.setdefault("allow_duplicate_shards", False),
+        "limits.allow_duplicate_shards",
+        bool,
+        "true or false",
+    )
     return t
 
 
@@ -533,7 +613,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
             "privacy",
             "release",
         ),
-        optional=("expires", "start", "signature_threshold"),
+        optional=("expires", "start", "signature_threshold", "limits"),
     )
     if top.get("version") != 1:
         c.add("version", f"must be 1, got {top.get('version')!r}")
@@ -570,6 +650,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
         c.add("parties", "no party has the data_provider role")
     start = _check_start(c, top.get("start", {}), providers)
     release = _check_release(c, top.get("release", {}), parties)
+    limits = _check_limits(c, top.get("limits", {}), data)
     if privacy.get("enabled") is True:
         opted_in = set(release.get("non_private") or ())
         for m in release.get("metrics") or ():
@@ -603,6 +684,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
         privacy=_freeze(privacy),
         start=_freeze(start),
         release=_freeze(release),
+        limits=_freeze(limits),
     )
 
 

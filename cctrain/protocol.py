@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from google.protobuf.message import DecodeError
 from cctrain.attestation.base import Evidence
 from cctrain.crypto.hpke import info_for
 from cctrain.errors import AttestationError, ReceiptError
+from cctrain.ids import SHARD_ID as SHARD_ID  # re-exported
 from cctrain.v1 import enclave_pb2 as pb
 
 HEADER_VERSION = 1
@@ -31,7 +31,14 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 4 << 20
 #: gRPC message limit on both sides: one chunk plus framing.
 MAX_MESSAGE_SIZE = MAX_CHUNK_SIZE + (64 << 10)
-SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def quoted(value: object, limit: int = 64) -> str:
+    """An untrusted string as an error message may echo it: repr'd (no control characters
+    reach a log line), at most ``limit`` characters of it."""
+    text = str(value)
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
 
 HEADER_SIG_TAG = b"cctrain/shard-header/v1\x00"
 RECEIPT_SIG_TAG = b"cctrain/receipt/v1\x00"

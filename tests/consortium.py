@@ -105,11 +105,13 @@ def running_enclave(
     *,
     clock: Callable[[], float] = time.time,
     model_source: Path | None = None,
+    limits: Any = None,
 ) -> Iterator[tuple[str, Any]]:
     """A real gRPC+TLS enclave server on a loopback port chosen by the OS.
 
     ``clock`` is the host's clock, which the host owns (tests move it to play the host);
-    ``model_source`` is the custom model's source file, when the policy pins one.
+    ``model_source`` is the custom model's source file, when the policy pins one;
+    ``limits`` the server's :class:`~cctrain_enclave.limits.ServerLimits`.
     """
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.server import create_server
@@ -121,7 +123,7 @@ def running_enclave(
         clock=clock,
         model_source=model_source,
     )
-    server, port, app = create_server(config, port=0)
+    server, port, app = create_server(config, port=0, limits=limits)
     server.start()
     try:
         yield f"127.0.0.1:{port}", app

@@ -293,3 +293,14 @@ def test_cli_policy_check_reports_problems(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["policy", "check", str(p)])
     assert r.exit_code == 1
     assert "training.epochs: must be a positive integer" in r.output
+
+
+def test_ids_are_matched_whole_not_up_to_a_trailing_newline() -> None:
+    from cctrain.ids import is_party_id, is_shard_id, path_component
+
+    assert is_shard_id("Shard-1.v2") and is_party_id("hospital-a")
+    for bad in ("a\n", "a/b", "..", ".a", "", "a" * 65, "a\x00", None, 3):
+        assert not is_shard_id(bad) and not is_party_id(bad)
+    assert not is_party_id("Hospital-A")  # party ids are lower case
+    with pytest.raises(ValueError):
+        path_component("shard", "../x")

@@ -68,9 +68,9 @@ def main(verbose: bool) -> None:
 def keygen(party_id: str, out_dir: Path) -> None:
     """Create PARTY_ID.key (0600: Ed25519 identity + X25519 HPKE) and PARTY_ID.pub.json."""
     from cctrain.crypto.keys import PartyKeys
-    from cctrain.policy import PARTY_ID
+    from cctrain.ids import PARTY_ID, is_party_id
 
-    if not PARTY_ID.match(party_id):
+    if not is_party_id(party_id):
         fail(f"party id must match {PARTY_ID.pattern}", BAD_INPUT)
     try:
         priv, pub = PartyKeys.generate(party_id).save(out_dir)

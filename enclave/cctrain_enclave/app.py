@@ -158,7 +158,7 @@ class EnclaveApp:
         self._lock_fh.close()
 
     # -- what the servicer asks
-    def status(self) -> pb.GetStatusResponse:
+    def status(self, party: str) -> pb.GetStatusResponse:
         try:
             self.state.check_time("status")
         except Refusal:
@@ -170,7 +170,9 @@ class EnclaveApp:
             providers_uploaded=view.providers_uploaded(),
             providers_missing=view.providers_missing(policy),
             policy_digest=policy.digest,
-            detail=view.detail,
+            detail=self.run.detail_for(party, view.detail)
+            if view.phase == "failed"
+            else view.detail,
             approvals=view.approved_by(),
             approvals_missing=view.approvals_missing(policy),
             manifest=view.manifest,
@@ -193,10 +195,10 @@ class EnclaveApp:
         try:
             self.run.maybe_start()
         except Refusal as exc:  # the shard is accepted; the start is what was refused
-            log.warning("training not started: %s", exc.message)
+            log.warning("training not started: %s", exc.log_text)
 
-    def watch(self, context: Any) -> Iterator[pb.TrainingEvent]:
-        return self.run.watch(context)
+    def watch(self, context: Any, party: str) -> Iterator[pb.TrainingEvent]:
+        return self.run.watch(context, party)
 
     def approve(self, party: str, approval: pb.SignedApproval) -> pb.ApproveReleaseResponse:
         return self.run.approve(party, approval)

@@ -36,9 +36,11 @@ from cctrain.protocol import (
     MD_POLICY,
     MD_SIG,
     MD_TIME,
+    quoted,
     request_signing_bytes,
     sha256,
 )
+from cctrain_enclave.limits import ServerLimits, Slots, guarded
 
 #: The authenticated party of the RPC being handled.
 current_party: contextvars.ContextVar[str] = contextvars.ContextVar("cctrain_party")
@@ -86,6 +88,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         *,
         tls_spki_sha256: bytes,
         clock_ms: Callable[[], int] | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         self._policy = policy
         self._keys: dict[str, Ed25519PublicKey] = {
@@ -94,6 +97,9 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._clock = clock_ms or (lambda: int(time.time() * 1000))
         self._replay = ReplayCache()
         self._tls_spki_sha256 = tls_spki_sha256
+        self._limits = limits or ServerLimits()
+        #: Concurrent RPCs held, per budget (see :mod:`cctrain_enclave.limits`).
+        self._slots = Slots()
 
     def _authenticate(self, method: str, metadata: dict[str, Any], body_sha256: bytes) -> str:
         try:
@@ -110,7 +116,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             )
         key = self._keys.get(party)
         if key is None:
-            raise AuthError(f"party {party!r} is not in the policy")
+            raise AuthError(f"party {quoted(party)} is not in the policy")
         if len(nonce) != 16 or not isinstance(sig, bytes):
             raise AuthError("authentication nonce must be 16 bytes and the signature binary")
         now = self._clock()
@@ -142,11 +148,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
     ) -> Any:
         method = details.method
-        if method.startswith(UNAUTHENTICATED_PREFIXES):
-            return continuation(details)
         handler = continuation(details)
         if handler is None:
             return None
+        if method.startswith(UNAUTHENTICATED_PREFIXES):
+            return self._unauthenticated(method, handler)
         metadata = dict(details.invocation_metadata or ())
 
         if handler.request_streaming:
@@ -154,7 +160,12 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 party = self._authenticate(method, metadata, sha256(b""))
             except AuthError as exc:
                 return _deny_handler(handler, exc)
-            inner = handler.stream_unary or handler.stream_stream
+            inner = _guard(
+                handler.stream_unary or handler.stream_stream,
+                self._slots,
+                self._stream_budgets(method, party),
+                bool(handler.response_streaming),
+            )
 
             def stream_behavior(request_iterator: Any, context: grpc.ServicerContext) -> Any:
                 current_party.set(party)
@@ -173,6 +184,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         inner_unary = handler.unary_unary or handler.unary_stream
         deserialize = handler.request_deserializer
+        streaming_response = bool(handler.response_streaming)
 
         def unary_behavior(raw: bytes, context: grpc.ServicerContext) -> Any:
             try:
@@ -184,7 +196,15 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             except DecodeError:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request message")
             current_party.set(party)
-            return inner_unary(request, context)
+            budgets = (
+                self._stream_budgets(method, party)
+                if streaming_response
+                else [
+                    ("unary", self._limits.unary),
+                    (f"unary/{party}", self._limits.unary_per_party),
+                ]
+            )
+            return _guard(inner_unary, self._slots, budgets, streaming_response)(request, context)
 
         factory = (
             grpc.unary_stream_rpc_method_handler
@@ -196,6 +216,72 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             request_deserializer=None,  # raw bytes: the digest is checked first
             response_serializer=handler.response_serializer,
         )
+
+    def _stream_budgets(self, method: str, party: str) -> list[tuple[str, int]]:
+        lim = self._limits
+        budgets = [("streams", lim.streams), (f"streams/{party}", lim.streams_per_party)]
+        if method.endswith("/WatchTraining"):
+            budgets.append((f"watches/{party}", lim.watches_per_party))
+        return budgets
+
+    def _unauthenticated(self, method: str, handler: Any) -> Any:
+        """Health and reflection answer anyone, from budgets of their own."""
+        streaming = bool(handler.request_streaming or handler.response_streaming)
+        budgets = (
+            [("open_streams", self._limits.open_streams)]
+            if streaming
+            else [("health", self._limits.health)]
+        )
+        kind = (bool(handler.request_streaming), bool(handler.response_streaming))
+        inner = {
+            (False, False): handler.unary_unary,
+            (False, True): handler.unary_stream,
+            (True, False): handler.stream_unary,
+            (True, True): handler.stream_stream,
+        }[kind]
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[kind]
+        return factory(
+            _guard(inner, self._slots, budgets, bool(handler.response_streaming)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+_BUDGET_WORDS = {
+    "health": "health checks",
+    "open_streams": "unauthenticated streams",
+    "unary": "requests",
+    "streams": "streams (uploads and watches)",
+    "watches": "watches",
+}
+
+
+def _guard(
+    behavior: Callable[..., Any],
+    slots: Slots,
+    budgets: list[tuple[str, int]],
+    streaming_response: bool,
+) -> Callable[..., Any]:
+    def refusal(full: str) -> str:
+        kind, _, party = full.partition("/")
+        scope = f" from party {party!r}" if party else " in total"
+        return (
+            f"the enclave is at its limit of {dict(budgets)[full]} concurrent "
+            f"{_BUDGET_WORDS[kind]}{scope}; retry when one has finished"
+        )
+
+    return guarded(
+        behavior,
+        slots=slots,
+        wants=lambda: budgets,
+        streaming_response=streaming_response,
+        refusal=refusal,
+    )
 
 
 def _deny_handler(handler: Any, error: AuthError) -> Any:

@@ -12,20 +12,45 @@ from __future__ import annotations
 
 import grpc
 
-from cctrain.errors import CctrainError, InputError
+from cctrain.errors import CctrainError, InputError, ShardError
 
 
 class Refusal(Exception):
-    """A refusal with the gRPC status to send; the message is safe to show the sender."""
+    """A refusal with the gRPC status to send; the message is safe to show the sender.
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    The sender may be told about its own data (which column is not a number, what label
+    range a shard holds); the host's log may not, and gets ``log`` instead when given."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, log: str | None = None) -> None:
         self.code = code
         self.message = message
+        self._log = log
         super().__init__(message)
+
+    @property
+    def log_text(self) -> str:
+        """What the enclave's log (which the host reads) may say about this refusal."""
+        return self._log if self._log is not None else self.message
 
 
 class StateError(CctrainError):
     """The state directory contradicts the journal (or cannot be trusted): the enclave stops."""
+
+
+class StoredShardError(ShardError):
+    """An accepted shard does not read back at training.
+
+    ``at_rest`` failures (the stored ciphertext does not authenticate, or does not match
+    the journaled commitment) are the host's doing, and their text names no data: every
+    party may read it. Any other failure to read a shard back concerns its provider only.
+    """
+
+    def __init__(self, party_id: str, shard_id: str, seq: int, reason: str, *, at_rest: bool):
+        self.party_id, self.shard_id, self.seq, self.at_rest = party_id, shard_id, seq, at_rest
+        super().__init__(
+            f"stored shard {party_id}/{shard_id} (journal entry #{seq}) does not read back: "
+            f"{reason}"
+        )
 
 
 class StateDirectoryError(StateError, InputError):

@@ -22,7 +22,6 @@ Design (see DESIGN.md, protocol step 2):
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -30,13 +29,12 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import DecodeError
 
@@ -44,6 +42,7 @@ from cctrain.crypto import hpke
 from cctrain.crypto.keys import ed25519_public
 from cctrain.crypto.stream import NONCE_PREFIX_SIZE, TAG_SIZE, StreamOpener
 from cctrain.errors import ShardError
+from cctrain.ids import is_shard_id, path_component
 from cctrain.journal import AcceptedShard
 from cctrain.policy import Policy
 from cctrain.protocol import (
@@ -52,24 +51,31 @@ from cctrain.protocol import (
     MAX_CHUNK_SIZE,
     SHARD_ID,
     expected_chunk_count,
+    quoted,
     shard_key_info,
     verify_signature,
 )
 from cctrain.v1 import enclave_pb2 as pb
-from cctrain_enclave.errors import Refusal
-from cctrain_enclave.npzstream import NpzStreamValidator
+from cctrain_enclave.errors import Refusal, StoredShardError
+from cctrain_enclave.quotas import Holding, check_provider_limits
 from cctrain_enclave.shards import (
     ShardArrays,
-    check_summary,
-    parse_shard,
-    raise_problems,
-    validate_shard,
+    ShardParser,
+    ShardSummary,
+    checked_rows,
+    empty_arrays,
+    open_parser,
 )
 from cctrain_enclave.state import EnclaveState, StatePaths, atomic_write, fsync_dir
 
 log = logging.getLogger("cctrain.enclave.ingest")
 
 MIN_CHUNK_SIZE = 4096
+#: What the enclave's log says of a shard refused for its content: the uploader hears which
+#: values broke which rule, the host (which reads the log) only that something did.
+CONTENT_REFUSED = (
+    "its content does not meet the policy's data schema (details went to the uploader only)"
+)
 #: Acknowledge (after fsync) at least every this many bytes of ciphertext. Larger means fewer
 #: fsyncs (faster) but more to resend after a crash; 64 MiB costs well under a second to resend.
 ACK_EVERY_BYTES = int(os.environ.get("CCTRAIN_ACK_EVERY_BYTES", 64 << 20))
@@ -97,14 +103,17 @@ class ParsedHeader:
         return index * (int(self.msg.chunk_size) + TAG_SIZE)
 
 
-def read_committed(path: Path, header: ParsedHeader, key: bytes, *, what: str) -> bytes:
-    """Decrypt a stored shard once, in order, and return its plaintext only if it is what the
-    header commits to (SHA-256). Whatever is checked or trained must be these bytes: reading
-    the file a second time would let a host that owns the disk, with a provider that holds
-    the data key, swap it in between."""
+def read_committed(
+    path: Path, header: ParsedHeader, key: bytes, consume: Callable[[bytes], None], *, what: str
+) -> None:
+    """Decrypt a stored shard once, in order, handing each chunk's plaintext to ``consume``
+    (a shard parser) as soon as it authenticates; return only if the whole plaintext is what
+    the header commits to (SHA-256). Whatever is checked or trained must be these bytes:
+    reading the file a second time would let a host that owns the disk, with a provider that
+    holds the data key, swap it in between. So what ``consume`` built may be used only once
+    this returned: a chunk that fails, or a commitment that does not match, raises."""
     opener = StreamOpener(key, header.msg.nonce_prefix, header.sha256)
     hasher = hashlib.sha256()
-    parts: list[bytes] = []
     with open(path, "rb") as fh:
         for i in range(header.chunk_count):
             last = i == header.chunk_count - 1
@@ -112,7 +121,7 @@ def read_committed(path: Path, header: ParsedHeader, key: bytes, *, what: str) -
             if pt is None:
                 raise ShardError(f"{what} does not authenticate (altered at rest)")
             hasher.update(pt)
-            parts.append(pt)
+            consume(pt)
         if fh.read(1):
             raise ShardError(f"{what} is longer than its header says (altered at rest)")
     if hasher.digest() != header.msg.plaintext_sha256:
@@ -120,7 +129,6 @@ def read_committed(path: Path, header: ParsedHeader, key: bytes, *, what: str) -
             f"{what} does not match the plaintext commitment of its signed header "
             "(re-encrypted at rest)"
         )
-    return b"".join(parts)
 
 
 class ShardStore:
@@ -140,14 +148,74 @@ class ShardStore:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        #: Uploads in progress, per provider: what each would add to the provider's holdings.
+        self._inflight: dict[str, dict[str, Holding]] = {}
 
     # -- paths and locks
     def partial_dir(self, party: str, shard: str) -> Path:
-        return self.uploads / party / shard
+        return self.uploads / path_component("party", party) / path_component("shard", shard)
 
     def lock(self, party: str, shard: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault((party, shard), threading.Lock())
+
+    # -- a provider's share (policy [limits])
+    def admit(
+        self, party: str, header: pb.ShardHeader, accepted: tuple[AcceptedShard, ...]
+    ) -> None:
+        """Count a new upload against the provider's limits before receiving any of it.
+
+        Its holdings are its accepted shards, its partial uploads on disk and its uploads in
+        progress; this upload's own earlier partial (same shard id) is replaced, not counted.
+        """
+        with self._locks_guard:
+            inflight = self._inflight.setdefault(party, {})
+            limit = int(self._policy.limits["concurrent_uploads_per_provider"])
+            if len(inflight) >= limit:
+                raise Refusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"you have {len(inflight)} upload(s) in progress; the policy allows {limit} "
+                    "at once (limits.concurrent_uploads_per_provider)",
+                )
+            holdings = {
+                s.shard_id: Holding(s.shard_id, s.header.plaintext_size, s.header.plaintext_sha256)
+                for s in accepted
+                if s.party_id == party
+            }
+            for h in (*self._partial_holdings(party), *inflight.values()):
+                holdings.setdefault(h.shard_id, h)
+            check_provider_limits(
+                self._policy,
+                shard_id=header.shard_id,
+                plaintext_size=int(header.plaintext_size),
+                plaintext_sha256=bytes(header.plaintext_sha256),
+                holdings=holdings.values(),
+            )
+            inflight[header.shard_id] = Holding(
+                header.shard_id, int(header.plaintext_size), bytes(header.plaintext_sha256)
+            )
+
+    def release_admission(self, party: str, shard: str) -> None:
+        with self._locks_guard:
+            self._inflight.get(party, {}).pop(shard, None)
+
+    def _partial_holdings(self, party: str) -> list[Holding]:
+        """The provider's partial uploads on disk (the host can edit them: a header that does
+        not parse still takes a slot, of size 0)."""
+        out = []
+        party_dir = self.uploads / party
+        if not party_dir.is_dir():
+            return out
+        for pdir in party_dir.iterdir():
+            if not is_shard_id(pdir.name):
+                continue
+            msg = pb.ShardHeader()
+            try:
+                msg.ParseFromString((pdir / "header.bin").read_bytes())
+            except (OSError, DecodeError):
+                pass
+            out.append(Holding(pdir.name, int(msg.plaintext_size), bytes(msg.plaintext_sha256)))
+        return out
 
     def data_key(self, header: pb.ShardHeader) -> bytes:
         """The owner's data key, unwrapped from its header with the enclave's HPKE key."""
@@ -215,8 +283,9 @@ class ShardStore:
             return None
         return parsed.sha256, next_index
 
-    def read_accepted(self, shard: AcceptedShard) -> bytes:
-        """The plaintext of an accepted shard, exactly what its receipt commits to.
+    def read_accepted(self, shard: AcceptedShard, consume: Callable[[bytes], None]) -> None:
+        """Feed the plaintext of an accepted shard, exactly what its receipt commits to, to
+        ``consume`` chunk by chunk; return once the whole of it matched the commitment.
 
         The chunks' authentication shows only that they were sealed under the owner's data
         key, which the owner holds: a provider working with the host could put other bytes
@@ -224,38 +293,51 @@ class ShardStore:
         binds the trained bytes to the receipt, and these very bytes (not a second read of
         the file) are what gets parsed.
         """
-        return read_committed(
+        read_committed(
             self.paths.shard_ciphertext(shard.header_sha256),
             ParsedHeader(shard.header_raw, shard.header, shard.header_sha256),
             self.data_key(shard.header),
+            consume,
             what="its stored ciphertext",
         )
 
     def load_dataset(
         self, shards: tuple[AcceptedShard, ...], schema: Mapping[str, Any]
     ) -> ShardArrays:
-        """The shards uploads were closed on, pooled in the journal's order (for the trainer)."""
-        feats, labels = [], []
-        for shard in shards:
-            try:
-                data = self.read_accepted(shard)
-                arrays = parse_shard(shard.header.format, io.BytesIO(data), schema)  # type: ignore[arg-type]
-                del data
-            except (ShardError, OSError) as exc:
-                raise ShardError(
-                    f"stored shard {shard.party_id}/{shard.shard_id} (journal entry #{shard.seq}) "
-                    f"does not read back: {exc}"
-                ) from None
-            if arrays.rows != shard.rows:
-                raise ShardError(
-                    f"stored shard {shard.party_id}/{shard.shard_id} has {arrays.rows} rows, "
-                    f"its receipt {shard.rows}"
-                )
-            feats.append(arrays.features)
-            labels.append(arrays.labels)
-        if not feats:
+        """The shards uploads were closed on, pooled in the journal's order (for the trainer).
+
+        The pooled arrays are allocated once from the receipts' row counts; each shard is
+        decrypted chunk by chunk into the same parser that validated it at upload, which
+        writes its rows into its slice. No shard's plaintext is ever held whole."""
+        if not shards:
             raise ShardError("no accepted shards")
-        return ShardArrays(np.concatenate(feats), np.concatenate(labels))
+        pooled = empty_arrays(sum(s.rows for s in shards), schema)
+        at = 0
+        for shard in shards:
+
+            def fail(
+                reason: object, *, at_rest: bool, s: AcceptedShard = shard
+            ) -> StoredShardError:
+                return StoredShardError(s.party_id, s.shard_id, s.seq, str(reason), at_rest=at_rest)
+
+            out = ShardArrays(
+                pooled.features[at : at + shard.rows], pooled.labels[at : at + shard.rows]
+            )
+            # A parser refusal waits for the end of the pass: if the bytes are not the committed
+            # ones, the failure is the host's (at rest), and its text must not be the parser's.
+            check = _StreamingCheck(open_parser(shard.header.format, schema, out=out))
+            try:
+                self.read_accepted(shard, check.feed)
+            except (ShardError, OSError) as exc:
+                raise fail(exc, at_rest=True) from None
+            try:
+                rows = checked_rows(check.finish(), schema)
+            except ShardError as exc:
+                raise fail(exc, at_rest=False) from None
+            if rows != shard.rows:  # the parsers enforce it already; a second line of defence
+                raise fail(f"{rows} rows, its receipt says {shard.rows}", at_rest=False)
+            at += shard.rows
+        return pooled
 
 
 class _ChunkSink:
@@ -332,6 +414,31 @@ class _ChunkSink:
             self._check()
 
 
+class _StreamingCheck:
+    """A shard parser fed on the sink thread: its first refusal is kept for ``finish``."""
+
+    def __init__(self, parser: ShardParser) -> None:
+        self._parser = parser
+        self._error: ShardError | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._error is None:
+            try:
+                self._parser.feed(data)
+            except ShardError as exc:
+                self._error = exc
+
+    @property
+    def error(self) -> ShardError | None:
+        """The parser's refusal, once it has one (set on the sink thread)."""
+        return self._error
+
+    def finish(self) -> ShardSummary:
+        if self._error is not None:
+            raise self._error
+        return self._parser.finish()
+
+
 class UploadSession:
     """One Upload stream. ``begin`` → ``add_chunk``* → ``finish``; or ``reject`` / ``suspend``."""
 
@@ -362,18 +469,21 @@ class UploadSession:
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"shard {self.shard_id!r} was already accepted; fetch its receipt with UploadStatus",
                 )
+            store.admit(party_id, msg, state.view.shards)
+            self._admitted = True
             self.key = store.data_key(msg)
             self.opener = StreamOpener(self.key, msg.nonce_prefix, self.header.sha256)
             self.hasher = hashlib.sha256()
-            # Validates an NPZ as it arrives, so finish() needs no second pass (when it can).
-            self.npz = NpzStreamValidator() if msg.format == "npz" else None
+            # The shard's parser, fed each chunk as it is decrypted: its verdict is the one the
+            # receipt records (there is no second pass), and training runs the same parser.
+            self.check = _StreamingCheck(open_parser(msg.format, self.policy.data))
             self.dir = store.partial_dir(party_id, self.shard_id)
             self.next_index = self._prepare(int(upload_header.resume_from))
             self.finished = False
             self._unacked = 0
-            self._sink = _ChunkSink(self._fh, self.hasher, self._record_progress, self.npz)
+            self._sink = _ChunkSink(self._fh, self.hasher, self._record_progress, self.check)
         except BaseException:
-            self._lock.release()
+            self.close()
             raise
 
     # -- header
@@ -411,13 +521,14 @@ class UploadSession:
             raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED, f"{self.party_id!r} is not a data_provider"
             )
-        if not SHARD_ID.match(msg.shard_id):
+        if not is_shard_id(msg.shard_id):
             raise Refusal(bad, f"upload header: shard_id must match {SHARD_ID.pattern}")
         schema = self.policy.data
         if msg.format not in schema["formats"]:
             raise Refusal(
                 bad,
-                f"upload header: format {msg.format!r} not allowed (policy: {list(schema['formats'])})",
+                f"upload header: format {quoted(msg.format)} not allowed "
+                f"(policy: {list(schema['formats'])})",
             )
         if not MIN_CHUNK_SIZE <= msg.chunk_size <= MAX_CHUNK_SIZE:
             raise Refusal(
@@ -459,8 +570,7 @@ class UploadSession:
                     if pt is None:
                         raise Refusal(grpc.StatusCode.DATA_LOSS, "stored partial upload is corrupt")
                     self.hasher.update(pt)
-                    if self.npz is not None:
-                        self.npz.feed(pt)
+                    self.check.feed(pt)
             self._fh = open(self.dir / "chunks.bin", "ab")  # noqa: SIM115
             return resume_from
         # A fresh upload replaces any earlier partial of the same shard.
@@ -511,6 +621,10 @@ class UploadSession:
                 f"chunk {chunk.index} failed authentication (ciphertext, header or key tampered)",
             )
         self._sink.add(pt, ciphertext)
+        if self.check.error is not None:
+            # The parser refused a chunk already received: the shard can no longer be
+            # accepted, so the rest of it is not worth receiving or storing.
+            raise Refusal(bad, str(self.check.error), log=CONTENT_REFUSED)
         self.next_index += 1
         self._unacked += len(ciphertext)
         if chunk.last:
@@ -553,7 +667,7 @@ class UploadSession:
         try:
             rows = self._validate()
         except ShardError as exc:
-            raise Refusal(bad, str(exc)) from None
+            raise Refusal(bad, str(exc), log=CONTENT_REFUSED) from None
         # The ciphertext moves to its place first; the journal entry is what accepts it (a
         # crash in between leaves a file no entry vouches for, removed at the next start).
         dest = self.store.paths.shard_ciphertext(self.header.sha256)
@@ -572,15 +686,8 @@ class UploadSession:
         return receipt
 
     def _validate(self) -> int:
-        """Rows of the shard after the schema check: from the streamed summary, or a second pass."""
-        schema = self.policy.data
-        summary = self.npz.summary() if self.npz is not None else None
-        if summary is not None:
-            raise_problems(check_summary(summary, schema))
-            return summary.rows
-        # The second pass checks the committed bytes themselves, not a second read of the file.
-        data = read_committed(self.dir / "chunks.bin", self.header, self.key, what="the upload")
-        return validate_shard(self.header.msg.format, io.BytesIO(data), schema)
+        """Rows of the shard: the streaming parser's verdict, then the schema check."""
+        return checked_rows(self.check.finish(), self.policy.data)
 
     _moved_to: Path | None = None
 
@@ -606,6 +713,11 @@ class UploadSession:
         except (OSError, ValueError, KeyError):
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    _admitted = False
+
     def close(self) -> None:
+        if self._admitted:
+            self.store.release_admission(self.party_id, self.shard_id)
+            self._admitted = False
         if self._lock.locked():
             self._lock.release()

@@ -35,7 +35,7 @@ from cctrain.release import (
     seal_weights,
 )
 from cctrain.v1 import enclave_pb2 as pb
-from cctrain_enclave.errors import Refusal
+from cctrain_enclave.errors import Refusal, StoredShardError
 from cctrain_enclave.ingest import ShardStore
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.state import EnclaveState, atomic_write, fsync_dir
@@ -80,6 +80,7 @@ class RunController:
         self._phase = state.view.phase
         self._non_private = non_private_outputs(self.policy)
         self._stream_loss = "progress_loss" in self._non_private
+        self._private_details: dict[str, str] = {}
         state.subscribe(self._on_transition)
         phase = state.view.phase
         if phase == "training":
@@ -145,19 +146,18 @@ class RunController:
             self._cond.notify_all()
 
     def _train_and_release(self) -> None:
-        # Its own try: the handlers below name TrainingStopped, and the failure detail imports
-        # the trainer. A trainer that cannot load fails the run; it never trains "forever".
-        try:
-            from cctrain_enclave.trainer import BlobCheckpoints, TrainingStopped, train
-        except Exception as exc:  # noqa: BLE001 - a broken install raises more than ImportError
-            log.exception("the trainer cannot be loaded")
-            self.state.record_failure(f"the trainer cannot be loaded: {type(exc).__name__}: {exc}")
-            return
-
         policy, state = self.policy, self.state
         checkpoints = JournaledCheckpoints(state)
+        stage = "loading the trainer"
         try:
+            from cctrain_enclave.trainer import BlobCheckpoints, TrainingStopped, train
+        except Exception as exc:  # noqa: BLE001 - an enclave without its trainer fails the run
+            self._fail(stage, exc)
+            return
+        try:
+            stage = "loading the shards"
             dataset = self.store.load_dataset(state.view.training_shards, policy.data)
+            stage = "training"
             result = train(
                 dataset.features,
                 dataset.labels,
@@ -170,32 +170,29 @@ class RunController:
                 custom_model_source=self.ctx.custom_model_source,
                 stop=self._stop,
             )
+            stage = "building the release"
             self._build_release(result)
             checkpoints.clear()  # plaintext training state is no longer needed
         except TrainingStopped:
             log.info("training stopped for shutdown; it resumes from its checkpoint on restart")
         except Refusal as exc:  # the policy expired at a checkpoint or at the release
-            log.warning("training ended: %s", exc.message)
+            log.warning("training ended: %s", exc.log_text)
         except Exception as exc:  # noqa: BLE001 - every failure ends the run, with a safe message
-            log.exception("training failed")
-            state.record_failure(self._failure_detail(exc))
+            self._fail(stage, exc)
 
-    def _failure_detail(self, exc: BaseException) -> str:
-        """What the journal (readable by every party) says about a failure. Under DP, an
-        exception raised by torch or the model's code may quote values of the private data:
-        only the trainer's own refusals, which name tensors and settings, are journaled in
-        full; the rest stays in the enclave's log."""
-        from cctrain.errors import PolicyError
-        from cctrain_enclave.trainer.guard import DpStateViolation
+    def _fail(self, stage: str, exc: BaseException) -> None:
+        public, private = failure_report(stage, exc)
+        log.error("%s\n%s", public, "".join(_code_locations(exc)))
+        with self._cond:
+            self._private_details.update(private)
+        self.state.record_failure(public)
 
-        if not self.policy.privacy.get("enabled") or isinstance(
-            exc, DpStateViolation | PolicyError
-        ):
-            return f"{type(exc).__name__}: {exc}"
-        return (
-            f"{type(exc).__name__} (message withheld under DP: it may quote the data; "
-            "the enclave's log has it)"
-        )
+    def detail_for(self, party: str, detail: str) -> str:
+        """The phase detail as ``party`` may see it: a failure's details reach only the party
+        they concern (kept in memory: after a restart only the public reason is left)."""
+        with self._cond:
+            mine = self._private_details.get(party)
+        return f"{detail} — for you: {mine}" if mine else detail
 
     # -- release
     def _build_release(self, result: Any) -> None:
@@ -317,12 +314,12 @@ class RunController:
         )
 
     # -- progress
-    def watch(self, context: grpc.ServicerContext) -> Iterator[pb.TrainingEvent]:
+    def watch(self, context: grpc.ServicerContext, party: str) -> Iterator[pb.TrainingEvent]:
         with self._cond:
             sent = len(self._events)
             view = self.state.view
             current = pb.TrainingEvent(phase=view.phase, detail=view.detail, epsilon=-1.0)
-        yield current
+        yield self._for(party, current)
         if current.phase in FINAL:
             return
         while context.is_active():
@@ -331,6 +328,61 @@ class RunController:
                     self._cond.wait(timeout=1.0)
                 new = self._events[sent:]
                 sent += len(new)
-            yield from new
+            for event in new:
+                yield self._for(party, event)
             if any(e.phase in FINAL for e in new):
                 return
+
+    def _for(self, party: str, event: pb.TrainingEvent) -> pb.TrainingEvent:
+        if event.phase != "failed":
+            return event
+        out = pb.TrainingEvent()
+        out.CopyFrom(event)
+        out.detail = self.detail_for(party, event.detail)
+        return out
+
+
+def failure_report(stage: str, exc: BaseException) -> tuple[str, dict[str, str]]:
+    """(what every party and the host learn, what only the party concerned learns).
+
+    Every party reads the journal, and the host reads it and the log: a failure's public
+    text says in which stage the run failed and, for the enclave's own refusals (which
+    name settings, tensors and files, never values), why. Anything else raised while the
+    private data is in memory (torch, numpy, the model's code) may quote that data, and is
+    withheld from everyone. A shard that does not read back concerns its provider: only it
+    is told the details.
+    """
+    from cctrain.errors import CctrainError, PolicyError
+
+    safe: tuple[type[BaseException], ...] = (PolicyError,)
+    try:
+        from cctrain_enclave.trainer.checkpoint import CheckpointError
+        from cctrain_enclave.trainer.guard import DpStateViolation
+
+        safe = (PolicyError, DpStateViolation, CheckpointError)
+    except Exception:  # noqa: BLE001, S110 - without the trainer, its errors cannot occur
+        pass
+    if isinstance(exc, StoredShardError):
+        if exc.at_rest:
+            return f"run failed while {stage}: {exc}", {}
+        return (
+            f"run failed while {stage}: stored shard {exc.party_id}/{exc.shard_id} does not "
+            f"read back; {exc.party_id!r} was told why",
+            {exc.party_id: str(exc)},
+        )
+    if isinstance(exc, safe) or type(exc) is CctrainError:
+        return f"run failed while {stage}: {type(exc).__name__}: {exc}", {}
+    return (
+        f"run failed while {stage}: {type(exc).__name__} (message withheld: it may quote "
+        "the private data)",
+        {},
+    )
+
+
+def _code_locations(exc: BaseException) -> list[str]:
+    """Where the failure happened (files, lines, functions), never what it said: code
+    locations are public, the message may quote the data."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)[-12:]
+    return [f"  at {f.filename}:{f.lineno} in {f.name}\n" for f in frames]

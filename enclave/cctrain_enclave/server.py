@@ -20,6 +20,7 @@ from cctrain.protocol import MAX_MESSAGE_SIZE
 from cctrain.v1 import enclave_pb2, enclave_pb2_grpc
 from cctrain_enclave.app import AppConfig, EnclaveApp
 from cctrain_enclave.auth import AuthInterceptor
+from cctrain_enclave.limits import ServerLimits
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.service import EnclaveServicer
 from cctrain_enclave.state import atomic_write, unusable
@@ -58,9 +59,13 @@ def check_listen_address(host: str, port: int) -> None:
 
 
 def create_server(
-    config: AppConfig, *, port: int = 0, max_workers: int = 32
+    config: AppConfig, *, port: int = 0, limits: ServerLimits | None = None
 ) -> tuple[grpc.Server, int, EnclaveApp]:
-    """A started-not server bound to ``host:port`` (port 0: any free port) with TLS."""
+    """A started-not server bound to ``host:port`` (port 0: any free port) with TLS.
+
+    ``limits`` bound what callers can hold (:mod:`cctrain_enclave.limits`); reflection is
+    served only if they ask for it."""
+    limits = limits or ServerLimits()
     check_listen_address(config.hosts[0], port)
     try:
         provider = make_provider(config.platform, config.state_dir)
@@ -68,29 +73,31 @@ def create_server(
         raise unusable(config.state_dir, exc) from None
     app = EnclaveApp(config, provider)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cctrain-rpc"),
+        futures.ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="cctrain-rpc"),
         interceptors=[
             AuthInterceptor(
                 app.policy,
                 tls_spki_sha256=spki_sha256(app.tls.cert),
                 clock_ms=lambda: int(config.clock() * 1000),
+                limits=limits,
             )
         ],
-        options=GRPC_OPTIONS,
+        options=GRPC_OPTIONS + limits.grpc_options(),
     )
-    enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveServicer(app), server)
+    enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveServicer(app, limits), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    if limits.reflection:
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
     creds = grpc.ssl_server_credentials([(app.tls.key_pem, app.tls.cert_pem)])
     try:
         bound = server.add_secure_port(f"{config.hosts[0]}:{port}", creds)
@@ -102,9 +109,15 @@ def create_server(
     return server, bound, app
 
 
-def serve(config: AppConfig, *, port: int = 0, grace_s: float = 10.0) -> None:
+def serve(
+    config: AppConfig,
+    *,
+    port: int = 0,
+    grace_s: float = 10.0,
+    limits: ServerLimits | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT; then stop accepting, let RPCs finish for ``grace_s``."""
-    server, bound, app = create_server(config, port=port)
+    server, bound, app = create_server(config, port=port, limits=limits)
     server.start()
     endpoint = {"address": f"{config.hosts[0]}:{bound}", "policy_digest": app.policy.digest.hex()}
     atomic_write(config.state_dir / "endpoint.json", (json.dumps(endpoint) + "\n").encode())

@@ -11,13 +11,15 @@ from collections.abc import Iterator
 import grpc
 
 from cctrain.attestation.binding import NONCE_SIZE, EnclaveIdentity, report_data_for, spki_sha256
-from cctrain.protocol import SHARD_ID, evidence_to_pb
+from cctrain.ids import SHARD_ID, is_shard_id
+from cctrain.protocol import evidence_to_pb
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import enclave_pb2_grpc as pb_grpc
 from cctrain_enclave.app import EnclaveApp
 from cctrain_enclave.auth import current_party
 from cctrain_enclave.errors import Refusal
 from cctrain_enclave.ingest import UploadSession
+from cctrain_enclave.limits import ServerLimits
 
 log = logging.getLogger("cctrain.enclave")
 
@@ -43,16 +45,23 @@ def _cancelled_soon(context: grpc.ServicerContext, wait_s: float = 1.0) -> bool:
     return True
 
 
+class _Idle(Exception):
+    """The client sent nothing for longer than the enclave waits."""
+
+
 class _Prefetch:
     """Receive the next messages in a thread while this one is decrypted, hashed and written.
 
     gRPC's receive path (TLS, framing, protobuf parsing) and the upload work then
-    overlap; ``depth`` bounds the memory held (depth × chunk size).
+    overlap; ``depth`` bounds the memory held (depth × chunk size). A client that sends
+    nothing for ``idle_s`` raises :class:`_Idle` here: it holds a worker and an upload
+    slot, and a stalled upload must not keep them.
     """
 
-    def __init__(self, it: Iterator[pb.UploadRequest], depth: int = 8) -> None:
+    def __init__(self, it: Iterator[pb.UploadRequest], *, idle_s: float, depth: int = 8) -> None:
         self._q: queue.Queue[object] = queue.Queue(depth)
         self._done = threading.Event()
+        self._idle_s = idle_s
         self._thread = threading.Thread(
             target=self._pump, args=(it,), name="cctrain-upload-rx", daemon=True
         )
@@ -76,22 +85,30 @@ class _Prefetch:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
             self._put(exc)
 
-    def __iter__(self) -> Iterator[pb.UploadRequest]:
+    def next(self) -> pb.UploadRequest | None:
+        """The next message, or None at the end of the stream."""
         try:
-            while True:
-                item = self._q.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item  # type: ignore[misc]
-        finally:
-            self._done.set()
+            item = self._q.get(timeout=self._idle_s)
+        except queue.Empty:
+            raise _Idle from None
+        if item is _END:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[pb.UploadRequest]:
+        while (msg := self.next()) is not None:
+            yield msg
+
+    def close(self) -> None:
+        self._done.set()
 
 
 class EnclaveServicer(pb_grpc.EnclaveServicer):
-    def __init__(self, app: EnclaveApp) -> None:
+    def __init__(self, app: EnclaveApp, limits: ServerLimits | None = None) -> None:
         self.app = app
+        self.limits = limits or ServerLimits()
 
     # -- attestation
     def Attest(self, request: pb.AttestRequest, context: grpc.ServicerContext) -> pb.AttestResponse:
@@ -121,11 +138,11 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
     ) -> Iterator[pb.UploadResponse]:
         party = current_party.get()
         session: UploadSession | None = None
+        incoming = _Prefetch(request_iterator, idle_s=self.limits.upload_idle_s)
         try:
-            try:
-                first = next(request_iterator)
-            except StopIteration:
-                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "upload stream is empty") from None
+            first = incoming.next()
+            if first is None:
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "upload stream is empty")
             if first.WhichOneof("kind") != "header":
                 raise Refusal(
                     grpc.StatusCode.INVALID_ARGUMENT, "the first upload message must be the header"
@@ -137,7 +154,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
                 party_id=party,
                 upload_header=first.header,
             )
-            for msg in _Prefetch(request_iterator):
+            for msg in incoming:
                 kind = msg.WhichOneof("kind")
                 if kind != "chunk":
                     raise Refusal(
@@ -157,8 +174,21 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         except Refusal as exc:
             if session is not None:
                 session.reject()
-            log.warning("upload from %s rejected: %s", party, exc.message)
+            log.warning("upload from %s refused (%s): %s", party, exc.code.name, exc.log_text)
             context.abort(exc.code, exc.message)
+        except _Idle:
+            if session is not None:
+                session.suspend()
+            log.info(
+                "upload from %s idle for %.0fs; suspended for resume",
+                party,
+                self.limits.upload_idle_s,
+            )
+            context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no upload message for {self.limits.upload_idle_s:.0f}s: the enclave closed the "
+                "stream and kept the acknowledged prefix; resume the upload",
+            )
         except (grpc.RpcError, GeneratorExit, _ConnectionLost):
             # The client went away mid-stream: keep what was acknowledged.
             if session is not None:
@@ -170,6 +200,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             log.exception("internal error during upload from %s", party)
             context.abort(grpc.StatusCode.INTERNAL, "internal error; the upload was discarded")
         finally:
+            incoming.close()
             if session is not None:
                 session.close()
 
@@ -177,7 +208,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         self, request: pb.UploadStatusRequest, context: grpc.ServicerContext
     ) -> pb.UploadStatusResponse:
         party = current_party.get()
-        if not SHARD_ID.match(request.shard_id):
+        if not is_shard_id(request.shard_id):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"shard_id must match {SHARD_ID.pattern}"
             )
@@ -207,7 +238,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
     def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetStatusResponse:
-        return self.app.status()
+        return self.app.status(current_party.get())
 
     def StartTraining(
         self, request: pb.StartTrainingRequest, context: grpc.ServicerContext
@@ -221,7 +252,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
     def WatchTraining(
         self, request: pb.WatchTrainingRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.TrainingEvent]:
-        yield from self.app.watch(context)
+        yield from self.app.watch(context, current_party.get())
 
     def ApproveRelease(
         self, request: pb.ApproveReleaseRequest, context: grpc.ServicerContext

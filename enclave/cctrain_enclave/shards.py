@@ -1,19 +1,20 @@
-"""Parse a decrypted shard and check it against the policy's data schema.
+"""Shards: what a parsed shard is, and the one check of it against the policy's data schema.
 
-Safe formats only: NPZ with ``allow_pickle=False`` (members ``features`` and
-``labels``, nothing else) and CSV with a header row.  Every problem found is
-reported at once; nothing here ever unpickles or evaluates input.
+Safe formats only: NPZ (members ``features`` and ``labels``, nothing else, never
+unpickled; :mod:`cctrain_enclave.npzstream`) and CSV with a header row
+(:mod:`cctrain_enclave.csvstream`). Each format has exactly one parser, a push parser fed the
+decrypted plaintext in order: at ingest it yields the :class:`ShardSummary` that
+:func:`check_summary` judges (the receipt's verdict), at training the same parser over the
+same committed bytes fills the arrays the trainer reads. Every problem of the schema check is
+reported at once; nothing here ever unpickles or evaluates input, and no message quotes a value
+of the data.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,109 +33,8 @@ class ShardArrays:
         return int(self.labels.shape[0])
 
 
-def _feature_shape(schema: Mapping[str, Any]) -> tuple[int, ...]:
+def feature_shape(schema: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(int(d) for d in schema["features"]["shape"])
-
-
-def _max_member_bytes(schema: Mapping[str, Any]) -> int:
-    """Upper bound for a decompressed member: guards against zip bombs."""
-    per_row = math.prod(_feature_shape(schema)) * 8
-    return int(schema["max_rows"]) * per_row + (1 << 16)
-
-
-def _open_npz(fh: BinaryIO, schema: Mapping[str, Any]) -> zipfile.ZipFile:
-    """The zip container, with its member list and declared sizes checked first."""
-    zf = zipfile.ZipFile(fh)
-    names = {i.filename for i in zf.infolist()}
-    if names != NPZ_MEMBERS:
-        zf.close()
-        raise ShardError(f"npz must contain exactly 'features' and 'labels', got {sorted(names)}")
-    limit = _max_member_bytes(schema)
-    for info in zf.infolist():
-        if info.file_size > limit:
-            zf.close()
-            raise ShardError(
-                f"npz member {info.filename} declares {info.file_size} bytes, over the schema bound"
-            )
-    return zf
-
-
-# zipfile raises NotImplementedError for compression methods it lacks and RuntimeError for
-# encrypted members; numpy raises OverflowError and TypeError on some hostile headers.
-_NPZ_ERRORS = (
-    zipfile.BadZipFile,
-    ValueError,
-    OSError,
-    EOFError,
-    KeyError,
-    NotImplementedError,
-    RuntimeError,
-    OverflowError,
-    TypeError,
-)
-
-
-def load_npz(fh: BinaryIO, schema: Mapping[str, Any]) -> ShardArrays:
-    try:
-        _open_npz(fh, schema).close()
-        fh.seek(0)
-        with np.load(fh, allow_pickle=False) as npz:
-            features = npz["features"]
-            labels = npz["labels"]
-    except ShardError:
-        raise
-    except _NPZ_ERRORS as exc:
-        raise ShardError(f"not a valid npz shard (pickle is never allowed): {exc}") from None
-    return ShardArrays(features, labels)
-
-
-def load_csv(data: bytes, schema: Mapping[str, Any]) -> ShardArrays:
-    try:
-        return _load_csv(data, schema)
-    except csv.Error as exc:  # e.g. a NUL byte or a stray carriage return inside a field
-        raise ShardError(f"csv shard is malformed: {exc}") from None
-
-
-def _load_csv(data: bytes, schema: Mapping[str, Any]) -> ShardArrays:
-    opts = schema["csv"]
-    label_col = opts["label_column"]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ShardError("csv shard is not UTF-8 text") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise ShardError("csv shard is empty") from None
-    if not opts["header"]:
-        raise ShardError("csv shards without a header row are not supported")
-    if label_col not in header:
-        raise ShardError(f"csv header has no label column {label_col!r}")
-    li = header.index(label_col)
-    feats: list[list[float]] = []
-    labels: list[int] = []
-    for lineno, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise ShardError(f"csv line {lineno}: {len(row)} fields, header has {len(header)}")
-        try:
-            labels.append(int(row[li]))
-            feats.append([float(v) for i, v in enumerate(row) if i != li])
-        except ValueError:
-            raise ShardError(f"csv line {lineno}: a value is not a number") from None
-        if len(labels) > int(schema["max_rows"]):
-            raise ShardError(f"csv shard has more than max_rows = {schema['max_rows']} rows")
-    dtype = schema["features"]["dtype"]
-    width = len(header) - 1
-    try:
-        label_array = np.asarray(labels, dtype=np.int64)
-    except OverflowError:
-        raise ShardError("csv shard has a label outside the 64-bit integer range") from None
-    with np.errstate(over="ignore"):  # out-of-range values become inf: refused as not finite
-        features = np.asarray(feats, dtype=dtype).reshape(len(feats), width)
-    return ShardArrays(features, label_array)
 
 
 @dataclass(frozen=True)
@@ -182,62 +82,11 @@ def summarize_arrays(arrays: ShardArrays) -> ShardSummary:
     )
 
 
-def summarize_npz_stream(
-    fh: BinaryIO, schema: Mapping[str, Any], *, block: int = 8 << 20
-) -> ShardSummary:
-    """The summary of an NPZ read member by member in blocks: O(block) memory, one pass.
-
-    Headers are parsed with numpy's own readers (never unpickling: object dtypes
-    are refused), and each member is read to its end so zipfile checks its CRC.
-    """
-    from numpy.lib import format as npf
-
-    found: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
-    lo: int | None = None
-    hi: int | None = None
-    finite = True
-    try:
-        with _open_npz(fh, schema) as zf:
-            for name in ("features.npy", "labels.npy"):
-                with zf.open(name) as member:
-                    version = npf.read_magic(member)
-                    if version == (1, 0):
-                        shape, _fortran, dtype = npf.read_array_header_1_0(member)
-                    else:
-                        shape, _fortran, dtype = npf.read_array_header_2_0(member)
-                    if dtype.hasobject:
-                        raise ShardError(
-                            "npz member holds Python objects (pickle is never allowed)"
-                        )
-                    found[name] = (tuple(shape), dtype)
-                    remaining = math.prod(shape) * dtype.itemsize
-                    step = max(dtype.itemsize, block - block % max(dtype.itemsize, 1))
-                    while remaining > 0:
-                        buf = member.read(min(step, remaining))
-                        if not buf or len(buf) % dtype.itemsize:
-                            raise ShardError(f"npz member {name} is truncated")
-                        remaining -= len(buf)
-                        a = np.frombuffer(buf, dtype=dtype)
-                        if name == "features.npy":
-                            finite = finite and finite_for_training(a)
-                        elif name == "labels.npy" and np.issubdtype(dtype, np.integer):
-                            lo = int(a.min()) if lo is None else min(lo, int(a.min()))
-                            hi = int(a.max()) if hi is None else max(hi, int(a.max()))
-                    if member.read(1):
-                        raise ShardError(f"npz member {name} has data beyond its array")
-    except ShardError:
-        raise
-    except _NPZ_ERRORS as exc:
-        raise ShardError(f"not a valid npz shard (pickle is never allowed): {exc}") from None
-    (fshape, fdtype), (yshape, ydtype) = found["features.npy"], found["labels.npy"]
-    return ShardSummary(fshape, fdtype, yshape, ydtype, lo, hi, finite)
-
-
 def check_summary(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]:
     """Every way a shard violates the schema (empty list: valid)."""
     problems: list[str] = []
     fshape, yshape = summary.features_shape, summary.labels_shape
-    want_shape = _feature_shape(schema)
+    want_shape = feature_shape(schema)
     want_dtype = np.dtype(schema["features"]["dtype"])
     if summary.features_dtype != want_dtype:
         problems.append(f"features.dtype: got {summary.features_dtype}, want {want_dtype}")
@@ -279,23 +128,71 @@ def _check_format(fmt: str, schema: Mapping[str, Any]) -> None:
         raise ShardError(f"format {fmt!r} is not allowed by the policy ({list(schema['formats'])})")
 
 
-def validate_shard(fmt: str, reader: BinaryIO, schema: Mapping[str, Any]) -> int:
-    """Check a shard against the schema without materialising it (ingest); return its rows."""
+class ShardParser(Protocol):
+    """A push parser: the plaintext in order through :meth:`feed`, then :meth:`finish`.
+
+    Each raises :class:`ShardError` on the first problem (and again on every later call);
+    ``finish`` returns the summary that :func:`check_summary` judges. Given ``out`` (training),
+    the parser writes the shard's values into it as they stream.
+    """
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def finish(self) -> ShardSummary: ...
+
+
+def open_parser(
+    fmt: str, schema: Mapping[str, Any], *, out: ShardArrays | None = None
+) -> ShardParser:
+    """The parser of a format the policy allows: the only code that reads shard structure."""
     _check_format(fmt, schema)
     if fmt == "npz":
-        summary = summarize_npz_stream(reader, schema)
-    else:
-        summary = summarize_arrays(load_csv(reader.read(), schema))
+        from cctrain_enclave.npzstream import NpzParser
+
+        return NpzParser(schema, out=out)
+    from cctrain_enclave.csvstream import CsvParser
+
+    return CsvParser(schema, out=out)
+
+
+def checked_rows(summary: ShardSummary, schema: Mapping[str, Any]) -> int:
+    """The shard's rows, once its summary satisfies the schema."""
     raise_problems(check_summary(summary, schema))
     return summary.rows
 
 
-def parse_shard(fmt: str, reader: BinaryIO, schema: Mapping[str, Any]) -> ShardArrays:
-    """Load a shard's arrays (training) after checking them against the schema."""
-    _check_format(fmt, schema)
-    arrays = load_npz(reader, schema) if fmt == "npz" else load_csv(reader.read(), schema)
-    raise_problems(check_summary(summarize_arrays(arrays), schema))
+def empty_arrays(rows: int, schema: Mapping[str, Any]) -> ShardArrays:
+    """Arrays in the training dtypes for ``rows`` rows, for a parser to fill."""
     return ShardArrays(
-        np.ascontiguousarray(arrays.features, dtype=TRAINING_DTYPE),
-        np.ascontiguousarray(arrays.labels, dtype=np.int64),
+        np.empty((rows, *feature_shape(schema)), dtype=TRAINING_DTYPE),
+        np.empty(rows, dtype=np.int64),
     )
+
+
+def _feed_all(parser: ShardParser, data: bytes, block: int) -> ShardSummary:
+    view = memoryview(data)
+    for start in range(0, len(view), block):
+        parser.feed(view[start : start + block])
+    return parser.finish()
+
+
+def validate_shard(
+    fmt: str, data: bytes, schema: Mapping[str, Any], *, block: int = 1 << 20
+) -> int:
+    """Check a whole in-memory plaintext against the schema; return its rows."""
+    return checked_rows(_feed_all(open_parser(fmt, schema), data, block), schema)
+
+
+def parse_shard(
+    fmt: str, data: bytes, schema: Mapping[str, Any], *, block: int = 1 << 20
+) -> ShardArrays:
+    """A whole in-memory plaintext's arrays, in the training dtypes (tools and tests).
+
+    The same parser runs twice over the same bytes object: once to learn the rows (the
+    enclave has them from the receipt), once to fill arrays of that size.
+    """
+    rows = validate_shard(fmt, data, schema, block=block)
+    out = empty_arrays(rows, schema)
+    if checked_rows(_feed_all(open_parser(fmt, schema, out=out), data, block), schema) != rows:
+        raise ShardError("shard parsed to a different number of rows the second time")
+    return out

@@ -250,4 +250,4 @@ def test_a_trainer_that_fails_to_import_at_training_time_fails_the_run(
             status = watcher.status()
     assert events[-1].phase == "failed", events
     assert status.phase == "failed"
-    assert status.detail.startswith("the trainer cannot be loaded: ")
+    assert status.detail.startswith("run failed while loading the trainer")

@@ -414,7 +414,7 @@ def test_npz_with_an_extra_member(owner: DataOwner, enclave: Any, tmp_path: Path
 def test_npz_whose_central_directory_disagrees(
     owner: DataOwner, enclave: Any, tmp_path: Path
 ) -> None:
-    """What np.load would read (the central directory) must be what was validated."""
+    """What a zip reader would read (the central directory) must be what is validated."""
     data = bytearray(write_shard(tmp_path / "cd.npz").read_bytes())
     data[data.rfind(b"labels.npy")] ^= 0x01  # the directory now names another member
     header, chunks = build_upload(owner, bytes(data))

@@ -1,0 +1,71 @@
+"""What one provider may put into the enclave: the policy's ``[limits]``, enforced twice.
+
+Once when an upload's header arrives (before any byte of it is received: a provider over
+its share learns so at once and the enclave stores nothing), counting the provider's
+accepted shards and its partial uploads on disk; and again, atomically, when the journal
+accepts the shard (two concurrent uploads from one provider cannot both take the last slot,
+nor both carry the same bytes).
+
+Each provider is a possible adversary of the others; these bounds keep one of them from
+filling the host's disk or holding every upload slot, and from counting the same rows
+twice. Refusals quote only counts and sizes, never data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from cctrain.policy import Policy
+from cctrain_enclave.errors import Refusal
+
+
+@dataclass(frozen=True)
+class Holding:
+    """One shard a provider holds in the enclave: accepted, or a partial upload."""
+
+    shard_id: str
+    plaintext_size: int
+    plaintext_sha256: bytes
+
+
+def check_provider_limits(
+    policy: Policy,
+    *,
+    shard_id: str,
+    plaintext_size: int,
+    plaintext_sha256: bytes,
+    holdings: Iterable[Holding],
+) -> None:
+    """Refuse (RESOURCE_EXHAUSTED / ALREADY_EXISTS) a new shard that exceeds the provider's
+    share. ``holdings`` are the provider's other shards (the one being uploaded, under the
+    same id, is replaced by it and not counted)."""
+    limits = policy.limits
+    others = [h for h in holdings if h.shard_id != shard_id]
+    if not limits["allow_duplicate_shards"]:
+        for h in others:
+            if h.plaintext_sha256 == plaintext_sha256:
+                raise Refusal(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"shard {shard_id!r} has the same content (plaintext SHA-256) as your shard "
+                    f"{h.shard_id!r}; the policy does not accept duplicate shards "
+                    "(limits.allow_duplicate_shards)",
+                )
+    max_shards = int(limits["shards_per_provider"])
+    if len(others) + 1 > max_shards:
+        raise Refusal(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"you already hold {len(others)} shard(s) in this enclave (accepted or partly "
+            f"uploaded), the policy allows {max_shards} per provider "
+            "(limits.shards_per_provider)",
+        )
+    max_bytes = int(limits["bytes_per_provider"])
+    used = sum(h.plaintext_size for h in others)
+    if used + plaintext_size > max_bytes:
+        raise Refusal(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"this shard ({plaintext_size} bytes) and the {used} bytes you already hold exceed "
+            f"the policy's {max_bytes} bytes per provider (limits.bytes_per_provider)",
+        )
