@@ -149,7 +149,8 @@ def fetch_server_certificate(host: str, port: int, *, timeout: float = 10.0) -> 
 
 #: How the enclave's interceptor refuses a request signed for another policy (auth.py).
 _POLICY_MISMATCH = re.compile(
-    r"policy mismatch: the request is for policy ([0-9a-f]{64}), this enclave serves ([0-9a-f]{64})"
+    r"policy mismatch: the request is for policy '?([0-9a-f]{64})'?, "
+    r"this enclave serves ([0-9a-f]{64})"
 )
 
 

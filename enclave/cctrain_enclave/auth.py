@@ -112,7 +112,8 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         theirs, ours = metadata.get(MD_POLICY), self._policy.digest.hex()
         if theirs is not None and theirs != ours:
             raise AuthError(
-                f"policy mismatch: the request is for policy {theirs}, this enclave serves {ours}"
+                f"policy mismatch: the request is for policy {quoted(theirs)}, "
+                f"this enclave serves {ours}"
             )
         key = self._keys.get(party)
         if key is None:
