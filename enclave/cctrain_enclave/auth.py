@@ -109,12 +109,6 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             sig = metadata[MD_SIG]
         except (KeyError, ValueError, TypeError):
             raise AuthError("missing or malformed authentication metadata") from None
-        theirs, ours = metadata.get(MD_POLICY), self._policy.digest.hex()
-        if theirs is not None and theirs != ours:
-            raise AuthError(
-                f"policy mismatch: the request is for policy {quoted(theirs)}, "
-                f"this enclave serves {ours}"
-            )
         key = self._keys.get(party)
         if key is None:
             raise AuthError(f"party {quoted(party)} is not in the policy")
@@ -125,18 +119,21 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise AuthError(
                 f"request time is {abs(now - time_ms) / 1000:.0f}s off (stale or clock skew)"
             )
-        signed = request_signing_bytes(
-            method=method,
-            party=party,
-            time_ms=time_ms,
-            nonce=nonce,
-            policy_digest=self._policy.digest,
-            tls_spki_sha256=self._tls_spki_sha256,
-            body_sha256=body_sha256,
-        )
+        def signed_for(policy_digest: bytes) -> bytes:
+            return request_signing_bytes(
+                method=method,
+                party=party,
+                time_ms=time_ms,
+                nonce=nonce,
+                policy_digest=policy_digest,
+                tls_spki_sha256=self._tls_spki_sha256,
+                body_sha256=body_sha256,
+            )
+
         try:
-            key.verify(sig, signed)
+            key.verify(sig, signed_for(self._policy.digest))
         except InvalidSignature:
+            self._maybe_policy_mismatch(metadata.get(MD_POLICY), key, sig, signed_for)
             raise AuthError(
                 "request signature does not verify (signed for another policy, or for another "
                 "enclave process: this one restarted, or is not the one attested)"
@@ -144,6 +141,34 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if not self._replay.check_and_add(party, nonce, time_ms, now):
             raise AuthError("replayed request (nonce already used)")
         return party
+
+    def _maybe_policy_mismatch(
+        self,
+        theirs: Any,
+        key: Ed25519PublicKey,
+        sig: bytes,
+        signed_for: Callable[[bytes], bytes],
+    ) -> None:
+        """Say "policy mismatch" with both digests, to a party's key holder only.
+
+        The request names the policy it was signed for (``cctrain-policy``); if its
+        signature verifies over *that* digest, the caller holds the party's key and merely
+        serves another policy, and may learn which one this enclave serves. A stranger's
+        claim is never answered with the digest."""
+        try:
+            digest = bytes.fromhex(str(theirs)) if theirs is not None else b""
+        except ValueError:
+            return
+        if len(digest) != 32 or digest == self._policy.digest:
+            return
+        try:
+            key.verify(sig, signed_for(digest))
+        except InvalidSignature:
+            return
+        raise AuthError(
+            f"policy mismatch: the request is for policy {digest.hex()}, "
+            f"this enclave serves {self._policy.digest.hex()}"
+        )
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
