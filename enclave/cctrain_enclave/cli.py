@@ -24,8 +24,10 @@ def serve_command(
     port: int,
     platform: str,
     model_source: Path | None,
+    reflection: bool = False,
 ) -> None:
     from cctrain_enclave.app import AppConfig
+    from cctrain_enclave.limits import ServerLimits
     from cctrain_enclave.server import serve
 
     logging.basicConfig(
@@ -39,7 +41,7 @@ def serve_command(
         hosts=hosts,
         model_source=model_source,
     )
-    serve(config, port=port)
+    serve(config, port=port, limits=ServerLimits(reflection=reflection))
 
 
 @click.group(cls=CommandGroup)
@@ -61,6 +63,12 @@ def main() -> None:
     type=click.Choice(["auto", "simulated", "sev-snp", "tdx", "sgx"]),
 )
 @click.option("--model-source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--reflection/--no-reflection",
+    default=False,
+    show_default=True,
+    help="Serve gRPC server reflection (unauthenticated, inside a small budget of its own).",
+)
 def serve_cmd(
     policy_file: Path,
     state_dir: Path,
@@ -68,8 +76,12 @@ def serve_cmd(
     port: int,
     platform: str,
     model_source: Path | None,
+    reflection: bool,
 ) -> None:
-    """Serve the signed policy over gRPC+TLS until SIGTERM."""
+    """Serve the signed policy over gRPC+TLS until SIGTERM.
+
+    Every RPC holds a slot of a bounded budget (docs/hostile.md): floods of streams are
+    refused with RESOURCE_EXHAUSTED and health checks keep answering."""
     serve_command(
         policy_file=policy_file,
         state_dir=state_dir,
@@ -77,4 +89,5 @@ def serve_cmd(
         port=port,
         platform=platform,
         model_source=model_source,
+        reflection=reflection,
     )
