@@ -66,14 +66,18 @@ class ReplayCache:
     def __init__(self) -> None:
         self._seen: dict[tuple[str, bytes], int] = {}
         self._floor = -(2**63)
+        self._prune_at = self.MAX_ENTRIES
         self._lock = threading.Lock()
 
     def check_and_add(self, party: str, nonce: bytes, time_ms: int, now_ms: int) -> bool:
         with self._lock:
-            if len(self._seen) > self.MAX_ENTRIES:
+            if len(self._seen) > self._prune_at:
                 cutoff = now_ms - AUTH_WINDOW_MS
                 self._floor = max(self._floor, cutoff)
                 self._seen = {k: t for k, t in self._seen.items() if t > self._floor}
+                # Amortised: when most nonces are still inside the window, pruning again at
+                # the next request would rebuild the whole table for every caller.
+                self._prune_at = max(self.MAX_ENTRIES, 2 * len(self._seen))
             key = (party, nonce)
             if time_ms <= self._floor or key in self._seen:
                 return False
@@ -119,6 +123,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise AuthError(
                 f"request time is {abs(now - time_ms) / 1000:.0f}s off (stale or clock skew)"
             )
+
         def signed_for(policy_digest: bytes) -> bytes:
             return request_signing_bytes(
                 method=method,

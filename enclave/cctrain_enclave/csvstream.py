@@ -148,7 +148,9 @@ class CsvParser:
         if text:
             self._pending.append(text)
             self._pending_len += len(text)
-            if self._pending_len > MAX_LINE:
+            # A final "\r" may be the first half of a "\r\n" split across feeds: it is not
+            # part of the line (the verdict must not depend on where the bytes were split).
+            if self._pending_len - text.endswith("\r") > MAX_LINE:
                 raise ShardError(
                     f"csv line {self._lineno + 1} is longer than {MAX_LINE} characters"
                 )

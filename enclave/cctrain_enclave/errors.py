@@ -14,6 +14,9 @@ import grpc
 
 from cctrain.errors import CctrainError, InputError, ShardError
 
+#: The most of one refusal the log keeps: a caller must not write megabytes into it.
+LOG_TEXT_MAX = 400
+
 
 class Refusal(Exception):
     """A refusal with the gRPC status to send; the message is safe to show the sender.
@@ -30,7 +33,8 @@ class Refusal(Exception):
     @property
     def log_text(self) -> str:
         """What the enclave's log (which the host reads) may say about this refusal."""
-        return self._log if self._log is not None else self.message
+        text = self._log if self._log is not None else self.message
+        return text if len(text) <= LOG_TEXT_MAX else text[:LOG_TEXT_MAX] + "… (cut)"
 
 
 class StateError(CctrainError):

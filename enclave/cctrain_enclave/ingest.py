@@ -155,9 +155,16 @@ class ShardStore:
     def partial_dir(self, party: str, shard: str) -> Path:
         return self.uploads / path_component("party", party) / path_component("shard", shard)
 
-    def lock(self, party: str, shard: str) -> threading.Lock:
+    def try_lock(self, party: str, shard: str) -> bool:
+        """Take the shard's upload lock if no other upload of it holds it."""
         with self._locks_guard:
-            return self._locks.setdefault((party, shard), threading.Lock())
+            return self._locks.setdefault((party, shard), threading.Lock()).acquire(blocking=False)
+
+    def unlock(self, party: str, shard: str) -> None:
+        """Release the shard's lock and forget it (taking and releasing happen under one
+        guard): the table must not grow with every shard id a party ever tried."""
+        with self._locks_guard:
+            self._locks.pop((party, shard)).release()
 
     # -- a provider's share (policy [limits])
     def admit(
@@ -458,11 +465,11 @@ class UploadSession:
         self.header_signature = bytes(upload_header.signature)
         msg = self.header.msg
         self.shard_id = msg.shard_id
-        self._lock = store.lock(party_id, self.shard_id)
-        if not self._lock.acquire(blocking=False):
+        if not store.try_lock(party_id, self.shard_id):
             raise Refusal(
                 grpc.StatusCode.ABORTED, f"shard {self.shard_id!r} is already being uploaded"
             )
+        self._locked = True
         try:
             if state.view.shard(party_id, self.shard_id) is not None:
                 raise Refusal(
@@ -515,7 +522,8 @@ class UploadSession:
         if msg.party_id != self.party_id:
             raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"upload header names party {msg.party_id!r} but the request is from {self.party_id!r}",
+                f"upload header names party {quoted(msg.party_id)} but the request is from "
+                f"{self.party_id!r}",
             )
         if not party.is_provider:
             raise Refusal(
@@ -714,10 +722,12 @@ class UploadSession:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     _admitted = False
+    _locked = False
 
     def close(self) -> None:
         if self._admitted:
             self.store.release_admission(self.party_id, self.shard_id)
             self._admitted = False
-        if self._lock.locked():
-            self._lock.release()
+        if self._locked:
+            self._locked = False
+            self.store.unlock(self.party_id, self.shard_id)

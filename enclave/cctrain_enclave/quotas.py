@@ -7,8 +7,10 @@ accepts the shard (two concurrent uploads from one provider cannot both take the
 nor both carry the same bytes).
 
 Each provider is a possible adversary of the others; these bounds keep one of them from
-filling the host's disk or holding every upload slot, and from counting the same rows
-twice. Refusals quote only counts and sizes, never data.
+filling the host's disk or holding every upload slot, and from uploading the same bytes
+twice under two shard ids. Only byte-identical shards are duplicates: the same rows in
+another archive (another zip timestamp, one more blank CSV line) are not detected. Refusals
+quote only counts and sizes, never data.
 """
 
 from __future__ import annotations

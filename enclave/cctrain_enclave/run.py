@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import threading
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,8 +371,11 @@ def failure_report(stage: str, exc: BaseException) -> tuple[str, dict[str, str]]
             f"read back; {exc.party_id!r} was told why",
             {exc.party_id: str(exc)},
         )
-    if isinstance(exc, safe) or type(exc) is CctrainError:
-        return f"run failed while {stage}: {type(exc).__name__}: {exc}", {}
+    if (isinstance(exc, safe) or type(exc) is CctrainError) and _raised_by_the_enclave(exc):
+        text = str(exc)
+        if len(text) > 600:
+            text = text[:600] + "… (cut)"
+        return f"run failed while {stage}: {type(exc).__name__}: {text}", {}
     return (
         f"run failed while {stage}: {type(exc).__name__} (message withheld: it may quote "
         "the private data)",
@@ -379,10 +383,22 @@ def failure_report(stage: str, exc: BaseException) -> tuple[str, dict[str, str]]
     )
 
 
+def _raised_by_the_enclave(exc: BaseException) -> bool:
+    """Whether the enclave's own code raised ``exc``, with no frame of the pinned model's
+    code on the way: a model can raise cctrain's exception types too, with any text (its
+    exception classes are importable), so the type alone vouches for nothing."""
+    import cctrain
+    import cctrain_enclave
+
+    ours = (str(Path(cctrain.__file__).parent), str(Path(cctrain_enclave.__file__).parent))
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames or not frames[-1].filename.startswith(ours):
+        return False
+    return not any(f.filename.startswith("<custom model") for f in frames)
+
+
 def _code_locations(exc: BaseException) -> list[str]:
     """Where the failure happened (files, lines, functions), never what it said: code
     locations are public, the message may quote the data."""
-    import traceback
-
     frames = traceback.extract_tb(exc.__traceback__)[-12:]
     return [f"  at {f.filename}:{f.lineno} in {f.name}\n" for f in frames]

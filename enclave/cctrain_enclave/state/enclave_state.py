@@ -40,7 +40,7 @@ from cctrain.journal import (
     verify_approval,
 )
 from cctrain.policy import Policy
-from cctrain.protocol import RECEIPT_SIG_TAG, RECEIPT_VERSION, evidence_to_pb
+from cctrain.protocol import RECEIPT_SIG_TAG, RECEIPT_VERSION, evidence_to_pb, quoted
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 from cctrain_enclave.errors import Refusal, StateDirectoryError, StateError
@@ -599,7 +599,7 @@ class EnclaveState:
             if who != party:
                 raise Refusal(
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"the approval is signed for {who!r}, but the request is from {party!r}",
+                    f"the approval is signed for {quoted(who)}, but the request is from {party!r}",
                 )
             if problems:
                 code = (
