@@ -29,7 +29,7 @@ PAYLOAD_TYPES = {
     "json": "application/vnd.cctrain.policy+json",
 }
 ROLES = frozenset({"data_provider", "recipient"})
-PARTY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+PARTY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")  # \Z: "$" lets a final "\n" in
 SHARD_FORMATS = frozenset({"npz", "csv"})
 FEATURE_DTYPES = frozenset({"float32", "float64"})
 MODELS = frozenset({"logreg", "mlp", "cnn", "custom"})

@@ -40,7 +40,8 @@ def quoted(value: object, limit: int = 64) -> str:
     return repr(text[:limit]) + ("…" if len(text) > limit else "")
 
 
-SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: ``\Z``, not ``$``: "$" also matches before a final newline, which would reach a path.
+SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 HEADER_SIG_TAG = b"cctrain/shard-header/v1\x00"
 RECEIPT_SIG_TAG = b"cctrain/receipt/v1\x00"

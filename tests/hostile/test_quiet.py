@@ -157,6 +157,7 @@ def test_identifiers_never_reach_a_path(tmp_path: Path) -> None:
                 "/etc/passwd",
                 "a" * 300,
                 "mine\x00",
+                "mine\n",  # "$" in the id pattern let a final newline through to a path
                 ".",
                 "..",
                 "a/b",
