@@ -36,8 +36,8 @@ OWNERS = 20
 PROBE_EVERY_S = 0.2
 SERVING = 1  # HealthCheckResponse.SERVING
 #: Rows per shard, and the batch size that keeps one epoch short: (small, full).
-ROWS = (50, 25_000)
-BATCH = (16, 256)
+ROWS = (50, 100_000)
+BATCH = (16, 1024)
 #: How long a watcher or an uploader may take at most (a safety net, not a measurement).
 PATIENCE_S = 600
 
