@@ -133,6 +133,7 @@ def test_every_problem_is_reported_with_its_field() -> None:
             "ed25519 key must be 32 bytes",
         ),
         (lambda d: d["parties"][0].update(id="Bad Id!"), "parties[0].id"),
+        (lambda d: d["parties"][0].update(id="hospital-a\n"), "parties[0].id"),
         (lambda d: d.update(expires="tomorrow"), "expires: not an ISO-8601 time"),
     ],
 )
