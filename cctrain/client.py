@@ -67,6 +67,7 @@ from cctrain.protocol import (
     DEFAULT_CHUNK_SIZE,
     HEADER_VERSION,
     MAX_MESSAGE_SIZE,
+    MD_BODY,
     MD_NONCE,
     MD_PARTY,
     MD_POLICY,
@@ -314,6 +315,7 @@ class EnclaveSession:
     def metadata(self, method: str, body: bytes) -> list[tuple[str, Any]]:
         t = int(self._clock() * 1000)
         nonce = os.urandom(16)
+        body_sha256 = sha256(body)
         sig = self.keys.signing_key.sign(
             request_signing_bytes(
                 method=SERVICE + method,
@@ -322,11 +324,12 @@ class EnclaveSession:
                 nonce=nonce,
                 policy_digest=self.policy.digest,
                 tls_spki_sha256=self._tls_spki_sha256,
-                body_sha256=sha256(body),
+                body_sha256=body_sha256,
             )
         )
         return [
             (MD_PARTY, self.keys.party_id),
+            (MD_BODY, body_sha256.hex()),
             (MD_POLICY, self.policy.digest.hex()),
             (MD_TIME, str(t)),
             (MD_NONCE, nonce.hex()),

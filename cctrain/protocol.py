@@ -54,6 +54,9 @@ MD_PARTY = "cctrain-party"
 MD_TIME = "cctrain-time-ms"
 MD_NONCE = "cctrain-nonce"
 MD_SIG = "cctrain-signature-bin"
+#: SHA-256 of a unary request's message, hex (covered by the signature): lets the enclave
+#: authenticate the caller from the metadata, before it waits for the message.
+MD_BODY = "cctrain-body-sha256"
 #: The client's policy digest (hex), so an enclave serving another policy says so, with both
 #: digests, rather than only that the request signature (which covers the digest) fails.
 MD_POLICY = "cctrain-policy"

@@ -31,6 +31,7 @@ from cctrain.crypto.keys import ed25519_public
 from cctrain.policy import Policy
 from cctrain.protocol import (
     AUTH_WINDOW_MS,
+    MD_BODY,
     MD_NONCE,
     MD_PARTY,
     MD_POLICY,
@@ -41,7 +42,7 @@ from cctrain.protocol import (
     sha256,
 )
 from cctrain_enclave.errors import Refusal
-from cctrain_enclave.limits import ServerLimits, Slots, guarded
+from cctrain_enclave.limits import ServerLimits, Slots, _release_at_end, once
 
 #: The authenticated party of the RPC being handled.
 current_party: contextvars.ContextVar[str] = contextvars.ContextVar("cctrain_party")
@@ -183,77 +184,68 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
     ) -> Any:
+        """Authenticate and take the RPC's slots here, before it gets a worker thread.
+
+        gRPC's synchronous server runs this on its polling thread, then hands the RPC to
+        a worker, which for a unary method waits for the request message, without a
+        timeout. Everything that decides whether a caller may hold a worker therefore
+        happens here, from the metadata alone: a unary request's signature covers the
+        digest of its body, which the client also sends (``cctrain-body-sha256``), so a
+        stranger never reaches a worker, and a party holds at most its own budget. Every
+        handler is then served as a client stream, so its behaviour starts at once: it
+        gives its slots back if the client vanishes, and waits a bounded time for the one
+        request message of a unary method (the health check does not wait at all).
+        """
         method = details.method
         handler = continuation(details)
         if handler is None:
             return None
+        lim = self._limits
+        if method == HEALTH_CHECK:
+            give = self._take([("health", lim.health)])
+            if isinstance(give, str):
+                return _refusal_handler(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, give)
+            return _health_check_handler(handler, give)
         if method.startswith(UNAUTHENTICATED_PREFIXES):
-            return self._unauthenticated(method, handler)
+            give = self._take([("open_streams", lim.open_streams)])
+            if isinstance(give, str):
+                return _refusal_handler(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, give)
+            return _served(handler, give=give, timeout_s=lim.request_timeout_s, ours=False)
         metadata = dict(details.invocation_metadata or ())
-
-        if handler.request_streaming:
-            try:
-                party = self._authenticate(method, metadata, sha256(b""))
-            except AuthError as exc:
-                return _deny_handler(handler, exc)
-            inner = _guard(
-                handler.stream_unary or handler.stream_stream,
-                self._slots,
-                self._stream_budgets(method, party),
-                bool(handler.response_streaming),
-            )
-
-            deserialize_stream = handler.request_deserializer
-
-            def stream_behavior(request_iterator: Any, context: grpc.ServicerContext) -> Any:
-                current_party.set(party)
-                return inner(_decoded_stream(request_iterator, deserialize_stream), context)
-
-            factory = (
-                grpc.stream_stream_rpc_method_handler
-                if handler.response_streaming
-                else grpc.stream_unary_rpc_method_handler
-            )
-            return factory(
-                stream_behavior,
-                request_deserializer=None,  # raw bytes: a message that does not parse is refused
-                response_serializer=handler.response_serializer,
-            )
-
-        inner_unary = handler.unary_unary or handler.unary_stream
-        deserialize = handler.request_deserializer
-        streaming_response = bool(handler.response_streaming)
-
-        def unary_behavior(raw: bytes, context: grpc.ServicerContext) -> Any:
-            try:
-                party = self._authenticate(method, metadata, sha256(raw))
-            except AuthError as exc:
-                exc.abort(context)
-            try:
-                request = deserialize(raw)
-            except DecodeError:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED)
-            current_party.set(party)
-            budgets = (
-                self._stream_budgets(method, party)
-                if streaming_response
-                else [
-                    ("unary", self._limits.unary),
-                    (f"unary/{party}", self._limits.unary_per_party),
-                ]
-            )
-            return _guard(inner_unary, self._slots, budgets, streaming_response)(request, context)
-
-        factory = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.response_streaming
-            else grpc.unary_unary_rpc_method_handler
+        try:
+            body = sha256(b"") if handler.request_streaming else _claimed_body(metadata)
+            party = self._authenticate(method, metadata, body)
+        except AuthError as exc:
+            return _refusal_handler(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        streams = bool(handler.request_streaming or handler.response_streaming)
+        give = self._take(
+            self._stream_budgets(method, party)
+            if streams
+            else [("unary", lim.unary), (f"unary/{party}", lim.unary_per_party)]
         )
-        return factory(
-            unary_behavior,
-            request_deserializer=None,  # raw bytes: the digest is checked first
-            response_serializer=handler.response_serializer,
+        if isinstance(give, str):
+            return _refusal_handler(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, give)
+        return _served(
+            handler,
+            give=give,
+            timeout_s=lim.request_timeout_s,
+            ours=True,
+            party=party,
+            body_sha256=None if handler.request_streaming else body,
         )
+
+    def _take(self, budgets: list[tuple[str, int]]) -> Callable[[], None] | str:
+        """Take one slot of each budget: a function that gives them back (once), or the
+        refusal to send when one is full."""
+        full = self._slots.take(budgets)
+        if full is not None:
+            kind, _, party = full.partition("/")
+            scope = f" from party {party!r}" if party else " in total"
+            return (
+                f"the enclave is at its limit of {dict(budgets)[full]} concurrent "
+                f"{_BUDGET_WORDS[kind]}{scope}; retry when one has finished"
+            )
+        return once(lambda: self._slots.give([n for n, _ in budgets]))
 
     def _stream_budgets(self, method: str, party: str) -> list[tuple[str, int]]:
         lim = self._limits
@@ -262,43 +254,153 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             budgets.append((f"watches/{party}", lim.watches_per_party))
         return budgets
 
-    def _unauthenticated(self, method: str, handler: Any) -> Any:
-        """Health and reflection answer anyone, from budgets of their own."""
-        streaming = bool(handler.request_streaming or handler.response_streaming)
-        budgets = (
-            [("open_streams", self._limits.open_streams)]
-            if streaming
-            else [("health", self._limits.health)]
-        )
-        kind = (bool(handler.request_streaming), bool(handler.response_streaming))
-        inner = {
-            (False, False): handler.unary_unary,
-            (False, True): handler.unary_stream,
-            (True, False): handler.stream_unary,
-            (True, True): handler.stream_stream,
-        }[kind]
-        factory = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[kind]
-        deserialize = handler.request_deserializer
 
-        def decoded(request: Any, context: grpc.ServicerContext) -> Any:
-            if kind[0]:
-                return inner(_aborting_stream(request, deserialize, context), context)
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def _claimed_body(metadata: dict[str, Any]) -> bytes:
+    try:
+        digest = bytes.fromhex(str(metadata[MD_BODY]))
+    except (KeyError, ValueError):
+        digest = b""
+    if len(digest) != 32:
+        raise AuthError(f"missing or malformed authentication metadata ({MD_BODY})")
+    return digest
+
+
+def _give_back_at_end(context: grpc.ServicerContext, give: Callable[[], None]) -> None:
+    if not context.add_callback(give):
+        give()  # the RPC has already ended
+
+
+def _stream_handler(handler: Any, behavior: Callable[..., Any]) -> Any:
+    """``behavior`` as a client-streaming handler of ``handler``'s response arity."""
+    factory = (
+        grpc.stream_stream_rpc_method_handler
+        if handler.response_streaming
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return factory(
+        behavior,
+        request_deserializer=None,  # raw bytes: parsed (or refused) by the behaviour
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _refusal_handler(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """Refuse at once, without waiting for (or reading) any request message."""
+
+    def refuse(_requests: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    return _stream_handler(handler, refuse)
+
+
+def _health_check_handler(handler: Any, give: Callable[[], None]) -> Any:
+    """``Health.Check`` answers SERVING for the server as a whole without reading the
+    request: no caller can make it wait for a message that never comes."""
+    from grpc_health.v1 import health_pb2
+
+    def check(_requests: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        finally:
+            give()
+
+    return _stream_handler(handler, check)
+
+
+def _served(
+    handler: Any,
+    *,
+    give: Callable[[], None],
+    timeout_s: float,
+    ours: bool,
+    party: str | None = None,
+    body_sha256: bytes | None = None,
+) -> Any:
+    """``handler`` served with its slots: given back when it ends, however it ends."""
+    deserialize = handler.request_deserializer
+    response_streaming = bool(handler.response_streaming)
+
+    def finish(result: Any) -> Any:
+        if response_streaming:
+            return _release_at_end(result, give)
+        give()
+        return result
+
+    if handler.request_streaming:
+        inner = handler.stream_unary or handler.stream_stream
+
+        def stream_behavior(requests: Any, context: grpc.ServicerContext) -> Any:
+            _give_back_at_end(context, give)
             try:
-                message = deserialize(request)
+                if party is not None:
+                    current_party.set(party)
+                decoded = (
+                    _decoded_stream(requests, deserialize)
+                    if ours
+                    else _aborting_stream(requests, deserialize, context)
+                )
+                return finish(inner(decoded, context))
+            except BaseException:
+                give()
+                raise
+
+        return _stream_handler(handler, stream_behavior)
+
+    inner_unary = handler.unary_unary or handler.unary_stream
+
+    def unary_behavior(requests: Any, context: grpc.ServicerContext) -> Any:
+        _give_back_at_end(context, give)
+        try:
+            raw = _one_message(requests, context, timeout_s)
+            if body_sha256 is not None and sha256(raw) != body_sha256:
+                context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "the request message is not the one its signature covers",
+                )
+            try:
+                request = deserialize(raw)
             except DecodeError:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED)
-            return inner(message, context)
+            if party is not None:
+                current_party.set(party)
+            return finish(inner_unary(request, context))
+        except BaseException:
+            give()
+            raise
 
-        return factory(
-            _guard(decoded, self._slots, budgets, bool(handler.response_streaming)),
-            request_deserializer=None,  # raw bytes: a message that does not parse is refused
-            response_serializer=handler.response_serializer,
+    return _stream_handler(handler, unary_behavior)
+
+
+def _one_message(
+    requests: Iterator[bytes], context: grpc.ServicerContext, timeout_s: float
+) -> bytes:
+    """The single request message of a unary method, waited for at most ``timeout_s``."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            box["message"] = next(requests, None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the handler's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=read, name="cctrain-rpc-rx", daemon=True).start()
+    if not done.wait(timeout_s):
+        context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"the request message did not arrive within {timeout_s:.0f}s",
         )
+    if "error" in box:
+        raise box["error"]
+    if box.get("message") is None:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request message is missing")
+    message: bytes = box["message"]
+    return message
 
 
 def _decoded_stream(raw: Iterator[bytes], deserialize: Callable[[bytes], Any]) -> Iterator[Any]:
@@ -331,37 +433,3 @@ _BUDGET_WORDS = {
     "streams": "streams (uploads and watches)",
     "watches": "watches",
 }
-
-
-def _guard(
-    behavior: Callable[..., Any],
-    slots: Slots,
-    budgets: list[tuple[str, int]],
-    streaming_response: bool,
-) -> Callable[..., Any]:
-    def refusal(full: str) -> str:
-        kind, _, party = full.partition("/")
-        scope = f" from party {party!r}" if party else " in total"
-        return (
-            f"the enclave is at its limit of {dict(budgets)[full]} concurrent "
-            f"{_BUDGET_WORDS[kind]}{scope}; retry when one has finished"
-        )
-
-    return guarded(
-        behavior,
-        slots=slots,
-        wants=lambda: budgets,
-        streaming_response=streaming_response,
-        refusal=refusal,
-    )
-
-
-def _deny_handler(handler: Any, error: AuthError) -> Any:
-    def deny(_request: Any, context: grpc.ServicerContext) -> Any:
-        error.abort(context)
-
-    factory = {
-        (True, True): grpc.stream_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-    }[(True, bool(handler.response_streaming))]
-    return factory(deny, request_deserializer=None, response_serializer=handler.response_serializer)

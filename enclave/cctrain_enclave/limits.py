@@ -32,8 +32,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 
 @dataclass(frozen=True)
 class ServerLimits:
@@ -47,6 +45,8 @@ class ServerLimits:
     watches_per_party: int = 2
     #: Seconds an upload may wait for its next message before the enclave suspends it.
     upload_idle_s: float = 120.0
+    #: Seconds a unary request's message may take to arrive after its headers.
+    request_timeout_s: float = 10.0
     #: Serve gRPC server reflection (unauthenticated; off unless asked for).
     reflection: bool = False
     #: HTTP/2 streams one connection may open at once.
@@ -103,7 +103,8 @@ class Slots:
             return self._held.get(name, 0)
 
 
-def _once(fn: Callable[[], None]) -> Callable[[], None]:
+def once(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn``, made safe to call any number of times from any thread: it runs once."""
     lock, done = threading.Lock(), [False]
 
     def run() -> None:
@@ -112,46 +113,6 @@ def _once(fn: Callable[[], None]) -> Callable[[], None]:
                 return
             done[0] = True
         fn()
-
-    return run
-
-
-def guarded(
-    behavior: Callable[..., Any],
-    *,
-    slots: Slots,
-    wants: Callable[[], list[tuple[str, int]] | None],
-    streaming_response: bool,
-    refusal: Callable[[str], str],
-) -> Callable[..., Any]:
-    """Wrap an RPC behavior so it runs only with its slots, and gives them back at its end.
-
-    ``wants`` runs on the RPC's thread after authentication (it may read the party); None
-    means "no slots needed". The slots come back when the handler returns, when its
-    response stream ends or is closed, and when gRPC reports the RPC terminated (a client
-    that vanished mid-stream), whichever comes first.
-    """
-
-    def run(request: Any, context: grpc.ServicerContext) -> Any:
-        need = wants()
-        if not need:
-            return behavior(request, context)
-        full = slots.take(need)
-        if full is not None:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal(full))
-        give = _once(lambda: slots.give([n for n, _ in need]))
-        context.add_callback(give)
-        if not streaming_response:
-            try:
-                return behavior(request, context)
-            finally:
-                give()
-        try:
-            inner = behavior(request, context)
-        except BaseException:
-            give()
-            raise
-        return _release_at_end(inner, give)
 
     return run
 
