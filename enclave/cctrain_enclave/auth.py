@@ -268,22 +268,18 @@ def _claimed_body(metadata: dict[str, Any]) -> bytes:
     return digest
 
 
-def _give_back_at_end(context: grpc.ServicerContext, give: Callable[[], None]) -> None:
-    if not context.add_callback(give):
-        give()  # the RPC has already ended
-
-
 def _stream_handler(handler: Any, behavior: Callable[..., Any]) -> Any:
-    """``behavior`` as a client-streaming handler of ``handler``'s response arity."""
-    factory = (
-        grpc.stream_stream_rpc_method_handler
-        if handler.response_streaming
-        else grpc.stream_unary_rpc_method_handler
-    )
-    return factory(
-        behavior,
-        request_deserializer=None,  # raw bytes: parsed (or refused) by the behaviour
-        response_serializer=handler.response_serializer,
+    """``behavior`` as a client-streaming handler of ``handler``'s response arity. A
+    single response is serialized by the behaviour itself (so that its slot covers that
+    work too); a stream of responses by gRPC, between the generator's steps."""
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            behavior,
+            request_deserializer=None,  # raw bytes: parsed (or refused) by the behaviour
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_unary_rpc_method_handler(
+        behavior, request_deserializer=None, response_serializer=None
     )
 
 
@@ -296,14 +292,31 @@ def _refusal_handler(handler: Any, code: grpc.StatusCode, message: str) -> Any:
     return _stream_handler(handler, refuse)
 
 
+#: How long a health check waits for its request (to learn which service it asks about).
+#: Short: the message normally comes with the headers, and a check that sends none must not
+#: hold its slot; it is then answered for the server as a whole.
+HEALTH_READ_S = 0.5
+HEALTH_SERVICES = frozenset({"", "cctrain.v1.Enclave", "grpc.health.v1.Health"})
+
+
 def _health_check_handler(handler: Any, give: Callable[[], None]) -> Any:
-    """``Health.Check`` answers SERVING for the server as a whole without reading the
-    request: no caller can make it wait for a message that never comes."""
+    """``Health.Check``: SERVING for the server and its services, NOT_FOUND for others (as
+    the health protocol says), answered within ``HEALTH_READ_S`` whatever the caller sends."""
     from grpc_health.v1 import health_pb2
 
-    def check(_requests: Any, context: grpc.ServicerContext) -> Any:
+    serving = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    def check(requests: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+            raw = _one_message(requests, context, HEALTH_READ_S, on_timeout=None)
+            if raw is not None:
+                try:
+                    service = health_pb2.HealthCheckRequest.FromString(raw).service
+                except DecodeError:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED)
+                if service not in HEALTH_SERVICES:
+                    context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+            return serving.SerializeToString()
         finally:
             give()
 
@@ -319,21 +332,30 @@ def _served(
     party: str | None = None,
     body_sha256: bytes | None = None,
 ) -> Any:
-    """``handler`` served with its slots: given back when it ends, however it ends."""
+    """``handler`` served with its slots, given back when its worker is done with it.
+
+    Not when gRPC reports the RPC ended: a cancelled RPC ends at once, while its worker may
+    still be inside the handler, and a slot given back then would let a party that opens and
+    cancels watches in a loop hold far more workers than its budget. So: when the behaviour
+    returns (a single response is serialized before that), when a response stream's
+    generator ends, or when a generator gRPC never started is collected.
+    """
     deserialize = handler.request_deserializer
+    serialize = handler.response_serializer
     response_streaming = bool(handler.response_streaming)
 
     def finish(result: Any) -> Any:
         if response_streaming:
             return _release_at_end(result, give)
-        give()
-        return result
+        try:
+            return serialize(result)
+        finally:
+            give()
 
     if handler.request_streaming:
         inner = handler.stream_unary or handler.stream_stream
 
         def stream_behavior(requests: Any, context: grpc.ServicerContext) -> Any:
-            _give_back_at_end(context, give)
             try:
                 if party is not None:
                     current_party.set(party)
@@ -342,19 +364,20 @@ def _served(
                     if ours
                     else _aborting_stream(requests, deserialize, context)
                 )
-                return finish(inner(decoded, context))
+                result = inner(decoded, context)
             except BaseException:
                 give()
                 raise
+            return finish(result)
 
         return _stream_handler(handler, stream_behavior)
 
     inner_unary = handler.unary_unary or handler.unary_stream
 
     def unary_behavior(requests: Any, context: grpc.ServicerContext) -> Any:
-        _give_back_at_end(context, give)
         try:
             raw = _one_message(requests, context, timeout_s)
+            assert raw is not None
             if body_sha256 is not None and sha256(raw) != body_sha256:
                 context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -366,17 +389,22 @@ def _served(
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED)
             if party is not None:
                 current_party.set(party)
-            return finish(inner_unary(request, context))
+            result = inner_unary(request, context)
         except BaseException:
             give()
             raise
+        return finish(result)
 
     return _stream_handler(handler, unary_behavior)
 
 
 def _one_message(
-    requests: Iterator[bytes], context: grpc.ServicerContext, timeout_s: float
-) -> bytes:
+    requests: Iterator[bytes],
+    context: grpc.ServicerContext,
+    timeout_s: float,
+    *,
+    on_timeout: str | None = "abort",
+) -> bytes | None:
     """The single request message of a unary method, waited for at most ``timeout_s``."""
     box: dict[str, Any] = {}
     done = threading.Event()
@@ -391,6 +419,8 @@ def _one_message(
 
     threading.Thread(target=read, name="cctrain-rpc-rx", daemon=True).start()
     if not done.wait(timeout_s):
+        if on_timeout is None:
+            return None
         context.abort(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"the request message did not arrive within {timeout_s:.0f}s",

@@ -28,6 +28,7 @@ policy's ``[limits]`` (:mod:`cctrain_enclave.quotas`), not the operator's.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,14 @@ def once(fn: Callable[[], None]) -> Callable[[], None]:
 
 
 def _release_at_end(it: Iterator[Any], give: Callable[[], None]) -> Iterator[Any]:
+    """``it``, giving the slots back when it ends, or (if gRPC never starts it: the RPC
+    ended first) when it is collected."""
+    gen = _released(it, give)
+    weakref.finalize(gen, give)
+    return gen
+
+
+def _released(it: Iterator[Any], give: Callable[[], None]) -> Iterator[Any]:
     try:
         yield from it
     finally:

@@ -316,6 +316,11 @@ class RunController:
 
     # -- progress
     def watch(self, context: grpc.ServicerContext, party: str) -> Iterator[pb.TrainingEvent]:
+        def wake() -> None:  # a cancelled watch frees its worker at once, not at the next tick
+            with self._cond:
+                self._cond.notify_all()
+
+        context.add_callback(wake)
         with self._cond:
             sent = len(self._events)
             view = self.state.view
