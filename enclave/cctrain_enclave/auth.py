@@ -192,9 +192,9 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         happens here, from the metadata alone: a unary request's signature covers the
         digest of its body, which the client also sends (``cctrain-body-sha256``), so a
         stranger never reaches a worker, and a party holds at most its own budget. Every
-        handler is then served as a client stream, so its behaviour starts at once: it
-        gives its slots back if the client vanishes, and waits a bounded time for the one
-        request message of a unary method (the health check does not wait at all).
+        handler is then served as a client stream, so its behaviour starts at once and
+        waits a bounded time for the one request message of a unary method (the health
+        check at most 0.5 s); its slots come back when its worker is done with it.
         """
         method = details.method
         handler = continuation(details)
