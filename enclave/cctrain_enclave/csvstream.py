@@ -35,7 +35,13 @@ from typing import Any
 import numpy as np
 
 from cctrain.errors import ShardError
-from cctrain_enclave.shards import ShardArrays, ShardSummary, feature_shape, finite_for_training
+from cctrain_enclave.shards import (
+    LatchingParser,
+    ShardArrays,
+    ShardSummary,
+    feature_shape,
+    finite_for_training,
+)
 
 #: The longest line accepted, in characters (a constant bound on what one line holds).
 MAX_LINE = 1 << 20
@@ -58,7 +64,7 @@ def _names(names: list[str]) -> str:
     return f"{shown}{more}"
 
 
-class CsvParser:
+class CsvParser(LatchingParser):
     """Feed the plaintext in order with :meth:`feed`, then call :meth:`finish`.
 
     With ``out`` (training) each row's features and label are written into ``out`` as they
@@ -91,36 +97,19 @@ class CsvParser:
         self._lo: int | None = None
         self._hi: int | None = None
         self._finite = True
-        self._error: ShardError | None = None
-        self._summary: ShardSummary | None = None
         if len(self._shape) != 1:  # the policy refuses this; still, refuse the shard, not start
             self._error = ShardError("csv shards need 1-D features; use npz for shaped features")
 
-    # -- input
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self._error is not None:
-            raise self._error
-        try:
-            view = memoryview(data).cast("B")
-            for start in range(0, len(view), _DECODE_STEP):
-                self._text(self._decode(view[start : start + _DECODE_STEP]))
-        except ShardError as exc:
-            self._error = exc
-            raise
+    # -- input (feed and finish: LatchingParser)
+    def _feed(self, view: memoryview) -> None:
+        for start in range(0, len(view), _DECODE_STEP):
+            self._text(self._decode(view[start : start + _DECODE_STEP]))
 
-    def finish(self) -> ShardSummary:
-        if self._error is not None:
-            raise self._error
-        if self._summary is None:
-            try:
-                self._text(self._decode(b"", final=True))
-                if self._pending:
-                    self._text("\n")  # the last line needs no newline
-                self._summary = self._result()
-            except ShardError as exc:
-                self._error = exc
-                raise
-        return self._summary
+    def _finish(self) -> ShardSummary:
+        self._text(self._decode(b"", final=True))
+        if self._pending:
+            self._text("\n")  # the last line needs no newline
+        return self._result()
 
     def _decode(self, data: Any, final: bool = False) -> str:
         held = len(self._decoder.getstate()[0])

@@ -422,27 +422,23 @@ class _ChunkSink:
 
 
 class _StreamingCheck:
-    """A shard parser fed on the sink thread: its first refusal is kept for ``finish``."""
+    """A shard parser fed on the sink thread, which must not raise there: the parser keeps
+    its first refusal (``error``, read by the handler) and raises it again at ``finish``."""
 
     def __init__(self, parser: ShardParser) -> None:
         self._parser = parser
-        self._error: ShardError | None = None
 
     def feed(self, data: bytes) -> None:
-        if self._error is None:
-            try:
-                self._parser.feed(data)
-            except ShardError as exc:
-                self._error = exc
+        try:
+            self._parser.feed(data)
+        except ShardError:
+            pass  # kept by the parser
 
     @property
     def error(self) -> ShardError | None:
-        """The parser's refusal, once it has one (set on the sink thread)."""
-        return self._error
+        return self._parser.error
 
     def finish(self) -> ShardSummary:
-        if self._error is not None:
-            raise self._error
         return self._parser.finish()
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from cctrain.errors import ShardError
 from cctrain_enclave.shards import (
     NPZ_MEMBERS,
+    LatchingParser,
     ShardArrays,
     ShardSummary,
     feature_shape,
@@ -309,7 +310,7 @@ class _MemberReader:
         self.done += values.size
 
 
-class NpzParser:
+class NpzParser(LatchingParser):
     """Feed the plaintext in order with :meth:`feed`, then call :meth:`finish`.
 
     With ``out`` (training) the members' values are written into ``out.features`` and
@@ -334,30 +335,8 @@ class NpzParser:
         self._entries = 0  # central directory entries checked
         self._cd_start = 0
         self._zip64_at: int | None = None
-        self._error: ShardError | None = None
-        self._summary: ShardSummary | None = None
 
-    # -- input
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self._error is not None:
-            raise self._error
-        try:
-            self._feed(memoryview(data).cast("B"))
-        except ShardError as exc:
-            self._error = exc
-            raise
-
-    def finish(self) -> ShardSummary:
-        if self._error is not None:
-            raise self._error
-        if self._summary is None:
-            try:
-                self._summary = self._finish()
-            except ShardError as exc:
-                self._error = exc
-                raise
-        return self._summary
-
+    # -- input (feed and finish: LatchingParser)
     def _feed(self, mv: memoryview) -> None:
         pos, n = 0, len(mv)
         while pos < n:

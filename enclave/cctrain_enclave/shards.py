@@ -140,6 +140,49 @@ class ShardParser(Protocol):
 
     def finish(self) -> ShardSummary: ...
 
+    @property
+    def error(self) -> ShardError | None: ...
+
+
+class LatchingParser:
+    """The :class:`ShardParser` contract for a format's parser, which implements ``_feed``
+    and ``_finish``: its first :class:`ShardError` is kept and raised again on every later
+    call, and its summary is computed once."""
+
+    _error: ShardError | None = None
+    _summary: ShardSummary | None = None
+
+    @property
+    def error(self) -> ShardError | None:
+        """The refusal, once there is one."""
+        return self._error
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        try:
+            self._feed(memoryview(data).cast("B"))
+        except ShardError as exc:
+            self._error = exc
+            raise
+
+    def finish(self) -> ShardSummary:
+        if self._error is not None:
+            raise self._error
+        if self._summary is None:
+            try:
+                self._summary = self._finish()
+            except ShardError as exc:
+                self._error = exc
+                raise
+        return self._summary
+
+    def _feed(self, data: memoryview) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> ShardSummary:
+        raise NotImplementedError
+
 
 def open_parser(
     fmt: str, schema: Mapping[str, Any], *, out: ShardArrays | None = None
