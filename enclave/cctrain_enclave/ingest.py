@@ -57,7 +57,7 @@ from cctrain.protocol import (
 )
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal, StoredShardError
-from cctrain_enclave.quotas import Holding, check_provider_limits
+from cctrain_enclave.quotas import Holding, accepted_holdings, check_provider_limits
 from cctrain_enclave.shards import (
     ShardArrays,
     ShardParser,
@@ -184,23 +184,12 @@ class ShardStore:
                     f"you have {len(inflight)} upload(s) in progress; the policy allows {limit} "
                     "at once (limits.concurrent_uploads_per_provider)",
                 )
-            holdings = {
-                s.shard_id: Holding(s.shard_id, s.header.plaintext_size, s.header.plaintext_sha256)
-                for s in accepted
-                if s.party_id == party
-            }
+            holdings = {h.shard_id: h for h in accepted_holdings(accepted, party)}
             for h in (*self._partial_holdings(party), *inflight.values()):
                 holdings.setdefault(h.shard_id, h)
-            check_provider_limits(
-                self._policy,
-                shard_id=header.shard_id,
-                plaintext_size=int(header.plaintext_size),
-                plaintext_sha256=bytes(header.plaintext_sha256),
-                holdings=holdings.values(),
-            )
-            inflight[header.shard_id] = Holding(
-                header.shard_id, int(header.plaintext_size), bytes(header.plaintext_sha256)
-            )
+            new = Holding.of(header)
+            check_provider_limits(self._policy, new, holdings.values())
+            inflight[header.shard_id] = new
 
     def release_admission(self, party: str, shard: str) -> None:
         with self._locks_guard:
@@ -221,7 +210,7 @@ class ShardStore:
                 msg.ParseFromString((pdir / "header.bin").read_bytes())
             except (OSError, DecodeError):
                 pass
-            out.append(Holding(pdir.name, int(msg.plaintext_size), bytes(msg.plaintext_sha256)))
+            out.append(Holding.of(msg, shard_id=pdir.name))
         return out
 
     def data_key(self, header: pb.ShardHeader) -> bytes:

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from cctrain.journal import AcceptedShard
 from cctrain.policy import Policy
+from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal
 
 
@@ -32,19 +34,31 @@ class Holding:
     plaintext_size: int
     plaintext_sha256: bytes
 
+    @classmethod
+    def of(cls, header: pb.ShardHeader, shard_id: str | None = None) -> Holding:
+        """What a shard with this header holds (``shard_id``: the name it is stored under)."""
+        return cls(
+            header.shard_id if shard_id is None else shard_id,
+            int(header.plaintext_size),
+            bytes(header.plaintext_sha256),
+        )
 
-def check_provider_limits(
-    policy: Policy,
-    *,
-    shard_id: str,
-    plaintext_size: int,
-    plaintext_sha256: bytes,
-    holdings: Iterable[Holding],
-) -> None:
+
+def accepted_holdings(shards: Iterable[AcceptedShard], party: str) -> list[Holding]:
+    """The provider's accepted shards, as holdings."""
+    return [Holding.of(s.header) for s in shards if s.party_id == party]
+
+
+def check_provider_limits(policy: Policy, new: Holding, holdings: Iterable[Holding]) -> None:
     """Refuse (RESOURCE_EXHAUSTED / ALREADY_EXISTS) a new shard that exceeds the provider's
     share. ``holdings`` are the provider's other shards (the one being uploaded, under the
     same id, is replaced by it and not counted)."""
     limits = policy.limits
+    shard_id, plaintext_size, plaintext_sha256 = (
+        new.shard_id,
+        new.plaintext_size,
+        new.plaintext_sha256,
+    )
     others = [h for h in holdings if h.shard_id != shard_id]
     if not limits["allow_duplicate_shards"]:
         for h in others:

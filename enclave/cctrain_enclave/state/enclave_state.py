@@ -45,7 +45,7 @@ from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 from cctrain_enclave.errors import Refusal, StateDirectoryError, StateError
 from cctrain_enclave.providers._common import own_measurement
-from cctrain_enclave.quotas import Holding, check_provider_limits
+from cctrain_enclave.quotas import Holding, accepted_holdings, check_provider_limits
 from cctrain_enclave.state.journal_file import JournalFile
 from cctrain_enclave.state.sealing import STATE_KEY_LABEL, BoundSealer, atomic_write
 
@@ -473,15 +473,7 @@ class EnclaveState:
             # Checked at the header already; again here, atomically with the entry, for
             # concurrent uploads of one provider.
             check_provider_limits(
-                self.policy,
-                shard_id=header.shard_id,
-                plaintext_size=int(header.plaintext_size),
-                plaintext_sha256=bytes(header.plaintext_sha256),
-                holdings=[
-                    Holding(s.shard_id, s.header.plaintext_size, s.header.plaintext_sha256)
-                    for s in view.shards
-                    if s.party_id == header.party_id
-                ],
+                self.policy, Holding.of(header), accepted_holdings(view.shards, header.party_id)
             )
             body = pb.ReceiptBody(
                 version=RECEIPT_VERSION,
