@@ -354,6 +354,11 @@ def verify_approval(
         problems.append(f"{body.party_id!r} is not a party whose approval the policy requires")
     if body.manifest_sha256 != manifest_sha256:
         problems.append("approval is for another manifest")
+    if not 1 <= body.release_index <= policy.max_releases:
+        problems.append(
+            f"approval is {body.party_id!r}'s release #{body.release_index} of this policy, "
+            f"which allows {policy.max_releases}"
+        )
     if party is None or not verify_signature(
         Ed25519PublicKey.from_public_bytes(party.signing_public_raw),
         APPROVAL_SIG_TAG,

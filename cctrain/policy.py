@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -87,6 +87,13 @@ class Policy:
     release: Mapping[str, Any]
     #: What one provider may put into the enclave (see :func:`_check_limits`).
     limits: Mapping[str, Any]
+    #: Who holds the state key: ``{"key": "platform"}`` or ``{"key": "consortium",
+    #: "threshold": k}`` (see :func:`_check_state`).
+    state: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({"key": "platform"}))
+
+    @property
+    def max_releases(self) -> int:
+        return int(self.release["max_releases"])
 
     @property
     def digest(self) -> bytes:
@@ -530,7 +537,7 @@ def _check_release(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any
         doc,
         "release",
         required=("recipients",),
-        optional=("metrics", "approvals_required_from", "non_private"),
+        optional=("metrics", "approvals_required_from", "non_private", "max_releases"),
     )
     by_id = {p.id: p for p in parties}
     recips = c.str_list(t.get("recipients", []), "release.recipients")
@@ -553,6 +560,45 @@ def _check_release(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any
         if p is None or not p.is_provider:
             c.add(
                 "release.approvals_required_from", f"{pid!r} is not a data_provider of this policy"
+            )
+    mr = t.setdefault("max_releases", 1)
+    if c.typed(mr, "release.max_releases", int, "an integer") and not 1 <= mr <= 1000:
+        c.add("release.max_releases", f"must be between 1 and 1000, got {mr}")
+    return t
+
+
+#: SLIP-39 splits a secret into at most 16 groups: one share per party.
+MAX_SHARE_HOLDERS = 16
+STATE_KEY_MODES = frozenset({"platform", "consortium"})
+
+
+def _check_state(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any]:
+    """``[state]``: who holds the key the enclave's state is sealed under.
+
+    ``platform`` (default): derived from the TEE's sealing key. ``consortium``: made in the
+    enclave at genesis, split ``threshold``-of-n among every party of the policy (each needs
+    an ``hpke_key``); after a restart the enclave stays locked until ``threshold`` parties
+    return their shares. Required on platforms without a sealing key (TDX).
+    """
+    t = c.table(doc, "state", optional=("key", "threshold"))
+    mode = t.setdefault("key", "platform")
+    c.choice(mode, "state.key", STATE_KEY_MODES)
+    if mode != "consortium":
+        if "threshold" in t:
+            c.add("state.threshold", "only a consortium-held key has a threshold")
+        return t
+    n = len(parties)
+    if n > MAX_SHARE_HOLDERS:
+        c.add("state.key", f"a consortium key is shared among at most {MAX_SHARE_HOLDERS} parties")
+    k = t.setdefault("threshold", n // 2 + 1)
+    if c.typed(k, "state.threshold", int, "an integer") and not 1 <= k <= max(n, 1):
+        c.add("state.threshold", f"must be between 1 and the {n} parties, got {k}")
+    for p in parties:
+        if p.hpke_key is None:
+            c.add(
+                "state.key",
+                f"party {p.id!r} has no hpke_key: with a consortium key every party holds a "
+                "share sealed to its HPKE key",
             )
     return t
 
@@ -613,7 +659,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
             "privacy",
             "release",
         ),
-        optional=("expires", "start", "signature_threshold", "limits"),
+        optional=("expires", "start", "signature_threshold", "limits", "state"),
     )
     if top.get("version") != 1:
         c.add("version", f"must be 1, got {top.get('version')!r}")
@@ -651,6 +697,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
     start = _check_start(c, top.get("start", {}), providers)
     release = _check_release(c, top.get("release", {}), parties)
     limits = _check_limits(c, top.get("limits", {}), data)
+    state = _check_state(c, top.get("state", {}), parties)
     if privacy.get("enabled") is True:
         opted_in = set(release.get("non_private") or ())
         for m in release.get("metrics") or ():
@@ -685,6 +732,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
         start=_freeze(start),
         release=_freeze(release),
         limits=_freeze(limits),
+        state=_freeze(state),
     )
 
 

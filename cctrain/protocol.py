@@ -26,7 +26,8 @@ from cctrain.v1 import enclave_pb2 as pb
 HEADER_VERSION = 1
 #: 2: receipts name the journal entry that records them (journal_seq, journal_prev_sha256).
 RECEIPT_VERSION = 2
-APPROVAL_VERSION = 1
+APPROVAL_VERSION = 2  # 2: release_index (the SDK's count of this policy's releases)
+CONSENT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 4 << 20
 #: gRPC message limit on both sides: one chunk plus framing.
@@ -48,6 +49,13 @@ RELEASE_KEY_INFO_TAG = b"cctrain/release-key/v1"
 REQUEST_SIG_TAG = b"cctrain/rpc-request/v2\x00"
 APPROVAL_SIG_TAG = b"cctrain/release-approval/v1\x00"
 JOURNAL_SIG_TAG = b"cctrain/journal-entry/v1\x00"
+CONSENT_SIG_TAG = b"cctrain/consent/v1\x00"
+#: HPKE info of a party's share of a consortium-held state key, sealed at genesis ...
+STATE_SHARE_INFO_TAG = b"cctrain/state-share/v1"
+#: ... its commitment in the genesis entry ...
+STATE_SHARE_COMMIT_TAG = b"cctrain/state-share-commitment/v1\x00"
+#: ... and the same share re-sealed to a locked enclave's attested key (Unlock).
+STATE_UNLOCK_INFO_TAG = b"cctrain/state-unlock/v1"
 
 # Request-authentication metadata keys.
 MD_PARTY = "cctrain-party"
@@ -225,13 +233,39 @@ def sign_approval(
     party_id: str,
     manifest_sha256: bytes,
     now_ms: int,
+    release_index: int = 1,
 ) -> pb.SignedApproval:
-    """A provider's signed approval of exactly one release manifest."""
+    """A provider's signed approval of exactly one release manifest, its ``release_index``-th
+    approved release of this policy."""
     body = pb.ApprovalBody(
         version=APPROVAL_VERSION,
         policy_digest=policy_digest,
         party_id=party_id,
         manifest_sha256=manifest_sha256,
         created_unix_ms=now_ms,
+        release_index=release_index,
     ).SerializeToString()
     return pb.SignedApproval(body=body, signature=key.sign(APPROVAL_SIG_TAG + body))
+
+
+def sign_consent(
+    key: Ed25519PrivateKey,
+    *,
+    policy_digest: bytes,
+    party_id: str,
+    action: str,
+    now_ms: int,
+    shard_id: str = "",
+    manifest_sha256: bytes = b"",
+) -> pb.SignedConsent:
+    """A party's signed consent decision: ``withdraw`` a shard, or ``veto`` a release."""
+    body = pb.ConsentBody(
+        version=CONSENT_VERSION,
+        policy_digest=policy_digest,
+        party_id=party_id,
+        action=action,
+        shard_id=shard_id,
+        manifest_sha256=manifest_sha256,
+        created_unix_ms=now_ms,
+    ).SerializeToString()
+    return pb.SignedConsent(body=body, signature=key.sign(CONSENT_SIG_TAG + body))

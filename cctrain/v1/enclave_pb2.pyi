@@ -26,18 +26,20 @@ class AttestRequest(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
 class AttestResponse(_message.Message):
-    __slots__ = ("evidence", "hpke_public_key", "signing_public_key", "tls_certificate", "policy_digest")
+    __slots__ = ("evidence", "hpke_public_key", "signing_public_key", "tls_certificate", "policy_digest", "locked")
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     HPKE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     TLS_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_FIELD_NUMBER: _ClassVar[int]
     evidence: Evidence
     hpke_public_key: bytes
     signing_public_key: bytes
     tls_certificate: bytes
     policy_digest: bytes
-    def __init__(self, evidence: _Optional[_Union[Evidence, _Mapping]] = ..., hpke_public_key: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., tls_certificate: _Optional[bytes] = ..., policy_digest: _Optional[bytes] = ...) -> None: ...
+    locked: bool
+    def __init__(self, evidence: _Optional[_Union[Evidence, _Mapping]] = ..., hpke_public_key: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., tls_certificate: _Optional[bytes] = ..., policy_digest: _Optional[bytes] = ..., locked: _Optional[bool] = ...) -> None: ...
 
 class ShardHeader(_message.Message):
     __slots__ = ("version", "policy_digest", "party_id", "shard_id", "format", "encapsulated_key", "nonce_prefix", "chunk_size", "plaintext_size", "chunk_count", "plaintext_sha256", "created_unix_ms")
@@ -186,7 +188,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("phase", "providers_uploaded", "providers_missing", "approvals", "detail", "policy_digest", "manifest", "manifest_signature", "approvals_missing", "journal_seq", "journal_head_sha256", "epsilon_spent")
+    __slots__ = ("phase", "providers_uploaded", "providers_missing", "approvals", "detail", "policy_digest", "manifest", "manifest_signature", "approvals_missing", "journal_seq", "journal_head_sha256", "epsilon_spent", "locked", "unlock_threshold", "unlocked_by", "state_key")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_UPLOADED_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_MISSING_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +201,10 @@ class GetStatusResponse(_message.Message):
     JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_HEAD_SHA256_FIELD_NUMBER: _ClassVar[int]
     EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_FIELD_NUMBER: _ClassVar[int]
+    UNLOCK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    UNLOCKED_BY_FIELD_NUMBER: _ClassVar[int]
+    STATE_KEY_FIELD_NUMBER: _ClassVar[int]
     phase: str
     providers_uploaded: _containers.RepeatedScalarFieldContainer[str]
     providers_missing: _containers.RepeatedScalarFieldContainer[str]
@@ -211,7 +217,11 @@ class GetStatusResponse(_message.Message):
     journal_seq: int
     journal_head_sha256: bytes
     epsilon_spent: float
-    def __init__(self, phase: _Optional[str] = ..., providers_uploaded: _Optional[_Iterable[str]] = ..., providers_missing: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[str]] = ..., detail: _Optional[str] = ..., policy_digest: _Optional[bytes] = ..., manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ..., approvals_missing: _Optional[_Iterable[str]] = ..., journal_seq: _Optional[int] = ..., journal_head_sha256: _Optional[bytes] = ..., epsilon_spent: _Optional[float] = ...) -> None: ...
+    locked: bool
+    unlock_threshold: int
+    unlocked_by: _containers.RepeatedScalarFieldContainer[str]
+    state_key: str
+    def __init__(self, phase: _Optional[str] = ..., providers_uploaded: _Optional[_Iterable[str]] = ..., providers_missing: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[str]] = ..., detail: _Optional[str] = ..., policy_digest: _Optional[bytes] = ..., manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ..., approvals_missing: _Optional[_Iterable[str]] = ..., journal_seq: _Optional[int] = ..., journal_head_sha256: _Optional[bytes] = ..., epsilon_spent: _Optional[float] = ..., locked: _Optional[bool] = ..., unlock_threshold: _Optional[int] = ..., unlocked_by: _Optional[_Iterable[str]] = ..., state_key: _Optional[str] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
     __slots__ = ()
@@ -246,18 +256,20 @@ class TrainingEvent(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., phase: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ApprovalBody(_message.Message):
-    __slots__ = ("version", "policy_digest", "party_id", "manifest_sha256", "created_unix_ms")
+    __slots__ = ("version", "policy_digest", "party_id", "manifest_sha256", "created_unix_ms", "release_index")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PARTY_ID_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_INDEX_FIELD_NUMBER: _ClassVar[int]
     version: int
     policy_digest: bytes
     party_id: str
     manifest_sha256: bytes
     created_unix_ms: int
-    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., manifest_sha256: _Optional[bytes] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+    release_index: int
+    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., manifest_sha256: _Optional[bytes] = ..., created_unix_ms: _Optional[int] = ..., release_index: _Optional[int] = ...) -> None: ...
 
 class SignedApproval(_message.Message):
     __slots__ = ("body", "signature")
@@ -312,3 +324,73 @@ class GetJournalResponse(_message.Message):
     entries: _containers.RepeatedScalarFieldContainer[bytes]
     head_seq: int
     def __init__(self, entries: _Optional[_Iterable[bytes]] = ..., head_seq: _Optional[int] = ...) -> None: ...
+
+class UnlockRequest(_message.Message):
+    __slots__ = ("sealed_share", "journal_seq", "journal_head_sha256")
+    SEALED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_HEAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    sealed_share: bytes
+    journal_seq: int
+    journal_head_sha256: bytes
+    def __init__(self, sealed_share: _Optional[bytes] = ..., journal_seq: _Optional[int] = ..., journal_head_sha256: _Optional[bytes] = ...) -> None: ...
+
+class UnlockResponse(_message.Message):
+    __slots__ = ("locked", "threshold", "unlocked_by")
+    LOCKED_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    UNLOCKED_BY_FIELD_NUMBER: _ClassVar[int]
+    locked: bool
+    threshold: int
+    unlocked_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, locked: _Optional[bool] = ..., threshold: _Optional[int] = ..., unlocked_by: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConsentBody(_message.Message):
+    __slots__ = ("version", "policy_digest", "party_id", "action", "shard_id", "manifest_sha256", "created_unix_ms")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PARTY_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    policy_digest: bytes
+    party_id: str
+    action: str
+    shard_id: str
+    manifest_sha256: bytes
+    created_unix_ms: int
+    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., action: _Optional[str] = ..., shard_id: _Optional[str] = ..., manifest_sha256: _Optional[bytes] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+
+class SignedConsent(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class WithdrawShardRequest(_message.Message):
+    __slots__ = ("withdrawal",)
+    WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    withdrawal: SignedConsent
+    def __init__(self, withdrawal: _Optional[_Union[SignedConsent, _Mapping]] = ...) -> None: ...
+
+class WithdrawShardResponse(_message.Message):
+    __slots__ = ("deletion_receipt",)
+    DELETION_RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    deletion_receipt: bytes
+    def __init__(self, deletion_receipt: _Optional[bytes] = ...) -> None: ...
+
+class VetoReleaseRequest(_message.Message):
+    __slots__ = ("veto",)
+    VETO_FIELD_NUMBER: _ClassVar[int]
+    veto: SignedConsent
+    def __init__(self, veto: _Optional[_Union[SignedConsent, _Mapping]] = ...) -> None: ...
+
+class VetoReleaseResponse(_message.Message):
+    __slots__ = ("phase",)
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    def __init__(self, phase: _Optional[str] = ...) -> None: ...

@@ -84,6 +84,21 @@ class EnclaveStub:
                 request_serializer=cctrain_dot_v1_dot_enclave__pb2.GetJournalRequest.SerializeToString,
                 response_deserializer=cctrain_dot_v1_dot_enclave__pb2.GetJournalResponse.FromString,
                 _registered_method=True)
+        self.Unlock = channel.unary_unary(
+                '/cctrain.v1.Enclave/Unlock',
+                request_serializer=cctrain_dot_v1_dot_enclave__pb2.UnlockRequest.SerializeToString,
+                response_deserializer=cctrain_dot_v1_dot_enclave__pb2.UnlockResponse.FromString,
+                _registered_method=True)
+        self.WithdrawShard = channel.unary_unary(
+                '/cctrain.v1.Enclave/WithdrawShard',
+                request_serializer=cctrain_dot_v1_dot_enclave__pb2.WithdrawShardRequest.SerializeToString,
+                response_deserializer=cctrain_dot_v1_dot_enclave__pb2.WithdrawShardResponse.FromString,
+                _registered_method=True)
+        self.VetoRelease = channel.unary_unary(
+                '/cctrain.v1.Enclave/VetoRelease',
+                request_serializer=cctrain_dot_v1_dot_enclave__pb2.VetoReleaseRequest.SerializeToString,
+                response_deserializer=cctrain_dot_v1_dot_enclave__pb2.VetoReleaseResponse.FromString,
+                _registered_method=True)
 
 
 class EnclaveServicer:
@@ -157,6 +172,26 @@ class EnclaveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Unlock(self, request, context):
+        """Return this party's share of a consortium-held state key after a restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawShard(self, request, context):
+        """Consent: withdraw a shard before training starts; veto a release.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VetoRelease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnclaveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +244,21 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.GetJournal,
                     request_deserializer=cctrain_dot_v1_dot_enclave__pb2.GetJournalRequest.FromString,
                     response_serializer=cctrain_dot_v1_dot_enclave__pb2.GetJournalResponse.SerializeToString,
+            ),
+            'Unlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unlock,
+                    request_deserializer=cctrain_dot_v1_dot_enclave__pb2.UnlockRequest.FromString,
+                    response_serializer=cctrain_dot_v1_dot_enclave__pb2.UnlockResponse.SerializeToString,
+            ),
+            'WithdrawShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawShard,
+                    request_deserializer=cctrain_dot_v1_dot_enclave__pb2.WithdrawShardRequest.FromString,
+                    response_serializer=cctrain_dot_v1_dot_enclave__pb2.WithdrawShardResponse.SerializeToString,
+            ),
+            'VetoRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.VetoRelease,
+                    request_deserializer=cctrain_dot_v1_dot_enclave__pb2.VetoReleaseRequest.FromString,
+                    response_serializer=cctrain_dot_v1_dot_enclave__pb2.VetoReleaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +531,87 @@ class Enclave:
             '/cctrain.v1.Enclave/GetJournal',
             cctrain_dot_v1_dot_enclave__pb2.GetJournalRequest.SerializeToString,
             cctrain_dot_v1_dot_enclave__pb2.GetJournalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cctrain.v1.Enclave/Unlock',
+            cctrain_dot_v1_dot_enclave__pb2.UnlockRequest.SerializeToString,
+            cctrain_dot_v1_dot_enclave__pb2.UnlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cctrain.v1.Enclave/WithdrawShard',
+            cctrain_dot_v1_dot_enclave__pb2.WithdrawShardRequest.SerializeToString,
+            cctrain_dot_v1_dot_enclave__pb2.WithdrawShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VetoRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cctrain.v1.Enclave/VetoRelease',
+            cctrain_dot_v1_dot_enclave__pb2.VetoReleaseRequest.SerializeToString,
+            cctrain_dot_v1_dot_enclave__pb2.VetoReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,7 +16,7 @@ class SignedJournalEntry(_message.Message):
     def __init__(self, entry: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class JournalEntry(_message.Message):
-    __slots__ = ("version", "seq", "prev_sha256", "policy_digest", "time_unix_ms", "genesis", "shard_accepted", "uploads_closed", "checkpoint", "manifest", "approval", "released", "failed", "expired")
+    __slots__ = ("version", "seq", "prev_sha256", "policy_digest", "time_unix_ms", "genesis", "shard_accepted", "uploads_closed", "checkpoint", "manifest", "approval", "released", "failed", "expired", "shard_withdrawn", "vetoed")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PREV_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,8 @@ class JournalEntry(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    SHARD_WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
+    VETOED_FIELD_NUMBER: _ClassVar[int]
     version: int
     seq: int
     prev_sha256: bytes
@@ -45,10 +47,12 @@ class JournalEntry(_message.Message):
     released: Released
     failed: RunFailed
     expired: PolicyExpired
-    def __init__(self, version: _Optional[int] = ..., seq: _Optional[int] = ..., prev_sha256: _Optional[bytes] = ..., policy_digest: _Optional[bytes] = ..., time_unix_ms: _Optional[int] = ..., genesis: _Optional[_Union[Genesis, _Mapping]] = ..., shard_accepted: _Optional[_Union[ShardAccepted, _Mapping]] = ..., uploads_closed: _Optional[_Union[UploadsClosed, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointSaved, _Mapping]] = ..., manifest: _Optional[_Union[ManifestBuilt, _Mapping]] = ..., approval: _Optional[_Union[ReleaseApproved, _Mapping]] = ..., released: _Optional[_Union[Released, _Mapping]] = ..., failed: _Optional[_Union[RunFailed, _Mapping]] = ..., expired: _Optional[_Union[PolicyExpired, _Mapping]] = ...) -> None: ...
+    shard_withdrawn: ShardWithdrawn
+    vetoed: ReleaseVetoed
+    def __init__(self, version: _Optional[int] = ..., seq: _Optional[int] = ..., prev_sha256: _Optional[bytes] = ..., policy_digest: _Optional[bytes] = ..., time_unix_ms: _Optional[int] = ..., genesis: _Optional[_Union[Genesis, _Mapping]] = ..., shard_accepted: _Optional[_Union[ShardAccepted, _Mapping]] = ..., uploads_closed: _Optional[_Union[UploadsClosed, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointSaved, _Mapping]] = ..., manifest: _Optional[_Union[ManifestBuilt, _Mapping]] = ..., approval: _Optional[_Union[ReleaseApproved, _Mapping]] = ..., released: _Optional[_Union[Released, _Mapping]] = ..., failed: _Optional[_Union[RunFailed, _Mapping]] = ..., expired: _Optional[_Union[PolicyExpired, _Mapping]] = ..., shard_withdrawn: _Optional[_Union[ShardWithdrawn, _Mapping]] = ..., vetoed: _Optional[_Union[ReleaseVetoed, _Mapping]] = ...) -> None: ...
 
 class Genesis(_message.Message):
-    __slots__ = ("state_format", "run_id", "platform", "measurement", "hpke_public_key", "signing_public_key", "tls_spki_sha256", "evidence")
+    __slots__ = ("state_format", "run_id", "platform", "measurement", "hpke_public_key", "signing_public_key", "tls_spki_sha256", "evidence", "state_key")
     STATE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +61,7 @@ class Genesis(_message.Message):
     SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     TLS_SPKI_SHA256_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_KEY_FIELD_NUMBER: _ClassVar[int]
     state_format: int
     run_id: bytes
     platform: str
@@ -65,7 +70,28 @@ class Genesis(_message.Message):
     signing_public_key: bytes
     tls_spki_sha256: bytes
     evidence: _enclave_pb2.Evidence
-    def __init__(self, state_format: _Optional[int] = ..., run_id: _Optional[bytes] = ..., platform: _Optional[str] = ..., measurement: _Optional[bytes] = ..., hpke_public_key: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., tls_spki_sha256: _Optional[bytes] = ..., evidence: _Optional[_Union[_enclave_pb2.Evidence, _Mapping]] = ...) -> None: ...
+    state_key: StateKey
+    def __init__(self, state_format: _Optional[int] = ..., run_id: _Optional[bytes] = ..., platform: _Optional[str] = ..., measurement: _Optional[bytes] = ..., hpke_public_key: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., tls_spki_sha256: _Optional[bytes] = ..., evidence: _Optional[_Union[_enclave_pb2.Evidence, _Mapping]] = ..., state_key: _Optional[_Union[StateKey, _Mapping]] = ...) -> None: ...
+
+class StateKey(_message.Message):
+    __slots__ = ("mode", "threshold", "shares")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    threshold: int
+    shares: _containers.RepeatedCompositeFieldContainer[SealedShare]
+    def __init__(self, mode: _Optional[str] = ..., threshold: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ...) -> None: ...
+
+class SealedShare(_message.Message):
+    __slots__ = ("party_id", "sealed", "share_sha256")
+    PARTY_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    SHARE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    party_id: str
+    sealed: bytes
+    share_sha256: bytes
+    def __init__(self, party_id: _Optional[str] = ..., sealed: _Optional[bytes] = ..., share_sha256: _Optional[bytes] = ...) -> None: ...
 
 class ShardAccepted(_message.Message):
     __slots__ = ("header", "receipt")
@@ -132,6 +158,22 @@ class RunFailed(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class ShardWithdrawn(_message.Message):
+    __slots__ = ("request", "header_sha256", "accepted_seq")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    HEADER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    request: _enclave_pb2.SignedConsent
+    header_sha256: bytes
+    accepted_seq: int
+    def __init__(self, request: _Optional[_Union[_enclave_pb2.SignedConsent, _Mapping]] = ..., header_sha256: _Optional[bytes] = ..., accepted_seq: _Optional[int] = ...) -> None: ...
+
+class ReleaseVetoed(_message.Message):
+    __slots__ = ("veto",)
+    VETO_FIELD_NUMBER: _ClassVar[int]
+    veto: _enclave_pb2.SignedConsent
+    def __init__(self, veto: _Optional[_Union[_enclave_pb2.SignedConsent, _Mapping]] = ...) -> None: ...
 
 class PolicyExpired(_message.Message):
     __slots__ = ("expires_unix_ms", "refused")
