@@ -59,9 +59,9 @@ from cctrain.errors import (
     UploadRejectedError,
     describe_parse_error,
 )
-from cctrain.files import atomic_write
 from cctrain.ids import SHARD_ID, is_shard_id
-from cctrain.journal import AuditReport, Record, audit, iter_pages, parse_record
+from cctrain.journal import AuditReport, Record, RunState, audit, iter_pages, parse_record, replay
+from cctrain.memory import PartyMemory
 from cctrain.policy import SignedPolicy
 from cctrain.protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -265,10 +265,18 @@ class EnclaveSession:
         now: _dt.datetime | None = None,
         getter: CollateralGetter | None = None,
         clock: Callable[[], float] = time.time,
+        state_dir: str | Path | None = None,
     ) -> None:
         """``clock`` (seconds since the epoch) stamps each signed request; ``now`` is the
-        time attestation evidence is verified at (default: the current time)."""
+        time attestation evidence is verified at (default: the current time).
+
+        ``state_dir`` (default ``$CCTRAIN_HOME`` or ``~/.cctrain``) holds what this party
+        remembers: the newest journal head it verified per policy, its approvals and its ε
+        ledger (:mod:`cctrain.memory`). After attesting, the session fetches and verifies
+        the enclave's journal and refuses ("fork or rollback") one that does not extend it.
+        """
         self._clock = clock
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.signed_policy = (
             policy if isinstance(policy, SignedPolicy) else SignedPolicy.load(Path(policy))
         )
@@ -307,6 +315,12 @@ class EnclaveSession:
                 now=now,
                 getter=getter,
             )
+            self.memory = PartyMemory(self.state_dir)
+            try:
+                self.journal_view = self.verified_journal()
+            except BaseException:
+                self.memory.close()
+                raise
         except BaseException:
             self._channel.close()  # an unattested channel is never handed out
             raise
@@ -347,6 +361,7 @@ class EnclaveSession:
 
     def close(self) -> None:
         self._channel.close()
+        self.memory.close()
 
     def __enter__(self) -> Self:
         return self
@@ -407,6 +422,19 @@ class EnclaveSession:
 
         return [parse_record(raw, position=i) for i, raw in enumerate(iter_pages(page))]
 
+    def verified_journal(self) -> RunState:
+        """Fetch the enclave's journal, replay it under the policy (every signature, the
+        chain, the run's rules), check it is the attested enclave's, and check that it
+        extends the newest head this party remembers; remember its head. Raises
+        :class:`~cctrain.memory.ForkOrRollbackError` on a restored, cut or forked journal."""
+        records = self.journal()
+        view = replay(records, self.policy)
+        if view.signing_public_key != self.enclave.signing_public_key:
+            raise ProtocolError("the journal is signed by another key than the attested enclave's")
+        self.memory.observe(self.policy, view, records)
+        self.journal_view = view
+        return view
+
     def audit(self, *, now: _dt.datetime | None = None) -> AuditReport:
         """Fetch the journal and verify it: chain, enclave signatures, every party signature
         it carries, the genesis evidence against the policy, and that this is the enclave
@@ -432,11 +460,6 @@ class EnclaveSession:
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("CCTRAIN_HOME", Path.home() / ".cctrain"))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write(path, data)
 
 
 def file_sha256(path: Path) -> tuple[bytes, int]:
@@ -504,50 +527,54 @@ class DataOwner(EnclaveSession):
         if not is_shard_id(shard_id):
             raise ShardError(f"shard id {shard_id!r} must match {SHARD_ID.pattern}")
         party = self.keys.party_id
-        state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
-        resume_path = (
-            state_dir / "uploads" / f"{self.policy.digest.hex()[:16]}-{party}-{shard_id}.json"
-        )
+        state_dir = Path(state_dir) if state_dir is not None else self.state_dir
+        digest = self.policy.digest
         receipts_dir = state_dir / "receipts" / self.policy.digest.hex()[:16]
 
         try:
             commitment, size = file_sha256(path)
         except OSError as exc:
             raise ShardError(f"cannot read shard {path}: {exc.strerror}") from None
+        # The ε ledger first: nothing is sent of a dataset whose lifetime budget this policy
+        # would exceed.
+        had_grant = self.memory.shard_dataset(self.policy.digest, party, shard_id) is not None
+        self.memory.grant(
+            self.policy,
+            dataset_sha256=commitment,
+            party_id=party,
+            shard_id=shard_id,
+            status="uploaded",
+            what=f"upload {path.name}",
+        )
         status = self.unary("UploadStatus", pb.UploadStatusRequest(shard_id=shard_id))
         if status.state == pb.UploadStatusResponse.ACCEPTED:
             receipt = self._check_receipt(status.receipt, shard_id, commitment, size, None)
             self._save_receipt(receipts_dir, receipt)
             return receipt
 
-        saved = self._load_resume(resume_path)
+        saved = self.memory.load_resume(digest, party, shard_id)
         resume_from = 0
         if (
             saved is not None
             and status.state == pb.UploadStatusResponse.PARTIAL
-            and bytes.fromhex(saved["header_sha256"]) == bytes(status.header_sha256)
-            and bytes.fromhex(saved["plaintext_sha256"]) == commitment
+            and sha256(saved[0]) == bytes(status.header_sha256)
+            and saved[3] == commitment
         ):
-            header_bytes = bytes.fromhex(saved["header"])
-            signature = bytes.fromhex(saved["signature"])
-            data_key = bytes.fromhex(saved["data_key"])
+            header_bytes, signature, data_key, _ = saved
             resume_from = int(status.next_index)
             log.info("resuming upload of %s from chunk %d", shard_id, resume_from)
         else:
             header_bytes, signature, data_key = self._new_header(
                 fmt, shard_id, chunk_size, size, commitment
             )
-            _write_private(
-                resume_path,
-                json.dumps(
-                    {
-                        "header": header_bytes.hex(),
-                        "signature": signature.hex(),
-                        "data_key": data_key.hex(),
-                        "header_sha256": sha256(header_bytes).hex(),
-                        "plaintext_sha256": commitment.hex(),
-                    }
-                ).encode(),
+            self.memory.save_resume(
+                digest,
+                party,
+                shard_id,
+                header=header_bytes,
+                signature=signature,
+                data_key=data_key,
+                plaintext_sha256=commitment,
             )
         header = pb.ShardHeader()
         header.ParseFromString(header_bytes)
@@ -576,7 +603,9 @@ class DataOwner(EnclaveSession):
         except grpc.RpcError as exc:
             err = map_rpc_error(exc, upload=True)
             if isinstance(err, UploadRejectedError | AuthenticationError | PermissionDeniedError):
-                resume_path.unlink(missing_ok=True)
+                self.memory.drop_resume(digest, party, shard_id)
+                if not had_grant:  # refused: this policy holds nothing of the dataset
+                    self.memory.forget_grant(self.policy.digest, party, shard_id)
             elif isinstance(err, ProtocolError):  # the stream broke: what was acked is kept
                 again = type(err) if isinstance(err, EnclaveUnavailableError) else ProtocolError
                 err = again(f"{err}; run the upload again to resume", code=err.code)
@@ -587,7 +616,7 @@ class DataOwner(EnclaveSession):
             raise ProtocolError("the enclave closed the upload without a receipt")
         receipt = self._check_receipt(receipt_msg, shard_id, commitment, size, sha256(header_bytes))
         self._save_receipt(receipts_dir, receipt)
-        resume_path.unlink(missing_ok=True)
+        self.memory.drop_resume(digest, party, shard_id)
         return receipt
 
     def _new_header(
@@ -682,28 +711,59 @@ class DataOwner(EnclaveSession):
         path.write_text(json.dumps(receipt.to_json(), indent=2) + "\n")
         return path
 
-    @staticmethod
-    def _load_resume(path: Path) -> dict[str, str] | None:
-        try:
-            data: dict[str, str] = json.loads(path.read_text())
-            return data
-        except (OSError, ValueError):
-            return None
-
     def approve_release(self) -> list[str]:
         """Verify the release manifest, then approve exactly that manifest, signed with this
         party's key (the enclave journals the signature; every verifier checks it)."""
         release = self.release_manifest()
+        # Approve only a manifest of a journal that extends what this party saw, and never
+        # more releases of this policy than it allows (this party is one of the counters).
+        view = self.verified_journal()
+        if view.manifest_sha256 != release.manifest_sha256:
+            raise ProtocolError(
+                "the manifest the enclave offers is not the one its journal records "
+                f"(phase {view.phase}); not approving"
+            )
+        self._grant_release(release.manifest)
+        index = self.memory.reserve_approval(
+            self.policy, self.keys.party_id, view.run_id, release.manifest_sha256
+        )
         approval = sign_approval(
             self.keys.signing_key,
             policy_digest=self.policy.digest,
             party_id=self.keys.party_id,
             manifest_sha256=release.manifest_sha256,
             now_ms=int(self._clock() * 1000),
+            release_index=index,
         )
         req = pb.ApproveReleaseRequest(approval=approval)
         resp: pb.ApproveReleaseResponse = self.unary("ApproveRelease", req)
+        # Remember the head that holds this approval: a state restored to before it is then
+        # a rollback to this party too.
+        after = self.verified_journal()
+        if self.keys.party_id not in after.approved_by():
+            raise ProtocolError("the enclave acknowledged the approval but its journal lacks it")
         return list(resp.approvals)
+
+    def _grant_release(self, manifest: dict[str, Any]) -> None:
+        """Before approving: each of this party's datasets in the release must stay within its
+        lifetime ε budget, counting this policy (recorded at upload, or now if the upload
+        was made from another state directory)."""
+        from cctrain.release import unb64
+
+        for r in manifest.get("receipts", []):
+            body = pb.ReceiptBody()
+            body.ParseFromString(unb64(r["body"]))  # verified with the manifest already
+            if body.party_id != self.keys.party_id:
+                continue
+            dataset = self.memory.shard_dataset(self.policy.digest, body.party_id, body.shard_id)
+            self.memory.grant(
+                self.policy,
+                dataset_sha256=dataset or bytes(body.plaintext_sha256),
+                party_id=body.party_id,
+                shard_id=body.shard_id,
+                status="approved",
+                what="approve this release",
+            )
 
     def receipts(self) -> list[Receipt]:
         resp = self.unary("ListReceipts", pb.ListReceiptsRequest())
@@ -764,6 +824,14 @@ class Recipient(EnclaveSession):
         """Manifest signature → evidence → policy digest → shard set → release record and
         its approvals → unseal → model hash; then hand it back."""
         bundle = ReleaseBundle.from_response(self.fetch_release())
+        # The release must be the one of a journal that extends what this party saw: a
+        # restored or forked state would otherwise hand it a second model of the same data.
+        view = self.verified_journal()
+        if view.release_record is None or view.release_record.raw != bundle.release_record:
+            raise ReleaseError(
+                "the release the enclave sent is not the release its verified journal records "
+                f"(phase {view.phase}); refusing it"
+            )
         if save_to is not None:
             save_release_bundle(Path(save_to), bundle, recipient_id=self.keys.party_id)
         return open_release(

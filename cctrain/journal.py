@@ -88,9 +88,8 @@ JOURNAL_VERSION = 1
 STATE_FORMAT = 2
 ZERO_HASH = bytes(32)
 GENESIS_NONCE_TAG = b"cctrain/journal-genesis/v1\x00"
-MANIFEST_TYPE = (
-    "cctrain-release-manifest/v3"  # v3: non_private_outputs, certificate covers/sampling
-)
+#: v3: non_private_outputs, certificate covers/sampling; v4: release_rule.
+MANIFEST_TYPE = "cctrain-release-manifest/v4"
 #: The longest entry the enclave writes or reads (the genesis and manifest entries carry
 #: evidence, which for TDX includes collateral): anything longer is not a journal.
 MAX_ENTRY_BYTES = 4 << 20

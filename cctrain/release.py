@@ -191,6 +191,11 @@ def verify_manifest(
         raise ReleaseError(f"the release's evidence does not hold: {exc}") from None
     if doc.get("evidence_sha256") != evidence_digest(evidence).hex():
         raise ReleaseError("manifest evidence digest does not match its evidence")
+    if doc.get("release_rule") != release_rule(policy):
+        raise ReleaseError(
+            f"the manifest's release rule {doc.get('release_rule')!r} is not the policy's "
+            f"{release_rule(policy)!r}"
+        )
     _receipts, problems = manifest_problems(doc, signing_key=signing_key, policy=policy)
     if problems:
         raise ReleaseError("the manifest's shard set does not hold: " + "; ".join(problems))
@@ -200,6 +205,16 @@ def verify_manifest(
             "the manifest's privacy claims disagree with the policy: " + "; ".join(problems)
         )
     return VerifiedRelease(doc, hashlib.sha256(manifest).digest(), claims)
+
+
+def release_rule(policy: Policy) -> dict[str, Any]:
+    """The release rule a manifest states (and every verifier checks against the policy):
+    whose approvals it needs, and how many releases of the policy may exist at most. Each
+    approval carries its party's count of releases of the policy (``release_index``)."""
+    return {
+        "approvals_required_from": list(policy.release["approvals_required_from"]),
+        "max_releases": policy.max_releases,
+    }
 
 
 def verify_release_record(

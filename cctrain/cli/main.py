@@ -688,6 +688,69 @@ def audit_cmd(
     click.echo(f"phase: {st.phase}")
 
 
+# --------------------------------------------------------------------------- ledger
+
+
+def _state_dir_option(f: Any) -> Any:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="This party's state directory (default: $CCTRAIN_HOME or ~/.cctrain).",
+    )(f)
+
+
+@main.group(invoke_without_command=True)
+@_state_dir_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.pass_context
+def ledger(ctx: click.Context, state_dir: Path | None, fmt: str) -> None:
+    """The ε this party granted per dataset, across every policy, and each lifetime budget."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cctrain.client import default_state_dir
+    from cctrain.memory import PartyMemory, ledger_summary
+
+    with PartyMemory(state_dir or default_state_dir()) as mem:
+        rows = ledger_summary(mem)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no dataset granted to any policy yet")
+    for d in rows:
+        budget = "none" if d["budget"] is None else f"{d['budget']:g}"
+        spent = "unbounded (no DP)" if d["granted"] is None else f"{d['granted']:g}"
+        label = f" ({d['label']})" if d["label"] else ""
+        click.echo(
+            f"dataset {d['dataset_sha256'][:16]}…{label}: ε granted {spent}, budget {budget}"
+        )
+        for g in d["policies"]:
+            eps = "no DP" if g["epsilon"] is None else f"ε {g['epsilon']:g}"
+            click.echo(
+                f"    {g['policy_name']} ({g['policy_digest'][:12]}…) shard {g['shard_id']}: "
+                f"{eps}, {g['status']}"
+            )
+
+
+@ledger.command("budget")
+@click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--epsilon", type=float, required=True, help="Lifetime ε budget of this dataset.")
+@_state_dir_option
+def ledger_budget(dataset: Path, epsilon: float, state_dir: Path | None) -> None:
+    """Set DATASET's lifetime ε budget: uploads and approvals that would exceed it are refused."""
+    from cctrain.client import default_state_dir, file_sha256
+    from cctrain.memory import PartyMemory
+
+    digest, _ = file_sha256(dataset)
+    with PartyMemory(state_dir or default_state_dir()) as mem:
+        mem.set_budget(digest, epsilon, label=dataset.name)
+        granted = sum(g.epsilon_value for g in mem.grants(digest) if g.status != "withdrawn")
+    click.echo(
+        f"lifetime budget of {dataset.name} ({digest.hex()[:16]}…): ε {epsilon:g}; "
+        f"granted so far: {'unbounded (no DP)' if granted == float('inf') else f'{granted:g}'}"
+    )
+
+
 # --------------------------------------------------------------------------- enclave
 
 

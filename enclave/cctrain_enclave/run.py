@@ -33,6 +33,7 @@ from cctrain.release import (
     evidence_digest,
     evidence_to_json,
     release_nonce,
+    release_rule,
     seal_weights,
 )
 from cctrain.v1 import enclave_pb2 as pb
@@ -244,6 +245,7 @@ class RunController:
             # Everything released outside the DP guarantee (without DP: everything).
             "non_private_outputs": self._non_private,
             "recipients": list(policy.recipients),
+            "release_rule": release_rule(policy),
         }
         manifest = canonical_json(manifest_doc)
         manifest_sha = hashlib.sha256(manifest).digest()

@@ -40,14 +40,19 @@ def upload(
 ) -> Receipt:
     tmp.mkdir(parents=True, exist_ok=True)
     shard = write_shard(tmp / f"{party}-{shard_id or 'shard'}-{seed}.npz", rows=rows, seed=seed)
+    # The owner's state directory (its memory of the journal) lives under ``tmp``: a test
+    # that runs the same policy twice on purpose gives each run its own owners.
+    home = tmp / f"owner-{party}"
     with session(
-        DataOwner, address, c, party, **{k: v for k, v in kw.items() if k == "clock"}
+        DataOwner,
+        address,
+        c,
+        party,
+        state_dir=home,
+        **{k: v for k, v in kw.items() if k == "clock"},
     ) as o:
         receipt: Receipt = o.upload(
-            shard,
-            shard_id=shard_id or party,
-            state_dir=tmp / f"owner-{party}",
-            **{k: v for k, v in kw.items() if k != "clock"},
+            shard, shard_id=shard_id or party, **{k: v for k, v in kw.items() if k != "clock"}
         )
     return receipt
 
@@ -131,10 +136,11 @@ SHORT_TRAINING = {
 
 def run_to_release(address: str, c: Consortium, tmp: Path) -> None:
     upload_all(address, c, tmp)
-    assert wait_phase(address, c, "awaiting_approval") == "awaiting_approval"
-    with session(DataOwner, address, c, "hospital-a") as owner:
+    home = tmp / "owner-hospital-a"
+    assert wait_phase(address, c, "awaiting_approval", state_dir=home) == "awaiting_approval"
+    with session(DataOwner, address, c, "hospital-a", state_dir=home) as owner:
         assert owner.approve_release() == ["hospital-a"]
-    assert wait_phase(address, c, "released") == "released"
+    assert wait_phase(address, c, "released", state_dir=home) == "released"
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ import pytest
 from cctrain.client import DataOwner, Recipient, ReleaseBundle, verify_release
 from cctrain.errors import ProtocolError, ReleaseError, UploadRejectedError
 from cctrain.journal import read_journal_file, replay
+from cctrain.memory import ForkOrRollbackError
 from cctrain.protocol import sign_approval
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
@@ -381,8 +382,12 @@ def test_a_crash_before_the_release_entry_then_expiry(tmp_path: Path) -> None:
     clock.offset = 2 * 3600
     with running_enclave(c, state, clock=clock) as (address, app):
         assert app.state.view.phase == "expired"
-        with pytest.raises(ProtocolError, match="policy expired .* releases nothing"):
+        # The party that watched the release sees the cut journal as a rollback ...
+        with pytest.raises(ForkOrRollbackError, match="forked from the one this party verified"):
             _fetch(address, c, clock=clock)
+        # ... and one that remembers nothing is told the policy expired.
+        with pytest.raises(ProtocolError, match="policy expired .* releases nothing"):
+            _fetch(address, c, clock=clock, state_dir=tmp_path / "fresh")
     assert kinds(journal_records(state))[-2:] == ["manifest", "expired"]
 
 
@@ -427,10 +432,17 @@ def test_a_request_for_one_enclave_is_refused_by_another_of_the_same_policy(
         running_enclave(c, tmp_path / "two") as (two, _b),
     ):
         upload_all(two, c, tmp_path / "owners")
+        # hospital-a uploaded to "two": its SDK refuses "one" outright (another run of the
+        # policy while the one it saw has not ended) ...
+        with pytest.raises(ForkOrRollbackError, match="fork or rollback"):
+            session(DataOwner, one, c, "hospital-a", state_dir=tmp_path / "owners/owner-hospital-a")
+        # ... and a party that never saw "two" cannot have its request relayed there either.
         with session(DataOwner, one, c, "hospital-a") as o:
             start = pb.StartTrainingRequest()
             captured = o.metadata("StartTraining", start.SerializeToString())
-        with session(DataOwner, two, c, "hospital-b") as other:
+        with session(
+            DataOwner, two, c, "hospital-b", state_dir=tmp_path / "owners/owner-hospital-b"
+        ) as other:
             with pytest.raises(grpc.RpcError) as info:
                 other.stub.StartTraining(start, metadata=captured)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,0 +1,166 @@
+"""The owner-side ε ledger: one dataset, two policies, one lifetime budget.
+
+hospital-a keeps one state directory for all its work. Its dataset's lifetime budget is
+ε 6; two consortium policies of the same parties each ask for ε 4 (DP, one release). The
+first upload is allowed; the second, to the other policy's enclave, is refused before a
+byte is sent, naming the policy that spent the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cctrain.client import DataOwner, file_sha256
+from cctrain.memory import BudgetExceededError, PartyMemory
+from cctrain.v1 import enclave_pb2 as pb
+from tests.consortium import Consortium, another_policy, make_consortium, running_enclave
+from tests.ingest.conftest import write_shard
+from tests.state.conftest import DP, session
+
+TRAINING = {
+    "model": {"name": "logreg"},
+    "optimizer": {"name": "sgd", "lr": 0.1},
+    "epochs": 1,
+    "batch_size": 16,
+}
+
+
+def _second(c: Consortium, root: Path, **overrides: object) -> Consortium:
+    signed = another_policy(c, privacy=DP, training=TRAINING, **overrides)
+    root.mkdir(parents=True)
+    (root / "policy.signed.json").write_text(signed.envelope.to_json())
+    return Consortium(root, c.keys, signed)
+
+
+@pytest.fixture
+def two_policies(tmp_path: Path) -> tuple[Consortium, Consortium]:
+    first = make_consortium(
+        tmp_path / "c1", privacy=DP, training=TRAINING, start={"auto_start": False}
+    )
+    second = _second(first, tmp_path / "c2", name="second-study", start={"auto_start": False})
+    assert first.signed.policy.digest != second.signed.policy.digest
+    return first, second
+
+
+def test_an_upload_over_the_lifetime_budget_is_refused_across_policies(
+    two_policies: tuple[Consortium, Consortium], tmp_path: Path
+) -> None:
+    first, second = two_policies
+    home = tmp_path / "home-a"
+    shard = write_shard(tmp_path / "a.npz", rows=40, seed=0)
+    dataset, _ = file_sha256(shard)
+    with PartyMemory(home) as mem:
+        mem.set_budget(dataset, 6.0, label="a.npz")
+    with running_enclave(first, tmp_path / "s1") as (address, _):
+        with session(DataOwner, address, first, "hospital-a", state_dir=home) as o:
+            assert o.upload(shard).rows == 40
+    with running_enclave(second, tmp_path / "s2") as (address, _):
+        with session(DataOwner, address, second, "hospital-a", state_dir=home) as o:
+            with pytest.raises(BudgetExceededError) as info:
+                o.upload(shard)
+            # Nothing of it reached the enclave.
+            st = o.unary("UploadStatus", pb.UploadStatusRequest(shard_id="a"))
+            assert st.state == pb.UploadStatusResponse.UNKNOWN
+            assert list(o.status().providers_uploaded) == []
+    text = str(info.value)
+    assert "lifetime budget 6" in text and "'second-study'" in text
+    assert "test-consortium" in text  # the policy that spent it is named
+    # The refused upload granted nothing: only the first policy holds the dataset.
+    with PartyMemory(home) as mem:
+        assert [g.policy_name for g in mem.grants(dataset)] == ["test-consortium"]
+
+
+def test_within_budget_both_policies_are_recorded_and_shown(
+    two_policies: tuple[Consortium, Consortium], tmp_path: Path
+) -> None:
+    first, second = two_policies
+    home = tmp_path / "home-a"
+    shard = write_shard(tmp_path / "a.npz", rows=40, seed=0)
+    (home).mkdir()
+    (home / "config.toml").write_text("[ledger]\nlifetime_epsilon = 8\n")
+    for c, state in ((first, tmp_path / "s1"), (second, tmp_path / "s2")):
+        with running_enclave(c, state) as (address, _):
+            with session(DataOwner, address, c, "hospital-a", state_dir=home) as o:
+                o.upload(shard)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cctrain.cli",
+            "ledger",
+            "--state-dir",
+            str(home),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (row,) = json.loads(out.stdout)
+    assert row["budget"] == 8.0 and row["granted"] == 8.0
+    assert sorted(p["policy_name"] for p in row["policies"]) == ["second-study", "test-consortium"]
+    text = subprocess.run(
+        [sys.executable, "-m", "cctrain.cli", "ledger", "--state-dir", str(home)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "ε granted 8, budget 8" in text
+
+
+def test_a_policy_without_dp_exceeds_any_budget(tmp_path: Path) -> None:
+    c = make_consortium(tmp_path / "c", training=TRAINING, start={"auto_start": False})
+    home = tmp_path / "home-a"
+    shard = write_shard(tmp_path / "a.npz", rows=40, seed=0)
+    with PartyMemory(home) as mem:
+        mem.set_budget(file_sha256(shard)[0], 100.0, label="a.npz")
+    with running_enclave(c, tmp_path / "s") as (address, _):
+        with session(DataOwner, address, c, "hospital-a", state_dir=home) as o:
+            with pytest.raises(BudgetExceededError, match=r"may spend ε unbounded \(no DP\)"):
+                o.upload(shard)
+
+
+def test_the_approval_checks_the_ledger_too(tmp_path: Path) -> None:
+    """Uploaded from another machine (no ledger entry there), approved from this one, whose
+    ledger already holds ε 4 of the dataset for another policy: the approval is refused."""
+    release = {
+        "recipients": ["research-lab"],
+        "metrics": ["steps"],
+        "approvals_required_from": ["hospital-a"],
+    }
+    c = make_consortium(tmp_path / "c", privacy=DP, training=TRAINING, release=release)
+    other = _second(c, tmp_path / "c2", name="earlier-study")
+    shards = [
+        write_shard(tmp_path / f"{p}.npz", rows=40, seed=i)
+        for i, p in enumerate(("hospital-a", "hospital-b", "hospital-c"))
+    ]
+    dataset, _ = file_sha256(shards[0])
+    home = tmp_path / "home-a"
+    with PartyMemory(home) as mem:
+        mem.set_budget(dataset, 6.0, label="a.npz")
+        mem.grant(
+            other.signed.policy,
+            dataset_sha256=dataset,
+            party_id="hospital-a",
+            shard_id="hospital-a",
+            status="approved",
+            what="test",
+        )
+    with running_enclave(c, tmp_path / "s") as (address, _):
+        for p, shard in zip(("hospital-a", "hospital-b", "hospital-c"), shards, strict=True):
+            with session(DataOwner, address, c, p, state_dir=tmp_path / f"laptop-{p}") as o:
+                o.upload(shard)
+        with session(DataOwner, address, c, "hospital-a", state_dir=home) as o:
+            o.wait_for_phase(("awaiting_approval",), timeout=300)
+            with pytest.raises(BudgetExceededError, match="approve this release.*earlier-study"):
+                o.approve_release()
+            assert list(o.status().approvals) == []
+        # Nothing was counted as an approved release either.
+        with PartyMemory(home) as mem:
+            assert mem.approvals(c.signed.policy.digest, "hospital-a") == []
