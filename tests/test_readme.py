@@ -97,14 +97,14 @@ def readme_blocks(text: str | None = None) -> list[Block]:
 
 
 CLI = "As a consortium (CLI)"
-CLI_SETUP, CLI_SESSION = (CLI, 0), (CLI, 2)
+CLI_SETUP, CLI_SESSION, CLI_LEDGER = (CLI, 0), (CLI, 2), (CLI, 4)
 OWNER, RECIPIENT_SDK, AUDITOR = (
     ("As a data owner (Python SDK)", 0),
     ("As a recipient (Python SDK)", 0),
     ("As an auditor (any party)", 0),
 )
 #: The blocks the tests below run.
-RUN = frozenset({CLI_SETUP, CLI_SESSION, OWNER, RECIPIENT_SDK, AUDITOR})
+RUN = frozenset({CLI_SETUP, CLI_SESSION, CLI_LEDGER, OWNER, RECIPIENT_SDK, AUDITOR})
 #: The blocks marked not-tested, on purpose (the marker in README.md says why).
 NOT_TESTED = [("Quick start", 0), (CLI, 1), (CLI, 3)]
 
@@ -258,6 +258,11 @@ def test_the_cli_blocks(tmp_path: Path) -> None:
     assert "verified and unsealed" in text and "release verified and unsealed" in text
     assert (work / "release" / "model.safetensors").is_file()
     assert out[-1].rstrip().endswith("phase: released")  # the saved journal, verified offline
+    ledger = [sh(command).stdout for command in commands(block(CLI_LEDGER))]
+    # This example policy has no DP: its grant has no bound, which the ledger says.
+    assert "lifetime budget of hospital-a.npz" in ledger[0], ledger[0]
+    assert "granted so far: unbounded (no DP)" in ledger[0], ledger[0]
+    assert "ε granted unbounded (no DP), budget 8" in ledger[1], ledger[1]
 
 
 # --------------------------------------------------------------------------- the SDK blocks
