@@ -298,3 +298,31 @@ def test_a_policy_allowing_two_releases_gets_two_runs_then_no_third(
     with PartyMemory(homes["hospital-a"]) as mem:
         with pytest.raises(ReleaseLimitError, match="already approved 2 release"):
             mem.reserve_approval(c.signed.policy, "hospital-a", b"r" * 16, b"m" * 32)
+
+
+def test_the_cli_says_fork_or_rollback_and_exits_1(history: History, tmp_path: Path) -> None:
+    """``cctrain status`` as hospital-b, whose state directory saw the release, against the
+    deleted-and-restarted enclave: one error line, exit status 1 (a check failed)."""
+    from tests.cli_process import environment, run_module
+
+    c = history.consortium
+    state = history.restore(None, tmp_path / "state")
+    c.keys["hospital-b"].save(tmp_path / "keys")
+    with running_enclave(c, state) as (address, _):
+        proc = run_module(
+            "cctrain.cli",
+            "status",
+            "--enclave",
+            address,
+            "--policy",
+            str(c.policy_path),
+            "--key",
+            str(tmp_path / "keys" / "hospital-b.key"),
+            "--allow-simulated",
+            cwd=tmp_path,
+            env=environment(history.homes["hospital-b"]),
+        )
+    assert proc.returncode == 1, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: fork or rollback: this party saw 1 released run(s)")
+    assert "Traceback" not in proc.stderr
