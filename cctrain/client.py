@@ -47,7 +47,9 @@ from cctrain.errors import (
     AuthenticationError,
     CctrainError,
     EnclaveAddressError,
+    EnclaveLockedError,
     EnclaveUnavailableError,
+    JournalError,
     KeyFileError,
     PermissionDeniedError,
     PolicyMismatchError,
@@ -61,7 +63,7 @@ from cctrain.errors import (
 )
 from cctrain.files import atomic_write
 from cctrain.ids import SHARD_ID, is_shard_id
-from cctrain.journal import AuditReport, Record, audit, iter_pages, parse_record
+from cctrain.journal import AuditReport, Record, RunState, audit, iter_pages, parse_record
 from cctrain.policy import SignedPolicy
 from cctrain.protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -81,6 +83,9 @@ from cctrain.protocol import (
     shard_key_info,
     sign_approval,
     sign_header,
+    state_share_commitment,
+    state_share_info,
+    state_unlock_info,
     verify_receipt,
 )
 from cctrain.release import (
@@ -104,6 +109,13 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
 ]
 SHARD_FORMATS = {".npz": "npz", ".csv": "csv"}
+#: What a session that attested a locked enclave may still call: the attested HPKE key is
+#: that start's unlock key, so nothing may be sealed to it but a state-key share.
+SERVED_WHILE_LOCKED = frozenset({"Attest", "GetStatus", "GetJournal", "Unlock"})
+LOCKED_SESSION = (
+    "the enclave was locked when this session attested it (its state key is held by the "
+    "consortium and not all shares are back); reconnect after unlock (cctrain unlock)"
+)
 
 
 class SimulatedEvidenceWarning(UserWarning):
@@ -191,6 +203,9 @@ class AttestedEnclave:
     signing_public_key: bytes
     tls_certificate_der: bytes
     policy_digest: bytes
+    #: Attested while locked: ``hpke_public_key`` is that start's unlock key (see Unlock),
+    #: ``signing_public_key`` the journal's.
+    locked: bool = False
 
     @property
     def evidence_sha256(self) -> bytes:
@@ -249,6 +264,7 @@ def check_attestation(
         signing_public_key=identity.signing_public_key,
         tls_certificate_der=tls_certificate_der,
         policy_digest=policy.digest,
+        locked=bool(resp.locked),
     )
 
 
@@ -283,6 +299,7 @@ class EnclaveSession:
             )
         self.address = address
         self._allow_simulated = allow_simulated
+        self._now = now
         host, port = _parse_address(address)
         der = fetch_server_certificate(host, port)
         cert = x509.load_der_x509_certificate(der)
@@ -336,7 +353,20 @@ class EnclaveSession:
             (MD_SIG, sig),
         ]
 
+    @property
+    def locked(self) -> bool:
+        """Whether the enclave was locked (waiting for state-key shares) when this session
+        attested it. A locked session serves only :meth:`unlock`, status and the journal:
+        reconnect once the enclave is unlocked."""
+        return self.enclave.locked
+
+    def _require_unlocked(self) -> None:
+        if self.locked:
+            raise EnclaveLockedError(LOCKED_SESSION, code="FAILED_PRECONDITION")
+
     def unary(self, method: str, request: Any, *, timeout: float = 60.0) -> Any:
+        if method not in SERVED_WHILE_LOCKED:
+            self._require_unlocked()
         body = request.SerializeToString()
         try:
             return getattr(self.stub, method)(
@@ -365,6 +395,7 @@ class EnclaveSession:
 
     def watch(self, *, timeout: float | None = None) -> Iterator[TrainingProgress]:
         """Training progress as it happens (step, epoch, loss, ε spent) until the run ends."""
+        self._require_unlocked()
         req = pb.WatchTrainingRequest()
         try:
             for ev in self.stub.WatchTraining(
@@ -415,6 +446,75 @@ class EnclaveSession:
         if report.state.signing_public_key != self.enclave.signing_public_key:
             raise ProtocolError("the journal is signed by another key than the attested enclave's")
         return report
+
+    def _verified_journal(self) -> RunState:
+        """The enclave's journal, fetched and verified, as the run state it leads to.
+
+        Verified as :meth:`audit` does (chain, signatures, every rule, and the genesis
+        evidence: the journal's key was made by genuine hardware running the pinned code
+        under this policy), and signed by the key this session attested. Without the
+        evidence, a host could write a journal of its own, with a state key it knows, and
+        have the parties unlock it. One method, so that a journal checked against this
+        party's memory of the heads it saw can take its place.
+        """
+        return self.audit(now=self._now).state
+
+    def unlock(self) -> pb.UnlockResponse:
+        """Return this party's share of the consortium-held state key to the locked enclave.
+
+        Verify the journal, open this party's share in its genesis entry with this party's
+        HPKE key, check it against the genesis's commitment, seal it again to the unlock key
+        this session attested, bound to the journal head just verified, and send it. The
+        answer says whether the enclave is still locked and whose shares it holds.
+        """
+        if not self.locked:
+            st = self.status()
+            if st.state_key != "consortium":
+                raise ProtocolError(
+                    "the enclave's state key is held by the platform: there is nothing to unlock"
+                )
+            return pb.UnlockResponse(
+                locked=st.locked, threshold=st.unlock_threshold, unlocked_by=list(st.unlocked_by)
+            )
+        state = self._verified_journal()
+        party = self.keys.party_id
+        mine = state.state_share(party)
+        if state.state_key_mode != "consortium" or mine is None:
+            raise ProtocolError(
+                f"the enclave says it is locked, but its journal holds no state-key share "
+                f"for {party!r} (state key: {state.state_key_mode})"
+            )
+        try:
+            share = hpke.open_sealed(
+                self.keys.hpke_key,
+                mine.sealed,
+                info=state_share_info(self.policy.digest, state.run_id, party),
+            )
+        except hpke.HpkeError:
+            raise KeyFileError(
+                f"{party!r}'s share of the state key does not open with this key file's HPKE "
+                f"key: it is sealed to the hpke_key the policy lists for {party!r}; use the "
+                "key file that holds it"
+            ) from None
+        if state_share_commitment(state.run_id, party, share) != mine.share_sha256:
+            raise JournalError(
+                f"journal entry #0 (genesis): {party!r}'s share does not match its commitment; "
+                "do not unlock this enclave"
+            )
+        head = state.head
+        sealed = hpke.seal(
+            x25519_public_raw(self.enclave.hpke_public_key),
+            share,
+            info=state_unlock_info(self.policy.digest, state.run_id, party, head.seq, head.sha256),
+        )
+        del share
+        resp: pb.UnlockResponse = self.unary(
+            "Unlock",
+            pb.UnlockRequest(
+                sealed_share=sealed, journal_seq=head.seq, journal_head_sha256=head.sha256
+            ),
+        )
+        return resp
 
     def release_manifest(self, *, now: _dt.datetime | None = None) -> VerifiedRelease:
         """The verified manifest of the finished run (what data providers approve)."""
@@ -498,6 +598,7 @@ class DataOwner(EnclaveSession):
         progress: ProgressFn | bool | None = None,
         state_dir: str | Path | None = None,
     ) -> Receipt:
+        self._require_unlocked()
         path = Path(path)
         fmt = check_shard_file(path)
         shard_id = shard_id or path.stem
@@ -693,6 +794,7 @@ class DataOwner(EnclaveSession):
     def approve_release(self) -> list[str]:
         """Verify the release manifest, then approve exactly that manifest, signed with this
         party's key (the enclave journals the signature; every verifier checks it)."""
+        self._require_unlocked()
         release = self.release_manifest()
         approval = sign_approval(
             self.keys.signing_key,
@@ -755,6 +857,7 @@ class Recipient(EnclaveSession):
     """A recipient named by the policy: fetches, verifies and unseals the released model."""
 
     def fetch_release(self) -> pb.FetchReleaseResponse:
+        self._require_unlocked()
         resp: pb.FetchReleaseResponse = self.unary("FetchRelease", pb.FetchReleaseRequest())
         return resp
 
