@@ -53,6 +53,7 @@ from cctrain.protocol import (
     RECEIPT_VERSION,
     SEALED_STATE_SHARE_MAX,
     expected_chunk_count,
+    quoted,
     verify_signature,
 )
 from cctrain.v1 import enclave_pb2 as pb
@@ -602,26 +603,30 @@ def _check_state_key(
     sk = g.state_key
     mode = sk.mode if g.HasField("state_key") else "platform"
     want = str(policy.state["key"])
-    r.check(mode == want, f"its state key is held by {mode!r}, the policy says {want!r}")
-    if mode != "consortium" or want != "consortium":
+    if not r.check(
+        mode == want, f"its state key is held by {quoted(mode)}, the policy says {want!r}"
+    ):
+        return mode, 0, ()
+    if mode == "platform":
         r.check(sk.threshold == 0 and not sk.shares, "a platform state key has no shares")
-        return "platform", 0, ()
+        return mode, 0, ()
     k = int(policy.state["threshold"])
     r.check(sk.threshold == k, f"state key threshold {sk.threshold}, the policy's is {k}")
     got = [s.party_id for s in sk.shares]
     wanted = [p.id for p in policy.parties]
     r.check(
         got == wanted,
-        f"state key shares are held by {got}, not one per party in policy order {wanted}",
+        f"state key shares are held by [{', '.join(quoted(p) for p in got[:20])}], "
+        f"not one per party in policy order {wanted}",
     )
-    for s in sk.shares:
+    for s in sk.shares[: len(wanted)]:
         r.check(
             len(s.share_sha256) == 32,
-            f"the commitment to the share of {s.party_id!r} is not 32 bytes",
+            f"the commitment to the share of {quoted(s.party_id)} is not 32 bytes",
         )
         r.check(
             0 < len(s.sealed) <= SEALED_STATE_SHARE_MAX,
-            f"the sealed share of {s.party_id!r} is {len(s.sealed)} bytes",
+            f"the sealed share of {quoted(s.party_id)} is {len(s.sealed)} bytes",
         )
     shares = tuple(
         StateShare(s.party_id, bytes(s.sealed), bytes(s.share_sha256)) for s in sk.shares
