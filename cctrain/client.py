@@ -300,6 +300,7 @@ class EnclaveSession:
         self.address = address
         self._allow_simulated = allow_simulated
         self._now = now
+        self._getter = getter
         host, port = _parse_address(address)
         der = fetch_server_certificate(host, port)
         cert = x509.load_der_x509_certificate(der)
@@ -442,7 +443,13 @@ class EnclaveSession:
         """Fetch the journal and verify it: chain, enclave signatures, every party signature
         it carries, the genesis evidence against the policy, and that this is the enclave
         this session attested (the same signing key)."""
-        report = audit(self.journal(), self.policy, allow_simulated=self._allow_simulated, now=now)
+        report = audit(
+            self.journal(),
+            self.policy,
+            allow_simulated=self._allow_simulated,
+            now=now,
+            getter=self._getter,
+        )
         if report.state.signing_public_key != self.enclave.signing_public_key:
             raise ProtocolError("the journal is signed by another key than the attested enclave's")
         return report

@@ -38,6 +38,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
+from cctrain.attestation.base import CollateralGetter
 from cctrain.dpcheck import release_problems
 from cctrain.errors import JournalError
 from cctrain.ids import is_shard_id
@@ -894,11 +895,13 @@ def audit(
     *,
     allow_simulated: bool = False,
     now: _dt.datetime | None = None,
+    getter: CollateralGetter | None = None,
 ) -> AuditReport:
     """Replay ``records`` and verify the genesis evidence (and a manifest's) against the policy.
 
     The evidence is what ties the journal's signing key to genuine hardware running the
     pinned code under this policy: without it the chain proves only self-consistency.
+    ``getter`` fetches collateral the genesis evidence does not carry (TDX, SGX).
     """
     from cctrain.attestation.binding import EnclaveIdentity, report_data_for
     from cctrain.attestation.pipeline import verify_for_policy
@@ -924,6 +927,7 @@ def audit(
                 identity, policy_digest=policy.digest, nonce=genesis_nonce(state.run_id)
             ),
             now=now,
+            getter=getter,
             allow_simulated=simulated,
         )
     except AttestationError as exc:
