@@ -47,7 +47,9 @@ from cctrain.errors import (
     AuthenticationError,
     CctrainError,
     EnclaveAddressError,
+    EnclaveLockedError,
     EnclaveUnavailableError,
+    JournalError,
     KeyFileError,
     PermissionDeniedError,
     PolicyMismatchError,
@@ -60,7 +62,15 @@ from cctrain.errors import (
     describe_parse_error,
 )
 from cctrain.ids import SHARD_ID, is_shard_id
-from cctrain.journal import AuditReport, Record, RunState, audit, iter_pages, parse_record, replay
+from cctrain.journal import (
+    AuditReport,
+    Record,
+    RunState,
+    audit,
+    iter_pages,
+    parse_record,
+    replay,
+)
 from cctrain.memory import PartyMemory
 from cctrain.policy import SignedPolicy
 from cctrain.protocol import (
@@ -81,6 +91,9 @@ from cctrain.protocol import (
     shard_key_info,
     sign_approval,
     sign_header,
+    state_share_commitment,
+    state_share_info,
+    state_unlock_info,
     verify_receipt,
 )
 from cctrain.release import (
@@ -104,6 +117,13 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
 ]
 SHARD_FORMATS = {".npz": "npz", ".csv": "csv"}
+#: What a session that attested a locked enclave may still call: the attested HPKE key is
+#: that start's unlock key, so nothing may be sealed to it but a state-key share.
+SERVED_WHILE_LOCKED = frozenset({"Attest", "GetStatus", "GetJournal", "Unlock"})
+LOCKED_SESSION = (
+    "the enclave was locked when this session attested it (its state key is held by the "
+    "consortium and not all shares are back); reconnect after unlock (cctrain unlock)"
+)
 
 
 class SimulatedEvidenceWarning(UserWarning):
@@ -191,6 +211,9 @@ class AttestedEnclave:
     signing_public_key: bytes
     tls_certificate_der: bytes
     policy_digest: bytes
+    #: Attested while locked: ``hpke_public_key`` is that start's unlock key (see Unlock),
+    #: ``signing_public_key`` the journal's.
+    locked: bool = False
 
     @property
     def evidence_sha256(self) -> bytes:
@@ -249,6 +272,7 @@ def check_attestation(
         signing_public_key=identity.signing_public_key,
         tls_certificate_der=tls_certificate_der,
         policy_digest=policy.digest,
+        locked=bool(resp.locked),
     )
 
 
@@ -291,6 +315,8 @@ class EnclaveSession:
             )
         self.address = address
         self._allow_simulated = allow_simulated
+        self._now = now
+        self._getter = getter
         host, port = _parse_address(address)
         der = fetch_server_certificate(host, port)
         cert = x509.load_der_x509_certificate(der)
@@ -350,7 +376,20 @@ class EnclaveSession:
             (MD_SIG, sig),
         ]
 
+    @property
+    def locked(self) -> bool:
+        """Whether the enclave was locked (waiting for state-key shares) when this session
+        attested it. A locked session serves only :meth:`unlock`, status and the journal:
+        reconnect once the enclave is unlocked."""
+        return self.enclave.locked
+
+    def _require_unlocked(self) -> None:
+        if self.locked:
+            raise EnclaveLockedError(LOCKED_SESSION, code="FAILED_PRECONDITION")
+
     def unary(self, method: str, request: Any, *, timeout: float = 60.0) -> Any:
+        if method not in SERVED_WHILE_LOCKED:
+            self._require_unlocked()
         body = request.SerializeToString()
         try:
             return getattr(self.stub, method)(
@@ -380,6 +419,7 @@ class EnclaveSession:
 
     def watch(self, *, timeout: float | None = None) -> Iterator[TrainingProgress]:
         """Training progress as it happens (step, epoch, loss, ε spent) until the run ends."""
+        self._require_unlocked()
         req = pb.WatchTrainingRequest()
         try:
             for ev in self.stub.WatchTraining(
@@ -423,12 +463,28 @@ class EnclaveSession:
         return [parse_record(raw, position=i) for i, raw in enumerate(iter_pages(page))]
 
     def verified_journal(self) -> RunState:
-        """Fetch the enclave's journal, replay it under the policy (every signature, the
-        chain, the run's rules), check it is the attested enclave's, and check that it
-        extends the newest head this party remembers; remember its head. Raises
-        :class:`~cctrain.memory.ForkOrRollbackError` on a restored, cut or forked journal."""
+        """Fetch the enclave's journal and verify it; check it extends what this party saw.
+
+        The journal is replayed under the policy (chain, every signature, every rule) and must
+        be signed by the key this session attested. The first time this party meets a run, the
+        genesis evidence is verified too, as :meth:`audit` does: it is what proves that the
+        journal's keys (and a consortium-held state key) were made by genuine hardware running
+        the pinned code under this policy; without it a host could write a journal of its own,
+        with keys it knows, and have the parties upload to it or unlock it. After that the
+        party remembers the genesis (:mod:`cctrain.memory`), and the journal must extend the
+        newest head it verified; otherwise :class:`~cctrain.memory.ForkOrRollbackError`.
+        """
         records = self.journal()
-        view = replay(records, self.policy)
+        if records and self.memory.knows_genesis(self.policy.digest, records[0].sha256):
+            view = replay(records, self.policy)
+        else:
+            view = audit(
+                records,
+                self.policy,
+                allow_simulated=self._allow_simulated,
+                now=self._now,
+                getter=self._getter,
+            ).state
         if view.signing_public_key != self.enclave.signing_public_key:
             raise ProtocolError("the journal is signed by another key than the attested enclave's")
         self.memory.observe(self.policy, view, records)
@@ -439,10 +495,73 @@ class EnclaveSession:
         """Fetch the journal and verify it: chain, enclave signatures, every party signature
         it carries, the genesis evidence against the policy, and that this is the enclave
         this session attested (the same signing key)."""
-        report = audit(self.journal(), self.policy, allow_simulated=self._allow_simulated, now=now)
+        report = audit(
+            self.journal(),
+            self.policy,
+            allow_simulated=self._allow_simulated,
+            now=now,
+            getter=self._getter,
+        )
         if report.state.signing_public_key != self.enclave.signing_public_key:
             raise ProtocolError("the journal is signed by another key than the attested enclave's")
         return report
+
+    def unlock(self) -> pb.UnlockResponse:
+        """Return this party's share of the consortium-held state key to the locked enclave.
+
+        Verify the journal, open this party's share in its genesis entry with this party's
+        HPKE key, check it against the genesis's commitment, seal it again to the unlock key
+        this session attested, bound to the journal head just verified, and send it. The
+        answer says whether the enclave is still locked and whose shares it holds.
+        """
+        if not self.locked:
+            st = self.status()
+            if st.state_key != "consortium":
+                raise ProtocolError(
+                    "the enclave's state key is held by the platform: there is nothing to unlock"
+                )
+            return pb.UnlockResponse(
+                locked=st.locked, threshold=st.unlock_threshold, unlocked_by=list(st.unlocked_by)
+            )
+        state = self.verified_journal()
+        party = self.keys.party_id
+        mine = state.state_share(party)
+        if state.state_key_mode != "consortium" or mine is None:
+            raise ProtocolError(
+                f"the enclave says it is locked, but its journal holds no state-key share "
+                f"for {party!r} (state key: {state.state_key_mode})"
+            )
+        try:
+            share = hpke.open_sealed(
+                self.keys.hpke_key,
+                mine.sealed,
+                info=state_share_info(self.policy.digest, state.run_id, party),
+            )
+        except hpke.HpkeError:
+            raise KeyFileError(
+                f"{party!r}'s share of the state key does not open with this key file's HPKE "
+                f"key: it is sealed to the hpke_key the policy lists for {party!r}; use the "
+                "key file that holds it"
+            ) from None
+        if state_share_commitment(state.run_id, party, share) != mine.share_sha256:
+            raise JournalError(
+                f"journal entry #0 (genesis): {party!r}'s share does not match its commitment; "
+                "do not unlock this enclave"
+            )
+        head = state.head
+        sealed = hpke.seal(
+            x25519_public_raw(self.enclave.hpke_public_key),
+            share,
+            info=state_unlock_info(self.policy.digest, state.run_id, party, head.seq, head.sha256),
+        )
+        del share
+        resp: pb.UnlockResponse = self.unary(
+            "Unlock",
+            pb.UnlockRequest(
+                sealed_share=sealed, journal_seq=head.seq, journal_head_sha256=head.sha256
+            ),
+        )
+        return resp
 
     def release_manifest(self, *, now: _dt.datetime | None = None) -> VerifiedRelease:
         """The verified manifest of the finished run (what data providers approve)."""
@@ -521,6 +640,7 @@ class DataOwner(EnclaveSession):
         progress: ProgressFn | bool | None = None,
         state_dir: str | Path | None = None,
     ) -> Receipt:
+        self._require_unlocked()
         path = Path(path)
         fmt = check_shard_file(path)
         shard_id = shard_id or path.stem
@@ -714,6 +834,7 @@ class DataOwner(EnclaveSession):
     def approve_release(self) -> list[str]:
         """Verify the release manifest, then approve exactly that manifest, signed with this
         party's key (the enclave journals the signature; every verifier checks it)."""
+        self._require_unlocked()
         release = self.release_manifest()
         # Approve only a manifest of a journal that extends what this party saw, and never
         # more releases of this policy than it allows (this party is one of the counters).
@@ -815,6 +936,7 @@ class Recipient(EnclaveSession):
     """A recipient named by the policy: fetches, verifies and unseals the released model."""
 
     def fetch_release(self) -> pb.FetchReleaseResponse:
+        self._require_unlocked()
         resp: pb.FetchReleaseResponse = self.unary("FetchRelease", pb.FetchReleaseRequest())
         return resp
 

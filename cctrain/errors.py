@@ -21,11 +21,15 @@ parsers) are mapped onto it at the module that meets them::
     │   ├── EvidenceValidationError  verified claims do not match the policy (.mismatches)
     │   ├── NoEvidenceProviderError  no TEE device present to produce evidence (also an
     │   │                            InputError: the host's setup)
+    │   ├── NoSealingKeyError        the platform has no sealing key (TDX): the state key
+    │   │                            must be consortium-held
     │   └── PolicyMismatchError      the enclave serves another policy (.client, .enclave)
     ├── ProtocolError            the peer broke the protocol or refused a request
     │   ├── AuthenticationError      request not signed by a party of the policy
     │   ├── PermissionDeniedError    the party may not do this
     │   ├── UploadRejectedError      the enclave rejected an upload
+    │   ├── EnclaveLockedError       the enclave was locked (waiting for state-key shares)
+    │   │                            when this session attested it
     │   └── EnclaveUnavailableError  the enclave cannot be reached, or the connection broke
     ├── ReceiptError             a receipt fails verification
     ├── ReleaseError             a release / manifest fails verification
@@ -108,6 +112,11 @@ class NoEvidenceProviderError(AttestationError, InputError):
     """No TEE interface was found to produce evidence on this host (a setup problem)."""
 
 
+class NoSealingKeyError(AttestationError):
+    """The platform cannot derive a sealing key bound to the enclave's measurement (TDX has
+    none): state sealed under a ``platform`` key cannot be kept; a ``consortium`` key can."""
+
+
 class PolicyMismatchError(AttestationError):
     """The enclave serves another policy than the caller's: both digests (hex) are kept."""
 
@@ -142,6 +151,12 @@ class PermissionDeniedError(ProtocolError):
 
 class UploadRejectedError(ProtocolError):
     """The enclave rejected an upload; it kept nothing of it."""
+
+
+class EnclaveLockedError(ProtocolError):
+    """The enclave was locked when this session attested it: its attested HPKE key is the
+    key of that start's unlock, not the run's, so nothing but Unlock, status and the journal
+    may use the session. Reconnect once the enclave is unlocked."""
 
 
 class EnclaveUnavailableError(ProtocolError):

@@ -38,6 +38,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
+from cctrain.attestation.base import CollateralGetter
 from cctrain.dpcheck import release_problems
 from cctrain.errors import JournalError
 from cctrain.ids import is_shard_id
@@ -51,7 +52,9 @@ from cctrain.protocol import (
     MANIFEST_SIG_TAG,
     RECEIPT_SIG_TAG,
     RECEIPT_VERSION,
+    SEALED_STATE_SHARE_MAX,
     expected_chunk_count,
+    quoted,
     verify_signature,
 )
 from cctrain.v1 import enclave_pb2 as pb
@@ -67,6 +70,7 @@ __all__ = [
     "JournalHead",
     "Record",
     "RunState",
+    "StateShare",
     "apply",
     "audit",
     "describe",
@@ -249,6 +253,16 @@ class CheckpointMark:
 
 
 @dataclass(frozen=True)
+class StateShare:
+    """One party's share of a consortium-held state key, as the genesis entry carries it:
+    sealed to the party's policy HPKE key, with the commitment a returned share must match."""
+
+    party_id: str
+    sealed: bytes
+    share_sha256: bytes
+
+
+@dataclass(frozen=True)
 class RunState:
     """Everything the enclave believes about its run: derived from the journal, nothing else."""
 
@@ -271,8 +285,20 @@ class RunState:
     approvals: tuple[tuple[str, pb.SignedApproval], ...] = ()
     release_record: Record | None = None
     detail: str = ""
+    #: Who holds the state key (the genesis says, the policy decides): "platform" or
+    #: "consortium"; for a consortium key, k and one share per party in policy order.
+    state_key_mode: str = "platform"
+    state_key_threshold: int = 0
+    state_key_shares: tuple[StateShare, ...] = ()
 
     # -- queries
+    def state_share(self, party_id: str) -> StateShare | None:
+        """``party_id``'s share of a consortium-held state key (None: no such share)."""
+        for s in self.state_key_shares:
+            if s.party_id == party_id:
+                return s
+        return None
+
     @property
     def manifest_sha256(self) -> bytes:
         return hashlib.sha256(self.manifest).digest() if self.manifest else b""
@@ -548,6 +574,7 @@ def _genesis(record: Record, policy: Policy) -> RunState:
         f"journal belongs to policy {bytes(e.policy_digest).hex()[:16]}…, "
         f"not {policy.digest.hex()[:16]}…",
     )
+    mode, threshold, shares = _check_state_key(r, g, policy)
     r.done()
     return RunState(
         policy_digest=policy.digest,
@@ -559,7 +586,52 @@ def _genesis(record: Record, policy: Policy) -> RunState:
         tls_spki_sha256=bytes(g.tls_spki_sha256),
         genesis=record,
         head=record.head,
+        state_key_mode=mode,
+        state_key_threshold=threshold,
+        state_key_shares=shares,
     )
+
+
+def _check_state_key(
+    r: _Refuse, g: jpb.Genesis, policy: Policy
+) -> tuple[str, int, tuple[StateShare, ...]]:
+    """The genesis's state key custody must be the policy's: the same mode, and for a
+    consortium key the policy's threshold and exactly one share per party, in policy order.
+
+    A genesis written before the field existed has none: a platform key.
+    """
+    sk = g.state_key
+    mode = sk.mode if g.HasField("state_key") else "platform"
+    want = str(policy.state["key"])
+    if not r.check(
+        mode == want, f"its state key is held by {quoted(mode)}, the policy says {want!r}"
+    ):
+        return mode, 0, ()
+    if mode == "platform":
+        r.check(sk.threshold == 0 and not sk.shares, "a platform state key has no shares")
+        return mode, 0, ()
+    k = int(policy.state["threshold"])
+    r.check(sk.threshold == k, f"state key threshold {sk.threshold}, the policy's is {k}")
+    got = [s.party_id for s in sk.shares]
+    wanted = [p.id for p in policy.parties]
+    r.check(
+        got == wanted,
+        f"state key shares are held by [{', '.join(quoted(p) for p in got[:20])}], "
+        f"not one per party in policy order {wanted}",
+    )
+    for s in sk.shares[: len(wanted)]:
+        r.check(
+            len(s.share_sha256) == 32,
+            f"the commitment to the share of {quoted(s.party_id)} is not 32 bytes",
+        )
+        r.check(
+            0 < len(s.sealed) <= SEALED_STATE_SHARE_MAX,
+            f"the sealed share of {quoted(s.party_id)} is {len(s.sealed)} bytes",
+        )
+    shares = tuple(
+        StateShare(s.party_id, bytes(s.sealed), bytes(s.share_sha256)) for s in sk.shares
+    )
+    return mode, k, shares
 
 
 def apply(state: RunState | None, record: Record, policy: Policy) -> RunState:
@@ -807,6 +879,11 @@ class AuditReport:
             "enclave_signing_key": st.signing_public_key.hex(),
             "head": st.head.to_json(),
             "phase": st.phase,
+            "state_key": {
+                "mode": st.state_key_mode,
+                "threshold": st.state_key_threshold,
+                "holders": [s.party_id for s in st.state_key_shares],
+            },
             "entries": self.history(),
         }
 
@@ -817,11 +894,13 @@ def audit(
     *,
     allow_simulated: bool = False,
     now: _dt.datetime | None = None,
+    getter: CollateralGetter | None = None,
 ) -> AuditReport:
     """Replay ``records`` and verify the genesis evidence (and a manifest's) against the policy.
 
     The evidence is what ties the journal's signing key to genuine hardware running the
     pinned code under this policy: without it the chain proves only self-consistency.
+    ``getter`` fetches collateral the genesis evidence does not carry (TDX, SGX).
     """
     from cctrain.attestation.binding import EnclaveIdentity, report_data_for
     from cctrain.attestation.pipeline import verify_for_policy
@@ -847,6 +926,7 @@ def audit(
                 identity, policy_digest=policy.digest, nonce=genesis_nonce(state.run_id)
             ),
             now=now,
+            getter=getter,
             allow_simulated=simulated,
         )
     except AttestationError as exc:
@@ -892,7 +972,11 @@ def describe(record: Record) -> dict[str, Any]:
             "measurement": g.measurement.hex(),
             "enclave_signing_key": g.signing_public_key.hex(),
             "enclave_hpke_key": g.hpke_public_key.hex(),
+            "state_key": g.state_key.mode or "platform",
         }
+        if g.state_key.mode == "consortium":
+            out["state_key_threshold"] = int(g.state_key.threshold)
+            out["state_key_holders"] = [s.party_id for s in g.state_key.shares]
     elif kind == "shard_accepted":
         h = pb.ShardHeader()
         h.ParseFromString(e.shard_accepted.header.header)
@@ -946,6 +1030,12 @@ def summary_line(event: Mapping[str, Any]) -> str:
     renderers: dict[str, Callable[[Mapping[str, Any]], str]] = {
         "genesis": lambda e: (
             f"run {e['run_id'][:16]}… on {e['platform']}, enclave key {e['enclave_signing_key'][:16]}…"
+            + (
+                f", state key held by the consortium ({e['state_key_threshold']} of "
+                f"{len(e['state_key_holders'])})"
+                if e.get("state_key") == "consortium"
+                else ""
+            )
         ),
         "shard_accepted": lambda e: (
             f"{e['party']}/{e['shard']}: {e['rows']} rows, commitment {e['commitment'][:16]}…"

@@ -240,6 +240,14 @@ class PartyMemory:
             for r in rows
         ]
 
+    def knows_genesis(self, policy_digest: bytes, genesis_sha256: bytes) -> bool:
+        """Whether this party verified (with its evidence) the run this genesis begins."""
+        row = self._db.execute(
+            "SELECT 1 FROM runs WHERE policy_digest = ? AND genesis_sha256 = ?",
+            (policy_digest, genesis_sha256),
+        ).fetchone()
+        return row is not None
+
     def observe(self, policy: Policy, view: RunState, records: Sequence[Record]) -> RunMemory:
         """Check that a verified journal (``view = replay(records, policy)``) extends what this
         party remembers of ``policy``, then remember its head; raise

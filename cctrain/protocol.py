@@ -56,6 +56,10 @@ STATE_SHARE_INFO_TAG = b"cctrain/state-share/v1"
 STATE_SHARE_COMMIT_TAG = b"cctrain/state-share-commitment/v1\x00"
 #: ... and the same share re-sealed to a locked enclave's attested key (Unlock).
 STATE_UNLOCK_INFO_TAG = b"cctrain/state-unlock/v1"
+#: The longest share (a SLIP-39 mnemonic: 33 words for a 32-byte key, about 300 bytes) and
+#: the longest HPKE-sealed share (+ 32-byte encapsulated key, 16-byte tag) either side takes.
+STATE_SHARE_MAX = 1024
+SEALED_STATE_SHARE_MAX = STATE_SHARE_MAX + 48
 
 # Request-authentication metadata keys.
 MD_PARTY = "cctrain-party"
@@ -108,6 +112,41 @@ def shard_key_info(policy_digest: bytes, party_id: str, shard_id: str) -> bytes:
 
 def release_key_info(policy_digest: bytes, recipient_id: str, manifest_sha256: bytes) -> bytes:
     return info_for(RELEASE_KEY_INFO_TAG, policy_digest, recipient_id.encode(), manifest_sha256)
+
+
+def state_share_info(policy_digest: bytes, run_id: bytes, party_id: str) -> bytes:
+    """HPKE info of ``party_id``'s share of a consortium-held state key, sealed at genesis to
+    its policy key: the share opens only as this party's share of this run of this policy."""
+    return info_for(STATE_SHARE_INFO_TAG, policy_digest, run_id, party_id.encode())
+
+
+def state_unlock_info(
+    policy_digest: bytes, run_id: bytes, party_id: str, journal_seq: int, journal_sha256: bytes
+) -> bytes:
+    """HPKE info of a share re-sealed to a locked enclave's attested unlock key: bound to the
+    journal head the party verified, so a share meant for one history opens at no other."""
+    return info_for(
+        STATE_UNLOCK_INFO_TAG,
+        policy_digest,
+        run_id,
+        party_id.encode(),
+        struct.pack(">Q", journal_seq),
+        journal_sha256,
+    )
+
+
+def state_share_commitment(run_id: bytes, party_id: str, share: bytes) -> bytes:
+    """The genesis entry's commitment to ``party_id``'s share: the enclave (and the party)
+    check a returned share against it, so a wrong share is refused by name."""
+    party = party_id.encode()
+    return sha256(
+        STATE_SHARE_COMMIT_TAG
+        + struct.pack(">I", len(run_id))
+        + run_id
+        + struct.pack(">I", len(party))
+        + party
+        + share
+    )
 
 
 def request_signing_bytes(

@@ -18,7 +18,11 @@ PROVIDERS = ("hospital-a", "hospital-b", "hospital-c")
 RECIPIENT = "research-lab"
 
 
-def policy_document(keys: dict[str, PartyKeys], **overrides: Any) -> dict[str, Any]:
+def policy_document(
+    keys: dict[str, PartyKeys], *, hpke_for_all: bool = False, **overrides: Any
+) -> dict[str, Any]:
+    """``hpke_for_all``: every party lists its HPKE key (a consortium-held state key needs
+    one per party), not only the recipient."""
     parties = []
     for pid, k in keys.items():
         entry: dict[str, Any] = {
@@ -26,7 +30,7 @@ def policy_document(keys: dict[str, PartyKeys], **overrides: Any) -> dict[str, A
             "roles": ["recipient"] if pid == RECIPIENT else ["data_provider"],
             "signing_key": k.signing_public,
         }
-        if pid == RECIPIENT:
+        if pid == RECIPIENT or hpke_for_all:
             entry["hpke_key"] = k.hpke_public
         parties.append(entry)
     doc: dict[str, Any] = {
@@ -72,9 +76,19 @@ class Consortium:
         return self.root / "policy.signed.json"
 
 
-def make_consortium(root: Path, *, sign_all: bool = True, **overrides: Any) -> Consortium:
-    keys = {pid: PartyKeys.generate(pid) for pid in (*PROVIDERS, RECIPIENT)}
-    raw = json.dumps(policy_document(keys, **overrides), indent=2).encode()
+def make_consortium(
+    root: Path,
+    *,
+    sign_all: bool = True,
+    providers: tuple[str, ...] = PROVIDERS,
+    hpke_for_all: bool = False,
+    **overrides: Any,
+) -> Consortium:
+    """``providers``: the data providers (the recipient is always a party too)."""
+    keys = {pid: PartyKeys.generate(pid) for pid in (*providers, RECIPIENT)}
+    raw = json.dumps(
+        policy_document(keys, hpke_for_all=hpke_for_all, **overrides), indent=2
+    ).encode()
     signed = SignedPolicy.new(parse_policy(raw, "json"))
     env = signed.envelope
     for pid, k in keys.items():
@@ -106,12 +120,14 @@ def running_enclave(
     clock: Callable[[], float] = time.time,
     model_source: Path | None = None,
     limits: Any = None,
+    sealing: bool = True,
 ) -> Iterator[tuple[str, Any]]:
     """A real gRPC+TLS enclave server on a loopback port chosen by the OS.
 
     ``clock`` is the host's clock, which the host owns (tests move it to play the host);
     ``model_source`` is the custom model's source file, when the policy pins one;
-    ``limits`` the server's :class:`~cctrain_enclave.limits.ServerLimits`.
+    ``limits`` the server's :class:`~cctrain_enclave.limits.ServerLimits`; ``sealing=False``
+    a simulated platform without a sealing key (as TDX).
     """
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.server import create_server
@@ -122,6 +138,7 @@ def running_enclave(
         platform="simulated",
         clock=clock,
         model_source=model_source,
+        sealing=sealing,
     )
     server, port, app = create_server(config, port=0, limits=limits)
     server.start()

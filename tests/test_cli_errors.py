@@ -200,6 +200,9 @@ CASES: list[tuple[str, tuple[str, ...], int, str]] = [
     ("start-rule-not-met", ("train", "start", *A), 1, "the start rule does not hold yet"),
     ("fetch-not-a-recipient", ("release", "fetch", *A), 1, "is not a recipient"),
     ("approve-before-a-release", ("release", "approve", *A), 1, "no release manifest yet"),
+    ("unlock-a-platform-key", ("unlock", *A), 1, "there is nothing to unlock"),
+    ("unreachable-unlock", ("unlock", *UNREACHABLE), 3, "cannot reach the enclave"),
+    ("unlock-key-of-no-party", ("unlock", *SESSION, "--key", "outsider.key"), 2, "no such party"),
     # release files
     (
         "release-not-a-release",

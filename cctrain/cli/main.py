@@ -385,6 +385,10 @@ def status(
         st = s.status()
     doc = {
         "phase": st.phase,
+        "state_key": st.state_key or "platform",
+        "locked": st.locked,
+        "unlock_threshold": st.unlock_threshold,
+        "unlocked_by": list(st.unlocked_by),
         "detail": st.detail,
         "providers_uploaded": list(st.providers_uploaded),
         "providers_missing": list(st.providers_missing),
@@ -396,11 +400,44 @@ def status(
     }
     if fmt == "json":
         click.echo(json.dumps(doc))
-    else:
-        for k, v in doc.items():
-            if k == "journal_head":
-                v = f"#{st.journal_seq} {bytes(st.journal_head_sha256).hex()}"
-            click.echo(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
+        return
+    click.echo(f"phase: {st.phase}")
+    click.echo(f"state_key: {doc['state_key']}")
+    if doc["state_key"] == "consortium":
+        click.echo(f"lock: {unlock_line(st.locked, st.unlock_threshold, st.unlocked_by)}")
+    for k, v in doc.items():
+        if k in ("phase", "state_key", "locked", "unlock_threshold", "unlocked_by"):
+            continue
+        if k == "journal_head":
+            v = f"#{st.journal_seq} {bytes(st.journal_head_sha256).hex()}"
+        click.echo(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
+
+
+def unlock_line(locked: bool, threshold: int, unlocked_by: Any) -> str:
+    """``locked, 1 of 2 shares (hospital-a)`` or ``unlocked (2 of 2 shares)``."""
+    who = list(unlocked_by)
+    if not locked:
+        if not who:  # the key this start made at genesis: nobody needed to unlock it
+            return "unlocked (the enclave made its state key in this start)"
+        return f"unlocked ({len(who)} of {threshold} shares)"
+    return f"locked, {len(who)} of {threshold} shares" + (f" ({', '.join(who)})" if who else "")
+
+
+@main.command()
+@_session_options
+def unlock(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
+    """Return your share of the consortium-held state key to a restarted (locked) enclave.
+
+    Attests the enclave, fetches and verifies its journal (and the genesis evidence), opens
+    your share of the state key with your key, and seals it to the key this start of the
+    enclave attested, bound to the journal head you verified. The enclave opens its state
+    once the policy's threshold of parties did so.
+    """
+    from cctrain.client import EnclaveSession
+
+    with _connect(EnclaveSession, address, policy_file, key_file, allow_simulated) as s:
+        resp = s.unlock()
+    click.echo(unlock_line(resp.locked, resp.threshold, resp.unlocked_by))
 
 
 @main.group()

@@ -3,6 +3,13 @@
 Phases: ``collecting`` → ``training`` → (``awaiting_approval``) → ``released`` (or
 ``failed``, ``expired``). Every transition is a journal entry (see
 :mod:`cctrain_enclave.state`); this module only composes the parts and answers status.
+
+With a consortium-held state key, an enclave restarted on an existing journal starts
+*locked* (:class:`~cctrain_enclave.state.state_key.LockedState`): it has verified its journal
+but holds none of its keys. It then answers only what needs no key (Attest with this start's
+unlock key, status, the journal) and Unlock. The parts that need the keys (the state's keys,
+the shard store, the run) are built together, once, when the k-th share arrives, and are
+published in one assignment: a request sees all of them or none.
 """
 
 from __future__ import annotations
@@ -11,14 +18,18 @@ import fcntl
 import hashlib
 import importlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from cctrain.attestation.binding import spki_sha256
-from cctrain.errors import InputError, PolicyError
+from cctrain.errors import CctrainError, InputError, NoSealingKeyError, PolicyError
+from cctrain.journal import RunState
 from cctrain.policy import SignedPolicy
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal, StateDirectoryError, TrainerUnavailableError
@@ -27,6 +38,9 @@ from cctrain_enclave.keys import TlsIdentity
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.run import RunContext, RunController
 from cctrain_enclave.state import EnclaveState, unusable
+from cctrain_enclave.state.enclave_state import journal_page
+from cctrain_enclave.state.sealing import STATE_KEY_LABEL
+from cctrain_enclave.state.state_key import LockedState, UnlockProgress
 
 log = logging.getLogger("cctrain.enclave")
 
@@ -58,6 +72,18 @@ class AppConfig:
     #: The host's clock (seconds since the epoch). The host owns it: it decides expiry and
     #: request freshness only, never what the journal says happened.
     clock: Callable[[], float] = field(default=time.time)
+    #: False: the simulated platform has no sealing key, as TDX has none (``serve
+    #: --no-sealing-key``), so the code path of a TDX enclave runs without TDX hardware.
+    sealing: bool = True
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """The parts that need the enclave's keys: built together, once the state is open."""
+
+    state: EnclaveState
+    store: ShardStore
+    run: RunController
 
 
 class EnclaveApp:
@@ -101,20 +127,104 @@ class EnclaveApp:
                 f"({list(self.policy.attestation['platforms'])})"
             )
         self.provider = provider
+        self._check_state_key(provider)
         self.custom_model_source = self._load_custom_model_source(config.model_source)
         self._check_training_plan(provider)
         self.tls = TlsIdentity.generate(list(config.hosts))
-        tls_spki = spki_sha256(self.tls.cert)
-        self.state = EnclaveState.open(
-            config.state_dir, self.policy, provider, tls_spki_sha256=tls_spki, clock=config.clock
+        self._tls_spki = spki_sha256(self.tls.cert)
+        #: Serialises Unlock and shutdown: the keyed parts are built at most once.
+        self._unlock_lock = threading.Lock()
+        self._closing = False
+        self._opened: _Opened | None = None
+        self._locked: LockedState | None = None
+        self._unlocked_by: tuple[str, ...] = ()
+        self._unlock_failure = ""
+        opening = EnclaveState.open(
+            config.state_dir,
+            self.policy,
+            provider,
+            tls_spki_sha256=self._tls_spki,
+            clock=config.clock,
         )
-        self.store = ShardStore(self.state.paths, self.state.keys.hpke, self.policy)
-        self.store.recover(collecting=self.state.view.phase == "collecting")
-        self.run = RunController(
-            self.state,
-            self.store,
-            RunContext(provider, tls_spki, self.custom_model_source),
+        if isinstance(opening, LockedState):
+            self._locked = opening
+        else:
+            self._open_parts(opening)
+
+    def _open_parts(self, state: EnclaveState) -> None:
+        """Build what needs the keys (resuming training or the release), then publish it."""
+        store = ShardStore(state.paths, state.keys.hpke, self.policy)
+        store.recover(collecting=state.view.phase == "collecting")
+        run = RunController(
+            state, store, RunContext(self.provider, self._tls_spki, self.custom_model_source)
         )
+        self._opened = _Opened(state, store, run)  # one assignment: all of it or none
+
+    def _check_state_key(self, provider: EvidenceProvider) -> None:
+        """The policy's state key must be one this platform can keep, checked before the
+        training plan (seconds): a platform key needs a sealing key, which TDX lacks."""
+        if self.policy.state["key"] == "consortium":
+            try:
+                importlib.import_module("shamir_mnemonic")
+            except ImportError:
+                raise TrainerUnavailableError(
+                    "a consortium-held state key is split with SLIP-39, but shamir_mnemonic "
+                    "cannot be imported; install the enclave extra: pip install 'cctrain[enclave]'"
+                ) from None
+            return
+        try:
+            provider.sealing_key(STATE_KEY_LABEL)
+        except NoSealingKeyError:
+            raise PolicyError(
+                f"the platform ({provider.platform}) has no sealing key, so the policy's "
+                '[state] key = "platform" cannot keep the enclave\'s state: set [state] key = '
+                '"consortium" in the policy (every party then holds a share of the state key)'
+            ) from None
+
+    # -- the keyed parts (refused while locked)
+    @property
+    def locked(self) -> bool:
+        """Whether the enclave still waits for the consortium's shares of its state key."""
+        return self._opened is None
+
+    def _parts(self) -> _Opened:
+        opened = self._opened
+        if opened is not None:
+            return opened
+        assert self._locked is not None  # never None when nothing is opened
+        raise self._locked.refusal()
+
+    def refuse_if_locked(self) -> None:
+        """Raise the locked refusal (FAILED_PRECONDITION) unless the state is open."""
+        self._parts()
+
+    @property
+    def state(self) -> EnclaveState:
+        return self._parts().state
+
+    @property
+    def store(self) -> ShardStore:
+        return self._parts().store
+
+    @property
+    def run(self) -> RunController:
+        return self._parts().run
+
+    def _view(self) -> RunState:
+        opened = self._opened
+        if opened is not None:
+            return opened.state.view
+        assert self._locked is not None
+        return self._locked.view
+
+    def attested_keys(self) -> tuple[bytes, bytes, bool]:
+        """(HPKE key, signing key, locked) for Attest to bind. Locked: this start's unlock
+        key, to which parties seal their shares, and the journal's signing key."""
+        opened = self._opened
+        if opened is not None:
+            return opened.state.keys.hpke_public, opened.state.keys.signing_public, False
+        assert self._locked is not None
+        return self._locked.unlock_public, self._locked.view.signing_public_key, True
 
     def _check_training_plan(self, provider: EvidenceProvider) -> None:
         """Build the model and train an epoch on synthetic rows before accepting any data:
@@ -154,25 +264,57 @@ class EnclaveApp:
 
     def shutdown(self) -> None:
         """Stop training at its next step (it resumes on restart) and release the state directory."""
-        self.run.shutdown()
+        with self._unlock_lock:
+            self._closing = True  # an Unlock arriving now opens nothing
+        if self._opened is not None:
+            self._opened.run.shutdown()
         self._lock_fh.close()
 
     # -- what the servicer asks
     def status(self, party: str) -> pb.GetStatusResponse:
+        opened = self._opened
+        if opened is None:
+            return self._locked_status()
         try:
-            self.state.check_time("status")
+            opened.state.check_time("status")
         except Refusal:
             pass  # an expired policy shows in the phase
-        view, policy = self.state.view, self.policy
+        view = opened.state.view
+        resp = self._status_of(view)
+        if view.phase == "failed":
+            resp.detail = opened.run.detail_for(party, view.detail)
+        resp.state_key, resp.locked = view.state_key_mode, False
+        resp.unlock_threshold = view.state_key_threshold
+        resp.unlocked_by.extend(self._unlocked_by)
+        return resp
+
+    def _locked_status(self) -> pb.GetStatusResponse:
+        """What the journal says, and how far the unlock is (the expiry waits for the keys:
+        journaling it needs the signing key)."""
+        locked = self._locked
+        assert locked is not None
+        view, progress = locked.view, locked.progress
+        resp = self._status_of(view)
+        detail = [locked.refusal().message]
+        if view.detail:
+            detail.insert(0, view.detail)
+        if self._unlock_failure:
+            detail.append(f"the last unlock failed: {self._unlock_failure}")
+        resp.detail = "; ".join(detail)
+        resp.state_key, resp.locked = view.state_key_mode, True
+        resp.unlock_threshold = progress.threshold
+        resp.unlocked_by.extend(progress.unlocked_by)
+        return resp
+
+    def _status_of(self, view: RunState) -> pb.GetStatusResponse:
+        policy = self.policy
         eps = view.epsilon_spent
         return pb.GetStatusResponse(
             phase=view.phase,
             providers_uploaded=view.providers_uploaded(),
             providers_missing=view.providers_missing(policy),
             policy_digest=policy.digest,
-            detail=self.run.detail_for(party, view.detail)
-            if view.phase == "failed"
-            else view.detail,
+            detail=view.detail,
             approvals=view.approved_by(),
             approvals_missing=view.approvals_missing(policy),
             manifest=view.manifest,
@@ -183,8 +325,77 @@ class EnclaveApp:
         )
 
     def journal(self, from_seq: int) -> pb.GetJournalResponse:
+        opened = self._opened
+        if opened is not None:
+            return pb.GetJournalResponse(
+                entries=opened.state.entries(from_seq), head_seq=opened.state.head.seq
+            )
+        assert self._locked is not None
         return pb.GetJournalResponse(
-            entries=self.state.entries(from_seq), head_seq=self.state.head.seq
+            entries=journal_page(self._locked.records, from_seq),
+            head_seq=self._locked.view.head.seq,
+        )
+
+    # -- unlock
+    def unlock(self, party: str, request: pb.UnlockRequest) -> pb.UnlockResponse:
+        """Take ``party``'s share of the consortium-held state key; at the k-th, open the
+        state. Idempotent once unlocked; a refusal changes nothing."""
+        if self.policy.state["key"] != "consortium":
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this enclave's state key is the platform's (policy [state] key = "
+                '"platform"): there is nothing to unlock',
+            )
+        with self._unlock_lock:
+            if self._opened is not None:
+                return self._unlock_answer(
+                    UnlockProgress(self._view().state_key_threshold, self._unlocked_by),
+                    locked=False,
+                )
+            if self._closing:
+                raise Refusal(grpc.StatusCode.UNAVAILABLE, "the enclave is shutting down")
+            locked = self._locked
+            assert locked is not None
+            try:
+                progress = locked.offer(
+                    party,
+                    bytes(request.sealed_share),
+                    journal_seq=int(request.journal_seq),
+                    journal_head_sha256=bytes(request.journal_head_sha256),
+                )
+            except Refusal as exc:
+                log.warning("unlock share from %s refused: %s", party, exc.log_text)
+                raise
+            if progress.complete:
+                self._open_locked(locked, progress)
+                return self._unlock_answer(progress, locked=False)
+            return self._unlock_answer(progress, locked=True)
+
+    def _open_locked(self, locked: LockedState, progress: UnlockProgress) -> None:
+        """Combine the shares and open the state; on failure stay locked, saying why."""
+        try:
+            self._open_parts(locked.open())
+        except (CctrainError, OSError) as exc:
+            reason = str(unusable(self.config.state_dir, exc) if isinstance(exc, OSError) else exc)
+            self._unlock_failure = reason
+            log.error("unlock failed; the enclave stays locked and forgot the shares: %s", reason)
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{progress.threshold} shares were returned, but the enclave cannot open its "
+                f"state: {reason}. It stays locked and has forgotten the shares; once the "
+                "cause is fixed, the parties unlock again",
+            ) from None
+        self._unlocked_by, self._unlock_failure = progress.unlocked_by, ""
+        log.info(
+            "unlocked by %s: the enclave holds its keys again (phase %s)",
+            ", ".join(progress.unlocked_by),
+            self._view().phase,
+        )
+
+    @staticmethod
+    def _unlock_answer(progress: UnlockProgress, *, locked: bool) -> pb.UnlockResponse:
+        return pb.UnlockResponse(
+            locked=locked, threshold=progress.threshold, unlocked_by=list(progress.unlocked_by)
         )
 
     def request_start(self, party: str) -> str:

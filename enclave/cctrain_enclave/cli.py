@@ -2,8 +2,12 @@
 
 It refuses to start (exit status 2, one line on stderr) on any setup it could not train
 with: the trainer not installed, a policy that is unsigned or whose training plan cannot run,
-a custom model source that does not match its pin, an unusable or locked state directory, a
+a platform key (``[state] key = "platform"``) on a platform without a sealing key (TDX), a
+custom model source that does not match its pin, an unusable or locked state directory, a
 port it cannot listen on. Nothing is served before every check passed.
+
+With a consortium-held state key it starts on an existing journal *locked*: it serves
+Attest, GetStatus, GetJournal and Unlock until k parties ran ``cctrain unlock``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ def serve_command(
     platform: str,
     model_source: Path | None,
     reflection: bool = False,
+    sealing: bool = True,
 ) -> None:
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.limits import ServerLimits
@@ -40,6 +45,7 @@ def serve_command(
         platform=platform,
         hosts=hosts,
         model_source=model_source,
+        sealing=sealing,
     )
     serve(config, port=port, limits=ServerLimits(reflection=reflection))
 
@@ -69,6 +75,12 @@ def main() -> None:
     show_default=True,
     help="Serve gRPC server reflection (unauthenticated, inside a small budget of its own).",
 )
+@click.option(
+    "--no-sealing-key",
+    is_flag=True,
+    help="Simulated platform only: run without a sealing key, as on TDX (the policy then "
+    'needs [state] key = "consortium").',
+)
 def serve_cmd(
     policy_file: Path,
     state_dir: Path,
@@ -77,6 +89,7 @@ def serve_cmd(
     platform: str,
     model_source: Path | None,
     reflection: bool,
+    no_sealing_key: bool,
 ) -> None:
     """Serve the signed policy over gRPC+TLS until SIGTERM.
 
@@ -90,4 +103,5 @@ def serve_cmd(
         platform=platform,
         model_source=model_source,
         reflection=reflection,
+        sealing=not no_sealing_key,
     )

@@ -35,11 +35,17 @@ GRPC_OPTIONS = [
 ]
 
 
-def make_provider(platform: str, state_dir: Path) -> EvidenceProvider:
+def make_provider(platform: str, state_dir: Path, *, sealing: bool = True) -> EvidenceProvider:
+    """The platform's provider; ``sealing=False`` (simulated only) has no sealing key."""
     if platform == "simulated":
         from cctrain_enclave.providers.simulated import SimulatedProvider
 
-        return SimulatedProvider(state_dir)
+        return SimulatedProvider(state_dir, sealing=sealing)
+    if not sealing:
+        raise InputError(
+            "--no-sealing-key simulates a platform without a sealing key: it is for "
+            f"--platform simulated only, not {platform!r}"
+        )
     from cctrain_enclave.providers.detect import detect_provider
 
     provider: EvidenceProvider = detect_provider(platform, state_dir=state_dir)
@@ -68,7 +74,7 @@ def create_server(
     limits = limits or ServerLimits()
     check_listen_address(config.hosts[0], port)
     try:
-        provider = make_provider(config.platform, config.state_dir)
+        provider = make_provider(config.platform, config.state_dir, sealing=config.sealing)
     except OSError as exc:
         raise unusable(config.state_dir, exc) from None
     app = EnclaveApp(config, provider)

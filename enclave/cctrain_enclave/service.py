@@ -1,12 +1,19 @@
-"""The gRPC servicer: thin. It converts protobuf, calls the app, maps errors to status codes."""
+"""The gRPC servicer: thin. It converts protobuf, calls the app, maps errors to status codes.
+
+While the enclave is locked (a consortium-held state key, after a restart) only Attest,
+GetStatus, GetJournal and Unlock are served; every method that needs the enclave's keys is
+marked :func:`_needs_keys` and answers FAILED_PRECONDITION, saying how far the unlock is.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import grpc
 
@@ -105,6 +112,23 @@ class _Prefetch:
         self._done.set()
 
 
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
+def _needs_keys(method: _Handler) -> _Handler:
+    """Refuse the RPC (FAILED_PRECONDITION) while the enclave is locked, before it starts."""
+
+    @functools.wraps(method)
+    def guarded(self: EnclaveServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            self.app.refuse_if_locked()
+        except Refusal as exc:
+            context.abort(exc.code, exc.message)
+        return method(self, request, context)
+
+    return guarded  # type: ignore[return-value]
+
+
 class EnclaveServicer(pb_grpc.EnclaveServicer):
     def __init__(self, app: EnclaveApp, limits: ServerLimits | None = None) -> None:
         self.app = app
@@ -115,9 +139,10 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         if len(request.nonce) != NONCE_SIZE:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nonce must be {NONCE_SIZE} bytes")
         app = self.app
+        hpke_public, signing_public, locked = app.attested_keys()
         identity = EnclaveIdentity(
-            hpke_public_key=app.state.keys.hpke_public,
-            signing_public_key=app.state.keys.signing_public,
+            hpke_public_key=hpke_public,
+            signing_public_key=signing_public,
             tls_spki_sha256=spki_sha256(app.tls.cert),
         )
         report_data = report_data_for(
@@ -130,9 +155,17 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             signing_public_key=identity.signing_public_key,
             tls_certificate=app.tls.cert_der,
             policy_digest=app.policy.digest,
+            locked=locked,
         )
 
+    def Unlock(self, request: pb.UnlockRequest, context: grpc.ServicerContext) -> pb.UnlockResponse:
+        try:
+            return self.app.unlock(current_party.get(), request)
+        except Refusal as exc:
+            context.abort(exc.code, exc.message)
+
     # -- ingest
+    @_needs_keys
     def Upload(
         self, request_iterator: Iterator[pb.UploadRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.UploadResponse]:
@@ -204,6 +237,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             if session is not None:
                 session.close()
 
+    @_needs_keys
     def UploadStatus(
         self, request: pb.UploadStatusRequest, context: grpc.ServicerContext
     ) -> pb.UploadStatusResponse:
@@ -226,6 +260,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             )
         return pb.UploadStatusResponse(state=pb.UploadStatusResponse.UNKNOWN)
 
+    @_needs_keys
     def ListReceipts(
         self, request: pb.ListReceiptsRequest, context: grpc.ServicerContext
     ) -> pb.ListReceiptsResponse:
@@ -240,6 +275,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
     ) -> pb.GetStatusResponse:
         return self.app.status(current_party.get())
 
+    @_needs_keys
     def StartTraining(
         self, request: pb.StartTrainingRequest, context: grpc.ServicerContext
     ) -> pb.StartTrainingResponse:
@@ -249,11 +285,13 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             context.abort(exc.code, exc.message)
         return pb.StartTrainingResponse(phase=phase)
 
+    @_needs_keys
     def WatchTraining(
         self, request: pb.WatchTrainingRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.TrainingEvent]:
         yield from self.app.watch(context, current_party.get())
 
+    @_needs_keys
     def ApproveRelease(
         self, request: pb.ApproveReleaseRequest, context: grpc.ServicerContext
     ) -> pb.ApproveReleaseResponse:
@@ -262,6 +300,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         except Refusal as exc:
             context.abort(exc.code, exc.message)
 
+    @_needs_keys
     def FetchRelease(
         self, request: pb.FetchReleaseRequest, context: grpc.ServicerContext
     ) -> pb.FetchReleaseResponse:

@@ -32,8 +32,9 @@ SEALING_KEY_INFO = b"cctrain/sealing-key/v1\x00"
 TDX_NO_SEALING_KEY = (
     "TDX has no hardware sealing key: a trust domain cannot derive a key bound to its "
     "measurement (there is no TDX equivalent of SGX EGETKEY or SEV-SNP MSG_KEY_REQ). "
-    "Persist enclave state on TDX only with a key released by an attested key-release "
-    "service (a KBS/KMS that checks this TD's quote), or keep the state in memory"
+    "Keep enclave state on TDX under a consortium-held state key (policy: [state] key = "
+    '"consortium"); a key released by an attested key-release service (a KBS/KMS that '
+    "checks this TD's quote) is not supported"
 )
 
 

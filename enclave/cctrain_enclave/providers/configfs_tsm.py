@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cctrain.attestation.base import Evidence
-from cctrain.errors import AttestationError, NoEvidenceProviderError
+from cctrain.errors import AttestationError, NoEvidenceProviderError, NoSealingKeyError
 
 from ._common import TDX_NO_SEALING_KEY, check_echo, check_report_data, describe_oserror
 
@@ -248,7 +248,7 @@ class ConfigfsTsmProvider:
 
     def sealing_key(self, label: bytes) -> bytes:
         if self.platform == "tdx":
-            raise AttestationError(TDX_NO_SEALING_KEY)
+            raise NoSealingKeyError(TDX_NO_SEALING_KEY)
         from .sev_guest import SevGuestProvider
 
         sev = SevGuestProvider(self._root, vmpl=self._privlevel or 0)

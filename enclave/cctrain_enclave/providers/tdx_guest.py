@@ -7,8 +7,9 @@ configfs-tsm: that is where :meth:`TdxGuestProvider.get_evidence` goes.  The
 out-of-tree ``TDX_CMD_GET_QUOTE`` ioctl was never merged upstream and is not
 used.
 
-TDX has no sealing key (see ``_common.TDX_NO_SEALING_KEY``): persistent state
-needs a key-release service that checks this TD's quote.
+TDX has no sealing key (see ``_common.TDX_NO_SEALING_KEY``): ``sealing_key`` raises
+:class:`~cctrain.errors.NoSealingKeyError`, and state persists only under a consortium-held
+state key (``[state] key = "consortium"``).
 
 Structure and ioctl number mirror ``include/uapi/linux/tdx-guest.h``.
 """
@@ -20,7 +21,7 @@ import os
 from pathlib import Path
 
 from cctrain.attestation.base import Evidence
-from cctrain.errors import AttestationError, NoEvidenceProviderError
+from cctrain.errors import AttestationError, NoEvidenceProviderError, NoSealingKeyError
 
 from ._common import (
     TDX_NO_SEALING_KEY,
@@ -123,7 +124,7 @@ class TdxGuestProvider:
         return parse_tdreport_response(req, data)
 
     def sealing_key(self, label: bytes) -> bytes:
-        raise AttestationError(TDX_NO_SEALING_KEY)
+        raise NoSealingKeyError(TDX_NO_SEALING_KEY)
 
 
 __all__ = [

@@ -20,15 +20,22 @@ file it vouches for (shards, the latest checkpoint, the release) → remove what
 vouch for. A journal of another policy or other code, a flipped byte, a missing or reordered
 entry, a receipt or approval whose signature does not verify: the enclave stops, naming the
 entry. No journal: a new run (genesis) with new keys; nothing left behind is read.
+
+The state key is the platform's sealing key, or (``[state] key = "consortium"``) one the
+enclave made at genesis and split among the parties (:mod:`.state_key`): then a start on an
+existing journal stops after verifying it, *locked* (:class:`LockedState`), and goes on
+(unseal, check, remove) once k parties returned their shares.
 """
 
 from cctrain_enclave.state.enclave_state import EnclaveKeys, EnclaveState, StatePaths, unusable
 from cctrain_enclave.state.sealing import BoundSealer, SealingError, atomic_write, fsync_dir
+from cctrain_enclave.state.state_key import LockedState
 
 __all__ = [
     "BoundSealer",
     "EnclaveKeys",
     "EnclaveState",
+    "LockedState",
     "SealingError",
     "StatePaths",
     "atomic_write",

@@ -48,6 +48,7 @@ from cctrain_enclave.providers._common import own_measurement
 from cctrain_enclave.quotas import Holding, accepted_holdings, check_provider_limits
 from cctrain_enclave.state.journal_file import JournalFile
 from cctrain_enclave.state.sealing import STATE_KEY_LABEL, BoundSealer, atomic_write
+from cctrain_enclave.state.state_key import LockedState, new_consortium_key
 
 log = logging.getLogger("cctrain.enclave.state")
 
@@ -174,8 +175,13 @@ class EnclaveState:
         *,
         tls_spki_sha256: bytes,
         clock: Clock,
-    ) -> EnclaveState:
-        """Verify the journal and everything it vouches for, or begin a new one (genesis)."""
+    ) -> EnclaveState | LockedState:
+        """Verify the journal and everything it vouches for, or begin a new one (genesis).
+
+        With a consortium-held state key and an existing journal the enclave cannot open its
+        state yet: this returns the verified journal as a :class:`LockedState`, which opens
+        it once k parties have returned their shares.
+        """
         try:
             return cls._open(root, policy, provider, tls_spki_sha256=tls_spki_sha256, clock=clock)
         except OSError as exc:
@@ -190,51 +196,99 @@ class EnclaveState:
         *,
         tls_spki_sha256: bytes,
         clock: Clock,
-    ) -> EnclaveState:
+    ) -> EnclaveState | LockedState:
         paths = StatePaths(root)
         journal = JournalFile(paths.journal)
+        measurement = own_measurement(provider)
         if not journal.exists():
             _refuse_old_layout(paths)
-        measurement = own_measurement(provider)
-        sealer = BoundSealer(
-            provider.sealing_key(STATE_KEY_LABEL),
-            policy_digest=policy.digest,
-            measurement=measurement,
-        )
-        if journal.exists():
-            records = journal.load()
-            view = replay(records, policy)  # raises JournalError naming the entry
-            if view.measurement != measurement or view.platform != provider.platform:
-                raise StateError(
-                    f"the journal in {root} was begun by other enclave code "
-                    f"({view.platform}, measurement {view.measurement.hex()[:16]}…); this is "
-                    f"{provider.platform}, measurement {measurement.hex()[:16]}…"
-                )
-            try:
-                blob = paths.identity.read_bytes()
-            except FileNotFoundError:
-                raise StateError(
-                    f"{paths.identity.name} is missing: the enclave's keys for this journal are "
-                    "gone (the state directory was tampered with)"
-                ) from None
-            keys = EnclaveKeys.unseal(sealer, view.run_id, blob)
-            if (keys.signing_public, keys.hpke_public) != (
-                view.signing_public_key,
-                view.hpke_public_key,
-            ):
-                raise StateError("the sealed enclave keys are not the keys the journal names")
-            log.info(
-                "journal verified: %d entries, head #%d %s…, phase %s",
-                len(records),
-                view.head.seq,
-                view.head.sha256.hex()[:16],
-                view.phase,
-            )
-        else:
-            records, keys = cls._genesis(
-                paths, journal, policy, provider, sealer, measurement, tls_spki_sha256, clock
+            records, keys, sealer = cls._genesis(
+                paths, journal, policy, provider, measurement, tls_spki_sha256, clock
             )
             view = replay(records, policy)
+            return cls._opened(paths, policy, keys, sealer, journal, records, view, clock)
+        records = journal.load()
+        view = replay(records, policy)  # raises JournalError naming the entry
+        if view.measurement != measurement or view.platform != provider.platform:
+            raise StateError(
+                f"the journal in {root} was begun by other enclave code "
+                f"({view.platform}, measurement {view.measurement.hex()[:16]}…); this is "
+                f"{provider.platform}, measurement {measurement.hex()[:16]}…"
+            )
+        log.info(
+            "journal verified: %d entries, head #%d %s…, phase %s",
+            len(records),
+            view.head.seq,
+            view.head.sha256.hex()[:16],
+            view.phase,
+        )
+
+        def open_with(sealer: BoundSealer) -> EnclaveState:
+            return cls.from_sealer(paths, policy, sealer, journal, records, view, clock)
+
+        if view.state_key_mode == "consortium":
+            log.warning(
+                "locked: the state key is held by the consortium; waiting for %d of %d shares "
+                "(parties unlock with cctrain unlock)",
+                view.state_key_threshold,
+                len(view.state_key_shares),
+            )
+            return LockedState(
+                policy=policy,
+                records=records,
+                view=view,
+                open_with=open_with,
+                measurement=measurement,
+            )
+        return open_with(
+            BoundSealer(
+                provider.sealing_key(STATE_KEY_LABEL),
+                policy_digest=policy.digest,
+                measurement=measurement,
+            )
+        )
+
+    @classmethod
+    def from_sealer(
+        cls,
+        paths: StatePaths,
+        policy: Policy,
+        sealer: BoundSealer,
+        journal: JournalFile,
+        records: list[Record],
+        view: RunState,
+        clock: Clock,
+    ) -> EnclaveState:
+        """Open a verified journal's state with its state key: unseal the identity (it must
+        be the keys the genesis names), check the files the journal vouches for, remove the
+        rest."""
+        try:
+            blob = paths.identity.read_bytes()
+        except FileNotFoundError:
+            raise StateError(
+                f"{paths.identity.name} is missing: the enclave's keys for this journal are "
+                "gone (the state directory was tampered with)"
+            ) from None
+        keys = EnclaveKeys.unseal(sealer, view.run_id, blob)
+        if (keys.signing_public, keys.hpke_public) != (
+            view.signing_public_key,
+            view.hpke_public_key,
+        ):
+            raise StateError("the sealed enclave keys are not the keys the journal names")
+        return cls._opened(paths, policy, keys, sealer, journal, records, view, clock)
+
+    @classmethod
+    def _opened(
+        cls,
+        paths: StatePaths,
+        policy: Policy,
+        keys: EnclaveKeys,
+        sealer: BoundSealer,
+        journal: JournalFile,
+        records: list[Record],
+        view: RunState,
+        clock: Clock,
+    ) -> EnclaveState:
         state = cls(
             paths=paths,
             policy=policy,
@@ -255,11 +309,10 @@ class EnclaveState:
         journal: JournalFile,
         policy: Policy,
         provider: Any,
-        sealer: BoundSealer,
         measurement: bytes,
         tls_spki_sha256: bytes,
         clock: Clock,
-    ) -> tuple[list[Record], EnclaveKeys]:
+    ) -> tuple[list[Record], EnclaveKeys, BoundSealer]:
         expires = policy_expiry_ms(policy)
         if expires is not None and clock() * 1000 >= expires:
             raise StateError(
@@ -278,6 +331,9 @@ class EnclaveState:
         for p in leftovers:
             shutil.rmtree(p)
         run_id = os.urandom(16)
+        state_key, custody = _genesis_state_key(policy, provider, run_id)
+        sealer = BoundSealer(state_key, policy_digest=policy.digest, measurement=measurement)
+        del state_key
         keys = EnclaveKeys(X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
         atomic_write(paths.identity, keys.seal(sealer, run_id))
         identity = EnclaveIdentity(keys.hpke_public, keys.signing_public, tls_spki_sha256)
@@ -299,12 +355,20 @@ class EnclaveState:
                 signing_public_key=keys.signing_public,
                 tls_spki_sha256=tls_spki_sha256,
                 evidence=evidence_to_pb(evidence),
+                state_key=custody,
             ),
         )
         record = sign_entry(entry, keys.signing)
         journal.create(record)
-        log.info("genesis: run %s, enclave key %s…", run_id.hex(), keys.signing_public.hex()[:16])
-        return [record], keys
+        log.info(
+            "genesis: run %s, enclave key %s…, state key held by %s",
+            run_id.hex(),
+            keys.signing_public.hex()[:16],
+            "the platform"
+            if custody.mode == "platform"
+            else f"the consortium ({custody.threshold} of {len(custody.shares)} shares)",
+        )
+        return [record], keys, sealer
 
     def _check_files(self) -> None:
         """What the journal vouches for must be there as it says; otherwise stop."""
@@ -381,15 +445,8 @@ class EnclaveState:
 
     def entries(self, from_seq: int, *, max_bytes: int = 2 << 20) -> list[bytes]:
         """Serialized entries from ``from_seq`` on, at most ``max_bytes`` (at least one)."""
-        out: list[bytes] = []
-        size = 0
         with self._lock:
-            for r in self._records[from_seq:]:
-                if out and size + len(r.raw) > max_bytes:
-                    break
-                out.append(r.raw)
-                size += len(r.raw)
-        return out
+            return journal_page(self._records, from_seq, max_bytes=max_bytes)
 
     def subscribe(self, listener: Callable[[RunState], None]) -> None:
         """Call ``listener`` (holding the state lock) after every transition."""
@@ -609,6 +666,26 @@ class EnclaveState:
         with self._lock:
             if self._view.phase in ("collecting", "training", "awaiting_approval"):
                 self._append("failed", jpb.RunFailed(reason=reason))
+
+
+def journal_page(records: list[Record], from_seq: int, *, max_bytes: int = 2 << 20) -> list[bytes]:
+    """Serialized ``records`` from ``from_seq`` on, at most ``max_bytes`` (at least one)."""
+    out: list[bytes] = []
+    size = 0
+    for r in records[from_seq:]:
+        if out and size + len(r.raw) > max_bytes:
+            break
+        out.append(r.raw)
+        size += len(r.raw)
+    return out
+
+
+def _genesis_state_key(policy: Policy, provider: Any, run_id: bytes) -> tuple[bytes, jpb.StateKey]:
+    """The new run's state key and how it is held: the platform's sealing key, or a fresh
+    key split among the parties (:func:`~cctrain_enclave.state.state_key.new_consortium_key`)."""
+    if policy.state["key"] == "consortium":
+        return new_consortium_key(policy, run_id)
+    return provider.sealing_key(STATE_KEY_LABEL), jpb.StateKey(mode="platform")
 
 
 def unusable(root: Path, exc: OSError) -> StateError:
