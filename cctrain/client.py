@@ -444,6 +444,7 @@ class EnclaveSession:
         while True:
             phase = self.status().phase
             if phase in phases:
+                self.verified_journal()  # remember the head this party waited for
                 return phase
             if phase in ("failed", "expired"):
                 raise ProtocolError(f"the run {phase}: {self.status().detail}")
