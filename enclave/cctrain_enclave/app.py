@@ -1,7 +1,7 @@
 """The enclave application: policy, platform, state, shard store and the run, put together.
 
 Phases: ``collecting`` → ``training`` → (``awaiting_approval``) → ``released`` (or
-``failed``, ``expired``). Every transition is a journal entry (see
+``vetoed``, ``failed``, ``expired``). Every transition is a journal entry (see
 :mod:`cctrain_enclave.state`); this module only composes the parts and answers status.
 """
 
@@ -26,7 +26,7 @@ from cctrain_enclave.ingest import ShardStore
 from cctrain_enclave.keys import TlsIdentity
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.run import RunContext, RunController
-from cctrain_enclave.state import EnclaveState, unusable
+from cctrain_enclave.state import EnclaveState, checked_consent, unusable
 
 log = logging.getLogger("cctrain.enclave")
 
@@ -170,9 +170,7 @@ class EnclaveApp:
             providers_uploaded=view.providers_uploaded(),
             providers_missing=view.providers_missing(policy),
             policy_digest=policy.digest,
-            detail=self.run.detail_for(party, view.detail)
-            if view.phase == "failed"
-            else view.detail,
+            detail=self._status_detail(party),
             approvals=view.approved_by(),
             approvals_missing=view.approvals_missing(policy),
             manifest=view.manifest,
@@ -181,6 +179,16 @@ class EnclaveApp:
             journal_head_sha256=view.head.sha256,
             epsilon_spent=-1.0 if eps is None else eps,
         )
+
+    def _status_detail(self, party: str) -> str:
+        """The phase's detail, and the shards withdrawn (every party sees them in the
+        journal anyway; here they explain a provider that is missing again)."""
+        view = self.state.view
+        detail = self.run.detail_for(party, view.detail) if view.phase == "failed" else view.detail
+        if view.withdrawn:
+            gone = ", ".join(f"{w.party_id}/{w.shard_id}" for w in view.withdrawn)
+            detail = "; ".join(filter(None, (detail, f"withdrawn before training: {gone}")))
+        return detail
 
     def journal(self, from_seq: int) -> pb.GetJournalResponse:
         return pb.GetJournalResponse(
@@ -205,3 +213,12 @@ class EnclaveApp:
 
     def fetch_release(self, party: str) -> pb.FetchReleaseResponse:
         return self.run.fetch(party)
+
+    def withdraw_shard(self, party: str, withdrawal: pb.SignedConsent) -> bytes:
+        """The deletion receipt (the journal's signed entry) of ``party``'s withdrawal."""
+        shard_id = checked_consent(withdrawal, party, self.policy, "withdraw").shard_id
+        with self.store.no_upload(party, shard_id):
+            return self.state.withdraw_shard(party, withdrawal).raw
+
+    def veto(self, party: str, veto: pb.SignedConsent) -> pb.VetoReleaseResponse:
+        return pb.VetoReleaseResponse(phase=self.state.veto(party, veto).phase)
