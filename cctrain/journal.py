@@ -40,7 +40,7 @@ from google.protobuf.message import DecodeError
 
 from cctrain.dpcheck import release_problems
 from cctrain.errors import JournalError
-from cctrain.ids import is_shard_id
+from cctrain.ids import is_party_id, is_shard_id
 from cctrain.policy import Policy
 from cctrain.protocol import (
     APPROVAL_SIG_TAG,
@@ -432,16 +432,18 @@ def verify_consent(
     except DecodeError:
         return None, ["consent body is malformed"]
     problems = []
-    who = quoted(body.party_id)
+    # Ids are repeated in messages only when valid: arbitrary bytes (a path, say) are not.
+    who = quoted(body.party_id) if is_party_id(body.party_id) else "an invalid id"
     if body.version != CONSENT_VERSION:
         problems.append(f"consent version {body.version}, want {CONSENT_VERSION}")
     if body.policy_digest != policy.digest:
         problems.append("consent is for another policy")
     if body.action != action:
-        problems.append(f"consent action is {quoted(body.action)}, want {action!r}")
+        got = repr(body.action) if body.action in CONSENT_ACTIONS else "unknown"
+        problems.append(f"consent action is {got}, want {action!r}")
     if action == "withdraw":
         if not is_shard_id(body.shard_id):
-            problems.append(f"withdrawal names no valid shard id ({quoted(body.shard_id)})")
+            problems.append("withdrawal names no valid shard id")
         if body.manifest_sha256:
             problems.append("a withdrawal names a shard, not a manifest")
     elif action == "veto":
@@ -451,7 +453,7 @@ def verify_consent(
             problems.append("a veto names a manifest, not a shard")
     party = policy.party(body.party_id)
     if party is None:
-        problems.append(f"{who} is not a party of this policy")
+        problems.append(f"the party it names ({who}) is not a party of this policy")
     elif not verify_signature(
         Ed25519PublicKey.from_public_bytes(party.signing_public_raw),
         CONSENT_SIG_TAG,

@@ -201,7 +201,7 @@ def test_a_withdrawn_shard_is_not_trained_and_not_in_the_manifest(tmp_path: Path
         assert (st.phase, st.journal_seq) == ("collecting", receipt.journal_seq)
         assert "withdrawn before training: hospital-a/a-gone" in st.detail
 
-        # The id stays taken: the same data goes in under a new id, not the old one.
+        # The id stays taken: an upload under it is refused (new data goes under a new id).
         with pytest.raises(
             UploadRejectedError, match="was withdrawn .*upload under a new shard id"
         ):
@@ -690,6 +690,31 @@ def test_a_veto_ends_the_run_and_survives_a_restart(tmp_path: Path) -> None:
     refused_start(
         c, state, rf"journal entry #{extra.seq} \(released\): comes after the run ended \(vetoed\)"
     )
+
+    # In place of the real veto, vetoes the journal's rules refuse (enclave-signed, chained).
+    before = records[:-1]
+    for veto, match in (
+        (
+            _consent(c, "hospital-b", action="veto", manifest=bytes(32)),
+            "veto is for another manifest",
+        ),
+        (
+            _consent(c, "hospital-c", action="veto", manifest=msha),
+            "'hospital-c' is not a party the release rule names",
+        ),
+        (
+            _consent(c, "hospital-b", action="veto", manifest=msha, signer="hospital-a"),
+            "consent is not signed by the policy key of 'hospital-b'",
+        ),
+        (
+            _consent(c, "hospital-b", shard_id="hospital-b", manifest=msha),
+            "consent action is 'withdraw', want 'veto'",
+        ),
+    ):
+        forged = _chained(before, key, c, "vetoed", jpb.ReleaseVetoed(veto=veto))
+        with pytest.raises(JournalError, match=rf"\(release vetoed\): .*{match}"):
+            replay([*before, forged], c.signed.policy)
+    replay(records, c.signed.policy)  # the control: the real veto
 
 
 def test_a_veto_after_the_release_is_refused(finished_run: FinishedRun, tmp_path: Path) -> None:

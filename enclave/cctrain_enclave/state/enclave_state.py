@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.crypto.stream import TAG_SIZE
+from cctrain.ids import is_party_id
 from cctrain.journal import (
     JOURNAL_VERSION,
     STATE_FORMAT,
@@ -749,8 +750,10 @@ def checked_consent(
     if body.party_id != party:
         raise Refusal(
             grpc.StatusCode.PERMISSION_DENIED,
-            f"the {what} is signed for {quoted(body.party_id)}, but the request is from "
-            f"{party!r}; a party decides only for its own shards and approvals",
+            f"the {what} is signed for "
+            + (quoted(body.party_id) if is_party_id(body.party_id) else "an invalid party id")
+            + f", but the request is from {party!r}; a party decides only for its own shards "
+            "and approvals",
         )
     if problems:
         raise Refusal(
