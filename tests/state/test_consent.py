@@ -606,6 +606,23 @@ def test_a_withdrawn_shards_ciphertext_put_back_is_removed_unread(tmp_path: Path
         assert _status(address, c).providers_uploaded == []
 
 
+def test_a_journal_cut_back_to_before_a_withdrawal_does_not_start(tmp_path: Path) -> None:
+    """The host cuts the withdrawal off the journal: the shard would be accepted again, but
+    its ciphertext is gone, so the enclave refuses to start. (Had the host copied the file
+    beforehand, the cut journal would replay: that is the rollback case, for the parties'
+    memory of the journal head, and not detected here.)"""
+    c = make_consortium(tmp_path / "c", start=MANUAL_START)
+    state, owners = tmp_path / "state", tmp_path / "owners"
+    with running_enclave(c, state) as (address, _app):
+        r = upload(address, c, "hospital-a", owners)
+        _withdraw(address, c, "hospital-a", "hospital-a", owners)
+    raws = journal_records(state)
+    write_journal(state, raws[:-1])
+    refused_start(
+        c, state, rf"shard hospital-a/hospital-a \(journal entry #{r.journal_seq}\) is missing"
+    )
+
+
 # --------------------------------------------------------------------------- veto
 
 
