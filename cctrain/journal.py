@@ -413,6 +413,10 @@ def verify_approval(
 
 
 CONSENT_ACTIONS = ("withdraw", "veto")
+#: A consent body is a few hundred bytes. A longer one (unknown fields, signed) is refused: a
+#: party must not write megabytes into the journal, nor an entry longer than MAX_ENTRY_BYTES,
+#: which would stop the enclave at its next start.
+MAX_CONSENT_BYTES = 1024
 
 
 def verify_consent(
@@ -424,8 +428,10 @@ def verify_consent(
     it names (``withdraw``: a shard id and no manifest; ``veto``: a manifest and no shard),
     and the signature of the policy key of the party it names. Whether that target is the
     run's (an accepted shard of that party, the current manifest) depends on the run state:
-    the callers check it. The body is None when it does not parse at all.
+    the callers check it. The body is None when it does not parse at all (or is too long).
     """
+    if len(signed.body) > MAX_CONSENT_BYTES:
+        return None, [f"consent body is {len(signed.body)} bytes, more than {MAX_CONSENT_BYTES}"]
     body = pb.ConsentBody()
     try:
         body.ParseFromString(signed.body)

@@ -38,7 +38,7 @@ from cctrain.errors import (
     UploadRejectedError,
 )
 from cctrain.journal import Record, parse_record, read_journal_file, replay, sign_entry
-from cctrain.protocol import sha256, sign_consent
+from cctrain.protocol import CONSENT_SIG_TAG, sha256, sign_consent
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 from tests.consortium import PROVIDERS, RECIPIENT, Consortium, make_consortium, running_enclave
@@ -338,10 +338,26 @@ def test_a_party_cannot_withdraw_another_partys_shard(tmp_path: Path) -> None:
             )
         assert info.value.code == "INVALID_ARGUMENT"
 
+        # A genuinely signed withdrawal padded (unknown fields) past any consent's length.
+        body = (
+            pb.ConsentBody.FromString(a_signed.body).SerializeToString()
+            + b"\xfa\x3f\x81\x10"
+            + bytes(2049)
+        )
+        padded = pb.SignedConsent(
+            body=body, signature=c.keys["hospital-a"].signing_key.sign(CONSENT_SIG_TAG + body)
+        )
+        with pytest.raises(ProtocolError, match=r"consent body is \d+ bytes, more than 1024"):
+            _withdraw_raw(address, c, "hospital-a", padded)
+
         assert journal_records(state) == before  # nothing of any of them was kept
         assert _status(address, c).providers_uploaded == ["hospital-a", "hospital-b"]
-        # hospital-a's own withdrawal, the control, is taken.
-        assert _withdraw_raw(address, c, "hospital-a", a_signed)
+        # hospital-a's own withdrawal, the control, is taken; unknown fields beside its body
+        # and signature are not journaled.
+        extra = pb.SignedConsent.FromString(a_signed.SerializeToString() + b"\xfa\x3f\x03abc")
+        raw = _withdraw_raw(address, c, "hospital-a", extra)
+        journaled = parse_record(raw, position=0).entry.shard_withdrawn.request
+        assert journaled.SerializeToString() == a_signed.SerializeToString()
 
 
 def test_a_second_withdrawal_is_refused_and_the_sdk_recovers_its_receipt(tmp_path: Path) -> None:
