@@ -646,7 +646,9 @@ class EnclaveState:
             record = self._append_consent(
                 "shard_withdrawn",
                 jpb.ShardWithdrawn(
-                    request=signed, header_sha256=shard.header_sha256, accepted_seq=shard.seq
+                    request=_as_signed(signed),
+                    header_sha256=shard.header_sha256,
+                    accepted_seq=shard.seq,
                 ),
                 "withdrawal",
             )
@@ -705,13 +707,13 @@ class EnclaveState:
                     "the veto is for another manifest than the one awaiting approval "
                     f"({view.manifest_sha256.hex()[:16]}…); verify that one and veto it",
                 )
-            self._append_consent("vetoed", jpb.ReleaseVetoed(veto=signed), "veto")
+            self._append_consent("vetoed", jpb.ReleaseVetoed(veto=_as_signed(signed)), "veto")
             self._delete_release(view.manifest_sha256)
             return self._view
 
     def _delete_release(self, manifest_sha256: bytes) -> None:
         try:
-            shutil.rmtree(self.paths.release_dir(manifest_sha256), ignore_errors=False)
+            shutil.rmtree(self.paths.release_dir(manifest_sha256))
         except FileNotFoundError:
             pass
         except OSError as exc:  # removed at the next start: nothing vouches for it any more
@@ -746,7 +748,7 @@ def checked_consent(
     what = "withdrawal" if action == "withdraw" else action
     body, problems = verify_consent(signed, policy=policy, action=action)
     if body is None:
-        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"the {what}'s consent body is malformed")
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"the {what} is refused: {problems[0]}")
     if body.party_id != party:
         raise Refusal(
             grpc.StatusCode.PERMISSION_DENIED,
@@ -760,6 +762,12 @@ def checked_consent(
             grpc.StatusCode.INVALID_ARGUMENT, f"the {what} is refused: {'; '.join(problems)}"
         )
     return body
+
+
+def _as_signed(signed: pb.SignedConsent) -> pb.SignedConsent:
+    """The consent exactly as signed, and nothing else: unknown fields a request carried
+    beside the body and signature are not written into the journal."""
+    return pb.SignedConsent(body=signed.body, signature=signed.signature)
 
 
 def refuse_withdrawn_id(view: RunState, party: str, shard_id: str) -> None:
