@@ -34,10 +34,12 @@ from typing import Any, Self
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from google.protobuf.message import DecodeError
 
 from cctrain.attestation.base import CollateralGetter, Evidence, VerifiedClaims
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for, spki_sha256
 from cctrain.attestation.pipeline import SIMULATED_WARNING, verify_for_policy
+from cctrain.consent import DeletionReceipt, verify_deletion_receipt
 from cctrain.crypto import hpke
 from cctrain.crypto.keys import PartyKeys
 from cctrain.crypto.stream import NONCE_PREFIX_SIZE, StreamSealer
@@ -61,6 +63,7 @@ from cctrain.errors import (
     UploadRejectedError,
     describe_parse_error,
 )
+from cctrain.files import atomic_write
 from cctrain.ids import SHARD_ID, is_shard_id
 from cctrain.journal import (
     AuditReport,
@@ -90,6 +93,7 @@ from cctrain.protocol import (
     sha256,
     shard_key_info,
     sign_approval,
+    sign_consent,
     sign_header,
     state_share_commitment,
     state_share_info,
@@ -446,7 +450,7 @@ class EnclaveSession:
             if phase in phases:
                 self.verified_journal()  # remember the head this party waited for
                 return phase
-            if phase in ("failed", "expired"):
+            if phase in ("failed", "expired", "vetoed"):
                 raise ProtocolError(f"the run {phase}: {self.status().detail}")
             if time.monotonic() > deadline:
                 raise ProtocolError(f"timed out waiting for {phases}; phase is {phase}")
@@ -886,6 +890,109 @@ class DataOwner(EnclaveSession):
                 status="approved",
                 what="approve this release",
             )
+
+    # -- consent
+
+    def withdraw(self, shard_id: str, *, state_dir: str | Path | None = None) -> DeletionReceipt:
+        """Withdraw one of this party's accepted shards before training starts: the enclave
+        drops it from the run and deletes its ciphertext. Return the verified deletion
+        receipt (the enclave-signed journal entry carrying this party's signed withdrawal),
+        saved beside the upload receipts.
+
+        A retry after a lost answer finds the shard already withdrawn: the receipt is then
+        taken from the journal and verified the same way.
+        """
+        if not is_shard_id(shard_id):
+            raise ShardError(f"shard id {shard_id!r} must match {SHARD_ID.pattern}")
+        party = self.keys.party_id
+        withdrawal = sign_consent(
+            self.keys.signing_key,
+            policy_digest=self.policy.digest,
+            party_id=party,
+            action="withdraw",
+            shard_id=shard_id,
+            now_ms=int(self._clock() * 1000),
+        )
+        try:
+            resp = self.unary("WithdrawShard", pb.WithdrawShardRequest(withdrawal=withdrawal))
+            raw = bytes(resp.deletion_receipt)
+        except ProtocolError as exc:
+            journaled = (
+                self._journaled_withdrawal(shard_id) if exc.code == "ALREADY_EXISTS" else None
+            )
+            if journaled is None:
+                raise
+            raw = journaled
+        receipt = verify_deletion_receipt(
+            raw,
+            enclave_key=self.enclave.signing_public_key,
+            policy=self.policy,
+            party_id=party,
+            shard_id=shard_id,
+        )
+        receipts_dir = self._receipts_dir(state_dir)
+        self._check_against_upload_receipt(receipts_dir, receipt)
+        path = receipts_dir / f"{party}-{shard_id}.deletion.json"
+        receipts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(path, (json.dumps(receipt.to_json(), indent=2) + "\n").encode())
+        # Never trained on: the dataset's ε under this policy is given back in the ledger,
+        # and the head holding the deletion receipt is remembered.
+        self.memory.set_status(self.policy.digest, party, shard_id, "withdrawn")
+        self.verified_journal()
+        return receipt
+
+    def _journaled_withdrawal(self, shard_id: str) -> bytes | None:
+        """The journal's withdrawal entry of our ``shard_id``, if there is one."""
+        for record in self.journal():
+            if record.kind != "shard_withdrawn":
+                continue
+            body = pb.ConsentBody()
+            try:
+                body.ParseFromString(record.entry.shard_withdrawn.request.body)
+            except DecodeError:
+                continue  # not ours, whatever it is (the receipt check decides on ours)
+            if (body.party_id, body.shard_id) == (self.keys.party_id, shard_id):
+                return record.raw
+        return None
+
+    def _receipts_dir(self, state_dir: str | Path | None) -> Path:
+        root = Path(state_dir) if state_dir is not None else self.state_dir
+        return root / "receipts" / self.policy.digest.hex()[:16]
+
+    @staticmethod
+    def _check_against_upload_receipt(directory: Path, receipt: DeletionReceipt) -> None:
+        """The withdrawn shard must be the one our saved receipt names (same signed header)."""
+        path = directory / f"{receipt.party_id}-{receipt.shard_id}.receipt.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # no receipt kept here (uploaded from elsewhere): nothing to compare
+        if saved.get("header_sha256") != receipt.header_sha256.hex():
+            raise ReceiptError(
+                f"the deletion receipt withdraws another upload of {receipt.shard_id!r} than "
+                f"the one receipted in {path}"
+            )
+
+    def veto_release(self) -> str:
+        """Verify the release manifest as :meth:`approve_release` does, then veto exactly that
+        manifest, signed with this party's key: the run ends (phase ``vetoed``) and its sealed
+        weights are deleted. Possible until the release; refused after it."""
+        release = self.release_manifest()
+        if self.verified_journal().manifest_sha256 != release.manifest_sha256:
+            raise ProtocolError("the manifest the enclave offers is not its journal's; not vetoing")
+        veto = sign_consent(
+            self.keys.signing_key,
+            policy_digest=self.policy.digest,
+            party_id=self.keys.party_id,
+            action="veto",
+            manifest_sha256=release.manifest_sha256,
+            now_ms=int(self._clock() * 1000),
+        )
+        resp: pb.VetoReleaseResponse = self.unary("VetoRelease", pb.VetoReleaseRequest(veto=veto))
+        self.verified_journal()
+        if resp.phase != "vetoed":
+            raise ProtocolError(f"the enclave took the veto, but its phase is {resp.phase!r}")
+        return resp.phase
 
     def receipts(self) -> list[Receipt]:
         resp = self.unary("ListReceipts", pb.ListReceiptsRequest())

@@ -3,8 +3,8 @@
 The journal is an append-only log of every state transition of a run, each entry signed by
 the enclave key and chained to the one before by its SHA-256::
 
-    #0 genesis ─▶ #1 shard accepted ─▶ … ─▶ #k uploads closed ─▶ #k+1 checkpoint ─▶ …
-       ─▶ #m manifest built ─▶ (#m+1 approval …) ─▶ #n released          (or: failed, expired)
+    #0 genesis ─▶ #1 shard accepted ─▶ (shard withdrawn …) ─▶ #k uploads closed ─▶ #k+1 checkpoint
+       ─▶ … ─▶ #m manifest built ─▶ (#m+1 approval …) ─▶ #n released   (or: vetoed, failed, expired)
 
 The host owns the disk, so nothing it stores is believed for being there. The enclave derives
 what it believes (phase, the shard set, approvals, ε spent) only from :func:`replay` over its
@@ -14,7 +14,7 @@ evidence that binds the enclave key to genuine hardware running the pinned code 
 policy. What the enclave believes and what an auditor verifies therefore cannot drift apart.
 
 :func:`apply` re-verifies everything an entry carries: the chain and the enclave signature,
-each party's signature on its upload header and approval, each receipt and its fields
+each party's signature on its upload header, approval, withdrawal and veto, each receipt and its fields
 against the header, and the order of the state machine (no upload after uploads closed, no
 approval of another manifest, no release without every approval the policy requires). It
 raises :class:`JournalError` naming the entry; nothing else is trusted.
@@ -41,11 +41,13 @@ from google.protobuf.message import DecodeError
 from cctrain.attestation.base import CollateralGetter
 from cctrain.dpcheck import release_problems
 from cctrain.errors import JournalError
-from cctrain.ids import is_shard_id
+from cctrain.ids import is_party_id, is_shard_id
 from cctrain.policy import Policy
 from cctrain.protocol import (
     APPROVAL_SIG_TAG,
     APPROVAL_VERSION,
+    CONSENT_SIG_TAG,
+    CONSENT_VERSION,
     HEADER_SIG_TAG,
     HEADER_VERSION,
     JOURNAL_SIG_TAG,
@@ -66,11 +68,13 @@ __all__ = [
     "AcceptedShard",
     "AuditReport",
     "CheckpointMark",
+    "EntryRefused",
     "JournalError",
     "JournalHead",
     "Record",
     "RunState",
     "StateShare",
+    "WithdrawnShard",
     "apply",
     "audit",
     "describe",
@@ -85,6 +89,7 @@ __all__ = [
     "summary_line",
     "unframe",
     "verify_approval",
+    "verify_consent",
 ]
 
 JOURNAL_VERSION = 1
@@ -98,7 +103,8 @@ MANIFEST_TYPE = "cctrain-release-manifest/v4"
 #: evidence, which for TDX includes collateral): anything longer is not a journal.
 MAX_ENTRY_BYTES = 4 << 20
 
-TERMINAL = frozenset({"failed", "expired"})
+#: Phases after which no entry follows (``released`` is not one: expiry may still follow it).
+TERMINAL = frozenset({"failed", "expired", "vetoed"})
 KINDS = {
     "genesis": "genesis",
     "shard_accepted": "shard accepted",
@@ -109,6 +115,8 @@ KINDS = {
     "released": "released",
     "failed": "run failed",
     "expired": "policy expired",
+    "shard_withdrawn": "shard withdrawn",
+    "vetoed": "release vetoed",
 }
 
 
@@ -263,6 +271,21 @@ class StateShare:
 
 
 @dataclass(frozen=True)
+class WithdrawnShard:
+    """A shard its provider withdrew before training: in no shard set, its ciphertext deleted.
+
+    Its id stays taken: a later upload under it is refused, so one shard id names one
+    upload in the whole journal (a receipt and a deletion receipt never disagree on what
+    ``party/shard`` was)."""
+
+    party_id: str
+    shard_id: str
+    header_sha256: bytes
+    accepted_seq: int  # its shard-accepted entry
+    seq: int  # the shard-withdrawn entry: the deletion receipt
+
+
+@dataclass(frozen=True)
 class RunState:
     """Everything the enclave believes about its run: derived from the journal, nothing else."""
 
@@ -290,6 +313,10 @@ class RunState:
     state_key_mode: str = "platform"
     state_key_threshold: int = 0
     state_key_shares: tuple[StateShare, ...] = ()
+    #: Shards withdrawn before training, in journal order (no longer in ``shards``).
+    withdrawn: tuple[WithdrawnShard, ...] = ()
+    #: The provider whose veto ended the run (phase ``vetoed``).
+    vetoed_by: str = ""
 
     # -- queries
     def state_share(self, party_id: str) -> StateShare | None:
@@ -316,6 +343,12 @@ class RunState:
         for s in self.shards:
             if s.party_id == party_id and s.shard_id == shard_id:
                 return s
+        return None
+
+    def withdrawal(self, party_id: str, shard_id: str) -> WithdrawnShard | None:
+        for w in self.withdrawn:
+            if w.party_id == party_id and w.shard_id == shard_id:
+                return w
         return None
 
     def providers_uploaded(self) -> list[str]:
@@ -350,7 +383,16 @@ class _Refuse:
 
     def done(self) -> None:
         if self.problems:
-            raise JournalError(f"{self.record.label}: " + "; ".join(self.problems))
+            raise EntryRefused(self.record.label, self.problems)
+
+
+class EntryRefused(JournalError):
+    """An entry breaks the run's rules. ``problems`` says how without naming the entry: the
+    enclave tells a caller whose request it refused (its entry was never written) only those."""
+
+    def __init__(self, label: str, problems: Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__(f"{label}: " + "; ".join(self.problems))
 
 
 def _key(raw: bytes) -> Ed25519PublicKey | None:
@@ -392,6 +434,64 @@ def verify_approval(
     ):
         problems.append(f"approval is not signed by the policy key of {body.party_id!r}")
     return body.party_id, problems
+
+
+CONSENT_ACTIONS = ("withdraw", "veto")
+#: A consent body is a few hundred bytes. A longer one (unknown fields, signed) is refused: a
+#: party must not write megabytes into the journal, nor an entry longer than MAX_ENTRY_BYTES,
+#: which would stop the enclave at its next start.
+MAX_CONSENT_BYTES = 1024
+
+
+def verify_consent(
+    signed: pb.SignedConsent, *, policy: Policy, action: str
+) -> tuple[pb.ConsentBody | None, list[str]]:
+    """(body, problems) of a party's signed consent decision, as far as it stands alone.
+
+    Checks what every ``action`` shares: version, this policy, the action, the one target
+    it names (``withdraw``: a shard id and no manifest; ``veto``: a manifest and no shard),
+    and the signature of the policy key of the party it names. Whether that target is the
+    run's (an accepted shard of that party, the current manifest) depends on the run state:
+    the callers check it. The body is None when it does not parse at all (or is too long).
+    """
+    if len(signed.body) > MAX_CONSENT_BYTES:
+        return None, [f"consent body is {len(signed.body)} bytes, more than {MAX_CONSENT_BYTES}"]
+    body = pb.ConsentBody()
+    try:
+        body.ParseFromString(signed.body)
+    except DecodeError:
+        return None, ["consent body is malformed"]
+    problems = []
+    # Ids are repeated in messages only when valid: arbitrary bytes (a path, say) are not.
+    who = quoted(body.party_id) if is_party_id(body.party_id) else "an invalid id"
+    if body.version != CONSENT_VERSION:
+        problems.append(f"consent version {body.version}, want {CONSENT_VERSION}")
+    if body.policy_digest != policy.digest:
+        problems.append("consent is for another policy")
+    if body.action != action:
+        got = repr(body.action) if body.action in CONSENT_ACTIONS else "unknown"
+        problems.append(f"consent action is {got}, want {action!r}")
+    if action == "withdraw":
+        if not is_shard_id(body.shard_id):
+            problems.append("withdrawal names no valid shard id")
+        if body.manifest_sha256:
+            problems.append("a withdrawal names a shard, not a manifest")
+    elif action == "veto":
+        if len(body.manifest_sha256) != 32:
+            problems.append("veto does not name a manifest (32-byte SHA-256)")
+        if body.shard_id:
+            problems.append("a veto names a manifest, not a shard")
+    party = policy.party(body.party_id)
+    if party is None:
+        problems.append(f"the party it names ({who}) is not a party of this policy")
+    elif not verify_signature(
+        Ed25519PublicKey.from_public_bytes(party.signing_public_raw),
+        CONSENT_SIG_TAG,
+        signed.body,
+        signed.signature,
+    ):
+        problems.append(f"consent is not signed by the policy key of {who}")
+    return body, problems
 
 
 def _check_header(r: _Refuse, policy: Policy, uh: pb.UploadHeader) -> pb.ShardHeader | None:
@@ -689,6 +789,12 @@ def _on_shard(r: _Refuse, state: RunState, record: Record, policy: Policy) -> di
         state.shard(header.party_id, header.shard_id) is None,
         f"shard {header.party_id}/{header.shard_id} was already accepted",
     )
+    gone = state.withdrawal(header.party_id, header.shard_id)
+    r.check(
+        gone is None,
+        f"shard {header.party_id}/{header.shard_id} was withdrawn (entry #{gone and gone.seq}); "
+        "a withdrawn shard id is not used again",
+    )
     if body is None:
         return {}
     shard = AcceptedShard(
@@ -824,6 +930,56 @@ def _on_expired(r: _Refuse, state: RunState, record: Record, policy: Policy) -> 
     return {"phase": "expired", "detail": f"policy expired (found when {x.refused or 'checked'})"}
 
 
+def _on_withdrawn(r: _Refuse, state: RunState, record: Record, policy: Policy) -> dict[str, Any]:
+    _want_phase(r, state, "collecting")
+    w = record.entry.shard_withdrawn
+    body, problems = verify_consent(w.request, policy=policy, action="withdraw")
+    for p in problems:
+        r.check(False, p)
+    if body is None:
+        return {}
+    name = quoted(f"{body.party_id}/{body.shard_id}")
+    shard = state.shard(body.party_id, body.shard_id)
+    if shard is None:
+        gone = state.withdrawal(body.party_id, body.shard_id)
+        r.check(
+            False,
+            f"shard {name} was already withdrawn (entry #{gone.seq})"
+            if gone is not None
+            else f"withdraws {name}, which is no accepted shard",
+        )
+        return {}
+    r.check(bytes(w.header_sha256) == shard.header_sha256, "header digest is not the shard's")
+    r.check(w.accepted_seq == shard.seq, f"names entry #{w.accepted_seq}, not #{shard.seq}")
+    withdrawn = WithdrawnShard(
+        shard.party_id, shard.shard_id, shard.header_sha256, shard.seq, record.seq
+    )
+    return {
+        "shards": tuple(s for s in state.shards if s is not shard),
+        "withdrawn": (*state.withdrawn, withdrawn),
+    }
+
+
+def _on_vetoed(r: _Refuse, state: RunState, record: Record, policy: Policy) -> dict[str, Any]:
+    _want_phase(r, state, "awaiting_approval")
+    body, problems = verify_consent(record.entry.vetoed.veto, policy=policy, action="veto")
+    for p in problems:
+        r.check(False, p)
+    if body is None:
+        return {}
+    r.check(
+        body.party_id in policy.release["approvals_required_from"],
+        f"{quoted(body.party_id)} is not a party the release rule names "
+        "(release.approvals_required_from)",
+    )
+    r.check(body.manifest_sha256 == state.manifest_sha256, "veto is for another manifest")
+    return {
+        "phase": "vetoed",
+        "vetoed_by": body.party_id,
+        "detail": f"the release was vetoed by {body.party_id}",
+    }
+
+
 _HANDLERS: dict[str, Callable[[_Refuse, RunState, Record, Policy], dict[str, Any]]] = {
     "shard_accepted": _on_shard,
     "uploads_closed": _on_closed,
@@ -833,6 +989,8 @@ _HANDLERS: dict[str, Callable[[_Refuse, RunState, Record, Policy], dict[str, Any
     "released": _on_released,
     "failed": _on_failed,
     "expired": _on_expired,
+    "shard_withdrawn": _on_withdrawn,
+    "vetoed": _on_vetoed,
 }
 
 
@@ -884,6 +1042,10 @@ class AuditReport:
                 "threshold": st.state_key_threshold,
                 "holders": [s.party_id for s in st.state_key_shares],
             },
+            "withdrawn": [
+                {"party": w.party_id, "shard": w.shard_id, "seq": w.seq} for w in st.withdrawn
+            ],
+            "vetoed_by": st.vetoed_by or None,
             "entries": self.history(),
         }
 
@@ -1017,6 +1179,20 @@ def describe(record: Record) -> dict[str, Any]:
             body.ParseFromString(a.body)
             parties.append(body.party_id)
         out |= {"manifest_sha256": e.released.manifest_sha256.hex(), "approved_by": parties}
+    elif kind == "shard_withdrawn":
+        w = e.shard_withdrawn
+        body = pb.ConsentBody()
+        body.ParseFromString(w.request.body)
+        out |= {
+            "party": body.party_id,
+            "shard": body.shard_id,
+            "header_sha256": w.header_sha256.hex(),
+            "accepted_seq": int(w.accepted_seq),
+        }
+    elif kind == "vetoed":
+        body = pb.ConsentBody()
+        body.ParseFromString(e.vetoed.veto.body)
+        out |= {"party": body.party_id, "manifest_sha256": body.manifest_sha256.hex()}
     elif kind == "failed":
         out |= {"reason": e.failed.reason}
     elif kind == "expired":
@@ -1054,6 +1230,13 @@ def summary_line(event: Mapping[str, Any]) -> str:
         "released": lambda e: (
             "recipients may fetch"
             + (f"; approved by {', '.join(e['approved_by'])}" if e["approved_by"] else "")
+        ),
+        "shard_withdrawn": lambda e: (
+            f"{e['party']}/{e['shard']} (accepted in #{e['accepted_seq']}): out of the "
+            "training set, its ciphertext deleted"
+        ),
+        "vetoed": lambda e: (
+            f"by {e['party']} of manifest {e['manifest_sha256'][:16]}…; nothing is released"
         ),
         "failed": lambda e: e["reason"],
         "expired": lambda e: f"at {e['expires']} (refused {e['refused']})",

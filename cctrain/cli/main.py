@@ -369,6 +369,42 @@ def upload(
     )
 
 
+@main.command()
+@_session_options
+@click.option("--shard-id", required=True, help="The id of your accepted shard to withdraw.")
+@click.option(
+    "--receipt-out", type=click.Path(path_type=Path), help="Also write the deletion receipt here."
+)
+def withdraw(
+    address: str,
+    policy_file: Path,
+    key_file: Path,
+    allow_simulated: bool,
+    shard_id: str,
+    receipt_out: Path | None,
+) -> None:
+    """Withdraw one of your shards before training starts; verify the deletion receipt.
+
+    The enclave drops the shard from the run (no training set or manifest can contain it)
+    and deletes its ciphertext. Refused once training has started. The shard id is not used
+    again: upload replacement data under a new id.
+    """
+    from cctrain.client import DataOwner
+    from cctrain.errors import ShardError
+    from cctrain.ids import SHARD_ID, is_shard_id
+
+    if not is_shard_id(shard_id):
+        raise ShardError(f"--shard-id {shard_id!r} must match {SHARD_ID.pattern}")
+    with _connect(DataOwner, address, policy_file, key_file, allow_simulated) as owner:
+        receipt = owner.withdraw(shard_id)
+    if receipt_out:
+        receipt_out.write_text(json.dumps(receipt.to_json(), indent=2) + "\n")
+    click.echo(
+        f"withdrawn: party={receipt.party_id} shard={receipt.shard_id}; deletion receipt "
+        f"verified: journal entry #{receipt.journal_seq} {receipt.journal_sha256.hex()}"
+    )
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -521,6 +557,21 @@ def release_approve(address: str, policy_file: Path, key_file: Path, allow_simul
         _privacy_summary(m.manifest, o.policy)
         approvals = o.approve_release()
     click.echo(f"approved; approvals so far: {', '.join(approvals)}")
+
+
+@release.command("veto")
+@_session_options
+def release_veto(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
+    """Verify the release manifest, show what it says, and veto exactly it: nothing of the
+    run is released, and its sealed weights are deleted. Refused after the release."""
+    from cctrain.client import DataOwner
+
+    with _connect(DataOwner, address, policy_file, key_file, allow_simulated) as o:
+        m = o.release_manifest()
+        click.echo(f"model sha256: {m.manifest['model_sha256']}")
+        click.echo(f"manifest sha256: {m.manifest_sha256.hex()}")
+        phase = o.veto_release()
+    click.echo(f"vetoed; phase: {phase} (nothing of this run will be released)")
 
 
 @release.command("fetch")

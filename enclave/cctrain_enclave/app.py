@@ -1,7 +1,7 @@
 """The enclave application: policy, platform, state, shard store and the run, put together.
 
 Phases: ``collecting`` → ``training`` → (``awaiting_approval``) → ``released`` (or
-``failed``, ``expired``). Every transition is a journal entry (see
+``vetoed``, ``failed``, ``expired``). Every transition is a journal entry (see
 :mod:`cctrain_enclave.state`); this module only composes the parts and answers status.
 
 With a consortium-held state key, an enclave restarted on an existing journal starts
@@ -37,7 +37,7 @@ from cctrain_enclave.ingest import ShardStore
 from cctrain_enclave.keys import TlsIdentity
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.run import RunContext, RunController
-from cctrain_enclave.state import EnclaveState, unusable
+from cctrain_enclave.state import EnclaveState, checked_consent, unusable
 from cctrain_enclave.state.enclave_state import journal_page
 from cctrain_enclave.state.sealing import STATE_KEY_LABEL
 from cctrain_enclave.state.state_key import LockedState, UnlockProgress
@@ -282,7 +282,7 @@ class EnclaveApp:
         view = opened.state.view
         resp = self._status_of(view)
         if view.phase == "failed":
-            resp.detail = opened.run.detail_for(party, view.detail)
+            resp.detail = _with_withdrawn(view, opened.run.detail_for(party, view.detail))
         resp.state_key, resp.locked = view.state_key_mode, False
         resp.unlock_threshold = view.state_key_threshold
         resp.unlocked_by.extend(self._unlocked_by)
@@ -314,7 +314,7 @@ class EnclaveApp:
             providers_uploaded=view.providers_uploaded(),
             providers_missing=view.providers_missing(policy),
             policy_digest=policy.digest,
-            detail=view.detail,
+            detail=_with_withdrawn(view, view.detail),
             approvals=view.approved_by(),
             approvals_missing=view.approvals_missing(policy),
             manifest=view.manifest,
@@ -416,3 +416,21 @@ class EnclaveApp:
 
     def fetch_release(self, party: str) -> pb.FetchReleaseResponse:
         return self.run.fetch(party)
+
+    def withdraw_shard(self, party: str, withdrawal: pb.SignedConsent) -> bytes:
+        """The deletion receipt (the journal's signed entry) of ``party``'s withdrawal."""
+        shard_id = checked_consent(withdrawal, party, self.policy, "withdraw").shard_id
+        with self.store.no_upload(party, shard_id):
+            return self.state.withdraw_shard(party, withdrawal).raw
+
+    def veto(self, party: str, veto: pb.SignedConsent) -> pb.VetoReleaseResponse:
+        return pb.VetoReleaseResponse(phase=self.state.veto(party, veto).phase)
+
+
+def _with_withdrawn(view: RunState, detail: str) -> str:
+    """The phase's detail, and the shards withdrawn (every party sees them in the journal
+    anyway; here they explain a provider that is missing again)."""
+    if view.withdrawn:
+        gone = ", ".join(f"{w.party_id}/{w.shard_id}" for w in view.withdrawn)
+        detail = "; ".join(filter(None, (detail, f"withdrawn before training: {gone}")))
+    return detail

@@ -29,7 +29,8 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,13 @@ from cctrain_enclave.shards import (
     empty_arrays,
     open_parser,
 )
-from cctrain_enclave.state import EnclaveState, StatePaths, atomic_write, fsync_dir
+from cctrain_enclave.state import (
+    EnclaveState,
+    StatePaths,
+    atomic_write,
+    fsync_dir,
+    refuse_withdrawn_id,
+)
 
 log = logging.getLogger("cctrain.enclave.ingest")
 
@@ -159,6 +166,24 @@ class ShardStore:
         """Take the shard's upload lock if no other upload of it holds it."""
         with self._locks_guard:
             return self._locks.setdefault((party, shard), threading.Lock()).acquire(blocking=False)
+
+    @contextmanager
+    def no_upload(self, party: str, shard: str) -> Iterator[None]:
+        """Hold the shard's upload lock: no upload of ``party/shard`` runs meanwhile.
+
+        A withdrawal takes it, so an upload of the same shard id cannot be accepted while
+        the shard is withdrawn (nor half of it be in flight): the withdrawal waits for no
+        one and is refused instead (ABORTED) while the upload streams."""
+        if not self.try_lock(party, shard):
+            raise Refusal(
+                grpc.StatusCode.ABORTED,
+                f"an upload of shard {quoted(shard)} is in progress: wait for its receipt, "
+                "then withdraw it",
+            )
+        try:
+            yield
+        finally:
+            self.unlock(party, shard)
 
     def unlock(self, party: str, shard: str) -> None:
         """Release the shard's lock and forget it (taking and releasing happen under one
@@ -461,6 +486,7 @@ class UploadSession:
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"shard {self.shard_id!r} was already accepted; fetch its receipt with UploadStatus",
                 )
+            refuse_withdrawn_id(state.view, party_id, self.shard_id)
             store.admit(party_id, msg, state.view.shards)
             self._admitted = True
             self.key = store.data_key(msg)

@@ -46,7 +46,7 @@ from cctrain_enclave.state.checkpoints import JournaledCheckpoints
 log = logging.getLogger("cctrain.enclave.run")
 
 #: Phases after which nothing more happens (a watch ends there).
-FINAL = frozenset({"released", "failed", "expired", "awaiting_approval"})
+FINAL = frozenset({"released", "failed", "expired", "awaiting_approval", "vetoed"})
 
 PRELOADED_MESSAGE = "trainer libraries loaded"
 
@@ -288,6 +288,12 @@ class RunController:
             )
         state.check_time("fetch")
         view = state.view
+        if view.phase == "vetoed":
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the release was vetoed by {view.vetoed_by}: nothing of this run is released "
+                "(its sealed weights were deleted)",
+            )
         if view.phase != "released" or view.release_record is None:
             waiting = view.approvals_missing(self.policy)
             raise Refusal(

@@ -309,6 +309,29 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         except Refusal as exc:
             context.abort(exc.code, exc.message)
 
+    @_needs_keys
+    def WithdrawShard(
+        self, request: pb.WithdrawShardRequest, context: grpc.ServicerContext
+    ) -> pb.WithdrawShardResponse:
+        party = current_party.get()
+        try:
+            receipt = self.app.withdraw_shard(party, request.withdrawal)
+        except Refusal as exc:
+            log.info("withdrawal from %s refused (%s): %s", party, exc.code.name, exc.log_text)
+            context.abort(exc.code, exc.message)
+        return pb.WithdrawShardResponse(deletion_receipt=receipt)
+
+    @_needs_keys
+    def VetoRelease(
+        self, request: pb.VetoReleaseRequest, context: grpc.ServicerContext
+    ) -> pb.VetoReleaseResponse:
+        party = current_party.get()
+        try:
+            return self.app.veto(party, request.veto)
+        except Refusal as exc:
+            log.info("veto from %s refused (%s): %s", party, exc.code.name, exc.log_text)
+            context.abort(exc.code, exc.message)
+
     def GetJournal(
         self, request: pb.GetJournalRequest, context: grpc.ServicerContext
     ) -> pb.GetJournalResponse:

@@ -11,9 +11,11 @@ believed for being there::
       checkpoints/<sha256>.sealed  the journaled checkpoint ─┘ and ids (run, step)
       shards/<header-sha256>.ct  accepted ciphertext, exactly as the owner sent it (STREAM
                              AEAD under the owner's data key, which only the enclave's HPKE
-                             key recovers from the signed header in the journal)
+                             key recovers from the signed header in the journal); deleted
+                             when its owner withdraws it
       uploads/<party>/<shard>/   resumable partial uploads (same AEAD, not yet journaled)
       release/<manifest-sha256>/<recipient>.{enc,sealed}  weights sealed to each recipient
+                             (deleted when a provider vetoes the release)
 
 Start: verify the journal end to end → unseal the identity bound to its run → check every
 file it vouches for (shards, the latest checkpoint, the release) → remove what it does not
@@ -27,7 +29,14 @@ existing journal stops after verifying it, *locked* (:class:`LockedState`), and 
 (unseal, check, remove) once k parties returned their shares.
 """
 
-from cctrain_enclave.state.enclave_state import EnclaveKeys, EnclaveState, StatePaths, unusable
+from cctrain_enclave.state.enclave_state import (
+    EnclaveKeys,
+    EnclaveState,
+    StatePaths,
+    checked_consent,
+    refuse_withdrawn_id,
+    unusable,
+)
 from cctrain_enclave.state.sealing import BoundSealer, SealingError, atomic_write, fsync_dir
 from cctrain_enclave.state.state_key import LockedState
 
@@ -40,5 +49,7 @@ __all__ = [
     "StatePaths",
     "atomic_write",
     "fsync_dir",
+    "checked_consent",
+    "refuse_withdrawn_id",
     "unusable",
 ]

@@ -25,10 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.crypto.stream import TAG_SIZE
+from cctrain.ids import is_party_id
 from cctrain.journal import (
     JOURNAL_VERSION,
     STATE_FORMAT,
+    TERMINAL,
     ZERO_HASH,
+    AcceptedShard,
+    EntryRefused,
     JournalHead,
     Record,
     RunState,
@@ -38,6 +42,7 @@ from cctrain.journal import (
     replay,
     sign_entry,
     verify_approval,
+    verify_consent,
 )
 from cctrain.policy import Policy
 from cctrain.protocol import RECEIPT_SIG_TAG, RECEIPT_VERSION, evidence_to_pb, quoted
@@ -47,7 +52,7 @@ from cctrain_enclave.errors import Refusal, StateDirectoryError, StateError
 from cctrain_enclave.providers._common import own_measurement
 from cctrain_enclave.quotas import Holding, accepted_holdings, check_provider_limits
 from cctrain_enclave.state.journal_file import JournalFile
-from cctrain_enclave.state.sealing import STATE_KEY_LABEL, BoundSealer, atomic_write
+from cctrain_enclave.state.sealing import STATE_KEY_LABEL, BoundSealer, atomic_write, fsync_dir
 from cctrain_enclave.state.state_key import LockedState, new_consortium_key
 
 log = logging.getLogger("cctrain.enclave.state")
@@ -64,6 +69,8 @@ _DECISIONS = {
     "release": "releases nothing",
     "approval": "takes no approvals",
     "fetch": "releases nothing",
+    "withdrawal": "takes no withdrawals (nothing trains after expiry either)",
+    "veto": "takes no vetoes (nothing is released after expiry either)",
 }
 
 
@@ -399,7 +406,7 @@ class EnclaveState:
                     "is missing or altered: resuming from anything else would retrain steps "
                     "with fresh noise; refusing"
                 )
-        if view.manifest and view.phase not in ("failed", "expired"):
+        if view.manifest and view.phase not in ("failed", "expired", "vetoed"):
             d = paths.release_dir(view.manifest_sha256)
             for rid in self.policy.recipients:
                 if not ((d / f"{rid}.enc").is_file() and (d / f"{rid}.sealed").is_file()):
@@ -412,12 +419,14 @@ class EnclaveState:
         return next(r.seq for r in self._records if r.kind == "manifest")
 
     def _remove_unvouched(self) -> None:
-        """Files the journal does not vouch for are never read; remove them."""
+        """Files the journal does not vouch for are never read; remove them (among them the
+        ciphertext of a withdrawn shard and the sealed weights of a vetoed release, when a
+        crash came between their entry and their deletion)."""
         view, paths = self._view, self.paths
         keep = {paths.shard_ciphertext(s.header_sha256).name for s in view.shards}
         if view.phase == "training" and view.checkpoint is not None:
             keep.add(paths.checkpoint(view.checkpoint.sha256).name)
-        if view.manifest:
+        if view.manifest and view.phase != "vetoed":  # a vetoed release is never served
             keep.add(paths.release_dir(view.manifest_sha256).name)
         removed = []
         for d in (paths.shards, paths.checkpoints, paths.release):
@@ -463,7 +472,7 @@ class EnclaveState:
         if expires is None or self.now_ms() < expires:
             return
         with self._lock:
-            if self._view.phase not in ("failed", "expired"):
+            if self._view.phase not in TERMINAL:
                 self._append(
                     "expired", jpb.PolicyExpired(expires_unix_ms=expires, refused=decision)
                 )
@@ -527,6 +536,7 @@ class EnclaveState:
                     f"shard {header.shard_id!r} was already accepted; fetch its receipt with "
                     "UploadStatus",
                 )
+            refuse_withdrawn_id(view, header.party_id, header.shard_id)
             # Checked at the header already; again here, atomically with the entry, for
             # concurrent uploads of one provider.
             check_provider_limits(
@@ -640,7 +650,9 @@ class EnclaveState:
             if view.phase != "awaiting_approval":
                 raise Refusal(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"there is no release to approve (phase: {view.phase})",
+                    f"the release was vetoed by {view.vetoed_by}: there is nothing to approve"
+                    if view.phase == "vetoed"
+                    else f"there is no release to approve (phase: {view.phase})",
                 )
             who, problems = verify_approval(
                 signed, policy=policy, manifest_sha256=view.manifest_sha256
@@ -661,6 +673,122 @@ class EnclaveState:
                 self._append("approval", jpb.ReleaseApproved(approval=signed))
             self._release_if_ready()
             return self._view
+
+    # ------------------------------------------------------------------ consent
+
+    def withdraw_shard(self, party: str, signed: pb.SignedConsent) -> Record:
+        """Journal ``party``'s signed withdrawal of one of its shards, then delete the shard's
+        ciphertext; the entry (returned) is the deletion receipt.
+
+        Only while collecting: once uploads closed, the shard is in the training set the
+        journal fixed, and its rows may already be in the weights. The entry is the commit:
+        from it on the shard is in no shard set, no start rule, no quota and no manifest; a
+        crash before the file is gone leaves a ciphertext no entry vouches for, which the
+        next start removes unread. The caller keeps uploads of the shard id out meanwhile
+        (:meth:`ShardStore.no_upload`).
+        """
+        body = checked_consent(signed, party, self.policy, "withdraw")
+        with self._lock:
+            self.check_time("withdrawal")
+            view = self._view
+            if view.phase != "collecting":
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"uploads are closed (phase: {view.phase}): training started on the shards "
+                    "they closed on, so a shard can no longer be withdrawn",
+                )
+            shard = view.shard(party, body.shard_id)
+            if shard is None:
+                raise _no_such_shard(view, party, body.shard_id)
+            record = self._append_consent(
+                "shard_withdrawn",
+                jpb.ShardWithdrawn(
+                    request=_as_signed(signed),
+                    header_sha256=shard.header_sha256,
+                    accepted_seq=shard.seq,
+                ),
+                "withdrawal",
+            )
+            self._delete_ciphertext(shard)
+            return record
+
+    def _delete_ciphertext(self, shard: AcceptedShard) -> None:
+        path = self.paths.shard_ciphertext(shard.header_sha256)
+        try:
+            path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+        except OSError as exc:  # the host's disk: the entry is committed, the next start retries
+            log.warning(
+                "could not delete the ciphertext of withdrawn shard %s/%s (%s); it is removed "
+                "at the next start",
+                shard.party_id,
+                shard.shard_id,
+                exc.strerror or exc,
+            )
+        log.info("shard %s/%s withdrawn; its ciphertext deleted", shard.party_id, shard.shard_id)
+
+    def veto(self, party: str, signed: pb.SignedConsent) -> RunState:
+        """Journal ``party``'s signed veto of the manifest awaiting approval: the run ends
+        (``vetoed``, terminal) and its sealed weights are deleted. Idempotent once vetoed.
+
+        A provider may veto even after approving: until the release entry, nothing has left
+        the enclave, and consent given can be taken back. After it, recipients may have
+        fetched the weights: too late, and the refusal says so.
+        """
+        if party not in self.policy.release["approvals_required_from"]:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{party!r} is not a data provider the release rule names "
+                "(release.approvals_required_from): only they can veto the release",
+            )
+        body = checked_consent(signed, party, self.policy, "veto")
+        with self._lock:
+            self.check_time("veto")
+            view = self._view
+            if view.phase == "vetoed":
+                return view
+            if view.phase == "released":
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "the release already happened (every required approval was given); too "
+                    "late to veto: recipients may have fetched the weights",
+                )
+            if view.phase != "awaiting_approval":
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"there is no release to veto (phase: {view.phase})",
+                )
+            if body.manifest_sha256 != view.manifest_sha256:
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "the veto is for another manifest than the one awaiting approval "
+                    f"({view.manifest_sha256.hex()[:16]}…); verify that one and veto it",
+                )
+            self._append_consent("vetoed", jpb.ReleaseVetoed(veto=_as_signed(signed)), "veto")
+            self._delete_release(view.manifest_sha256)
+            return self._view
+
+    def _delete_release(self, manifest_sha256: bytes) -> None:
+        try:
+            shutil.rmtree(self.paths.release_dir(manifest_sha256))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # removed at the next start: nothing vouches for it any more
+            log.warning("could not delete the vetoed release (%s)", exc.strerror or exc)
+        log.info("release vetoed by %s; its sealed weights deleted", self._view.vetoed_by)
+
+    def _append_consent(self, field: str, body: Any, what: str) -> Record:
+        """Append a consent entry. The callers checked what they answer with a specific
+        status; the journal's own rules (:func:`cctrain.journal.apply`, the same in every
+        audit) remain the authority: what they still refuse, the caller is told, and
+        nothing is written."""
+        try:
+            return self._append(field, body)
+        except EntryRefused as exc:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the {what} is refused: {'; '.join(exc.problems)}",
+            ) from None
 
     def record_failure(self, reason: str) -> None:
         with self._lock:
@@ -686,6 +814,64 @@ def _genesis_state_key(policy: Policy, provider: Any, run_id: bytes) -> tuple[by
     if policy.state["key"] == "consortium":
         return new_consortium_key(policy, run_id)
     return provider.sealing_key(STATE_KEY_LABEL), jpb.StateKey(mode="platform")
+
+
+def checked_consent(
+    signed: pb.SignedConsent, party: str, policy: Policy, action: str
+) -> pb.ConsentBody:
+    """The body of ``party``'s signed consent, refused unless it names ``party`` (a party
+    decides only for itself: another's signed consent, replayed, is not its own) and holds
+    as far as it stands alone (:func:`cctrain.journal.verify_consent`)."""
+    what = "withdrawal" if action == "withdraw" else action
+    body, problems = verify_consent(signed, policy=policy, action=action)
+    if body is None:
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"the {what} is refused: {problems[0]}")
+    if body.party_id != party:
+        raise Refusal(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the {what} is signed for "
+            + (quoted(body.party_id) if is_party_id(body.party_id) else "an invalid party id")
+            + f", but the request is from {party!r}; a party decides only for its own shards "
+            "and approvals",
+        )
+    if problems:
+        raise Refusal(
+            grpc.StatusCode.INVALID_ARGUMENT, f"the {what} is refused: {'; '.join(problems)}"
+        )
+    return body
+
+
+def _as_signed(signed: pb.SignedConsent) -> pb.SignedConsent:
+    """The consent exactly as signed, and nothing else: unknown fields a request carried
+    beside the body and signature are not written into the journal."""
+    return pb.SignedConsent(body=signed.body, signature=signed.signature)
+
+
+def refuse_withdrawn_id(view: RunState, party: str, shard_id: str) -> None:
+    """A withdrawn shard id stays taken (see :class:`cctrain.journal.WithdrawnShard`)."""
+    gone = view.withdrawal(party, shard_id)
+    if gone is not None:
+        raise Refusal(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"shard {shard_id!r} was withdrawn (journal entry #{gone.seq}); a withdrawn shard "
+            "id is not used again: upload under a new shard id",
+        )
+
+
+def _no_such_shard(view: RunState, party: str, shard_id: str) -> Refusal:
+    gone = view.withdrawal(party, shard_id)
+    if gone is not None:
+        return Refusal(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"shard {shard_id!r} was already withdrawn: journal entry #{gone.seq} is its "
+            "deletion receipt (GetJournal)",
+        )
+    mine = [s.shard_id for s in view.shards if s.party_id == party]
+    return Refusal(
+        grpc.StatusCode.NOT_FOUND,
+        f"you have no accepted shard {quoted(shard_id)} "
+        f"(yours: {', '.join(mine) or 'none'}); only an accepted shard can be withdrawn",
+    )
 
 
 def unusable(root: Path, exc: OSError) -> StateError:
