@@ -74,7 +74,7 @@ from cctrain.journal import (
     parse_record,
     replay,
 )
-from cctrain.memory import PartyMemory
+from cctrain.memory import JournalBehindError, PartyMemory
 from cctrain.policy import SignedPolicy
 from cctrain.protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -479,20 +479,30 @@ class EnclaveSession:
         party remembers the genesis (:mod:`cctrain.memory`), and the journal must extend the
         newest head it verified; otherwise :class:`~cctrain.memory.ForkOrRollbackError`.
         """
-        records = self.journal()
-        if records and self.memory.knows_genesis(self.policy.digest, records[0].sha256):
-            view = replay(records, self.policy)
-        else:
-            view = audit(
-                records,
-                self.policy,
-                allow_simulated=self._allow_simulated,
-                now=self._now,
-                getter=self._getter,
-            ).state
-        if view.signing_public_key != self.enclave.signing_public_key:
-            raise ProtocolError("the journal is signed by another key than the attested enclave's")
-        self.memory.observe(self.policy, view, records)
+        for attempt in (1, 2):
+            records = self.journal()
+            if records and self.memory.knows_genesis(self.policy.digest, records[0].sha256):
+                view = replay(records, self.policy)
+            else:
+                view = audit(
+                    records,
+                    self.policy,
+                    allow_simulated=self._allow_simulated,
+                    now=self._now,
+                    getter=self._getter,
+                ).state
+            if view.signing_public_key != self.enclave.signing_public_key:
+                raise ProtocolError(
+                    "the journal is signed by another key than the attested enclave's"
+                )
+            try:
+                self.memory.observe(self.policy, view, records)
+                break
+            except JournalBehindError:
+                # Another process of this party may have remembered a newer head after this
+                # journal was fetched: a journal fetched now must reach it, or it is a rollback.
+                if attempt == 2:
+                    raise
         self.journal_view = view
         return view
 

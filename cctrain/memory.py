@@ -117,6 +117,11 @@ class ForkOrRollbackError(CctrainError):
     """The enclave's journal does not extend the newest head this party verified."""
 
 
+class JournalBehindError(ForkOrRollbackError):
+    """The journal shown ends before the head remembered: a rollback, unless the journal was
+    fetched before another process of this party remembered a newer head (fetch again)."""
+
+
 class ReleaseLimitError(CctrainError):
     """Approving would exceed the releases the policy allows, counted by this party."""
 
@@ -298,7 +303,7 @@ class PartyMemory:
                 "has the same run id under another genesis entry"
             )
         if view.head.seq < known.head.seq:
-            raise ForkOrRollbackError(
+            raise JournalBehindError(
                 f"fork or rollback: this party saw {known.describe()}; {shown}, an earlier "
                 "state: the host restored an old copy of the enclave's state or cut its "
                 "journal. Refusing: it could re-run steps or release again"

@@ -536,11 +536,12 @@ def approvals(draw: st.DrawFn, ctx: Context) -> bytes:
     by a party key (or not)."""
     party = draw(st.sampled_from(["hospital-a", "hospital-b", RECIPIENT, "x"]))
     base = {
-        "version": 1,
+        "version": 2,
         "policy_digest": ctx.policy_digest,
         "party_id": party,
         "manifest_sha256": ctx.manifest_sha256 or os.urandom(32),
         "created_unix_ms": int(time.time() * 1000),
+        "release_index": 1,
     }
     body = pb.ApprovalBody()
     for fd in pb.ApprovalBody.DESCRIPTOR.fields:
