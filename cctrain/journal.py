@@ -52,6 +52,9 @@ from cctrain.protocol import (
     HEADER_VERSION,
     JOURNAL_SIG_TAG,
     MANIFEST_SIG_TAG,
+    MAX_APPROVAL_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_MESSAGE_SIZE,
     RECEIPT_SIG_TAG,
     RECEIPT_VERSION,
     SEALED_STATE_SHARE_MAX,
@@ -100,11 +103,18 @@ GENESIS_NONCE_TAG = b"cctrain/journal-genesis/v1\x00"
 #: v3: non_private_outputs, certificate covers/sampling; v4: release_rule.
 MANIFEST_TYPE = "cctrain-release-manifest/v4"
 #: The longest entry the enclave writes or reads (the genesis and manifest entries carry
-#: evidence, which for TDX includes collateral): anything longer is not a journal.
-MAX_ENTRY_BYTES = 4 << 20
+#: evidence, which for TDX includes collateral): anything longer is not a journal. Well
+#: below the gRPC message limit, so that any entry fits one GetJournal page.
+MAX_ENTRY_BYTES = 3 << 20
+#: The most a party's SDK reads of one journal (``iter_pages``): far above any real run (an
+#: entry per shard, checkpoint and approval), a bound on what a session holds in memory.
+MAX_JOURNAL_BYTES = 512 << 20
+assert MAX_ENTRY_BYTES + (64 << 10) <= MAX_MESSAGE_SIZE
 
-#: Phases after which no entry follows (``released`` is not one: expiry may still follow it).
-TERMINAL = frozenset({"failed", "expired", "vetoed"})
+#: Phases after which no entry follows. ``released`` is one: an expiry after a release is not
+#: journaled (the enclave then only refuses to serve the sealed weights), so that no later
+#: entry can make a released run look like one that ended without a release.
+TERMINAL = frozenset({"released", "failed", "expired", "vetoed"})
 KINDS = {
     "genesis": "genesis",
     "shard_accepted": "shard accepted",
@@ -406,6 +416,8 @@ def verify_approval(
     signed: pb.SignedApproval, *, policy: Policy, manifest_sha256: bytes
 ) -> tuple[str, list[str]]:
     """(party, problems) of one signed approval of the manifest ``manifest_sha256``."""
+    if len(signed.body) > MAX_APPROVAL_BYTES:
+        return "", [f"approval body is {len(signed.body)} bytes, more than {MAX_APPROVAL_BYTES}"]
     body = pb.ApprovalBody()
     try:
         body.ParseFromString(signed.body)
@@ -495,6 +507,11 @@ def verify_consent(
 
 
 def _check_header(r: _Refuse, policy: Policy, uh: pb.UploadHeader) -> pb.ShardHeader | None:
+    if not r.check(
+        len(uh.header) <= MAX_HEADER_BYTES,
+        f"upload header is {len(uh.header)} bytes, more than {MAX_HEADER_BYTES}",
+    ):
+        return None
     msg = pb.ShardHeader()
     try:
         msg.ParseFromString(uh.header)
@@ -1245,12 +1262,23 @@ def summary_line(event: Mapping[str, Any]) -> str:
     return f"#{event['seq']:<4} {event['time']}  {KINDS[kind]:<15} {text}"
 
 
-def iter_pages(fetch: Callable[[int], tuple[list[bytes], int]]) -> Iterator[bytes]:
-    """Every record from a paged source ``fetch(from_seq) -> (records, head_seq)``."""
+def iter_pages(
+    fetch: Callable[[int], tuple[list[bytes], int]], *, max_bytes: int = MAX_JOURNAL_BYTES
+) -> Iterator[bytes]:
+    """Every record from a paged source ``fetch(from_seq) -> (records, head_seq)``, at most
+    ``max_bytes`` of them: a longer journal is refused, not read into memory."""
     seq = 0
+    total = 0
     while True:
         raws, head = fetch(seq)
-        yield from raws
-        seq += len(raws)
+        for raw in raws:
+            total += len(raw)
+            if len(raw) > MAX_ENTRY_BYTES or total > max_bytes:
+                raise JournalError(
+                    f"the journal is longer than {max_bytes} bytes (at entry #{seq}), or "
+                    f"entry #{seq} is longer than {MAX_ENTRY_BYTES} bytes: not reading it"
+                )
+            seq += 1
+            yield raw
         if seq > head or not raws:
             return

@@ -37,7 +37,7 @@ from typing import Any
 import tomllib
 
 from cctrain.errors import CctrainError, InputError
-from cctrain.journal import JournalHead, Record, RunState
+from cctrain.journal import TERMINAL, JournalHead, Record, RunState
 from cctrain.policy import Policy
 
 __all__ = [
@@ -57,7 +57,7 @@ DB_NAME = "cctrain.sqlite3"
 CONFIG_NAME = "config.toml"
 SCHEMA_VERSION = 1
 #: Phases after which a run of a policy changes no more.
-ENDED = frozenset({"released", "failed", "expired", "vetoed"})
+ENDED = TERMINAL
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -471,6 +471,9 @@ def _check_privacy(c: _Checker, doc: Any, *, simulated_only: bool) -> dict[str, 
     return t
 
 
+#: The most shards one run may accept, all providers together (each is listed in the start
+#: entry and, with its receipt, in the manifest: both must fit a journal entry).
+MAX_SHARDS = 2048
 #: Defaults of the ``[limits]`` table: a provider's share of the enclave's disk and streams.
 DEFAULT_SHARDS_PER_PROVIDER = 8
 DEFAULT_CONCURRENT_UPLOADS_PER_PROVIDER = 2
@@ -697,6 +700,14 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
     start = _check_start(c, top.get("start", {}), providers)
     release = _check_release(c, top.get("release", {}), parties)
     limits = _check_limits(c, top.get("limits", {}), data)
+    shards = limits.get("shards_per_provider")
+    if isinstance(shards, int) and shards * len(providers) > MAX_SHARDS:
+        c.add(
+            "limits.shards_per_provider",
+            f"{shards} shards for each of {len(providers)} providers is more than {MAX_SHARDS} "
+            "in all: the start entry and the manifest list every shard, and a journal entry "
+            "is at most a few MiB",
+        )
     state = _check_state(c, top.get("state", {}), parties)
     if privacy.get("enabled") is True:
         opted_in = set(release.get("non_private") or ())

@@ -32,6 +32,11 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 4 << 20
 #: gRPC message limit on both sides: one chunk plus framing.
 MAX_MESSAGE_SIZE = MAX_CHUNK_SIZE + (64 << 10)
+#: A signed shard header is a few hundred bytes, a signed approval body about a hundred. Both
+#: are journaled as signed, so a party could otherwise write megabytes of unknown protobuf
+#: fields into the journal (under its own signature) and make an entry too long to serve.
+MAX_HEADER_BYTES = 2048
+MAX_APPROVAL_BYTES = 1024
 
 
 def quoted(value: object, limit: int = 64) -> str:

@@ -50,6 +50,7 @@ from cctrain.protocol import (
     HEADER_SIG_TAG,
     HEADER_VERSION,
     MAX_CHUNK_SIZE,
+    MAX_HEADER_BYTES,
     SHARD_ID,
     expected_chunk_count,
     quoted,
@@ -509,6 +510,12 @@ class UploadSession:
         bad = grpc.StatusCode.INVALID_ARGUMENT
         if not uh.header or not uh.signature:
             raise Refusal(bad, "upload header: header and signature are required")
+        if len(uh.header) > MAX_HEADER_BYTES:
+            raise Refusal(
+                bad,
+                f"upload header: {len(uh.header)} bytes, more than {MAX_HEADER_BYTES} (a "
+                "header is a few hundred bytes; it is journaled as signed)",
+            )
         party = self.policy.party(self.party_id)
         if party is None or not verify_signature(
             ed25519_public(party.signing_key), HEADER_SIG_TAG, uh.header, uh.signature

@@ -39,6 +39,7 @@ def build_upload(
     policy_digest: bytes | None = None,
     chunk_size: int = CHUNK,
     header_edit: Callable[[pb.ShardHeader], None] | None = None,
+    header_suffix: bytes = b"",
 ) -> tuple[pb.UploadRequest, list[pb.UploadRequest]]:
     """A correct header message and chunk messages, with optional deliberate faults."""
     digest = policy_digest or owner.policy.digest
@@ -64,7 +65,7 @@ def build_upload(
     )
     if header_edit:
         header_edit(header)
-    hb = header.SerializeToString()
+    hb = header.SerializeToString() + header_suffix  # suffix: raw (e.g. unknown) fields
     sig = sign_header((signer or owner.keys).signing_key, hb)
     sealer = StreamSealer(key, header.nonce_prefix, sha256(hb))
     chunks = []
@@ -290,6 +291,32 @@ def test_oversized_shard(owner: DataOwner, enclave: Any, consortium: Consortium)
         owner, [header2, *chunks[:1]], grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds data.max_bytes"
     )
     assert_nothing_kept(enclave[1])
+
+
+def unknown_field(number: int, size: int) -> bytes:
+    """A length-delimited protobuf field the schema does not know: parsers keep it."""
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    return _VarintBytes(number << 3 | 2) + _VarintBytes(size) + b"\x00" * size
+
+
+def test_oversized_signed_header(
+    owner: DataOwner, enclave: Any, shard_bytes: bytes, tmp_path: Path
+) -> None:
+    """A provider signs a header padded with 3 MiB of unknown fields: journaled as signed, it
+    would be an entry too long to serve or read back, and the enclave would not start again.
+    It is refused before anything is kept."""
+    header, chunks = build_upload(owner, shard_bytes, header_suffix=unknown_field(999, 3 << 20))
+    expect_rejection(
+        owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "more than 2048"
+    )
+    assert_nothing_kept(enclave[1])
+    # A few unknown bytes are within the bound: the header is journaled exactly as signed.
+    header, chunks = build_upload(owner, shard_bytes, header_suffix=unknown_field(999, 16))
+    responses = send(owner, [header, *chunks])
+    assert responses[-1].WhichOneof("kind") == "receipt"
+    assert enclave[1].state.view.shard("hospital-a", "s1").header_raw == header.header.header
+    assert_still_serving(owner, tmp_path)
 
 
 def test_malformed_header_bytes(owner: DataOwner, enclave: Any) -> None:

@@ -22,9 +22,10 @@ import pytest
 
 from cctrain.client import DataOwner, Recipient, ReleaseBundle, verify_release
 from cctrain.errors import ProtocolError, ReleaseError, UploadRejectedError
-from cctrain.journal import read_journal_file, replay
-from cctrain.memory import ForkOrRollbackError
-from cctrain.protocol import sign_approval
+from cctrain.errors import JournalError
+from cctrain.journal import policy_expiry_ms, read_journal_file, replay, sign_entry
+from cctrain.memory import ForkOrRollbackError, PartyMemory
+from cctrain.protocol import APPROVAL_SIG_TAG, sign_approval
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 from tests.consortium import RECIPIENT, Consortium, make_consortium, running_enclave
@@ -222,6 +223,44 @@ def test_forged_approvals(tmp_path: Path) -> None:
         )
 
 
+def test_oversized_signed_approvals(tmp_path: Path) -> None:
+    """A provider pads its own signed approval with megabytes of unknown protobuf fields,
+    inside the signed body and beside it. Journaled as sent, the entry would be too long to
+    serve in a journal page or to read back, and no session nor restart would work again.
+    The padded body is refused; the padding beside it is not journaled."""
+    from tests.ingest.test_bad_input import unknown_field
+
+    release = {"recipients": [RECIPIENT], "approvals_required_from": ["hospital-a"]}
+    c = make_consortium(tmp_path / "c", release=release)
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (address, _app):
+        upload_all(address, c, tmp_path / "owners")
+        wait_phase(address, c, "awaiting_approval")
+        with session(DataOwner, address, c, "hospital-a") as a:
+            approval = sign_approval(
+                a.keys.signing_key,
+                policy_digest=c.signed.digest,
+                party_id="hospital-a",
+                manifest_sha256=a.release_manifest().manifest_sha256,
+                now_ms=0,
+            )
+            body = approval.body + unknown_field(999, 3 << 20)
+            padded = pb.SignedApproval(body=body, signature=a.keys.signing_key.sign(
+                APPROVAL_SIG_TAG + body
+            ))
+            with pytest.raises(ProtocolError, match="approval body is 3145.* bytes, more than 1024"):
+                a.unary("ApproveRelease", pb.ApproveReleaseRequest(approval=padded))
+            assert kinds(journal_records(state))[-1] == "manifest"
+            beside = pb.SignedApproval()
+            beside.ParseFromString(approval.SerializeToString() + unknown_field(999, 3 << 20))
+            a.unary("ApproveRelease", pb.ApproveReleaseRequest(approval=beside))
+        records = journal_records(state)
+        assert kinds(records)[-2:] == ["approval", "released"]
+        assert max(len(r) for r in records[1:]) < 64 << 10
+    with running_enclave(c, state) as (address, _app):  # it starts again and serves
+        assert _fetch(address, c).manifest["policy_digest"] == c.signed.digest.hex()
+
+
 # --------------------------------------------------------------------------- start rule
 
 
@@ -364,6 +403,51 @@ def test_no_fetch_or_approval_after_expiry(tmp_path: Path) -> None:
                 a.approve_release()
         with pytest.raises(ProtocolError, match="policy expired .* releases nothing"):
             _fetch(address, c, clock=clock)
+
+
+def test_expiry_after_a_release_is_not_journaled(tmp_path: Path) -> None:
+    """The host moves its clock past the expiry after a release. The enclave refuses to serve
+    the weights, but journals nothing: an ``expired`` entry after ``released`` would make
+    every party's memory record the run as ended without a release, so that the policy's
+    one release would no longer be counted against a new run."""
+    c = _expiring(tmp_path)
+    clock = HostClock()
+    state = tmp_path / "state"
+    with running_enclave(c, state, clock=clock) as (address, app):
+        upload_all(address, c, tmp_path / "owners", clock=clock)
+        wait_phase(address, c, "released", clock=clock)
+        clock.offset = 2 * 3600
+        assert _status(address, c, clock=clock).phase == "released"
+        with pytest.raises(ProtocolError, match="policy expired .* releases nothing"):
+            _fetch(address, c, clock=clock)
+        assert app.state.view.phase == "released"
+    assert kinds(journal_records(state))[-1] == "released"
+    with PartyMemory(os.environ["CCTRAIN_HOME"]) as memory:
+        assert [r.phase for r in memory.runs(c.signed.digest)] == ["released"]
+
+
+def test_a_journal_with_an_entry_after_the_release_does_not_replay(tmp_path: Path) -> None:
+    """What an older enclave wrote (or a forged one would need): an expiry after the release
+    entry breaks the journal's rules, for the enclave at its start and for every audit."""
+    c = _expiring(tmp_path)
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (address, app):
+        upload_all(address, c, tmp_path / "owners")
+        wait_phase(address, c, "released")
+        key = app.state.keys.signing  # as if the enclave itself wrote it
+    policy = c.signed.policy
+    records = read_journal_file(state / "journal.log")
+    view = replay(records, policy)
+    entry = jpb.JournalEntry(
+        version=1,
+        seq=view.head.seq + 1,
+        prev_sha256=view.head.sha256,
+        policy_digest=policy.digest,
+        time_unix_ms=records[-1].entry.time_unix_ms + 1,
+        expired=jpb.PolicyExpired(expires_unix_ms=policy_expiry_ms(policy) or 0),
+    )
+    with pytest.raises(JournalError, match=r"comes after the run ended \(released\)"):
+        replay([*records, sign_entry(entry, key)], policy)
 
 
 def test_a_crash_before_the_release_entry_then_expiry(tmp_path: Path) -> None:

@@ -213,3 +213,26 @@ def test_a_state_file_replaced_by_something_unreadable(
         target.unlink(missing_ok=True)
         target.mkdir()
     refused_start(finished_run.consortium, copy, "cannot be used|sealed release .* is missing")
+
+
+def test_a_party_reads_no_journal_beyond_its_bound(finished_run: FinishedRun) -> None:
+    """``iter_pages`` (what every SDK session fetches the journal with) stops at its byte
+    bound instead of holding whatever a source serves; the real journal reads in full."""
+    from cctrain.errors import JournalError
+    from cctrain.journal import iter_pages
+
+    raws = journal_records(finished_run.state)
+
+    def pages(from_seq: int) -> tuple[list[bytes], int]:
+        return raws[from_seq : from_seq + 2], len(raws) - 1
+
+    assert list(iter_pages(pages)) == raws
+    total = sum(len(r) for r in raws)
+    with pytest.raises(JournalError, match=f"longer than {total - 1} bytes"):
+        list(iter_pages(pages, max_bytes=total - 1))
+
+    def endless(from_seq: int) -> tuple[list[bytes], int]:  # a head that keeps moving away
+        return [raws[1]], from_seq + 10
+
+    with pytest.raises(JournalError, match="the journal is longer than"):
+        list(iter_pages(endless, max_bytes=100 * len(raws[1])))

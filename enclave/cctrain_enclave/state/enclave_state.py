@@ -28,6 +28,8 @@ from cctrain.crypto.stream import TAG_SIZE
 from cctrain.ids import is_party_id
 from cctrain.journal import (
     JOURNAL_VERSION,
+    KINDS,
+    MAX_ENTRY_BYTES,
     STATE_FORMAT,
     TERMINAL,
     ZERO_HASH,
@@ -62,6 +64,8 @@ Clock = Callable[[], float]
 #: Files of the layout before the journal (state format 1): unauthenticated, never upgraded.
 OLD_LAYOUT_MARKERS = ("policy.sha256", "policy.signed.json", "enclave-keys.sealed", "run")
 
+#: A failure reason longer than this is cut before it is journaled.
+MAX_REASON_CHARS = 4096
 _DECISIONS = {
     "upload": "accepts no uploads",
     "start": "starts no training",
@@ -366,6 +370,11 @@ class EnclaveState:
             ),
         )
         record = sign_entry(entry, keys.signing)
+        if len(record.raw) > MAX_ENTRY_BYTES:
+            raise StateError(
+                f"the genesis entry would be {len(record.raw)} bytes (its evidence is too long), "
+                f"more than a journal entry may be ({MAX_ENTRY_BYTES})"
+            )
         journal.create(record)
         log.info(
             "genesis: run %s, enclave key %s…, state key held by %s",
@@ -496,6 +505,14 @@ class EnclaveState:
             )
             getattr(entry, field).CopyFrom(body)
             record = sign_entry(entry, self.keys.signing)
+            if len(record.raw) > MAX_ENTRY_BYTES:
+                # Written, it would stop the enclave at its next start (no journal reader
+                # takes it) and no page could carry it: refuse it instead.
+                raise Refusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the {KINDS.get(field, field)} entry would be {len(record.raw)} bytes, "
+                    f"more than a journal entry may be ({MAX_ENTRY_BYTES}); nothing was written",
+                )
             view = apply(self._view, record, self.policy)  # our own entries pass the same rules
             self._journal.append(record)
             self._records.append(record)
@@ -657,6 +674,8 @@ class EnclaveState:
             who, problems = verify_approval(
                 signed, policy=policy, manifest_sha256=view.manifest_sha256
             )
+            if not who and problems:  # no body to read a party from (malformed, too long)
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
             if who != party:
                 raise Refusal(
                     grpc.StatusCode.PERMISSION_DENIED,
@@ -670,7 +689,9 @@ class EnclaveState:
                 )
                 raise Refusal(code, "; ".join(problems))
             if party not in view.approved_by():
-                self._append("approval", jpb.ReleaseApproved(approval=signed))
+                # Exactly as signed: unknown fields beside the body and signature stay out.
+                approval = pb.SignedApproval(body=signed.body, signature=signed.signature)
+                self._append("approval", jpb.ReleaseApproved(approval=approval))
             self._release_if_ready()
             return self._view
 
@@ -793,6 +814,8 @@ class EnclaveState:
     def record_failure(self, reason: str) -> None:
         with self._lock:
             if self._view.phase in ("collecting", "training", "awaiting_approval"):
+                if len(reason) > MAX_REASON_CHARS:
+                    reason = reason[:MAX_REASON_CHARS] + " …(cut)"
                 self._append("failed", jpb.RunFailed(reason=reason))
 
 
