@@ -74,7 +74,7 @@ from cctrain.journal import (
     parse_record,
     replay,
 )
-from cctrain.memory import JournalBehindError, PartyMemory
+from cctrain.memory import JournalBehindError, PartyMemory, dataset_key
 from cctrain.policy import SignedPolicy
 from cctrain.protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -419,6 +419,7 @@ class EnclaveSession:
     def start_training(self) -> str:
         """Ask the enclave to start; it does only if the policy's start rule holds."""
         resp: pb.StartTrainingResponse = self.unary("StartTraining", pb.StartTrainingRequest())
+        self.verified_journal()  # remember the head that closed uploads
         return resp.phase
 
     def watch(self, *, timeout: float | None = None) -> Iterator[TrainingProgress]:
@@ -654,7 +655,16 @@ class DataOwner(EnclaveSession):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: ProgressFn | bool | None = None,
         state_dir: str | Path | None = None,
+        dataset: str | None = None,
     ) -> Receipt:
+        """Stream the shard at ``path`` encrypted to the attested enclave; return its verified
+        receipt (resuming an upload this party began, from the chunk the enclave holds).
+
+        ``dataset`` names the data in this party's ε ledger: every file uploaded under the
+        same name (another export of the same rows, to any policy) counts against one
+        lifetime budget. Without it, the ledger names the data by the file's SHA-256 (its
+        commitment), and another export of the same rows is another dataset to it.
+        """
         self._require_unlocked()
         path = Path(path)
         fmt = check_shard_file(path)
@@ -672,19 +682,20 @@ class DataOwner(EnclaveSession):
             raise ShardError(f"cannot read shard {path}: {exc.strerror}") from None
         # The ε ledger first: nothing is sent of a dataset whose lifetime budget this policy
         # would exceed.
-        had_grant = self.memory.shard_dataset(self.policy.digest, party, shard_id) is not None
-        self.memory.grant(
+        created = self.memory.grant(
             self.policy,
-            dataset_sha256=commitment,
+            dataset_sha256=commitment if dataset is None else dataset_key(dataset),
             party_id=party,
             shard_id=shard_id,
             status="uploaded",
             what=f"upload {path.name}",
+            label=dataset,
         )
         status = self.unary("UploadStatus", pb.UploadStatusRequest(shard_id=shard_id))
         if status.state == pb.UploadStatusResponse.ACCEPTED:
             receipt = self._check_receipt(status.receipt, shard_id, commitment, size, None)
             self._save_receipt(receipts_dir, receipt)
+            self._remember(receipt)
             return receipt
 
         saved = self.memory.load_resume(digest, party, shard_id)
@@ -739,7 +750,11 @@ class DataOwner(EnclaveSession):
             err = map_rpc_error(exc, upload=True)
             if isinstance(err, UploadRejectedError | AuthenticationError | PermissionDeniedError):
                 self.memory.drop_resume(digest, party, shard_id)
-                if not had_grant:  # refused: this policy holds nothing of the dataset
+                # Refused: this upload gave the policy nothing of the dataset. Only a grant
+                # this call created is given back, and only when the enclave holds nothing
+                # under this shard id: another process of this party may have had it accepted
+                # (this one is then refused ALREADY_EXISTS) or be streaming it.
+                if created and not self._enclave_holds(shard_id):
                     self.memory.forget_grant(self.policy.digest, party, shard_id)
             elif isinstance(err, ProtocolError):  # the stream broke: what was acked is kept
                 again = type(err) if isinstance(err, EnclaveUnavailableError) else ProtocolError
@@ -752,7 +767,30 @@ class DataOwner(EnclaveSession):
         receipt = self._check_receipt(receipt_msg, shard_id, commitment, size, sha256(header_bytes))
         self._save_receipt(receipts_dir, receipt)
         self.memory.drop_resume(digest, party, shard_id)
+        self._remember(receipt)
         return receipt
+
+    def _remember(self, receipt: Receipt) -> None:
+        """Verify the journal holds the shard this receipt is for and remember its head: a
+        state restored to before the receipt is then a rollback to this party too."""
+        view = self.verified_journal()
+        held = view.shard(receipt.party_id, receipt.shard_id)
+        if (held is None or held.header_sha256 != receipt.header_sha256) and view.withdrawal(
+            receipt.party_id, receipt.shard_id
+        ) is None:
+            raise ProtocolError(
+                f"the enclave gave a receipt for shard {receipt.shard_id!r}, but its journal "
+                "does not hold that shard"
+            )
+
+    def _enclave_holds(self, shard_id: str) -> bool:
+        """Whether the enclave holds an accepted or partial upload of this party's shard id
+        (True when it cannot be asked: a grant is then kept, never lost)."""
+        try:
+            status = self.unary("UploadStatus", pb.UploadStatusRequest(shard_id=shard_id))
+        except CctrainError:
+            return True
+        return bool(status.state != pb.UploadStatusResponse.UNKNOWN)
 
     def _new_header(
         self, fmt: str, shard_id: str, chunk_size: int, size: int, commitment: bytes

@@ -59,7 +59,11 @@ def certificate_problems(cert: Any, policy: Policy, *, rows: int) -> list[str]:
     same("sampling", SAMPLING_NAMES.get(privacy["noise_source"]))
     mode = cert.get("grad_sample_mode")
     wanted = privacy["grad_sample_mode"]
-    if mode not in GRAD_SAMPLE_MODES or (wanted != "auto" and mode != wanted):
+    if (
+        not isinstance(mode, str)
+        or mode not in GRAD_SAMPLE_MODES
+        or (wanted != "auto" and mode != wanted)
+    ):
         problems.append(f"certificate grad_sample_mode is {mode!r}, the policy says {wanted!r}")
 
     batch, epochs = int(training["batch_size"]), int(training["epochs"])
@@ -109,7 +113,11 @@ def weights_problems(cert: Mapping[str, Any] | None, weights: bytes) -> list[str
         names = {k for k in header if k != "__metadata__"}
     except (ValueError, TypeError):
         return ["the released weights are not a safetensors file"]
-    accounted = set(cert.get("covers") or []) | set(cert.get("unchanged_from_initialisation") or [])
+    accounted: set[str] = set()
+    for key in ("covers", "unchanged_from_initialisation"):
+        listed = cert.get(key)
+        if isinstance(listed, list):
+            accounted |= {name for name in listed if isinstance(name, str)}
     if names != accounted:
         return [
             "the released tensors are not exactly those the DP certificate accounts for: "

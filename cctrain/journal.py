@@ -616,7 +616,10 @@ def manifest_problems(
     if key is None:
         return [], ["manifest names an invalid enclave key"]
     receipts: list[tuple[str, str, bytes]] = []
-    for i, r in enumerate(doc.get("receipts", [])):
+    listed = doc.get("receipts")
+    if not isinstance(listed, list):
+        return [], ["manifest receipts are not a list"]
+    for i, r in enumerate(listed):
         try:
             body_bytes = _unb64(r["body"])
             sig = _unb64(r["signature"])
@@ -878,8 +881,16 @@ def _on_manifest(r: _Refuse, state: RunState, record: Record, policy: Policy) ->
     except ValueError:
         r.check(False, "manifest is not JSON")
         return {}
-    journal = doc.get("journal") or {}
-    enclave = doc.get("enclave") or {}
+    journal, enclave = doc.get("journal"), doc.get("enclave")
+    if not r.check(
+        isinstance(journal, dict)
+        and isinstance(enclave, dict)
+        and isinstance(doc.get("receipts"), list)
+        and isinstance(doc.get("recipients"), list),
+        "manifest is malformed (journal, enclave, receipts or recipients of the wrong type)",
+    ):
+        return {}
+    assert isinstance(journal, dict) and isinstance(enclave, dict)
     r.check(doc.get("type") == MANIFEST_TYPE, f"manifest type {doc.get('type')!r}")
     r.check(doc.get("policy_digest") == policy.digest.hex(), "manifest is for another policy")
     r.check(enclave.get("signing_key") == state.signing_public_key.hex(), "manifest enclave key")
@@ -890,7 +901,7 @@ def _on_manifest(r: _Refuse, state: RunState, record: Record, policy: Policy) ->
         and journal.get("prev_sha256") == bytes(record.entry.prev_sha256).hex(),
         "manifest does not name the entry that records it",
     )
-    r.check(list(doc.get("recipients", [])) == policy.recipients, "manifest recipients")
+    r.check(doc["recipients"] == list(policy.recipients), "manifest recipients")
     receipts, problems = manifest_problems(doc, signing_key=state.signing_public_key, policy=policy)
     for p in problems:
         r.check(False, p)

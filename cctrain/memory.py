@@ -24,8 +24,10 @@ sees again and its ledger starts empty (see docs/state.md, "What a party keeps")
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -50,6 +52,7 @@ __all__ = [
     "ledger_summary",
     "ReleaseLimitError",
     "RunMemory",
+    "dataset_key",
     "policy_grant",
 ]
 
@@ -104,6 +107,10 @@ CREATE TABLE IF NOT EXISTS uploads (   -- resumable uploads: the signed header a
     data_key        BLOB NOT NULL,
     plaintext_sha256 BLOB NOT NULL,
     PRIMARY KEY (policy_digest, party_id, shard_id)
+);
+CREATE TABLE IF NOT EXISTS datasets (  -- a label the owner gave a dataset (upload --dataset)
+    dataset_sha256  BLOB PRIMARY KEY,
+    label           TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS budgets (
     dataset_sha256  BLOB PRIMARY KEY,
@@ -162,6 +169,22 @@ class Grant:
     @property
     def epsilon_value(self) -> float:
         return math.inf if self.epsilon is None else self.epsilon
+
+
+DATASET_LABEL_TAG = b"cctrain/dataset-label/v1\x00"
+DATASET_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+
+
+def dataset_key(label: str) -> bytes:
+    """The ledger key of a dataset the owner names (``upload --dataset``) instead of letting
+    its file bytes name it: every export of the same rows (another column order, CSV instead
+    of NPZ, a fresh shuffle) is then one dataset with one lifetime budget."""
+    if not DATASET_LABEL.fullmatch(label):
+        raise InputError(
+            f"dataset label {label!r} must match {DATASET_LABEL.pattern} (letters, digits and "
+            "._:/@+-, at most 128 characters)"
+        )
+    return hashlib.sha256(DATASET_LABEL_TAG + label.encode()).digest()
 
 
 def policy_grant(policy: Policy) -> float | None:
@@ -460,6 +483,22 @@ class PartyMemory:
         rows = self._db.execute(sql + " ORDER BY updated_ms, policy_digest", args).fetchall()
         return [Grant(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
+    def granted(self, dataset_sha256: bytes) -> float:
+        """ε of the dataset granted to policies in all (inf: one has no DP); a policy counts
+        once, however many of its shards hold the dataset; withdrawn grants do not count."""
+        live = {
+            g.policy_digest: g.epsilon_value
+            for g in self.grants(dataset_sha256)
+            if g.status != "withdrawn"
+        }
+        return sum(live.values())
+
+    def label(self, dataset_sha256: bytes) -> str:
+        row = self._db.execute(
+            "SELECT label FROM datasets WHERE dataset_sha256 = ?", (dataset_sha256,)
+        ).fetchone()
+        return "" if row is None else str(row[0])
+
     def budgets(self) -> list[tuple[bytes, float, str]]:
         return [
             (r[0], float(r[1]), r[2])
@@ -475,12 +514,22 @@ class PartyMemory:
         shard_id: str,
         status: str,
         what: str,
-    ) -> None:
+        label: str | None = None,
+    ) -> bool:
         """Record that ``policy`` may spend ε of this dataset, after checking that with it the
-        dataset stays within its lifetime budget; ``what`` names the decision in the error."""
+        dataset stays within its lifetime budget; ``what`` names the decision in the error.
+        True when this call created the grant (no process of this party had recorded it)."""
         digest = policy.digest
         eps = policy_grant(policy)
         with self._transaction() as db:
+            existed = (
+                db.execute(
+                    "SELECT 1 FROM ledger WHERE dataset_sha256 = ? AND policy_digest = ? "
+                    "AND shard_id = ?",
+                    (dataset_sha256, digest, shard_id),
+                ).fetchone()
+                is not None
+            )
             others = [
                 g
                 for g in self.grants(dataset_sha256)
@@ -488,7 +537,7 @@ class PartyMemory:
             ]
             budget = self.lifetime_budget(dataset_sha256)
             if budget is not None:
-                spent = sum(g.epsilon_value for g in others)
+                spent = sum({g.policy_digest: g.epsilon_value for g in others}.values())
                 total = spent + (math.inf if eps is None else eps)
                 if total > budget * (1 + 1e-12):
                     spent_by = "; ".join(
@@ -517,6 +566,9 @@ class PartyMemory:
                     _now_ms(),
                 ),
             )
+            if label is not None:
+                db.execute("INSERT OR IGNORE INTO datasets VALUES (?, ?)", (dataset_sha256, label))
+        return not existed
 
     def shard_dataset(self, policy_digest: bytes, party_id: str, shard_id: str) -> bytes | None:
         row = self._db.execute(
@@ -554,9 +606,9 @@ def ledger_summary(memory: PartyMemory) -> list[dict[str, Any]]:
     out = []
     for dataset in sorted(set(by_dataset) | set(budgets)):
         grants = by_dataset.get(dataset, [])
-        live = [g.epsilon_value for g in grants if g.status != "withdrawn"]
-        total = sum(live)
+        total = memory.granted(dataset)
         budget, label = budgets.get(dataset, (memory.lifetime_budget(dataset), ""))
+        label = memory.label(dataset) or label
         out.append(
             {
                 "dataset_sha256": dataset.hex(),

@@ -191,7 +191,10 @@ def verify_manifest(
         raise ReleaseError(f"the release's evidence does not hold: {exc}") from None
     if doc.get("evidence_sha256") != evidence_digest(evidence).hex():
         raise ReleaseError("manifest evidence digest does not match its evidence")
-    if doc.get("release_rule") != release_rule(policy):
+    # Compared as JSON text: in Python, true == 1 and 1.0 == 1.
+    if json.dumps(doc.get("release_rule"), sort_keys=True) != json.dumps(
+        release_rule(policy), sort_keys=True
+    ):
         raise ReleaseError(
             f"the manifest's release rule {doc.get('release_rule')!r} is not the policy's "
             f"{release_rule(policy)!r}"

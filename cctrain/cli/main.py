@@ -340,6 +340,11 @@ def attest_enclave(address: str, policy_file: Path, key_file: Path, allow_simula
 @click.argument("shard", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_session_options
 @click.option("--shard-id", help="Default: the file name without extension.")
+@click.option(
+    "--dataset",
+    help="Name of the data in your ε ledger: every file uploaded under one name (another "
+    "export of the same rows) counts against one lifetime budget. Default: the file's SHA-256.",
+)
 @click.option("--receipt-out", type=click.Path(path_type=Path), help="Also write the receipt here.")
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
@@ -351,15 +356,19 @@ def upload(
     key_file: Path,
     allow_simulated: bool,
     shard_id: str | None,
+    dataset: str | None,
     receipt_out: Path | None,
     progress: bool | None,
 ) -> None:
     """Attest the enclave, then stream SHARD (.npz or .csv) encrypted to it; verify the receipt."""
     from cctrain.client import DataOwner, check_shard_file
+    from cctrain.memory import dataset_key
 
     check_shard_file(shard)  # before connecting: a wrong file is bad input, not a failed upload
+    if dataset is not None:
+        dataset_key(dataset)  # a bad label is bad input too
     with _connect(DataOwner, address, policy_file, key_file, allow_simulated) as owner:
-        receipt = owner.upload(shard, shard_id=shard_id, progress=progress)
+        receipt = owner.upload(shard, shard_id=shard_id, progress=progress, dataset=dataset)
     doc = receipt.to_json()
     if receipt_out:
         receipt_out.write_text(json.dumps(doc, indent=2) + "\n")
@@ -821,20 +830,33 @@ def ledger(ctx: click.Context, state_dir: Path | None, fmt: str) -> None:
 
 
 @ledger.command("budget")
-@click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--dataset", help="A dataset name given at upload (upload --dataset), not a FILE.")
 @click.option("--epsilon", type=float, required=True, help="Lifetime ε budget of this dataset.")
 @_state_dir_option
-def ledger_budget(dataset: Path, epsilon: float, state_dir: Path | None) -> None:
-    """Set DATASET's lifetime ε budget: uploads and approvals that would exceed it are refused."""
+def ledger_budget(
+    file: Path | None, dataset: str | None, epsilon: float, state_dir: Path | None
+) -> None:
+    """Set a dataset's lifetime ε budget: uploads and approvals that would exceed it are
+    refused. The dataset is FILE (named by its SHA-256) or the name given by --dataset."""
     from cctrain.client import default_state_dir, file_sha256
-    from cctrain.memory import PartyMemory
+    from cctrain.errors import InputError
+    from cctrain.memory import PartyMemory, dataset_key
 
-    digest, _ = file_sha256(dataset)
+    if (file is None) == (dataset is None):
+        raise InputError("name the dataset by FILE or by --dataset NAME (one of them)")
+    if dataset is not None:
+        digest, name = dataset_key(dataset), dataset
+    else:
+        assert file is not None
+        (digest, _), name = file_sha256(file), file.name
     with PartyMemory(state_dir or default_state_dir()) as mem:
-        mem.set_budget(digest, epsilon, label=dataset.name)
-        granted = sum(g.epsilon_value for g in mem.grants(digest) if g.status != "withdrawn")
+        mem.set_budget(digest, epsilon, label=name)
+        granted = mem.granted(digest)
     click.echo(
-        f"lifetime budget of {dataset.name} ({digest.hex()[:16]}…): ε {epsilon:g}; "
+        f"lifetime budget of {name} ({digest.hex()[:16]}…): ε {epsilon:g}; "
         f"granted so far: {'unbounded (no DP)' if granted == float('inf') else f'{granted:g}'}"
     )
 

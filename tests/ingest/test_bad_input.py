@@ -307,9 +307,7 @@ def test_oversized_signed_header(
     would be an entry too long to serve or read back, and the enclave would not start again.
     It is refused before anything is kept."""
     header, chunks = build_upload(owner, shard_bytes, header_suffix=unknown_field(999, 3 << 20))
-    expect_rejection(
-        owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "more than 2048"
-    )
+    expect_rejection(owner, [header, *chunks], grpc.StatusCode.INVALID_ARGUMENT, "more than 2048")
     assert_nothing_kept(enclave[1])
     # A few unknown bytes are within the bound: the header is journaled exactly as signed.
     header, chunks = build_upload(owner, shard_bytes, header_suffix=unknown_field(999, 16))

@@ -21,8 +21,7 @@ import grpc
 import pytest
 
 from cctrain.client import DataOwner, Recipient, ReleaseBundle, verify_release
-from cctrain.errors import ProtocolError, ReleaseError, UploadRejectedError
-from cctrain.errors import JournalError
+from cctrain.errors import JournalError, ProtocolError, ReleaseError, UploadRejectedError
 from cctrain.journal import policy_expiry_ms, read_journal_file, replay, sign_entry
 from cctrain.memory import ForkOrRollbackError, PartyMemory
 from cctrain.protocol import APPROVAL_SIG_TAG, sign_approval
@@ -245,10 +244,12 @@ def test_oversized_signed_approvals(tmp_path: Path) -> None:
                 now_ms=0,
             )
             body = approval.body + unknown_field(999, 3 << 20)
-            padded = pb.SignedApproval(body=body, signature=a.keys.signing_key.sign(
-                APPROVAL_SIG_TAG + body
-            ))
-            with pytest.raises(ProtocolError, match="approval body is 3145.* bytes, more than 1024"):
+            padded = pb.SignedApproval(
+                body=body, signature=a.keys.signing_key.sign(APPROVAL_SIG_TAG + body)
+            )
+            with pytest.raises(
+                ProtocolError, match="approval body is 3145.* bytes, more than 1024"
+            ):
                 a.unary("ApproveRelease", pb.ApproveReleaseRequest(approval=padded))
             assert kinds(journal_records(state))[-1] == "manifest"
             beside = pb.SignedApproval()

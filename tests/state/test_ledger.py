@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cctrain.client import DataOwner, file_sha256
+from cctrain.errors import UploadRejectedError
 from cctrain.memory import BudgetExceededError, PartyMemory
 from cctrain.v1 import enclave_pb2 as pb
 from tests.consortium import Consortium, another_policy, make_consortium, running_enclave
@@ -164,3 +165,85 @@ def test_the_approval_checks_the_ledger_too(tmp_path: Path) -> None:
         # Nothing was counted as an approved release either.
         with PartyMemory(home) as mem:
             assert mem.approvals(c.signed.policy.digest, "hospital-a") == []
+
+
+def _cli(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "cctrain.cli", *args], capture_output=True, text=True, check=True
+    )
+    return out.stdout
+
+
+def test_a_named_dataset_is_one_budget_across_exports(
+    two_policies: tuple[Consortium, Consortium], tmp_path: Path
+) -> None:
+    """The ledger names data by its file bytes unless the owner names it: two exports of
+    one dataset (here two files with other bytes) are two datasets to the ledger, one
+    with ``--dataset``. The named one is refused by the second policy; the control, the
+    same upload without the name, is accepted."""
+    first, second = two_policies
+    home = tmp_path / "home-a"
+    export_1 = write_shard(tmp_path / "export-1.npz", rows=40, seed=0)
+    export_2 = write_shard(tmp_path / "export-2.npz", rows=40, seed=1)
+    assert file_sha256(export_1)[0] != file_sha256(export_2)[0]
+    _cli(
+        "ledger", "budget", "--dataset", "patients-2026", "--epsilon", "6", "--state-dir", str(home)
+    )
+    with running_enclave(first, tmp_path / "s1") as (address, _):
+        with session(DataOwner, address, first, "hospital-a", state_dir=home) as o:
+            o.upload(export_1, dataset="patients-2026")
+    with running_enclave(second, tmp_path / "s2") as (address, _):
+        with session(DataOwner, address, second, "hospital-a", state_dir=home) as o:
+            with pytest.raises(BudgetExceededError, match="lifetime budget 6.*test-consortium"):
+                o.upload(export_2, dataset="patients-2026")
+            assert list(o.status().providers_uploaded) == []
+            o.upload(export_2)  # the control: under its file bytes it is a fresh dataset
+    rows = {
+        r["label"]: r
+        for r in json.loads(_cli("ledger", "--state-dir", str(home), "--format", "json"))
+    }
+    assert rows["patients-2026"]["granted"] == 4.0 and rows["patients-2026"]["budget"] == 6.0
+    assert [p["policy_name"] for p in rows["patients-2026"]["policies"]] == ["test-consortium"]
+
+
+def test_a_bad_dataset_name_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    from cctrain.errors import InputError
+    from cctrain.memory import dataset_key
+
+    for bad in ("", "../x", "a b", "x" * 129, "é"):
+        with pytest.raises(InputError, match="dataset label"):
+            dataset_key(bad)
+
+
+def test_only_the_process_that_created_a_grant_may_give_it_back(tmp_path: Path) -> None:
+    """Two processes of one party (two PartyMemory connections to one database) grant the
+    same shard: exactly one of them created the grant, and only that one may forget it when
+    its upload is refused; the ledger counts a policy once per dataset however many of its
+    shards hold it."""
+    c = make_consortium(tmp_path / "c", privacy=DP, training=TRAINING)
+    policy, dataset = c.signed.policy, b"\x01" * 32
+    home = tmp_path / "home"
+    with PartyMemory(home) as one, PartyMemory(home) as two:
+        kw = {"dataset_sha256": dataset, "party_id": "hospital-a", "status": "uploaded"}
+        assert one.grant(policy, shard_id="s1", what="upload", **kw) is True
+        assert two.grant(policy, shard_id="s1", what="upload", **kw) is False
+        assert two.grant(policy, shard_id="s2", what="upload", **kw) is True
+        assert one.granted(dataset) == 4.0  # one policy, two shards: ε 4 once
+        two.forget_grant(policy.digest, "hospital-a", "s2")
+        assert [g.shard_id for g in one.grants(dataset)] == ["s1"]
+
+
+def test_a_refused_upload_gives_back_only_its_own_grant(tmp_path: Path) -> None:
+    """The same file uploaded again under a second shard id is refused (the policy takes no
+    duplicate shards): the grant that upload created is given back (the enclave holds
+    nothing under that id); the accepted shard's grant stays."""
+    c = make_consortium(tmp_path / "c", privacy=DP, training=TRAINING, start={"auto_start": False})
+    home = tmp_path / "home-a"
+    shard = write_shard(tmp_path / "s.npz", rows=40, seed=0)
+    with running_enclave(c, tmp_path / "st") as (address, _):
+        with session(DataOwner, address, c, "hospital-a", state_dir=home) as o:
+            o.upload(shard)
+            with pytest.raises(UploadRejectedError, match="same content"):
+                o.upload(shard, shard_id="again")
+    with PartyMemory(home) as mem:
+        assert [g.shard_id for g in mem.grants(file_sha256(shard)[0])] == ["s"]
