@@ -16,7 +16,8 @@ has verified, and refuses an enclave whose journal does not extend it::
 The same SQLite database (standard library ``sqlite3``, WAL mode, one transaction per
 update, so concurrent processes of one party serialise) holds the releases this party
 approved per policy (a provider never approves more than ``release.max_releases``), the
-owner's ε ledger per dataset across policies, and nothing secret.
+owner's ε ledger per dataset across policies, and the resume records of unfinished uploads,
+which hold their data keys: the file is private to the party (mode 0600), like its key file.
 
 Losing the state directory loses this memory: the party then accepts the first journal it
 sees again and its ledger starts empty (see docs/state.md, "What a party keeps").
@@ -356,6 +357,39 @@ class PartyMemory:
                 f"policy ({released[-1].describe()}), and it allows {policy.max_releases} "
                 f"release(s); {new}. Refusing"
             )
+
+    def forget_run(self, policy_digest: bytes, run_id_prefix: str) -> RunMemory:
+        """Forget one unreleased run of a policy this party remembers (``cctrain memory
+        forget``), so that a new run of the policy is accepted although that one never
+        ended: for a run the consortium knows was abandoned (a trial, a host that was
+        replaced). A released run is never forgotten, and the approvals and the ε ledger
+        stay: a provider still approves no more releases than the policy allows, and ε
+        granted stays granted."""
+        with self._transaction() as db:
+            runs = [r for r in self.runs(policy_digest) if r.run_id.hex().startswith(run_id_prefix)]
+            if len(run_id_prefix) < 8 or len(runs) != 1:
+                raise InputError(
+                    f"no single remembered run of this policy has an id starting {run_id_prefix!r} "
+                    "(give at least 8 hex digits; cctrain memory lists them)"
+                )
+            (run,) = runs
+            if run.phase == "released":
+                raise InputError(
+                    f"{run.describe()} was released: a released run is never forgotten (it "
+                    "counts against the policy's release.max_releases)"
+                )
+            db.execute(
+                "DELETE FROM runs WHERE policy_digest = ? AND run_id = ?",
+                (policy_digest, run.run_id),
+            )
+            return run
+
+    def all_runs(self) -> list[RunMemory]:
+        rows = self._db.execute(
+            "SELECT policy_digest, run_id, genesis_sha256, signing_key, head_seq, head_sha256, "
+            "phase FROM runs ORDER BY first_seen_ms, run_id"
+        ).fetchall()
+        return [RunMemory(r[0], r[1], r[2], r[3], JournalHead(int(r[4]), r[5]), r[6]) for r in rows]
 
     # ------------------------------------------------------------------ approvals
 

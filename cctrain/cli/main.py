@@ -801,7 +801,10 @@ def _state_dir_option(f: Any) -> Any:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.pass_context
 def ledger(ctx: click.Context, state_dir: Path | None, fmt: str) -> None:
-    """The ε this party granted per dataset, across every policy, and each lifetime budget."""
+    """The ε this party granted per dataset, across every policy, and each lifetime budget.
+
+    A dataset is a shard file (named by its SHA-256) or the name given at upload
+    (``cctrain upload --dataset NAME``)."""
     if ctx.invoked_subcommand is not None:
         return
     from cctrain.client import default_state_dir
@@ -859,6 +862,55 @@ def ledger_budget(
         f"lifetime budget of {name} ({digest.hex()[:16]}…): ε {epsilon:g}; "
         f"granted so far: {'unbounded (no DP)' if granted == float('inf') else f'{granted:g}'}"
     )
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@main.group("memory", invoke_without_command=True)
+@_state_dir_option
+@click.pass_context
+def memory_group(ctx: click.Context, state_dir: Path | None) -> None:
+    """The runs this party remembers: per policy, the newest journal head it verified.
+
+    A session refuses an enclave whose journal does not extend it ("fork or rollback"),
+    and a new run of a policy while a run it saw has not ended.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from cctrain.client import default_state_dir
+    from cctrain.memory import PartyMemory
+
+    with PartyMemory(state_dir or default_state_dir()) as mem:
+        runs = mem.all_runs()
+    if not runs:
+        click.echo("no run remembered yet")
+    for r in runs:
+        click.echo(f"policy {r.policy_digest.hex()[:16]}…: {r.describe()}")
+
+
+@memory_group.command("forget")
+@click.argument("run_id")
+@click.option(
+    "--policy",
+    "policy_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The signed policy of the run.",
+)
+@_state_dir_option
+def memory_forget(run_id: str, policy_file: Path, state_dir: Path | None) -> None:
+    """Forget RUN_ID (a prefix of at least 8 hex digits), an unreleased run the consortium
+    knows was abandoned, so that a new run of the policy is accepted. Approvals and the ε
+    ledger are kept; a released run is never forgotten."""
+    from cctrain.client import default_state_dir
+    from cctrain.memory import PartyMemory
+    from cctrain.policy import SignedPolicy
+
+    digest = SignedPolicy.load(policy_file).digest
+    with PartyMemory(state_dir or default_state_dir()) as mem:
+        run = mem.forget_run(digest, run_id.lower())
+    click.echo(f"forgot {run.describe()}; approvals and the ε ledger are kept")
 
 
 # --------------------------------------------------------------------------- enclave

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cctrain.client import DataOwner, EnclaveSession, Recipient
+from cctrain.errors import InputError
 from cctrain.journal import read_journal_file, replay
 from cctrain.memory import ForkOrRollbackError, PartyMemory, ReleaseLimitError
 from cctrain.protocol import sign_approval
@@ -326,3 +327,42 @@ def test_the_cli_says_fork_or_rollback_and_exits_1(history: History, tmp_path: P
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert line.startswith("error: fork or rollback: this party saw 1 released run(s)")
     assert "Traceback" not in proc.stderr
+
+
+def test_an_abandoned_run_can_be_forgotten_but_a_released_one_cannot(tmp_path: Path) -> None:
+    """The host shows hospital-a a throwaway run first, then deletes it and starts the real
+    one: hospital-a refuses the new run (the first never ended), as it must. Its operator,
+    told by the consortium that the first run was abandoned, forgets it with ``cctrain
+    memory forget``: the new run is accepted. A released run is refused by the command,
+    and the approvals and ledger are kept."""
+    from tests.cli_process import environment, run_module
+
+    c = make_consortium(tmp_path / "c", start={"auto_start": False})
+    home = tmp_path / "home-a"
+    with running_enclave(c, tmp_path / "throwaway") as (address, app):
+        session(DataOwner, address, c, "hospital-a", state_dir=home).close()
+        throwaway = app.state.view.run_id.hex()
+    with running_enclave(c, tmp_path / "real") as (address, app):
+        with pytest.raises(ForkOrRollbackError, match=f"saw run {throwaway[:12]}.*not ended"):
+            session(DataOwner, address, c, "hospital-a", state_dir=home)
+        listed = run_module("cctrain.cli", "memory", cwd=tmp_path, env=environment(home))
+        assert f"run {throwaway[:12]}… up to entry #0" in listed.stdout
+        args = ("memory", "forget", "--policy", str(c.policy_path))
+        too_short = run_module(
+            "cctrain.cli", *args, throwaway[:4], cwd=tmp_path, env=environment(home)
+        )
+        assert too_short.returncode != 0 and "at least 8 hex digits" in too_short.stderr
+        forgot = run_module(
+            "cctrain.cli", *args, throwaway[:12], cwd=tmp_path, env=environment(home)
+        )
+        assert forgot.returncode == 0, forgot.stderr
+        with session(DataOwner, address, c, "hospital-a", state_dir=home) as o:
+            assert o.journal_view.run_id == app.state.view.run_id
+
+
+def test_a_released_run_is_never_forgotten(history: History) -> None:
+    with PartyMemory(history.homes["hospital-a"]) as mem:
+        (run,) = mem.runs(history.consortium.signed.policy.digest)
+        with pytest.raises(InputError, match="a released run is never forgotten"):
+            mem.forget_run(history.consortium.signed.policy.digest, run.run_id.hex())
+        assert len(mem.runs(history.consortium.signed.policy.digest)) == 1
