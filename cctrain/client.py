@@ -108,6 +108,7 @@ from cctrain.release import (
     verify_manifest,
     verify_release_record,
 )
+from cctrain.untrusted import loads_json
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import enclave_pb2_grpc as pb_grpc
 
@@ -346,6 +347,7 @@ class EnclaveSession:
                 getter=getter,
             )
             self.memory = PartyMemory(self.state_dir)
+            self.journal_records: list[Record] = []
             try:
                 self.journal_view = self.verified_journal()
             except BaseException:
@@ -505,6 +507,7 @@ class EnclaveSession:
                 if attempt == 2:
                     raise
         self.journal_view = view
+        self.journal_records = records
         return view
 
     def audit(self, *, now: _dt.datetime | None = None) -> AuditReport:
@@ -685,6 +688,7 @@ class DataOwner(EnclaveSession):
         created = self.memory.grant(
             self.policy,
             dataset_sha256=commitment if dataset is None else dataset_key(dataset),
+            plaintext_sha256=commitment,
             party_id=party,
             shard_id=shard_id,
             status="uploaded",
@@ -755,7 +759,7 @@ class DataOwner(EnclaveSession):
                 # under this shard id: another process of this party may have had it accepted
                 # (this one is then refused ALREADY_EXISTS) or be streaming it.
                 if created and not self._enclave_holds(shard_id):
-                    self.memory.forget_grant(self.policy.digest, party, shard_id)
+                    self.memory.forget_grant(self.policy.digest, party, shard_id, commitment)
             elif isinstance(err, ProtocolError):  # the stream broke: what was acked is kept
                 again = type(err) if isinstance(err, EnclaveUnavailableError) else ProtocolError
                 err = again(f"{err}; run the upload again to resume", code=err.code)
@@ -929,10 +933,14 @@ class DataOwner(EnclaveSession):
             body.ParseFromString(unb64(r["body"]))  # verified with the manifest already
             if body.party_id != self.keys.party_id:
                 continue
-            dataset = self.memory.shard_dataset(self.policy.digest, body.party_id, body.shard_id)
+            commitment = bytes(body.plaintext_sha256)
+            dataset = self.memory.shard_dataset(
+                self.policy.digest, body.party_id, body.shard_id, commitment
+            )
             self.memory.grant(
                 self.policy,
-                dataset_sha256=dataset or bytes(body.plaintext_sha256),
+                dataset_sha256=dataset or commitment,
+                plaintext_sha256=commitment,
                 party_id=body.party_id,
                 shard_id=body.shard_id,
                 status="approved",
@@ -983,10 +991,22 @@ class DataOwner(EnclaveSession):
         path = receipts_dir / f"{party}-{shard_id}.deletion.json"
         receipts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(path, (json.dumps(receipt.to_json(), indent=2) + "\n").encode())
-        # Never trained on: the dataset's ε under this policy is given back in the ledger,
-        # and the head holding the deletion receipt is remembered.
-        self.memory.set_status(self.policy.digest, party, shard_id, "withdrawn")
+        # Remember the head holding the deletion receipt. The shard was never trained on in
+        # this journal; its ε is given back in the ledger only where every release needs this
+        # party's approval: otherwise a host that restores the state from before the
+        # withdrawal could still train on the shard and release it to recipients who never
+        # saw the withdrawal, and this party would not be asked.
         self.verified_journal()
+        accepted = self.journal_records[receipt.accepted_seq].entry.shard_accepted
+        commitment = pb.ShardHeader.FromString(accepted.header.header).plaintext_sha256
+        refunded = party in self.policy.release["approvals_required_from"]
+        self.memory.set_status(
+            self.policy.digest,
+            party,
+            shard_id,
+            bytes(commitment),
+            "withdrawn" if refunded else "withdrawn-counted",
+        )
         return receipt
 
     def _journaled_withdrawal(self, shard_id: str) -> bytes | None:
@@ -1210,7 +1230,7 @@ def load_release_bundle(path: str | Path) -> ReleaseBundle:
 
     path = Path(path)
     try:
-        doc = json.loads(path.read_bytes())
+        doc = loads_json(path.read_bytes())
         if not isinstance(doc, dict) or doc.get("type") != BUNDLE_TYPE:
             got = doc.get("type") if isinstance(doc, dict) else None
             raise ValueError(f"type {got!r}, want {BUNDLE_TYPE!r}")

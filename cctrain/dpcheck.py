@@ -12,12 +12,12 @@ when it is installed.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from cctrain.policy import Policy, non_private_outputs
+from cctrain.untrusted import loads_json
 
 __all__ = [
     "NOISE_NAMES",
@@ -35,7 +35,13 @@ GRAD_SAMPLE_MODES = frozenset({"fast", "ghost", "hooks"})
 
 
 def _num(value: Any) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (an integer too large for a float is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def certificate_problems(cert: Any, policy: Policy, *, rows: int) -> list[str]:
@@ -109,7 +115,7 @@ def weights_problems(cert: Mapping[str, Any] | None, weights: bytes) -> list[str
         return []
     try:
         size = int.from_bytes(weights[:8], "little")
-        header = json.loads(weights[8 : 8 + size])
+        header = loads_json(weights[8 : 8 + size])
         names = {k for k in header if k != "__metadata__"}
     except (ValueError, TypeError):
         return ["the released weights are not a safetensors file"]

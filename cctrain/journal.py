@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import json
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from cctrain.protocol import (
     quoted,
     verify_signature,
 )
+from cctrain.untrusted import loads_json
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 
@@ -875,7 +875,7 @@ def _on_manifest(r: _Refuse, state: RunState, record: Record, policy: Policy) ->
     ):
         return {}
     try:
-        doc = json.loads(m.manifest)
+        doc = loads_json(m.manifest)
         if not isinstance(doc, dict):
             raise ValueError("not an object")
     except ValueError:
@@ -977,6 +977,12 @@ def _on_withdrawn(r: _Refuse, state: RunState, record: Record, policy: Policy) -
             else f"withdraws {name}, which is no accepted shard",
         )
         return {}
+    limit = int(policy.limits["withdrawals_per_provider"])
+    r.check(
+        sum(x.party_id == body.party_id for x in state.withdrawn) < limit,
+        f"{quoted(body.party_id)} already withdrew {limit} shard(s), the policy's "
+        "limits.withdrawals_per_provider",
+    )
     r.check(bytes(w.header_sha256) == shard.header_sha256, "header digest is not the shard's")
     r.check(w.accepted_seq == shard.seq, f"names entry #{w.accepted_seq}, not #{shard.seq}")
     withdrawn = WithdrawnShard(
@@ -1189,7 +1195,7 @@ def describe(record: Record) -> dict[str, Any]:
         c = e.checkpoint
         out |= {"step": int(c.step), "epsilon": c.epsilon if c.epsilon >= 0 else None}
     elif kind == "manifest":
-        doc = json.loads(e.manifest.manifest)
+        doc = loads_json(e.manifest.manifest)
         cert = doc.get("dp_certificate") or {}
         out |= {
             "manifest_sha256": hashlib.sha256(e.manifest.manifest).hexdigest(),

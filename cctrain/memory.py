@@ -59,7 +59,8 @@ __all__ = [
 
 DB_NAME = "cctrain.sqlite3"
 CONFIG_NAME = "config.toml"
-SCHEMA_VERSION = 1
+#: 2: ledger rows name the file they were granted for (plaintext_sha256); dataset names.
+SCHEMA_VERSION = 2
 #: Phases after which a run of a policy changes no more.
 ENDED = TERMINAL
 
@@ -95,8 +96,9 @@ CREATE TABLE IF NOT EXISTS ledger (
     shard_id        TEXT NOT NULL,
     epsilon         REAL,              -- NULL: no DP (unbounded)
     delta           REAL,
-    status          TEXT NOT NULL,     -- uploaded | approved | withdrawn
+    status          TEXT NOT NULL,     -- uploaded | approved | withdrawn | withdrawn-counted
     updated_ms      INTEGER NOT NULL,
+    plaintext_sha256 BLOB NOT NULL,    -- the shard file's commitment (= dataset unless named)
     PRIMARY KEY (dataset_sha256, policy_digest, shard_id)
 );
 CREATE TABLE IF NOT EXISTS uploads (   -- resumable uploads: the signed header and data key
@@ -204,6 +206,33 @@ def _fmt_eps(eps: float | None) -> str:
     return "unbounded (no DP)" if eps is None or math.isinf(eps) else f"{eps:g}"
 
 
+def _schema_version(db: sqlite3.Connection) -> str | None:
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # a new database: no meta table yet
+        return None
+    return None if row is None else str(row[0])
+
+
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """Version 1 named every dataset by its file's commitment: that is each row's file."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if _schema_version(db) == "1":  # another process may have migrated meanwhile
+            db.execute("ALTER TABLE ledger ADD COLUMN plaintext_sha256 BLOB")
+            db.execute("UPDATE ledger SET plaintext_sha256 = dataset_sha256")
+            db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+#: Ledger statuses whose ε no longer counts: a shard withdrawn before training, by a provider
+#: whose approval every release needs (see :meth:`PartyMemory.grant`).
+REFUNDED = frozenset({"withdrawn"})
+
+
 class PartyMemory:
     """The party's SQLite database in its state directory (see the module doc)."""
 
@@ -218,6 +247,9 @@ class PartyMemory:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a remembered head survives a power cut
+            version = _schema_version(db)
+            if version == "1":
+                _migrate_from_1(db)
             db.executescript(_SCHEMA)
             db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -359,12 +391,15 @@ class PartyMemory:
             )
 
     def forget_run(self, policy_digest: bytes, run_id_prefix: str) -> RunMemory:
-        """Forget one unreleased run of a policy this party remembers (``cctrain memory
-        forget``), so that a new run of the policy is accepted although that one never
-        ended: for a run the consortium knows was abandoned (a trial, a host that was
-        replaced). A released run is never forgotten, and the approvals and the ε ledger
-        stay: a provider still approves no more releases than the policy allows, and ε
-        granted stays granted."""
+        """Forget one run of a policy this party remembers (``cctrain memory forget``), so
+        that a new run of the policy is accepted although that one never ended: for a run the
+        consortium knows was abandoned (a trial, a host that was replaced).
+
+        Only a run this party last saw collecting or training: one that built a manifest may
+        be released without this party looking (end it with a veto instead), and a released
+        one counts against ``release.max_releases``. The approvals and the ε ledger stay: a
+        provider still approves no more releases than the policy allows, and ε granted stays
+        granted."""
         with self._transaction() as db:
             runs = [r for r in self.runs(policy_digest) if r.run_id.hex().startswith(run_id_prefix)]
             if len(run_id_prefix) < 8 or len(runs) != 1:
@@ -377,6 +412,14 @@ class PartyMemory:
                 raise InputError(
                     f"{run.describe()} was released: a released run is never forgotten (it "
                     "counts against the policy's release.max_releases)"
+                )
+            if run.phase in ENDED:
+                raise InputError(f"{run.describe()} ended: it does not block a new run")
+            if run.phase not in ("collecting", "training"):
+                raise InputError(
+                    f"{run.describe()} built a manifest, which may be released without this "
+                    "party looking: it is not forgotten. A provider the release rule names can "
+                    "end it with a veto (cctrain release veto)"
                 )
             db.execute(
                 "DELETE FROM runs WHERE policy_digest = ? AND run_id = ?",
@@ -518,14 +561,9 @@ class PartyMemory:
         return [Grant(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def granted(self, dataset_sha256: bytes) -> float:
-        """ε of the dataset granted to policies in all (inf: one has no DP); a policy counts
-        once, however many of its shards hold the dataset; withdrawn grants do not count."""
-        live = {
-            g.policy_digest: g.epsilon_value
-            for g in self.grants(dataset_sha256)
-            if g.status != "withdrawn"
-        }
-        return sum(live.values())
+        """ε of the dataset granted in all (inf: a policy without DP holds it): each live shard
+        that holds it, in every policy; refunded withdrawals do not count."""
+        return sum(g.epsilon_value for g in self.grants(dataset_sha256) if g.status not in REFUNDED)
 
     def label(self, dataset_sha256: bytes) -> str:
         row = self._db.execute(
@@ -544,15 +582,21 @@ class PartyMemory:
         policy: Policy,
         *,
         dataset_sha256: bytes,
+        plaintext_sha256: bytes,
         party_id: str,
         shard_id: str,
         status: str,
         what: str,
         label: str | None = None,
     ) -> bool:
-        """Record that ``policy`` may spend ε of this dataset, after checking that with it the
-        dataset stays within its lifetime budget; ``what`` names the decision in the error.
-        True when this call created the grant (no process of this party had recorded it)."""
+        """Record that ``policy`` may spend ε of this dataset through the shard ``shard_id``
+        (the file ``plaintext_sha256``), after checking that with it the dataset stays within
+        its lifetime budget; ``what`` names the decision in the error. True when this call
+        created the grant (no process of this party had recorded it).
+
+        Every live shard counts: two shards of one dataset in one policy (two exports of the
+        same rows) put each row in the training set twice, and each pays the policy's ε.
+        """
         digest = policy.digest
         eps = policy_grant(policy)
         with self._transaction() as db:
@@ -567,15 +611,17 @@ class PartyMemory:
             others = [
                 g
                 for g in self.grants(dataset_sha256)
-                if g.policy_digest != digest and g.status != "withdrawn"
+                if not (g.policy_digest == digest and g.shard_id == shard_id)
+                and g.status not in REFUNDED
             ]
             budget = self.lifetime_budget(dataset_sha256)
             if budget is not None:
-                spent = sum({g.policy_digest: g.epsilon_value for g in others}.values())
+                spent = sum(g.epsilon_value for g in others)
                 total = spent + (math.inf if eps is None else eps)
                 if total > budget * (1 + 1e-12):
                     spent_by = "; ".join(
-                        f"{g.policy_name} ({g.policy_digest.hex()[:12]}…): ε {_fmt_eps(g.epsilon)}"
+                        f"{g.policy_name} ({g.policy_digest.hex()[:12]}…, shard {g.shard_id}): "
+                        f"ε {_fmt_eps(g.epsilon)}"
                         for g in others
                     )
                     raise BudgetExceededError(
@@ -585,7 +631,7 @@ class PartyMemory:
                         f"granted" + (f" to: {spent_by}" if spent_by else "")
                     )
             db.execute(
-                "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(dataset_sha256, policy_digest, shard_id) DO UPDATE SET "
                 "status = excluded.status, updated_ms = excluded.updated_ms",
                 (
@@ -598,35 +644,52 @@ class PartyMemory:
                     float(policy.privacy["delta"]) if eps is not None else None,
                     status,
                     _now_ms(),
+                    plaintext_sha256,
                 ),
             )
             if label is not None:
                 db.execute("INSERT OR IGNORE INTO datasets VALUES (?, ?)", (dataset_sha256, label))
         return not existed
 
-    def shard_dataset(self, policy_digest: bytes, party_id: str, shard_id: str) -> bytes | None:
+    # A grant is one row, named by its dataset, policy and shard id; the calls below name it
+    # by what a receipt or deletion receipt says (policy, party, shard id and the file's
+    # commitment), so that they never touch another file's grant under the same shard id
+    # (another run of the policy, a re-export).
+
+    def shard_dataset(
+        self, policy_digest: bytes, party_id: str, shard_id: str, plaintext_sha256: bytes
+    ) -> bytes | None:
         row = self._db.execute(
             "SELECT dataset_sha256 FROM ledger WHERE policy_digest = ? AND party_id = ? "
-            "AND shard_id = ?",
-            (policy_digest, party_id, shard_id),
+            "AND shard_id = ? AND plaintext_sha256 = ?",
+            (policy_digest, party_id, shard_id, plaintext_sha256),
         ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def set_status(self, policy_digest: bytes, party_id: str, shard_id: str, status: str) -> None:
+    def set_status(
+        self,
+        policy_digest: bytes,
+        party_id: str,
+        shard_id: str,
+        plaintext_sha256: bytes,
+        status: str,
+    ) -> None:
         with self._transaction() as db:
             db.execute(
                 "UPDATE ledger SET status = ?, updated_ms = ? WHERE policy_digest = ? "
-                "AND party_id = ? AND shard_id = ?",
-                (status, _now_ms(), policy_digest, party_id, shard_id),
+                "AND party_id = ? AND shard_id = ? AND plaintext_sha256 = ?",
+                (status, _now_ms(), policy_digest, party_id, shard_id, plaintext_sha256),
             )
 
-    def forget_grant(self, policy_digest: bytes, party_id: str, shard_id: str) -> None:
-        """An upload the enclave refused spent nothing: drop its reservation."""
+    def forget_grant(
+        self, policy_digest: bytes, party_id: str, shard_id: str, plaintext_sha256: bytes
+    ) -> None:
+        """An upload the enclave refused spent nothing: drop the reservation it made."""
         with self._transaction() as db:
             db.execute(
                 "DELETE FROM ledger WHERE policy_digest = ? AND party_id = ? AND shard_id = ? "
-                "AND status = 'uploaded'",
-                (policy_digest, party_id, shard_id),
+                "AND plaintext_sha256 = ? AND status = 'uploaded'",
+                (policy_digest, party_id, shard_id, plaintext_sha256),
             )
 
 

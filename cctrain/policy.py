@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from cctrain.crypto.dsse import Envelope
 from cctrain.crypto.keys import decode_public, ed25519_public
 from cctrain.errors import PolicyError, PolicyFileError
 from cctrain.ids import PARTY_ID, is_party_id
+from cctrain.untrusted import loads_json
 
 PAYLOAD_TYPES = {
     "toml": "application/vnd.cctrain.policy+toml",
@@ -181,8 +181,8 @@ def _parse_bytes(raw: bytes, fmt: str) -> Any:
     try:
         if fmt == "toml":
             return tomllib.loads(raw.decode("utf-8"))
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        return loads_json(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
         raise PolicyFileError(f"policy is not valid {fmt.upper()}: {exc}") from None
 
 
@@ -487,6 +487,10 @@ def _check_limits(c: _Checker, doc: Any, data: Mapping[str, Any]) -> dict[str, A
     * ``bytes_per_provider``: plaintext bytes per provider, accepted plus in flight
       (default ``shards_per_provider`` × ``data.max_bytes``);
     * ``concurrent_uploads_per_provider``: upload streams open at once (default 2);
+    * ``withdrawals_per_provider``: shards a provider may withdraw in one run (default
+      ``shards_per_provider``): each withdrawal frees a slot for another upload, and each
+      upload and withdrawal is a journal entry every party and restart replays, so without a
+      bound one provider could grow the journal until nobody can read it;
     * ``allow_duplicate_shards``: accept a shard whose bytes (plaintext commitment) equal one
       the same provider already uploaded (default false: the same rows counted twice weigh
       double in training, and under DP a row in k shards needs k× the noise).
@@ -498,6 +502,7 @@ def _check_limits(c: _Checker, doc: Any, data: Mapping[str, Any]) -> dict[str, A
             "shards_per_provider",
             "bytes_per_provider",
             "concurrent_uploads_per_provider",
+            "withdrawals_per_provider",
             "allow_duplicate_shards",
         ),
     )
@@ -512,6 +517,10 @@ def _check_limits(c: _Checker, doc: Any, data: Mapping[str, Any]) -> dict[str, A
         t.setdefault("concurrent_uploads_per_provider", DEFAULT_CONCURRENT_UPLOADS_PER_PROVIDER),
         "limits.concurrent_uploads_per_provider",
     )
+    if isinstance(shards, int):
+        c.positive_int(
+            t.setdefault("withdrawals_per_provider", shards), "limits.withdrawals_per_provider"
+        )
     c.typed(
         t.setdefault("allow_duplicate_shards", False),
         "limits.allow_duplicate_shards",
@@ -700,14 +709,17 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
     start = _check_start(c, top.get("start", {}), providers)
     release = _check_release(c, top.get("release", {}), parties)
     limits = _check_limits(c, top.get("limits", {}), data)
-    shards = limits.get("shards_per_provider")
-    if isinstance(shards, int) and shards * len(providers) > MAX_SHARDS:
-        c.add(
-            "limits.shards_per_provider",
-            f"{shards} shards for each of {len(providers)} providers is more than {MAX_SHARDS} "
-            "in all: the start entry and the manifest list every shard, and a journal entry "
-            "is at most a few MiB",
-        )
+    for key, what in (
+        ("shards_per_provider", "the start entry and the manifest list every shard"),
+        ("withdrawals_per_provider", "each one and its upload is a journal entry"),
+    ):
+        n = limits.get(key)
+        if isinstance(n, int) and not isinstance(n, bool) and n * len(providers) > MAX_SHARDS:
+            c.add(
+                f"limits.{key}",
+                f"{n} for each of {len(providers)} providers is more than {MAX_SHARDS} in all: "
+                f"{what}, and the journal must stay small enough to replay at every start",
+            )
     state = _check_state(c, top.get("state", {}), parties)
     if privacy.get("enabled") is True:
         opted_in = set(release.get("non_private") or ())

@@ -21,6 +21,7 @@ from cctrain.attestation.base import Evidence
 from cctrain.crypto.hpke import info_for
 from cctrain.errors import AttestationError, ReceiptError
 from cctrain.ids import SHARD_ID as SHARD_ID  # re-exported
+from cctrain.untrusted import loads_json
 from cctrain.v1 import enclave_pb2 as pb
 
 HEADER_VERSION = 1
@@ -100,8 +101,8 @@ def evidence_to_pb(ev: Evidence) -> pb.Evidence:
 
 def evidence_from_pb(msg: pb.Evidence) -> Evidence:
     try:
-        collateral = json.loads(msg.collateral_json) if msg.collateral_json else None
-    except json.JSONDecodeError:
+        collateral = loads_json(msg.collateral_json) if msg.collateral_json else None
+    except ValueError:
         raise AttestationError("evidence collateral is not valid JSON") from None
     return Evidence(
         platform=msg.platform,

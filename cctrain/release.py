@@ -50,6 +50,7 @@ from cctrain.protocol import (
     release_key_info,
     verify_signature,
 )
+from cctrain.untrusted import loads_json
 
 BUNDLE_TYPE = "cctrain-release-bundle/v2"
 RELEASE_NONCE_TAG = b"cctrain/release-nonce/v1\x00"
@@ -145,7 +146,7 @@ def verify_manifest(
 ) -> VerifiedRelease:
     """Signature → evidence → policy → receipts; raise ReleaseError naming what failed."""
     try:
-        doc = json.loads(manifest)
+        doc = loads_json(manifest)
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
         if doc.get("type") != MANIFEST_TYPE:
@@ -154,6 +155,7 @@ def verify_manifest(
                 "cctrain cannot be verified by this one)"
             )
         signing_key = bytes.fromhex(doc["enclave"]["signing_key"])
+        enclave_key = Ed25519PublicKey.from_public_bytes(signing_key)
         hpke_key = bytes.fromhex(doc["enclave"]["hpke_key"])
         tls_spki = bytes.fromhex(doc["enclave"]["tls_spki_sha256"])
         evidence = evidence_from_json(doc["evidence"])
@@ -161,9 +163,7 @@ def verify_manifest(
         policy_digest = bytes.fromhex(doc["policy_digest"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ReleaseError(f"manifest is malformed: {exc}") from None
-    if not verify_signature(
-        Ed25519PublicKey.from_public_bytes(signing_key), MANIFEST_SIG_TAG, manifest, signature
-    ):
+    if not verify_signature(enclave_key, MANIFEST_SIG_TAG, manifest, signature):
         raise ReleaseError("manifest signature does not verify with the enclave key it names")
     if policy_digest != policy.digest:
         raise ReleaseError(

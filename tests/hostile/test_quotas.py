@@ -144,6 +144,9 @@ def test_limits_are_validated(tmp_path: Path) -> None:
         ({"bytes_per_provider": -1}, "limits.bytes_per_provider"),
         ({"concurrent_uploads_per_provider": "2"}, "limits.concurrent_uploads_per_provider"),
         ({"allow_duplicate_shards": 1}, "limits.allow_duplicate_shards"),
+        ({"withdrawals_per_provider": 0}, "limits.withdrawals_per_provider"),
+        ({"withdrawals_per_provider": 5000}, "more than 2048 in all"),
+        ({"shards_per_provider": 3000}, "more than 2048 in all"),
         ({"shards": 3}, "limits.shards"),
     ):
         raw = __import__("json").dumps(policy_document(keys, limits=bad)).encode()
@@ -156,6 +159,7 @@ def test_limits_are_validated(tmp_path: Path) -> None:
         "shards_per_provider": 8,
         "bytes_per_provider": 8 * doc["data"]["max_bytes"],
         "concurrent_uploads_per_provider": 2,
+        "withdrawals_per_provider": 8,
         "allow_duplicate_shards": False,
     }
 

@@ -448,6 +448,26 @@ def test_a_withdrawn_shard_counts_against_no_limit(tmp_path: Path) -> None:
             assert [r.shard_id for r in o.receipts()] == ["second"]
 
 
+def test_withdrawals_are_bounded_so_the_journal_is(tmp_path: Path) -> None:
+    """Upload, withdraw, upload under a new id, withdraw again: each cycle is two journal
+    entries every restart and every party replays. limits.withdrawals_per_provider (default
+    shards_per_provider, here 1) ends the loop: the second withdrawal is refused, nothing is
+    journaled for it, and the shard stays in the run."""
+    c = make_consortium(tmp_path / "c", start=MANUAL_START, limits={"shards_per_provider": 1})
+    state, owners = tmp_path / "state", tmp_path / "owners"
+    with running_enclave(c, state) as (address, _app):
+        with session(DataOwner, address, c, "hospital-a") as o:
+            o.upload(write_shard(tmp_path / "a.npz", rows=30), shard_id="s0", state_dir=owners)
+            o.withdraw("s0", state_dir=owners)
+            o.upload(write_shard(tmp_path / "b.npz", rows=30, seed=1), shard_id="s1")
+            before = kinds(journal_records(state))
+            with pytest.raises(ProtocolError, match="already withdrew 1 shard.*withdrawals_per_"):
+                o.withdraw("s1", state_dir=owners)
+            assert kinds(journal_records(state)) == before
+            assert [r.shard_id for r in o.receipts()] == ["s1"]
+    assert before.count("shard_withdrawn") == 1
+
+
 def test_a_withdrawal_while_an_upload_of_the_same_id_streams(tmp_path: Path) -> None:
     """The withdrawal takes the shard id's upload lock: while an upload of that id streams
     it is refused (ABORTED); once that upload is accepted it can be withdrawn; an upload of
@@ -577,6 +597,29 @@ def test_the_journal_refuses_what_a_withdrawal_forbids(tmp_path: Path) -> None:
         old.entry.shard_accepted,
         r"shard hospital-a/hospital-a was withdrawn \(entry #\d+\); a withdrawn shard id",
     )
+
+
+def test_the_journal_refuses_a_withdrawal_beyond_the_limit(tmp_path: Path) -> None:
+    """A withdrawal past limits.withdrawals_per_provider, signed by the enclave key (what
+    only a host holding it could write): replay refuses it, as the enclave did."""
+    c = make_consortium(tmp_path / "c", start=MANUAL_START, limits={"withdrawals_per_provider": 1})
+    state, owners = tmp_path / "state", tmp_path / "owners"
+    with running_enclave(c, state) as (address, app):
+        upload(address, c, "hospital-a", owners)
+        with session(DataOwner, address, c, "hospital-a") as o:
+            o.upload(write_shard(tmp_path / "two.npz", rows=30, seed=3), shard_id="two")
+        key = app.state.keys.signing
+        _withdraw(address, c, "hospital-a", "hospital-a", owners)
+    records = _records(state)
+    two = replay(records, c.signed.policy).shard("hospital-a", "two")
+    assert two is not None
+    body = jpb.ShardWithdrawn(
+        request=_consent(c, "hospital-a", shard_id="two"),
+        header_sha256=two.header_sha256,
+        accepted_seq=two.seq,
+    )
+    with pytest.raises(JournalError, match="already withdrew 1 shard.*withdrawals_per_provider"):
+        replay([*records, _chained(records, key, c, "shard_withdrawn", body)], c.signed.policy)
 
 
 def test_a_flipped_byte_in_a_withdrawal_entry_stops_the_enclave(tmp_path: Path) -> None:

@@ -148,6 +148,7 @@ def test_the_approval_checks_the_ledger_too(tmp_path: Path) -> None:
         mem.grant(
             other.signed.policy,
             dataset_sha256=dataset,
+            plaintext_sha256=dataset,
             party_id="hospital-a",
             shard_id="hospital-a",
             status="approved",
@@ -218,19 +219,26 @@ def test_a_bad_dataset_name_is_refused_before_anything_is_sent(tmp_path: Path) -
 def test_only_the_process_that_created_a_grant_may_give_it_back(tmp_path: Path) -> None:
     """Two processes of one party (two PartyMemory connections to one database) grant the
     same shard: exactly one of them created the grant, and only that one may forget it when
-    its upload is refused; the ledger counts a policy once per dataset however many of its
-    shards hold it."""
+    its upload is refused. A grant is named by the file it was made for: forgetting another
+    file's grant under the same shard id (a later run of the policy) leaves it alone. Each
+    live shard of a dataset counts: two exports of the same rows in one policy are ε twice."""
     c = make_consortium(tmp_path / "c", privacy=DP, training=TRAINING)
-    policy, dataset = c.signed.policy, b"\x01" * 32
+    policy, dataset, other_file = c.signed.policy, b"\x01" * 32, b"\x02" * 32
     home = tmp_path / "home"
     with PartyMemory(home) as one, PartyMemory(home) as two:
-        kw = {"dataset_sha256": dataset, "party_id": "hospital-a", "status": "uploaded"}
-        assert one.grant(policy, shard_id="s1", what="upload", **kw) is True
-        assert two.grant(policy, shard_id="s1", what="upload", **kw) is False
-        assert two.grant(policy, shard_id="s2", what="upload", **kw) is True
-        assert one.granted(dataset) == 4.0  # one policy, two shards: ε 4 once
-        two.forget_grant(policy.digest, "hospital-a", "s2")
+        kw = {"dataset_sha256": dataset, "plaintext_sha256": dataset, "party_id": "hospital-a"}
+        assert one.grant(policy, shard_id="s1", status="uploaded", what="upload", **kw) is True
+        assert two.grant(policy, shard_id="s1", status="uploaded", what="upload", **kw) is False
+        assert two.grant(policy, shard_id="s2", status="uploaded", what="upload", **kw) is True
+        assert one.granted(dataset) == 8.0  # one policy, two shards holding the same rows
+        two.forget_grant(policy.digest, "hospital-a", "s2", other_file)  # another file's
+        assert sorted(g.shard_id for g in one.grants(dataset)) == ["s1", "s2"]
+        two.forget_grant(policy.digest, "hospital-a", "s2", dataset)
         assert [g.shard_id for g in one.grants(dataset)] == ["s1"]
+        one.set_status(policy.digest, "hospital-a", "s1", other_file, "withdrawn")
+        assert one.granted(dataset) == 4.0  # not that file's grant: still counted
+        one.set_status(policy.digest, "hospital-a", "s1", dataset, "withdrawn")
+        assert one.granted(dataset) == 0.0
 
 
 def test_a_refused_upload_gives_back_only_its_own_grant(tmp_path: Path) -> None:
@@ -247,3 +255,80 @@ def test_a_refused_upload_gives_back_only_its_own_grant(tmp_path: Path) -> None:
                 o.upload(shard, shard_id="again")
     with PartyMemory(home) as mem:
         assert [g.shard_id for g in mem.grants(file_sha256(shard)[0])] == ["s"]
+
+
+def test_a_refused_upload_in_a_later_run_keeps_an_earlier_runs_grant(tmp_path: Path) -> None:
+    """Run 1 holds dataset D1 under shard id "cohort"; it is abandoned and forgotten (cctrain
+    memory forget keeps the ledger). In run 2 of the same policy another file is refused
+    under the same shard id: D1's grant (run 1, still on the host's disk) stays."""
+    import numpy as np
+
+    c = make_consortium(tmp_path / "c", privacy=DP, training=TRAINING, start={"auto_start": False})
+    home = tmp_path / "home-a"
+    d1 = write_shard(tmp_path / "d1.npz", rows=40, seed=1)
+    with running_enclave(c, tmp_path / "run1") as (address, _):
+        with session(DataOwner, address, c, "hospital-a", state_dir=home) as o:
+            o.upload(d1, shard_id="cohort")
+            run1 = o.journal_view.run_id
+    with running_enclave(c, tmp_path / "run2") as (address, _):
+        with PartyMemory(home) as mem:
+            mem.forget_run(c.signed.policy.digest, run1.hex()[:12])
+        bad = write_shard(
+            tmp_path / "d2.npz", rows=40, seed=2, features=np.zeros((40, 3), dtype=np.float32)
+        )
+        with session(DataOwner, address, c, "hospital-a", state_dir=home) as o:
+            with pytest.raises(UploadRejectedError):
+                o.upload(bad, shard_id="cohort")
+    with PartyMemory(home) as mem:
+        assert mem.granted(file_sha256(d1)[0]) == 4.0
+        assert mem.grants(file_sha256(bad)[0]) == []  # the refused file's own grant is gone
+
+
+def test_two_exports_of_one_named_dataset_in_one_policy_count_twice(tmp_path: Path) -> None:
+    """The same rows in two files (another row order), both named --dataset cohort, in one
+    DP policy: both are accepted (only identical bytes are duplicates) and every row is
+    trained on twice, so the ledger counts the policy's ε for each."""
+    import numpy as np
+
+    from cctrain.memory import dataset_key
+
+    c = make_consortium(tmp_path / "c", privacy=DP, training=TRAINING, start={"auto_start": False})
+    home = tmp_path / "home-a"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    y = rng.integers(0, 2, size=40).astype(np.int64)
+    perm = rng.permutation(40)
+    np.savez(tmp_path / "e1.npz", features=x, labels=y)
+    np.savez(tmp_path / "e2.npz", features=x[perm], labels=y[perm])
+    with running_enclave(c, tmp_path / "st") as (address, _):
+        with session(DataOwner, address, c, "hospital-a", state_dir=home) as o:
+            o.upload(tmp_path / "e1.npz", dataset="cohort")
+            o.upload(tmp_path / "e2.npz", dataset="cohort")
+    with PartyMemory(home) as mem:
+        assert mem.granted(dataset_key("cohort")) == 8.0
+
+
+@pytest.mark.parametrize("approver", [True, False])
+def test_a_withdrawal_gives_epsilon_back_only_to_a_party_every_release_needs(
+    tmp_path: Path, approver: bool
+) -> None:
+    """Withdrawn before training, the shard was never trained on in the journal this party
+    saw. A host that restores the state from before the withdrawal could still train on it;
+    only a party whose approval every release needs refuses that fork. So only its ledger
+    gives the ε back; another's keeps counting it (status withdrawn-counted)."""
+    release = {"recipients": ["research-lab"], "metrics": ["steps"]}
+    if approver:
+        release["approvals_required_from"] = ["hospital-a"]  # type: ignore[assignment]
+    c = make_consortium(
+        tmp_path / "c", privacy=DP, training=TRAINING, release=release, start={"auto_start": False}
+    )
+    home = tmp_path / "home-a"
+    shard = write_shard(tmp_path / "a.npz", rows=40, seed=0)
+    with running_enclave(c, tmp_path / "st") as (address, _):
+        with session(DataOwner, address, c, "hospital-a", state_dir=home) as o:
+            o.upload(shard)
+            o.withdraw("a")
+    with PartyMemory(home) as mem:
+        (g,) = mem.grants(file_sha256(shard)[0])
+        assert g.status == ("withdrawn" if approver else "withdrawn-counted")
+        assert mem.granted(file_sha256(shard)[0]) == (0.0 if approver else 4.0)

@@ -116,3 +116,59 @@ def test_a_signed_manifest_of_the_wrong_shape_is_refused(tmp_path: Path) -> None
         "dp_certificate",
     }
     assert "release_rule.max_releases" in refused_by_verify  # true is not 1
+
+
+def test_hostile_json_in_a_manifest_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """What swapping types misses: a number too large for a float, nesting deeper than the
+    decoder recurses, an enclave key of the wrong length. Signed by the enclave key where the
+    reader checks signatures first (replay); unsigned where it does not need to be (a host's
+    GetStatus, a release bundle handed to ``release verify``)."""
+    from cctrain.errors import CctrainError
+
+    c = make_consortium(
+        tmp_path / "c",
+        privacy=DP,
+        training=SHORT_TRAINING,
+        release={"recipients": [RECIPIENT], "metrics": ["samples"], "non_private": ["samples"]},
+    )
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (address, app):
+        upload_all(address, c, tmp_path / "owners")
+        wait_phase(address, c, "released")
+        key = app.state.keys.signing
+    policy = c.signed.policy
+    records = read_journal_file(state / "journal.log")
+    at = next(i for i, r in enumerate(records) if r.kind == "manifest")
+    before = replay(records[:at], policy)
+    real = records[at].entry
+    doc = json.loads(real.manifest.manifest)
+
+    def replayed(manifest: bytes) -> None:
+        entry = jpb.JournalEntry()
+        entry.CopyFrom(real)
+        entry.manifest.manifest = manifest
+        entry.manifest.manifest_signature = key.sign(MANIFEST_SIG_TAG + manifest)
+        apply(before, sign_entry(entry, key), policy)
+
+    def verified(manifest: bytes, signed: bool) -> None:
+        sig = key.sign(MANIFEST_SIG_TAG + manifest) if signed else b"\x00" * 64
+        verify_manifest(manifest, sig, policy=policy, allow_simulated=True)
+
+    huge = json.dumps({**doc, "dp_certificate": {**doc["dp_certificate"], "delta": 10**400}})
+    deep = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    short_key = json.dumps({**doc, "enclave": {**doc["enclave"], "signing_key": "abcd"}})
+    cases = [
+        ("replay, δ = 10**400", lambda: replayed(huge.encode())),
+        ("verify, δ = 10**400", lambda: verified(huge.encode(), True)),
+        ("replay, nested 100000 deep", lambda: replayed(deep)),
+        ("verify, nested 100000 deep", lambda: verified(deep, False)),
+        ("verify, a 2-byte enclave key", lambda: verified(short_key.encode(), False)),
+    ]
+    for what, case in cases:
+        try:
+            case()
+        except CctrainError:
+            continue
+        except Exception as exc:  # the failure this test looks for
+            raise AssertionError(f"{what}: {type(exc).__name__}: {exc!s:.80}") from None
+        raise AssertionError(f"{what}: accepted")

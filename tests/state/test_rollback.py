@@ -366,3 +366,18 @@ def test_a_released_run_is_never_forgotten(history: History) -> None:
         with pytest.raises(InputError, match="a released run is never forgotten"):
             mem.forget_run(history.consortium.signed.policy.digest, run.run_id.hex())
         assert len(mem.runs(history.consortium.signed.policy.digest)) == 1
+
+
+def test_a_run_that_built_a_manifest_is_not_forgotten(history: History, tmp_path: Path) -> None:
+    """A run last seen awaiting approval may be released without this party looking: the
+    command refuses and points to a veto."""
+    state = history.restore("awaiting_approval", tmp_path / "state")
+    home = tmp_path / "fresh-home"
+    c = history.consortium
+    with running_enclave(c, state) as (address, _):
+        session(Recipient, address, c, RECIPIENT, state_dir=home).close()
+    with PartyMemory(home) as mem:
+        (run,) = mem.runs(c.signed.policy.digest)
+        assert run.phase == "awaiting_approval"
+        with pytest.raises(InputError, match="built a manifest.*veto"):
+            mem.forget_run(c.signed.policy.digest, run.run_id.hex())

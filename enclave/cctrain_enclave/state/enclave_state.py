@@ -721,6 +721,13 @@ class EnclaveState:
             shard = view.shard(party, body.shard_id)
             if shard is None:
                 raise _no_such_shard(view, party, body.shard_id)
+            limit = int(self.policy.limits["withdrawals_per_provider"])
+            if sum(w.party_id == party for w in view.withdrawn) >= limit:
+                raise Refusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"you already withdrew {limit} shard(s) in this run, the most the policy "
+                    "allows (limits.withdrawals_per_provider)",
+                )
             record = self._append_consent(
                 "shard_withdrawn",
                 jpb.ShardWithdrawn(
