@@ -69,6 +69,7 @@ from cctrain.journal import (
     AuditReport,
     Record,
     RunState,
+    apply,
     audit,
     iter_pages,
     parse_record,
@@ -459,16 +460,20 @@ class EnclaveSession:
                 raise ProtocolError(f"timed out waiting for {phases}; phase is {phase}")
             time.sleep(0.2)
 
-    def journal(self) -> list[Record]:
-        """Every entry of the enclave's journal, as signed (verify with :meth:`audit`)."""
+    def journal(self, from_seq: int = 0) -> list[Record]:
+        """Every entry of the enclave's journal (from ``from_seq`` on), as signed (verify with
+        :meth:`audit`)."""
 
-        def page(from_seq: int) -> tuple[list[bytes], int]:
+        def page(seq: int) -> tuple[list[bytes], int]:
             resp: pb.GetJournalResponse = self.unary(
-                "GetJournal", pb.GetJournalRequest(from_seq=from_seq)
+                "GetJournal", pb.GetJournalRequest(from_seq=seq)
             )
             return [bytes(e) for e in resp.entries], int(resp.head_seq)
 
-        return [parse_record(raw, position=i) for i, raw in enumerate(iter_pages(page))]
+        return [
+            parse_record(raw, position=from_seq + i)
+            for i, raw in enumerate(iter_pages(page, from_seq=from_seq))
+        ]
 
     def verified_journal(self) -> RunState:
         """Fetch the enclave's journal and verify it; check it extends what this party saw.
@@ -482,18 +487,18 @@ class EnclaveSession:
         party remembers the genesis (:mod:`cctrain.memory`), and the journal must extend the
         newest head it verified; otherwise :class:`~cctrain.memory.ForkOrRollbackError`.
         """
-        for attempt in (1, 2):
-            records = self.journal()
-            if records and self.memory.knows_genesis(self.policy.digest, records[0].sha256):
-                view = replay(records, self.policy)
-            else:
-                view = audit(
-                    records,
-                    self.policy,
-                    allow_simulated=self._allow_simulated,
-                    now=self._now,
-                    getter=self._getter,
-                ).state
+        records = self.journal()
+        if records and self.memory.knows_genesis(self.policy.digest, records[0].sha256):
+            view = replay(records, self.policy)
+        else:
+            view = audit(
+                records,
+                self.policy,
+                allow_simulated=self._allow_simulated,
+                now=self._now,
+                getter=self._getter,
+            ).state
+        while True:
             if view.signing_public_key != self.enclave.signing_public_key:
                 raise ProtocolError(
                     "the journal is signed by another key than the attested enclave's"
@@ -503,9 +508,14 @@ class EnclaveSession:
                 break
             except JournalBehindError:
                 # Another process of this party may have remembered a newer head after this
-                # journal was fetched: a journal fetched now must reach it, or it is a rollback.
-                if attempt == 2:
+                # journal was fetched. Fetch what the enclave appended since: it must reach
+                # that head; a journal that stops short of it (no new entries) is a rollback.
+                more = self.journal(from_seq=len(records))
+                if not more:
                     raise
+                for record in more:
+                    view = apply(view, record, self.policy)
+                records = [*records, *more]
         self.journal_view = view
         self.journal_records = records
         return view

@@ -1280,11 +1280,15 @@ def summary_line(event: Mapping[str, Any]) -> str:
 
 
 def iter_pages(
-    fetch: Callable[[int], tuple[list[bytes], int]], *, max_bytes: int = MAX_JOURNAL_BYTES
+    fetch: Callable[[int], tuple[list[bytes], int]],
+    *,
+    max_bytes: int = MAX_JOURNAL_BYTES,
+    from_seq: int = 0,
 ) -> Iterator[bytes]:
-    """Every record from a paged source ``fetch(from_seq) -> (records, head_seq)``, at most
-    ``max_bytes`` of them: a longer journal is refused, not read into memory."""
-    seq = 0
+    """Every record from ``from_seq`` on of a paged source ``fetch(from_seq) -> (records,
+    head_seq)``, at most ``max_bytes`` of them: a longer journal is refused, not read into
+    memory."""
+    seq = from_seq
     total = 0
     while True:
         raws, head = fetch(seq)

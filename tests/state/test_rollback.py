@@ -381,3 +381,30 @@ def test_a_run_that_built_a_manifest_is_not_forgotten(history: History, tmp_path
         assert run.phase == "awaiting_approval"
         with pytest.raises(InputError, match="built a manifest.*veto"):
             mem.forget_run(c.signed.policy.digest, run.run_id.hex())
+
+
+def test_a_journal_fetched_before_another_process_remembered_more_is_read_on(
+    tmp_path: Path,
+) -> None:
+    """Two processes of one party share its memory. One fetched the journal, then the other
+    remembered a newer head (its upload) before the first compared: the first reads the
+    entries appended since and goes on, instead of calling it a rollback. (Its first fetch
+    is served the real journal as it was; a journal that really ends early is refused, see
+    test_a_journal_cut_before_its_end_is_a_rollback.)"""
+    c = make_consortium(tmp_path / "c", start={"auto_start": False})
+    home = tmp_path / "home-a"
+    with running_enclave(c, tmp_path / "state") as (address, _):
+        with session(DataOwner, address, c, "hospital-a", state_dir=home) as a:
+            stale = a.journal()
+            with session(DataOwner, address, c, "hospital-a", state_dir=home) as b:
+                b.upload(write_shard(tmp_path / "a.npz", rows=30))
+            fetches: list[int] = []
+            fetch = a.journal
+
+            def first_one_stale(from_seq: int = 0) -> list:  # type: ignore[type-arg]
+                fetches.append(from_seq)
+                return stale if len(fetches) == 1 else fetch(from_seq)
+
+            a.journal = first_one_stale  # type: ignore[method-assign]
+            assert a.verified_journal().head.seq == len(stale)
+            assert fetches == [0, len(stale)]
