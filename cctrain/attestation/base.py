@@ -62,6 +62,9 @@ class VerifiedClaims:
     advisories: tuple[str, ...] = ()
     #: Platform-specific verified fields (e.g. ``tcb``, ``rtmrs``, ``mrsigner``).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The nonce or challenge the evidence carries, where it is not ``report_data`` itself
+    #: (Nitro's ``nonce``, a CCA realm or PSA challenge); None: it is ``report_data``.
+    nonce: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
         def enc(v: Any) -> Any:
@@ -83,6 +86,7 @@ class VerifiedClaims:
             "tcb_status": self.tcb_status,
             "advisories": list(self.advisories),
             "extra": enc(dict(self.extra)),
+            "nonce": (self.nonce if self.nonce is not None else self.report_data).hex(),
         }
 
 
@@ -116,6 +120,15 @@ class Platform(Protocol):
         """Platform-specific mismatches against the policy's reference values."""
 
 
+class KeyAnchoredPlatform(Platform, Protocol):
+    """A platform whose evidence chains to a public key, not a certificate (an Arm CCA
+    platform's CPAK, a PSA device's IAK). It sets ``trust_keys = True`` and its ``verify``
+    takes ``trust_keys``: the keys the caller trusts (``--key``, or the policy's reference
+    value ``trust_keys``), as ``cryptography`` EC public keys."""
+
+    trust_keys: bool
+
+
 _REGISTRY: dict[str, Platform] = {}
 
 
@@ -140,7 +153,7 @@ def registered_platforms() -> list[str]:
     return sorted(_REGISTRY)
 
 
-_BUILTINS = ("simulated", "sev_snp", "dcap", "nvidia_gpu")
+_BUILTINS = ("simulated", "sev_snp", "dcap", "nvidia_gpu", "aws_nitro", "arm_cca", "arm_psa")
 
 
 def _load_builtin_platforms() -> None:

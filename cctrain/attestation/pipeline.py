@@ -25,6 +25,7 @@ from cctrain.attestation.base import (
     registered_platforms,
     utcnow,
 )
+from cctrain.attestation.cose import load_anchor_key
 from cctrain.errors import (
     EvidenceParseError,
     EvidenceValidationError,
@@ -72,11 +73,14 @@ def verify_evidence(
     now: _dt.datetime | None = None,
     getter: CollateralGetter | None = None,
     allow_simulated: bool = False,
+    trust_keys: Sequence[bytes] = (),
 ) -> VerifiedClaims:
     """Parse and verify ``evidence`` at ``now`` (default: the current time).
 
-    Raises EvidenceParseError or EvidenceVerificationError.  Simulated evidence
-    is refused unless ``allow_simulated`` is true, and then logged loudly.
+    ``trust_keys`` are the public keys a key-anchored platform (Arm CCA, Arm PSA) chains to:
+    PEM/DER SubjectPublicKeyInfo or raw uncompressed points. Raises EvidenceParseError or
+    EvidenceVerificationError.  Simulated evidence is refused unless ``allow_simulated`` is
+    true, and then logged loudly.
     """
     if evidence.platform == "simulated" and not allow_simulated:
         raise EvidenceVerificationError(
@@ -85,6 +89,16 @@ def verify_evidence(
     platform = get_platform(evidence.platform)
     report = platform.parse(evidence.report)
     certs = load_certificates(evidence.certificates)
+    kwargs: dict[str, Any] = {}
+    if getattr(platform, "trust_keys", False):
+        kwargs["trust_keys"] = [
+            load_anchor_key(k, f"trust key {i + 1}") for i, k in enumerate(trust_keys)
+        ]
+    elif trust_keys:
+        raise EvidenceParseError(
+            f"{evidence.platform} evidence chains to certificates, not to a trust key: --key "
+            "is for arm-cca and arm-psa"
+        )
     try:
         claims = platform.verify(
             report,
@@ -92,6 +106,7 @@ def verify_evidence(
             collateral=evidence.collateral,
             now=now if now is not None else utcnow(),
             getter=getter,
+            **kwargs,
         )
     except (ValueError, UnsupportedAlgorithm) as exc:
         # cryptography decodes certificate fields lazily: a corrupt certificate carried
@@ -123,8 +138,16 @@ def verify_for_policy(
     allow_simulated: bool = False,
 ) -> VerifiedClaims:
     """:func:`verify_evidence`, then :func:`validate_claims` against the policy's attestation
-    requirements (platforms, reference values, debug) and the expected report data."""
-    claims = verify_evidence(evidence, now=now, getter=getter, allow_simulated=allow_simulated)
+    requirements (platforms, reference values, debug) and the expected report data. A
+    key-anchored platform's trust keys are the policy's reference value ``trust_keys``."""
+    keys = policy.reference_for(evidence.platform).get("trust_keys") or ()
+    claims = verify_evidence(
+        evidence,
+        now=now,
+        getter=getter,
+        allow_simulated=allow_simulated,
+        trust_keys=[_key_bytes(k) for k in keys],
+    )
     validate_claims(
         claims,
         accepted_platforms=list(policy.attestation["platforms"]),
@@ -133,6 +156,17 @@ def verify_for_policy(
         expected_report_data=expected_report_data,
     )
     return claims
+
+
+def _key_bytes(value: Any) -> bytes:
+    """A policy's trust key: PEM text, or hex of DER SubjectPublicKeyInfo or of a raw point."""
+    text = str(value).strip()
+    if text.startswith("-----BEGIN"):
+        return text.encode()
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise EvidenceParseError("a policy trust key is neither PEM nor hex") from None
 
 
 def _hexset(values: Any) -> set[str]:

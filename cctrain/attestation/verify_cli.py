@@ -3,7 +3,9 @@
 Returns ``(exit_code, document)``: 0 verified, 1 parsed but not verified,
 2 unparseable evidence or bad arguments.  The document always has ``platform``,
 ``verified``, ``errors``, ``measurement``, ``report_data``, ``debug``,
-``signer``, ``chip_id``, ``tcb_status``, ``advisories``.
+``signer``, ``chip_id``, ``tcb_status``, ``advisories``, ``nonce`` (hex of the nonce or
+challenge the evidence carries; ``report_data`` where that is the nonce) and ``claims``
+(the platform's parsed claims, e.g. ``pcrs``, ``sw_components``; ``{}`` until verified).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cctrain.attestation.base import Evidence, get_platform
+from cctrain.attestation.cose import load_anchor_key
 from cctrain.attestation.pipeline import (
     detect_platform,
     load_certificates,
@@ -40,6 +43,8 @@ def _empty(platform: str | None) -> dict[str, Any]:
         "chip_id": None,
         "tcb_status": None,
         "advisories": [],
+        "nonce": None,
+        "claims": {},
     }
 
 
@@ -68,6 +73,7 @@ def run_attest_verify(
     collateral_path: Path | None = None,
     at: str | None = None,
     allow_simulated: bool = False,
+    key_files: Sequence[Path] = (),
 ) -> tuple[int, dict[str, Any]]:
     doc = _empty(None if platform == "auto" else platform)
     try:
@@ -91,6 +97,14 @@ def run_attest_verify(
             except OSError as exc:
                 raise EvidenceParseError(f"cannot read --cert {f}: {exc.strerror}") from None
         load_certificates(certs)  # fail early, with exit 2, on an unparseable certificate
+        keys: list[bytes] = []
+        for f in key_files:
+            try:
+                keys.append(f.read_bytes())
+            except OSError as exc:
+                raise EvidenceParseError(f"cannot read --key {f}: {exc.strerror}") from None
+        for i, k in enumerate(keys):
+            load_anchor_key(k, f"--key {key_files[i]}")  # exit 2 on an unreadable key
         collateral = load_collateral(collateral_path) if collateral_path is not None else None
         evidence = Evidence(
             platform=name, report=raw, certificates=tuple(certs), collateral=collateral
@@ -104,7 +118,9 @@ def run_attest_verify(
         doc["errors"] = [f"cannot read the input: {exc}"]
         return 2, doc
     try:
-        claims = verify_evidence(evidence, now=now, allow_simulated=allow_simulated)
+        claims = verify_evidence(
+            evidence, now=now, allow_simulated=allow_simulated, trust_keys=keys
+        )
     except EvidenceVerificationError as exc:
         doc["errors"] = list(exc.errors)
         return 1, doc
@@ -119,4 +135,5 @@ def run_attest_verify(
     doc["verified"] = True
     doc["errors"] = []
     doc["extra"] = out["extra"]
+    doc["claims"] = out["extra"]
     return 0, doc

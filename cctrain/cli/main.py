@@ -254,9 +254,17 @@ def attest() -> None:
     default="auto",
     show_default=True,
     # Not a click.Choice: an unknown platform must still produce the JSON document (exit 2).
-    help="auto, sev-snp, tdx, sgx, nvidia-gpu or simulated",
+    help="auto, sev-snp, tdx, sgx, nvidia-gpu, aws-nitro, arm-cca, arm-psa or simulated",
 )
 @click.option("--cert", "cert_files", multiple=True, type=click.Path(path_type=Path))
+@click.option(
+    "--key",
+    "key_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A trust-anchor public key that is not a certificate (an Arm CCA platform's CPAK, a "
+    "PSA device's IAK): PEM/DER SubjectPublicKeyInfo or a raw uncompressed EC point.",
+)
 @click.option("--collateral", "collateral_path", type=click.Path(path_type=Path))
 @click.option("--at", "at", help="Verification time, ISO-8601 (default: now).")
 @click.option("--allow-simulated", is_flag=True, help="Accept the simulated root (insecure).")
@@ -265,6 +273,7 @@ def attest_verify(
     evidence_file: Path,
     platform: str,
     cert_files: tuple[Path, ...],
+    key_files: tuple[Path, ...],
     collateral_path: Path | None,
     at: str | None,
     allow_simulated: bool,
@@ -280,6 +289,7 @@ def attest_verify(
         collateral_path=collateral_path,
         at=at,
         allow_simulated=allow_simulated,
+        key_files=key_files,
     )
     if fmt == "json":
         click.echo(json.dumps(doc))
@@ -294,6 +304,7 @@ def attest_verify(
             "chip_id",
             "tcb_status",
             "advisories",
+            "nonce",
         ):
             click.echo(f"  {k}: {doc.get(k)}")
         for e in doc["errors"]:
