@@ -38,7 +38,11 @@ from google.protobuf.message import DecodeError
 
 from cctrain.attestation.base import CollateralGetter, Evidence, VerifiedClaims
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for, spki_sha256
-from cctrain.attestation.pipeline import SIMULATED_WARNING, verify_for_policy
+from cctrain.attestation.pipeline import (
+    SIMULATED_WARNING,
+    verify_for_policy,
+    verify_gpus_for_policy,
+)
 from cctrain.consent import DeletionReceipt, verify_deletion_receipt
 from cctrain.crypto import hpke
 from cctrain.crypto.keys import PartyKeys
@@ -220,6 +224,8 @@ class AttestedEnclave:
     #: Attested while locked: ``hpke_public_key`` is that start's unlock key (see Unlock),
     #: ``signing_public_key`` the journal's.
     locked: bool = False
+    #: The verified claims of each GPU the enclave trains on (policy ``attestation.gpu``).
+    gpu_claims: tuple[VerifiedClaims, ...] = ()
 
     @property
     def evidence_sha256(self) -> bytes:
@@ -271,8 +277,12 @@ def check_attestation(
         getter=getter,
         allow_simulated=simulated and allow_simulated,
     )
+    gpus = verify_gpus_for_policy(
+        claims, [evidence_from_pb(e) for e in resp.gpu_evidence], policy, now=now
+    )
     return AttestedEnclave(
         claims=claims,
+        gpu_claims=tuple(gpus),
         evidence=evidence,
         hpke_public_key=identity.hpke_public_key,
         signing_public_key=identity.signing_public_key,

@@ -47,6 +47,10 @@ COMMON_REFERENCE_KEYS = frozenset({"measurements", "accepted_tcb_statuses", "acc
 #: Hardware platforms whose launch measurement the policy must pin: without an
 #: allow-list, any code on a genuine chip would be trusted with the data.
 MUST_PIN_MEASUREMENT = frozenset({"sev-snp", "tdx", "sgx"})
+#: ``attestation.gpu``: whether the enclave may (``optional``) or must (``required``) train on
+#: attested GPUs, each bound to the CPU evidence's nonce; ``forbidden`` (default): none.
+GPU_MODES = ("forbidden", "optional", "required")
+GPU_PLATFORM = "nvidia-gpu"
 HEX = re.compile(r"^[0-9a-fA-F]*$")
 
 
@@ -253,9 +257,12 @@ def _check_attestation(c: _Checker, doc: Any) -> dict[str, Any]:
         doc,
         "attestation",
         required=("platforms",),
-        optional=("allow_simulated", "allow_debug", "reference"),
+        optional=("allow_simulated", "allow_debug", "reference", "gpu"),
     )
     known = set(registered_platforms())
+    gpu = t.setdefault("gpu", "forbidden")
+    if gpu not in GPU_MODES:
+        c.add("attestation.gpu", f"got {gpu!r}, want one of {list(GPU_MODES)}")
     platforms = c.str_list(t.get("platforms", []), "attestation.platforms")
     if not platforms and "platforms" in t:
         c.add("attestation.platforms", "must accept at least one platform")
@@ -287,7 +294,10 @@ def _check_attestation(c: _Checker, doc: Any) -> dict[str, Any]:
         if plat not in known:
             c.add(path, f"unknown platform {plat!r}")
             continue
-        if plat not in platforms:
+        if plat == GPU_PLATFORM:
+            if gpu == "forbidden":
+                c.add(path, 'GPU reference values, but attestation.gpu = "forbidden"')
+        elif plat not in platforms:
             c.add(
                 path, f"reference values for {plat!r}, which attestation.platforms does not accept"
             )

@@ -158,6 +158,67 @@ def verify_for_policy(
     return claims
 
 
+def verify_gpus_for_policy(
+    cpu: VerifiedClaims,
+    gpu_evidence: Sequence[Evidence],
+    policy: AttestationPolicy,
+    *,
+    now: _dt.datetime | None = None,
+) -> list[VerifiedClaims]:
+    """The GPUs of a composite CPU+GPU attestation, against ``attestation.gpu``.
+
+    ``forbidden``: any GPU evidence is refused (the policy did not agree to GPUs). ``required``:
+    at least one. Each is verified (chain to NVIDIA's pinned root, signature), validated
+    against the policy's ``reference."nvidia-gpu"`` values (driver and VBIOS versions,
+    measurement golden values) with debug refused unless ``allow_debug``, and bound to the
+    already verified CPU claims through its SPDM nonce (``composite.gpu_nonce``), each device
+    once. Raise listing every problem; return the GPUs' verified claims.
+    """
+    from cctrain.attestation.nvidia_gpu.composite import GPU_PLATFORM, verify_composite
+
+    mode = policy.attestation.get("gpu", "forbidden")
+    if mode == "forbidden":
+        if gpu_evidence:
+            raise EvidenceValidationError(
+                [
+                    f"gpus: got {len(gpu_evidence)} GPU evidence(s), but the policy's "
+                    'attestation.gpu is "forbidden"'
+                ]
+            )
+        return []
+    if not gpu_evidence:
+        if mode == "required":
+            raise EvidenceValidationError(
+                ['gpus: got none, but the policy\'s attestation.gpu is "required"']
+            )
+        return []
+    problems: list[str] = []
+    gpus: list[VerifiedClaims] = []
+    for i, ev in enumerate(gpu_evidence):
+        if ev.platform != GPU_PLATFORM:
+            problems.append(f"gpus[{i}].platform: got {ev.platform!r}, want {GPU_PLATFORM!r}")
+            continue
+        try:
+            claims = verify_evidence(ev, now=now)
+            validate_claims(
+                claims,
+                accepted_platforms=[GPU_PLATFORM],
+                reference=policy.reference_for(GPU_PLATFORM),
+                allow_debug=bool(policy.attestation["allow_debug"]),
+                expected_report_data=None,  # bound below, to the CPU evidence
+            )
+        except (EvidenceParseError, EvidenceVerificationError, EvidenceValidationError) as exc:
+            errors = getattr(exc, "errors", None) or getattr(exc, "mismatches", None)
+            problems.extend(f"gpus[{i}]: {e}" for e in (errors or [str(exc)]))
+            continue
+        gpus.append(claims)
+    if not problems:
+        problems = verify_composite(cpu, gpus)
+    if problems:
+        raise EvidenceValidationError(problems)
+    return gpus
+
+
 def _key_bytes(value: Any) -> bytes:
     """A policy's trust key: PEM text, or hex of DER SubjectPublicKeyInfo or of a raw point."""
     text = str(value).strip()

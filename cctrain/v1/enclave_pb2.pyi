@@ -26,20 +26,22 @@ class AttestRequest(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
 class AttestResponse(_message.Message):
-    __slots__ = ("evidence", "hpke_public_key", "signing_public_key", "tls_certificate", "policy_digest", "locked")
+    __slots__ = ("evidence", "hpke_public_key", "signing_public_key", "tls_certificate", "policy_digest", "locked", "gpu_evidence")
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     HPKE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     TLS_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     LOCKED_FIELD_NUMBER: _ClassVar[int]
+    GPU_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     evidence: Evidence
     hpke_public_key: bytes
     signing_public_key: bytes
     tls_certificate: bytes
     policy_digest: bytes
     locked: bool
-    def __init__(self, evidence: _Optional[_Union[Evidence, _Mapping]] = ..., hpke_public_key: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., tls_certificate: _Optional[bytes] = ..., policy_digest: _Optional[bytes] = ..., locked: _Optional[bool] = ...) -> None: ...
+    gpu_evidence: _containers.RepeatedCompositeFieldContainer[Evidence]
+    def __init__(self, evidence: _Optional[_Union[Evidence, _Mapping]] = ..., hpke_public_key: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., tls_certificate: _Optional[bytes] = ..., policy_digest: _Optional[bytes] = ..., locked: _Optional[bool] = ..., gpu_evidence: _Optional[_Iterable[_Union[Evidence, _Mapping]]] = ...) -> None: ...
 
 class ShardHeader(_message.Message):
     __slots__ = ("version", "policy_digest", "party_id", "shard_id", "format", "encapsulated_key", "nonce_prefix", "chunk_size", "plaintext_size", "chunk_count", "plaintext_sha256", "created_unix_ms")

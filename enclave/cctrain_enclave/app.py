@@ -128,6 +128,7 @@ class EnclaveApp:
             )
         self.provider = provider
         self._check_state_key(provider)
+        self._check_gpus(provider)
         self.custom_model_source = self._load_custom_model_source(config.model_source)
         self._check_training_plan(provider)
         self.tls = TlsIdentity.generate(list(config.hosts))
@@ -159,6 +160,19 @@ class EnclaveApp:
             state, store, RunContext(self.provider, self._tls_spki, self.custom_model_source)
         )
         self._opened = _Opened(state, store, run)  # one assignment: all of it or none
+
+    def _check_gpus(self, provider: EvidenceProvider) -> None:
+        """A policy that requires attested GPUs needs a provider that can produce their
+        evidence (``gpu_evidence(nonce)``); none here ships one yet, so such a policy is
+        refused at start instead of failing every party's attestation."""
+        if self.policy.attestation.get("gpu") == "required" and not hasattr(
+            provider, "gpu_evidence"
+        ):
+            raise PolicyError(
+                'the policy requires attested GPUs (attestation.gpu = "required"), but the '
+                f"{provider.platform} evidence provider cannot attest a GPU; this enclave "
+                "trains on the CPU only"
+            )
 
     def _check_state_key(self, provider: EvidenceProvider) -> None:
         """The policy's state key must be one this platform can keep, checked before the

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from cctrain.attestation.binding import NONCE_SIZE, EnclaveIdentity, report_data_for, spki_sha256
+from cctrain.attestation.nvidia_gpu.composite import gpu_nonce
 from cctrain.ids import SHARD_ID, is_shard_id
 from cctrain.protocol import evidence_to_pb
 from cctrain.v1 import enclave_pb2 as pb
@@ -149,6 +150,12 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             identity, policy_digest=app.policy.digest, nonce=request.nonce
         )
         evidence = app.provider.get_evidence(report_data)
+        gpus: list[Any] = []
+        if app.policy.attestation.get("gpu") != "forbidden" and hasattr(
+            app.provider, "gpu_evidence"
+        ):
+            # Each GPU signs the nonce derived from this report_data (composite.gpu_nonce).
+            gpus = [evidence_to_pb(e) for e in app.provider.gpu_evidence(gpu_nonce(report_data))]
         return pb.AttestResponse(
             evidence=evidence_to_pb(evidence),
             hpke_public_key=identity.hpke_public_key,
@@ -156,6 +163,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             tls_certificate=app.tls.cert_der,
             policy_digest=app.policy.digest,
             locked=locked,
+            gpu_evidence=gpus,
         )
 
     def Unlock(self, request: pb.UnlockRequest, context: grpc.ServicerContext) -> pb.UnlockResponse:
