@@ -72,6 +72,7 @@ class Case:
     certs: tuple[str, ...] = ()
     collateral: str | None = None
     at: str | None = None  # None: now (NVIDIA chains are valid to 9999)
+    keys: tuple[str, ...] = ()  # trust keys of key-anchored platforms (CCA CPAK, PSA IAK)
 
 
 #: Row name -> cases.  Times are those in PROVENANCE.md / the upstream tests.
@@ -227,9 +228,10 @@ def _prepare(vectors: Path, case: Case) -> Prepared:
         platform=case.platform, report=raw, certificates=certs, collateral=collateral
     )
     now = _t(case.at) if case.at else None
+    keys = [(vectors / k).read_bytes() for k in case.keys]
 
     def call() -> Any:
-        claims = verify_evidence(evidence, now=now)
+        claims = verify_evidence(evidence, now=now, trust_keys=keys)
         if claims.platform != case.platform:  # pragma: no cover - a broken verifier
             raise AssertionError(f"{case.evidence}: verified as {claims.platform}")
         if case.collateral and claims.tcb_status is None:  # pragma: no cover
@@ -289,11 +291,12 @@ raw = read_evidence_bytes((v / spec["evidence"]).read_bytes())
 certs = tuple((v / c).read_bytes() for c in spec["certs"])
 coll = load_collateral(v / spec["collateral"]) if spec["collateral"] else None
 now = dt.datetime.fromisoformat(spec["at"].replace("Z", "+00:00")) if spec["at"] else None
+keys = [(v / k).read_bytes() for k in spec.get("keys", [])]
 if coll is not None:  # loading the files parsed (and cached) it: start cold like the others
     import cctrain.attestation.dcap.collateral as c
     for f in (c.load_pem_chain, c.load_crl, c._parse_signed_json): f.cache_clear()
 ev = Evidence(platform=spec["platform"], report=raw, certificates=certs, collateral=coll)
-t0 = time.perf_counter_ns(); claims = verify_evidence(ev, now=now); t1 = time.perf_counter_ns()
+t0 = time.perf_counter_ns(); claims = verify_evidence(ev, now=now, trust_keys=keys); t1 = time.perf_counter_ns()
 assert claims.platform == spec["platform"]
 print(json.dumps({"ns": t1 - t0}))
 """
@@ -310,6 +313,7 @@ def _time_fresh_process(vectors: Path, cases: list[Case], repeats: int) -> list[
             "certs": list(c.certs),
             "collateral": c.collateral,
             "at": c.at,
+            "keys": list(c.keys),
         }
         out = subprocess.run(
             [sys.executable, "-c", _CHILD, str(REPO), json.dumps(spec)],
@@ -407,8 +411,8 @@ def format_table(results: Mapping[str, Any]) -> str:
     e = results["environment"]
     lines.append(
         f"({results['repeats']} in-process calls per row and mode, {results['fresh_repeats']} fresh "
-        f"processes; Python {e['python']}, cryptography {e['cryptography']}, {e['machine']}, "
-        f"{e['cpus']} CPUs)"
+        f"processes; Python {e['python']}, cryptography {e['versions']['cryptography']}, "
+        f"{e['processor']}, {e['cpu_count']} CPUs)"
     )
     return "\n".join(lines)
 
