@@ -65,6 +65,43 @@ def load_collateral(path: Path) -> dict[str, Any]:
     return result
 
 
+class _RequireGpus:
+    """The policy ``attest verify --gpu`` checks against: GPUs required, nothing pinned."""
+
+    attestation = {"gpu": "required", "allow_debug": False}
+
+    def reference_for(self, platform: str) -> dict[str, Any]:
+        return {}
+
+
+def _verify_gpus(
+    doc: dict[str, Any],
+    cpu: Any,
+    gpu_files: Sequence[Path],
+    gpu_cert_files: Sequence[Path],
+    now: _dt.datetime | None,
+) -> int:
+    from cctrain.attestation.pipeline import verify_gpus_for_policy
+    from cctrain.errors import EvidenceValidationError
+
+    try:
+        chains = tuple(f.read_bytes() for f in gpu_cert_files)
+        gpus = [
+            Evidence("nvidia-gpu", read_evidence_bytes(f.read_bytes()), certificates=chains)
+            for f in gpu_files
+        ]
+    except OSError as exc:
+        doc["errors"] = [f"cannot read a --gpu or --gpu-cert file: {exc.strerror}"]
+        return 2
+    try:
+        verified = verify_gpus_for_policy(cpu, gpus, _RequireGpus(), now=now)
+    except EvidenceValidationError as exc:
+        doc["errors"] = list(exc.mismatches)
+        return 1
+    doc["gpus"] = [g.to_json() for g in verified]
+    return 0
+
+
 def run_attest_verify(
     evidence_file: Path,
     *,
@@ -74,7 +111,12 @@ def run_attest_verify(
     at: str | None = None,
     allow_simulated: bool = False,
     key_files: Sequence[Path] = (),
+    gpu_files: Sequence[Path] = (),
+    gpu_cert_files: Sequence[Path] = (),
 ) -> tuple[int, dict[str, Any]]:
+    """Verify one piece of evidence; with ``gpu_files``, a composite CPU+GPU attestation:
+    each GPU report (chains in ``gpu_cert_files``) must verify and be bound to this CPU
+    evidence's nonce (``attestation.gpu = "required"``, no GPU reference values)."""
     doc = _empty(None if platform == "auto" else platform)
     try:
         now = parse_time(at)
@@ -130,6 +172,10 @@ def run_attest_verify(
     except AttestationError as exc:
         doc["errors"] = [str(exc)]
         return 1, doc
+    if gpu_files:
+        code = _verify_gpus(doc, claims, gpu_files, gpu_cert_files, now)
+        if code:
+            return code, doc
     out = claims.to_json()
     doc.update({k: out[k] for k in doc if k in out})
     doc["verified"] = True

@@ -265,6 +265,21 @@ def attest() -> None:
     help="A trust-anchor public key that is not a certificate (an Arm CCA platform's CPAK, a "
     "PSA device's IAK): PEM/DER SubjectPublicKeyInfo or a raw uncompressed EC point.",
 )
+@click.option(
+    "--gpu",
+    "gpu_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="An NVIDIA GPU report attested with EVIDENCE (composite CPU+GPU): it must verify and "
+    "be bound to EVIDENCE's nonce. Repeat per GPU.",
+)
+@click.option(
+    "--gpu-cert",
+    "gpu_cert_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="The GPUs' certificate chains (PEM).",
+)
 @click.option("--collateral", "collateral_path", type=click.Path(path_type=Path))
 @click.option("--at", "at", help="Verification time, ISO-8601 (default: now).")
 @click.option("--allow-simulated", is_flag=True, help="Accept the simulated root (insecure).")
@@ -274,6 +289,8 @@ def attest_verify(
     platform: str,
     cert_files: tuple[Path, ...],
     key_files: tuple[Path, ...],
+    gpu_files: tuple[Path, ...],
+    gpu_cert_files: tuple[Path, ...],
     collateral_path: Path | None,
     at: str | None,
     allow_simulated: bool,
@@ -290,6 +307,8 @@ def attest_verify(
         at=at,
         allow_simulated=allow_simulated,
         key_files=key_files,
+        gpu_files=gpu_files,
+        gpu_cert_files=gpu_cert_files,
     )
     if fmt == "json":
         click.echo(json.dumps(doc))

@@ -137,3 +137,39 @@ def test_an_enclave_that_cannot_attest_gpus_refuses_a_policy_that_requires_them(
     with running_enclave(c, tmp_path / "state2") as (address, _app):
         with session(DataOwner, address, c, "hospital-a") as o:
             assert o.enclave.gpu_claims == ()
+
+
+@pytest.mark.vectors
+def test_attest_verify_checks_a_composite_cpu_gpu_attestation(
+    vectors_dir: Path, tmp_path: Path
+) -> None:
+    """``cctrain attest verify CPU --gpu GPU --gpu-cert CHAIN``: a real SEV-SNP report and a
+    real Hopper report, each verifying alone, are refused together (exit 1): the GPU signed
+    another session's nonce. A GPU file that cannot be read is bad input (exit 2)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cctrain.cli.main import main
+
+    snp = vectors_dir / "sev-snp"
+    gpu = vectors_dir / "nvidia-gpu"
+    cpu_args = [
+        "attest", "verify", str(snp / "go-sev-guest_milan_attestation.bin"),
+        "--platform", "sev-snp", "--cert", str(snp / "go-sev-guest_milan_vcek.der"),
+        "--at", "2022-09-24T01:00:00Z", "--format", "json",
+    ]  # fmt: skip
+    alone = CliRunner().invoke(main, cpu_args)
+    assert alone.exit_code == 0, alone.output
+    both = CliRunner().invoke(
+        main, [*cpu_args, "--gpu", str(gpu / REPORT), "--gpu-cert", str(gpu / CHAIN)]
+    )
+    doc = json.loads(both.output)
+    assert both.exit_code == 1 and doc["verified"] is False
+    assert doc["errors"] == [
+        f"gpus[0].nonce: got {NONCE}, want "
+        f"{gpu_nonce(bytes.fromhex(json.loads(alone.output)['report_data'])).hex()} "
+        "(GPU evidence is not bound to this CPU evidence)"
+    ]
+    missing = CliRunner().invoke(main, [*cpu_args, "--gpu", str(tmp_path / "none.hex")])
+    assert missing.exit_code == 2, missing.output
