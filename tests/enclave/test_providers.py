@@ -26,10 +26,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
-from cctrain.errors import AttestationError, EvidenceParseError, NoEvidenceProviderError
+from cctrain.errors import (
+    AttestationError,
+    EvidenceParseError,
+    NoEvidenceProviderError,
+    NoSealingKeyError,
+)
 from cctrain_enclave.providers import detect_provider
 from cctrain_enclave.providers import sev_guest as sev
 from cctrain_enclave.providers import tdx_guest as tdx
+from cctrain_enclave.providers._common import measurement_of
 from cctrain_enclave.providers.configfs_tsm import (
     REPORT_DIR,
     ConfigfsTsm,
@@ -37,6 +43,7 @@ from cctrain_enclave.providers.configfs_tsm import (
     OsFilesystem,
 )
 from cctrain_enclave.providers.gramine import GramineProvider
+from tests.attestation import cca_forge
 
 RD = bytes(range(64))
 RD2 = bytes(reversed(range(64)))
@@ -485,6 +492,8 @@ class FakeTsm(OsFilesystem):
             inblob = RD2 if self.stale else (path.parent / "inblob").read_bytes()
             if self.provider == "sev_guest":
                 return _snp_report(inblob)
+            if self.provider == "arm_cca_guest":
+                return cca_forge.cca_token(inblob)
             return _tdx_quote_v4(inblob)
         return super().read(path)
 
@@ -566,8 +575,59 @@ def test_configfs_tsm_absent(tmp_path: Path) -> None:
 
 
 def test_configfs_tsm_unknown_provider(tmp_path: Path) -> None:
-    with pytest.raises(AttestationError, match="'arm_cca_guest' is not supported"):
-        ConfigfsTsmProvider(_tsm_tree(tmp_path), fs=FakeTsm("arm_cca_guest"))
+    with pytest.raises(AttestationError, match="'example_guest' is not supported"):
+        ConfigfsTsmProvider(_tsm_tree(tmp_path), fs=FakeTsm("example_guest"))
+
+
+def test_configfs_tsm_arm_cca_realm_token(tmp_path: Path) -> None:
+    # drivers/virt/coco/arm-cca-guest registers as KBUILD_MODNAME, "arm_cca_guest"; the
+    # inblob is the realm challenge, the outblob the whole CCA token.
+    root = _tsm_tree(tmp_path)
+    fs = FakeTsm("arm_cca_guest")
+    provider = ConfigfsTsmProvider(root, fs=fs)
+    assert provider.platform == "arm-cca"
+    ev = provider.get_evidence(RD)
+    assert ev.platform == "arm-cca" and ev.certificates == ()
+    assert fs.writes == [("inblob", RD)]
+    assert _entries(root) == []
+    from cctrain.attestation.base import Evidence
+    from cctrain.attestation.cose import point_bytes
+    from cctrain.attestation.pipeline import verify_evidence
+
+    cpak = point_bytes(cca_forge.TEST_CPAK.public_key())
+    claims = verify_evidence(Evidence("arm-cca", ev.report), trust_keys=[cpak])
+    assert claims.report_data == RD and claims.nonce == RD
+    assert measurement_of(ev) == claims.measurement == b"\x5a" * 32
+    with pytest.raises(NoSealingKeyError, match='key = "consortium"'):
+        provider.sealing_key(b"state")
+    with pytest.raises(AttestationError, match="privlevel applies to SEV-SNP only"):
+        ConfigfsTsmProvider(root, privlevel=1, fs=fs)
+
+
+def test_configfs_tsm_arm_cca_stale_token_is_refused(tmp_path: Path) -> None:
+    provider = ConfigfsTsmProvider(_tsm_tree(tmp_path), fs=FakeTsm("arm_cca_guest", stale=True))
+    with pytest.raises(AttestationError, match="arm-cca evidence carries report_data"):
+        provider.get_evidence(RD)
+
+
+def test_detect_arm_cca_through_configfs_tsm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cctrain_enclave.providers.detect as detect
+
+    root = _tsm_tree(tmp_path)
+    real = detect.ConfigfsTsmProvider
+    monkeypatch.setattr(
+        detect, "ConfigfsTsm", lambda r: ConfigfsTsm(r, fs=FakeTsm("arm_cca_guest"))
+    )
+    monkeypatch.setattr(
+        detect, "ConfigfsTsmProvider", lambda r: real(r, fs=FakeTsm("arm_cca_guest"))
+    )
+    assert detect_provider("auto", root=root).platform == "arm-cca"
+    assert detect_provider("arm-cca", root=root).platform == "arm-cca"
+    monkeypatch.setattr(detect, "ConfigfsTsmProvider", lambda r: real(r, fs=FakeTsm()))
+    with pytest.raises(AttestationError, match="not 'arm_cca_guest'"):
+        detect_provider("arm-cca", root=root)
 
 
 def test_configfs_snp_sealing_key_needs_sev_guest_device(tmp_path: Path) -> None:

@@ -38,6 +38,14 @@ TDX_NO_SEALING_KEY = (
 )
 
 
+#: Why an Arm CCA realm has no ``sealing_key``.
+CCA_NO_SEALING_KEY = (
+    "An Arm CCA realm has no hardware sealing key: RMM 1.0 offers a realm no key derived "
+    "from its measurement (RSI has attestation tokens, not sealing). Keep enclave state on "
+    'CCA under a consortium-held state key (policy: [state] key = "consortium")'
+)
+
+
 def check_report_data(report_data: bytes) -> bytes:
     """Return ``report_data`` as bytes if it is exactly 64 bytes; otherwise refuse.
 
@@ -120,6 +128,11 @@ def report_data_in(platform: str, blob: bytes) -> bytes:
         offset = wanted[version]
     elif platform == "tdreport":
         offset = TDREPORT_REPORT_DATA_OFFSET
+    elif platform == "arm-cca":
+        # The realm challenge inside the (unverified) token; the verifier checks it for real.
+        from cctrain.attestation.arm_cca.parse import parse as parse_cca
+
+        return parse_cca(blob).realm.challenge
     else:
         raise AttestationError(f"no report_data layout known for platform {platform!r}")
     end = offset + REPORT_DATA_LEN
@@ -192,6 +205,10 @@ def measurement_of(evidence: Evidence) -> bytes:
 
         body = parse_quote(evidence.report, tee=evidence.platform).body
         return body.mr_enclave if isinstance(body, EnclaveReportBody) else body.mr_td
+    if evidence.platform == "arm-cca":
+        from cctrain.attestation.arm_cca.parse import parse as parse_cca
+
+        return parse_cca(evidence.report).realm.rim
     raise AttestationError(f"no measurement field known for platform {evidence.platform!r}")
 
 

@@ -1,8 +1,10 @@
 """Evidence through Linux configfs-tsm (``/sys/kernel/config/tsm/report``, Linux >= 6.7).
 
-configfs-tsm is the kernel's one interface for SEV-SNP reports and TDX quotes
-(ABI: ``Documentation/ABI/testing/configfs-tsm``).  Each request gets its own
-freshly made report entry, so concurrent requesters never share ``inblob``;
+configfs-tsm is the kernel's one interface for SEV-SNP reports, TDX quotes and Arm CCA
+realm tokens (ABI: ``Documentation/ABI/testing/configfs-tsm``; the CCA driver,
+``drivers/virt/coco/arm-cca-guest``, registers as ``arm_cca_guest``, takes a 32..64-byte
+challenge as ``inblob`` and returns the whole CCA token as ``outblob``).  Each request gets
+its own freshly made report entry, so concurrent requesters never share ``inblob``;
 ``generation`` is still read before and after, because the ABI's contract is
 that a writer we did not expect shows up there.
 
@@ -24,14 +26,20 @@ from typing import Protocol
 from cctrain.attestation.base import Evidence
 from cctrain.errors import AttestationError, NoEvidenceProviderError, NoSealingKeyError
 
-from ._common import TDX_NO_SEALING_KEY, check_echo, check_report_data, describe_oserror
+from ._common import (
+    CCA_NO_SEALING_KEY,
+    TDX_NO_SEALING_KEY,
+    check_echo,
+    check_report_data,
+    describe_oserror,
+)
 
 log = logging.getLogger("cctrain.enclave")
 
 REPORT_DIR = "sys/kernel/config/tsm/report"
 
 #: ``provider`` attribute value -> cctrain platform name.
-TSM_PLATFORMS = {"sev_guest": "sev-snp", "tdx_guest": "tdx"}
+TSM_PLATFORMS = {"sev_guest": "sev-snp", "tdx_guest": "tdx", "arm_cca_guest": "arm-cca"}
 
 
 class TsmFilesystem(Protocol):
@@ -115,7 +123,7 @@ class ConfigfsTsm:
                 raise NoEvidenceProviderError(
                     f"configfs-tsm at {self.report_dir} has no TSM driver registered "
                     f"({describe_oserror(exc)}): not a confidential guest, or sev-guest / "
-                    "tdx-guest is not loaded"
+                    "tdx-guest / arm-cca-guest is not loaded"
                 ) from None
             raise AttestationError(f"cannot create {entry}: {describe_oserror(exc)}") from None
         return entry
@@ -209,10 +217,10 @@ def platform_of(provider: str) -> str:
 
 
 class ConfigfsTsmProvider:
-    """SEV-SNP or TDX evidence through configfs-tsm; the platform is probed at start.
+    """SEV-SNP, TDX or Arm CCA evidence through configfs-tsm; the platform is probed at start.
 
     Sealing keys do not come through configfs-tsm: on SEV-SNP they come from
-    ``/dev/sev-guest`` (SNP_GET_DERIVED_KEY); TDX has none.
+    ``/dev/sev-guest`` (SNP_GET_DERIVED_KEY); TDX and CCA realms (RMM 1.0) have none.
     """
 
     def __init__(
@@ -243,12 +251,15 @@ class ConfigfsTsmProvider:
             from .sev_guest import certificates_from_table
 
             certificates = certificates_from_table(rep.auxblob)
-        # A TDX quote carries its PCK chain inside (certification data type 5).
+        # A TDX quote carries its PCK chain inside (certification data type 5); a CCA token
+        # chains to the platform's CPAK, which the verifier must already trust.
         return Evidence(platform=self.platform, report=rep.outblob, certificates=certificates)
 
     def sealing_key(self, label: bytes) -> bytes:
         if self.platform == "tdx":
             raise NoSealingKeyError(TDX_NO_SEALING_KEY)
+        if self.platform == "arm-cca":
+            raise NoSealingKeyError(CCA_NO_SEALING_KEY)
         from .sev_guest import SevGuestProvider
 
         sev = SevGuestProvider(self._root, vmpl=self._privlevel or 0)

@@ -30,7 +30,7 @@ from .tdx_guest import TdxGuestProvider
 
 log = logging.getLogger("cctrain.enclave")
 
-PLATFORMS = ("auto", "sev-snp", "tdx", "sgx", "simulated")
+PLATFORMS = ("auto", "sev-snp", "tdx", "sgx", "arm-cca", "simulated")
 
 
 def searched_paths(root: Path = Path("/")) -> tuple[Path, ...]:
@@ -75,6 +75,8 @@ def _auto(root: Path) -> EvidenceProvider:
         return ConfigfsTsmProvider(root)
     if via_tsm == "tdx":
         return TdxGuestProvider(root)
+    if via_tsm == "arm-cca":
+        return ConfigfsTsmProvider(root)
     sev = SevGuestProvider(root)
     if sev.available():
         return sev
@@ -135,6 +137,13 @@ def _select(platform: str, root: Path, state_dir: Path | None) -> EvidenceProvid
         return TdxGuestProvider(root)
     if platform == "sgx":
         return GramineProvider(root)
+    if platform == "arm-cca":
+        cca = ConfigfsTsmProvider(root)
+        if cca.platform != "arm-cca":
+            raise AttestationError(
+                f"configfs-tsm provider is {cca.provider!r}, not 'arm_cca_guest': not a CCA realm"
+            )
+        return cca
     if platform == "simulated":
         if state_dir is None:
             raise AttestationError(
