@@ -29,7 +29,7 @@ from cryptography import x509
 #: (or key); nothing is fetched at verification time unless one is passed.
 CollateralGetter = Callable[[str], bytes]
 
-SIGNERS = ("vcek", "vlek", "pck", "device", "simulated")
+SIGNERS = ("vcek", "vlek", "pck", "device", "simulated", "cca-cpak", "psa-iak", "aws-nitro")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from cctrain.commandline import CommandGroup
+from cctrain_enclave.providers.detect import PLATFORMS
 
 
 def serve_command(
@@ -66,7 +67,7 @@ def main() -> None:
     "--platform",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "simulated", "sev-snp", "tdx", "sgx"]),
+    type=click.Choice(list(PLATFORMS)),
 )
 @click.option("--model-source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
