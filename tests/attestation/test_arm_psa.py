@@ -25,20 +25,26 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cctrain.attestation import arm_psa
 from cctrain.attestation.arm_psa import composite_measurement, instance_id_for
 from cctrain.attestation.arm_psa.parse import PSA2_KEYS, PsaToken, lifecycle_name
-from cctrain.attestation.base import Evidence, VerifiedClaims, get_platform
+from cctrain.attestation.base import Evidence, VerifiedClaims
 from cctrain.attestation.cose import CoseSign1, load_anchor_key, point_bytes
 from cctrain.attestation.pipeline import validate_claims, verify_evidence, verify_for_policy
 from cctrain.attestation.verify_cli import run_attest_verify
 from cctrain.cli.main import main
+from cctrain.crypto.keys import PartyKeys
 from cctrain.errors import (
     EvidenceParseError,
     EvidenceValidationError,
     EvidenceVerificationError,
+    PolicyError,
 )
+from cctrain.policy import parse_policy
+from tests.consortium import RECIPIENT, policy_document
 
 IAK_PEM = "tfm_default_iak_public.pem"
 IAK_POINT = (
@@ -678,38 +684,38 @@ def test_malformed_reference_values_are_problems_not_crashes(
     assert any(re.search(why, p) for p in problems), problems
 
 
-class _Policy:
-    """What verify_for_policy reads of a policy."""
-
-    def __init__(self, reference: dict[str, Any]) -> None:
-        self.attestation = {"platforms": ["arm-psa"], "allow_debug": False}
-        self._reference = reference
-
-    def reference_for(self, platform: str) -> Mapping[str, Any]:
-        return self._reference if platform == "arm-psa" else {}
+def _policy(reference: dict[str, Any]) -> Any:
+    """A real consortium policy accepting only arm-psa, with these reference values."""
+    keys = {pid: PartyKeys.generate(pid) for pid in ("hospital-a", "hospital-b", RECIPIENT)}
+    doc = policy_document(keys)
+    doc["attestation"] = {"platforms": ["arm-psa"], "reference": {"arm-psa": reference}}
+    return parse_policy(json.dumps(doc).encode(), "json")
 
 
 def test_a_policy_trusts_the_iak_through_its_trust_keys(psa: Path) -> None:
-    assert "trust_keys" in get_platform("arm-psa").reference_keys
     raw = _read(psa, PSA2)
     pem = _read(psa, IAK_PEM).decode()
-    policy = _Policy({"trust_keys": [pem], "lifecycles": ["secured"]})
+    policy = _policy(
+        {
+            "trust_keys": [pem],
+            "lifecycles": ["secured"],
+            "sw_components": [{"type": "NSPE", "measurement": NSPE_16}],
+            "implementation_ids": [IMPL_ID],
+            "profiles": ["http://arm.com/psa/2.0.0"],
+        }
+    )
     claims = verify_for_policy(Evidence("arm-psa", raw), policy, expected_report_data=bytes(64))
     assert claims.extra["iak"].hex() == IAK_POINT
+    other = _policy({"trust_keys": [point_bytes(OTHER.public_key()).hex()]})
     with pytest.raises(EvidenceVerificationError):
-        verify_for_policy(
-            Evidence("arm-psa", raw),
-            _Policy({"trust_keys": [point_bytes(OTHER.public_key()).hex()]}),
-            expected_report_data=bytes(64),
-        )
+        verify_for_policy(Evidence("arm-psa", raw), other, expected_report_data=bytes(64))
+    with pytest.raises(PolicyError, match="trust_key"):
+        _policy({"trust_key": [pem]})  # a misspelt key is refused by the policy checker
+    # A 32-byte challenge can never carry cctrain's 64-byte binding.
+    short = _forge(_psa2_claims(psa) | {10: bytes(32)})
+    forger = _policy({"trust_keys": [point_bytes(FORGER.public_key()).hex()]})
     with pytest.raises(EvidenceValidationError, match="report_data"):
-        # A 32-byte challenge can never carry cctrain's 64-byte binding.
-        short = _forge(_psa2_claims(psa) | {10: bytes(32)})
-        verify_for_policy(
-            Evidence("arm-psa", short),
-            _Policy({"trust_keys": [point_bytes(FORGER.public_key()).hex()]}),
-            expected_report_data=bytes(64),
-        )
+        verify_for_policy(Evidence("arm-psa", short), forger, expected_report_data=bytes(64))
 
 
 def test_certificates_are_not_a_psa_trust_anchor(psa: Path) -> None:
@@ -802,3 +808,48 @@ def test_the_console_script_runs_the_same_contract(psa: Path) -> None:
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     doc = json.loads(p.stdout)
     assert doc["nonce"] == CHALLENGE_0011 and len(doc["claims"]["sw_components"]) == 2
+
+
+# --------------------------------------------------------------------------- hostile input
+
+_CBOR_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
+    | st.binary(max_size=70)
+    | st.text(max_size=20)
+    | st.floats(allow_nan=False),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.integers(-75010, 2400) | st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(derandomize=True, max_examples=300)
+@given(
+    change=st.dictionaries(
+        st.sampled_from(sorted(PSA2_KEYS.values()) + [1, 2, -75006]), _CBOR_VALUES, max_size=3
+    )
+)
+def test_any_claim_values_give_a_token_or_a_parse_error(
+    vectors_dir: Path, change: dict[Any, Any]
+) -> None:
+    claims = _own_instance(_payload(_read(vectors_dir / "arm-psa", PSA2)), FORGER)
+    claims.update(change)
+    raw = _forge(claims)
+    try:
+        token = arm_psa.PLATFORM.parse(raw)
+    except EvidenceParseError:
+        return
+    assert _verify(raw, FORGER.public_key()).platform == "arm-psa"  # what parses, verifies
+    assert token.claims.lifecycle_name != "invalid"
+
+
+@settings(derandomize=True, max_examples=300)
+@given(data=st.binary(max_size=600))
+def test_arbitrary_bytes_never_crash(data: bytes) -> None:
+    assert arm_psa.PLATFORM.sniff(data) in (True, False)
+    with pytest.raises(EvidenceParseError):
+        arm_psa.PLATFORM.parse(data)
