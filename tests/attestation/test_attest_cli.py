@@ -48,7 +48,7 @@ KEYS = {
     "tcb_status",
     "advisories",
 }
-SIGNERS = {"vcek", "vlek", "pck", "device", "simulated"}
+SIGNERS = {"vcek", "vlek", "pck", "device", "simulated", "cca-cpak", "psa-iak", "aws-nitro"}
 HEX = set("0123456789abcdef")
 
 # Times (PROVENANCE.md and the upstream tests it cites).
