@@ -102,7 +102,8 @@ def parse(raw: bytes) -> NitroDocument:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise EvidenceParseError(f"{WHAT}: want bytes, got {type(raw).__name__}")
     data = bytes(raw)
-    if data[:1] == b"\x84":  # a CBOR array of 4: the document itself, nothing else tried
+    if data and (0x80 <= data[0] <= 0x9F or 0xC0 <= data[0] <= 0xDB):
+        # A CBOR array or tag: the document itself (strictly), nothing else is tried.
         return parse_document(data)
     if data[:1] == b"\x30":  # DER SEQUENCE: a certificate carrying the document
         carrier = _load_der(data, "carrying certificate")
