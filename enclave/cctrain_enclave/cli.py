@@ -66,7 +66,7 @@ def main() -> None:
     "--platform",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "simulated", "sev-snp", "tdx", "sgx"]),
+    type=click.Choice(["auto", "simulated", "sev-snp", "tdx", "sgx", "aws-nitro"]),
 )
 @click.option("--model-source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(

@@ -192,6 +192,10 @@ def measurement_of(evidence: Evidence) -> bytes:
 
         body = parse_quote(evidence.report, tee=evidence.platform).body
         return body.mr_enclave if isinstance(body, EnclaveReportBody) else body.mr_td
+    if evidence.platform == "aws-nitro":
+        from cctrain.attestation.aws_nitro.parse import parse_document
+
+        return parse_document(evidence.report).pcrs[0]
     raise AttestationError(f"no measurement field known for platform {evidence.platform!r}")
 
 
