@@ -46,7 +46,7 @@ NON_PRIVATE_OUTPUTS = frozenset({"train_loss", "train_accuracy", "samples", "pro
 COMMON_REFERENCE_KEYS = frozenset({"measurements", "accepted_tcb_statuses", "accepted_advisories"})
 #: Hardware platforms whose launch measurement the policy must pin: without an
 #: allow-list, any code on a genuine chip would be trusted with the data.
-MUST_PIN_MEASUREMENT = frozenset({"sev-snp", "tdx", "sgx", "arm-cca"})
+MUST_PIN_MEASUREMENT = frozenset({"sev-snp", "tdx", "sgx", "arm-cca", "aws-nitro"})
 #: ``attestation.gpu``: whether the enclave may (``optional``) or must (``required``) train on
 #: attested GPUs, each bound to the CPU evidence's nonce; ``forbidden`` (default): none.
 GPU_MODES = ("forbidden", "optional", "required")

@@ -209,6 +209,10 @@ def measurement_of(evidence: Evidence) -> bytes:
         from cctrain.attestation.arm_cca.parse import parse as parse_cca
 
         return parse_cca(evidence.report).realm.rim
+    if evidence.platform == "aws-nitro":
+        from cctrain.attestation.aws_nitro.parse import parse_document
+
+        return parse_document(evidence.report).pcrs[0]
     raise AttestationError(f"no measurement field known for platform {evidence.platform!r}")
 
 

@@ -8,6 +8,7 @@ works:
 2. ``/dev/sev-guest``: SEV-SNP on kernels without configfs-tsm.
 3. ``/dev/tdx_guest``: noted only; without configfs-tsm it cannot produce a quote.
 4. Gramine's ``/dev/attestation``: SGX.
+5. ``/dev/nsm``: an AWS Nitro Enclave.
 
 ``auto`` never returns the simulated provider: a host with no TEE fails loudly
 instead of silently running unprotected.  ``simulated`` must be named.
@@ -23,6 +24,8 @@ from cctrain.errors import AttestationError, NoEvidenceProviderError
 from .base import EvidenceProvider
 from .configfs_tsm import ConfigfsTsm, ConfigfsTsmProvider, platform_of
 from .gramine import ATTESTATION_DIR, GramineProvider
+from .nitro_nsm import DEVICE as NSM_DEVICE
+from .nitro_nsm import NitroNsmProvider
 from .sev_guest import DEVICE as SEV_DEVICE
 from .sev_guest import SevGuestProvider
 from .tdx_guest import DEVICE as TDX_DEVICE
@@ -30,7 +33,7 @@ from .tdx_guest import TdxGuestProvider
 
 log = logging.getLogger("cctrain.enclave")
 
-PLATFORMS = ("auto", "sev-snp", "tdx", "sgx", "arm-cca", "simulated")
+PLATFORMS = ("auto", "sev-snp", "tdx", "sgx", "arm-cca", "aws-nitro", "simulated")
 
 
 def searched_paths(root: Path = Path("/")) -> tuple[Path, ...]:
@@ -41,6 +44,7 @@ def searched_paths(root: Path = Path("/")) -> tuple[Path, ...]:
         root / SEV_DEVICE,
         root / TDX_DEVICE,
         root / ATTESTATION_DIR / "attestation_type",
+        root / NSM_DEVICE,
     )
 
 
@@ -88,6 +92,8 @@ def _auto(root: Path) -> EvidenceProvider:
     if (root / ATTESTATION_DIR / "attestation_type").exists():
         # Inside Gramine for sure: a wrong attestation_type is the real problem, say so.
         return GramineProvider(root)
+    if (root / NSM_DEVICE).exists():
+        return NitroNsmProvider(root)
     raise _nothing_found(root, notes)
 
 
@@ -144,6 +150,11 @@ def _select(platform: str, root: Path, state_dir: Path | None) -> EvidenceProvid
                 f"configfs-tsm provider is {cca.provider!r}, not 'arm_cca_guest': not a CCA realm"
             )
         return cca
+    if platform == "aws-nitro":
+        nitro = NitroNsmProvider(root)
+        if not nitro.available():
+            raise _nothing_found(root, [], "AWS Nitro Enclaves")
+        return nitro
     if platform == "simulated":
         if state_dir is None:
             raise AttestationError(
