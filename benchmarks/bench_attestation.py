@@ -168,6 +168,17 @@ ROWS: dict[str, list[Case]] = {
         ),
         Case("nvidia-gpu", "nvidia-gpu/nvat-sdk_evidence_hopper_590_12.json"),
     ],
+    # Real NSM documents, each at its own timestamp (the leaf certificate lives ~3 h).
+    "aws-nitro": [
+        Case("aws-nitro", f"aws-nitro/{name}", at=at)
+        for name, at in (
+            ("veracruz_eu-west-1_2022-11-09.cbor", "2022-11-09T22:52:00.696Z"),
+            ("evervault_us-east-1_2022-10-12_debug.cbor", "2022-10-12T13:50:06.081Z"),
+            ("evervault_us-east-1_2022-10-13.cbor", "2022-10-13T08:58:02.136Z"),
+            ("evervault_us-east-1_2023-01-18_cert-with-doc.der", "2023-01-18T13:07:19.280Z"),
+            ("evervault_us-east-1_2023-09-18_debug.b64", "2023-09-18T15:03:30.860Z"),
+        )
+    ],
     # Key-anchored tokens: no certificates, so no time (PROVENANCE-batch2.md).
     "arm-cca": [
         Case(

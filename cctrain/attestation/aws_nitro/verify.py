@@ -108,12 +108,25 @@ def _check_issued_by(child: x509.Certificate, issuer: x509.Certificate, errors: 
     if child.signature_algorithm_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA384:
         errors.append(f"certificate {_name(child)!r} is not signed with ECDSA-SHA384")
         return
+    problem = _link_problem(_der(child), _der(issuer))
+    if problem is not None:
+        errors.append(problem)
+
+
+@lru_cache(maxsize=512)
+def _link_problem(child_der: bytes, issuer_der: bytes) -> str | None:
+    """Whether ``issuer`` signed ``child`` (None) or why not, by their exact bytes: AWS's
+    regional and zonal intermediates recur across documents for days, so a long-running
+    verifier checks each link's signature once. Validity at ``now`` is never cached."""
+    child = x509.load_der_x509_certificate(child_der)
+    issuer = x509.load_der_x509_certificate(issuer_der)
     try:
         child.verify_directly_issued_by(issuer)
     except InvalidSignature:
-        errors.append(f"certificate {_name(child)!r}: signature by {_name(issuer)!r} is invalid")
+        return f"certificate {_name(child)!r}: signature by {_name(issuer)!r} is invalid"
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        errors.append(f"certificate {_name(child)!r} is not issued by {_name(issuer)!r}: {exc}")
+        return f"certificate {_name(child)!r} is not issued by {_name(issuer)!r}: {exc}"
+    return None
 
 
 def _check_ca(cert: x509.Certificate, below: int, errors: list[str]) -> None:
