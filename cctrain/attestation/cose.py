@@ -41,6 +41,25 @@ __all__ = [
 #: Nesting any of these formats needs (claims in a map in an array in a tag) is below 10.
 MAX_DEPTH = 16
 COSE_SIGN1_TAG = 18
+#: The only CBOR tags these tokens use: COSE_Sign1, the CCA collection, the CMW collection.
+#: Every other tag is refused, in particular the ones cbor2 would interpret: shared
+#: references (28/29, with which a few hundred bytes describe a structure of gigabytes),
+#: dates, bignums, decimal fractions, sets, regexes, MIME.
+ALLOWED_TAGS = frozenset({COSE_SIGN1_TAG, 399, 907})
+
+
+def _refuse_tag(*_: Any) -> Any:
+    raise cbor2.CBORDecodeError("a CBOR tag these tokens do not use")
+
+
+def _tag_hook(tag: Any, _immutable: bool) -> Any:
+    if tag.tag not in ALLOWED_TAGS:
+        raise cbor2.CBORDecodeError(f"CBOR tag {tag.tag}, which these tokens do not use")
+    return tag
+
+
+#: Every tag with a cbor2 built-in decoder is in 0..65535; above that only the hook runs.
+_REFUSED_SEMANTICS = {t: _refuse_tag for t in range(1 << 16) if t not in ALLOWED_TAGS}
 
 #: COSE algorithm id -> (name, curve, hash); the only algorithms these tokens use.
 ALGORITHMS: dict[int, tuple[str, type[ec.EllipticCurve], type[hashes.HashAlgorithm]]] = {
@@ -70,7 +89,12 @@ def loads_strict(data: bytes, what: str) -> Any:
     fp = io.BytesIO(data)
     try:
         item = cbor2.CBORDecoder(
-            fp, allow_indefinite=False, allow_duplicate_keys=False, max_depth=MAX_DEPTH
+            fp,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            max_depth=MAX_DEPTH,
+            tag_hook=_tag_hook,
+            semantic_decoders=_REFUSED_SEMANTICS,
         ).decode()
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
         raise EvidenceParseError(f"{what}: not well-formed CBOR ({_short(exc)})") from None

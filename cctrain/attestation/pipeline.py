@@ -177,6 +177,10 @@ def verify_gpus_for_policy(
     from cctrain.attestation.nvidia_gpu.composite import GPU_PLATFORM, verify_composite
 
     mode = policy.attestation.get("gpu", "forbidden")
+    if mode not in ("forbidden", "optional", "required"):
+        raise EvidenceValidationError(
+            [f"attestation.gpu: got {mode!r}, want forbidden, optional or required"]
+        )
     if mode == "forbidden":
         if gpu_evidence:
             raise EvidenceValidationError(
@@ -204,7 +208,7 @@ def verify_gpus_for_policy(
                 claims,
                 accepted_platforms=[GPU_PLATFORM],
                 reference=policy.reference_for(GPU_PLATFORM),
-                allow_debug=bool(policy.attestation["allow_debug"]),
+                allow_debug=policy.attestation.get("allow_debug") is True,
                 expected_report_data=None,  # bound below, to the CPU evidence
             )
         except (EvidenceParseError, EvidenceVerificationError, EvidenceValidationError) as exc:

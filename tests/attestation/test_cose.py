@@ -75,6 +75,14 @@ def test_the_algorithm_must_match_the_key() -> None:
         (bytes([0x58, 0x10, 0x00]), "not well-formed CBOR"),  # a byte string cut short
         (bytes([0x81] * 40 + [0x00]), "not well-formed CBOR"),  # deeper than any token
         (b"", "not well-formed CBOR"),
+        # Tags the tokens do not use, above all those cbor2 would interpret: a shared
+        # reference lets a few hundred bytes describe gigabytes (found by review).
+        (bytes([0xD8, 0x1C, 0x81, 0xD8, 0x1D, 0x00]), "semantic tag 2[89]"),
+        (bytes([0xD8, 0x1C, 0x80]), "semantic tag 28"),
+        (bytes([0xC1, 0x01]), "semantic tag 1"),
+        (bytes([0xC2, 0x41, 0x05]), "semantic tag 2"),
+        (bytes([0xD9, 0x01, 0x02, 0x80]), "semantic tag 258"),
+        (bytes([0xDA, 0x00, 0x01, 0x00, 0x00, 0x01]), "CBOR tag 65536"),
     ],
 )
 def test_strict_decoding(data: bytes, match: str) -> None:
@@ -90,7 +98,7 @@ def test_tag_and_shape_rules() -> None:
         parse_sign1(untagged, "t", tag="required")
     with pytest.raises(EvidenceParseError, match="want an untagged one"):
         parse_sign1(_sign1(-7, key, b"x"), "t", tag="forbidden")
-    with pytest.raises(EvidenceParseError, match="CBOR tag 17"):
+    with pytest.raises(EvidenceParseError, match="semantic tag 17: a CBOR tag these tokens do not"):
         parse_sign1(cbor2.dumps(cbor2.CBORTag(17, [b"", {}, b"", b""])), "t")
     with pytest.raises(EvidenceParseError, match="array of 4"):
         parse_sign1(cbor2.dumps([b"", {}, b""]), "t")

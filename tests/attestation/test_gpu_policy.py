@@ -52,6 +52,9 @@ def _gpu(vectors_dir: Path, flip: int | None = None) -> Evidence:
 
 
 def test_the_mode_decides_whether_gpus_may_or_must_be_there(vectors_dir: Path) -> None:
+    for unknown in ("Required", "require", True):  # fails closed, not open (found by review)
+        with pytest.raises(EvidenceValidationError, match="attestation.gpu: got"):
+            verify_gpus_for_policy(_cpu(), [], _Policy(unknown))  # type: ignore[arg-type]
     assert verify_gpus_for_policy(_cpu(), [], _Policy("forbidden")) == []
     assert verify_gpus_for_policy(_cpu(), [], _Policy("optional")) == []
     with pytest.raises(EvidenceValidationError, match='attestation.gpu is "required"'):
