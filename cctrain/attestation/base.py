@@ -153,7 +153,16 @@ def registered_platforms() -> list[str]:
     return sorted(_REGISTRY)
 
 
-_BUILTINS = ("simulated", "sev_snp", "dcap", "nvidia_gpu", "aws_nitro", "arm_cca", "arm_psa")
+_BUILTINS = (
+    "simulated",
+    "sev_snp",
+    "dcap",
+    "nvidia_gpu",
+    "aws_nitro",
+    "arm_cca",
+    "arm_psa",
+    "azure_vtpm",
+)
 
 
 def _load_builtin_platforms() -> None:
