@@ -46,7 +46,12 @@ NON_PRIVATE_OUTPUTS = frozenset({"train_loss", "train_accuracy", "samples", "pro
 COMMON_REFERENCE_KEYS = frozenset({"measurements", "accepted_tcb_statuses", "accepted_advisories"})
 #: Hardware platforms whose launch measurement the policy must pin: without an
 #: allow-list, any code on a genuine chip would be trusted with the data.
-MUST_PIN_MEASUREMENT = frozenset({"sev-snp", "tdx", "sgx", "arm-cca", "aws-nitro"})
+MUST_PIN_MEASUREMENT = frozenset(
+    {"sev-snp", "tdx", "sgx", "arm-cca", "aws-nitro", "azure-snp-vtpm"}
+)
+#: Platforms whose launch measurement covers only the cloud's firmware (Azure's SNP
+#: measurement is the paravisor's): the policy must also pin the PCRs that measure the image.
+MUST_PIN_PCRS = frozenset({"azure-snp-vtpm"})
 #: ``attestation.gpu``: whether the enclave may (``optional``) or must (``required``) train on
 #: attested GPUs, each bound to the CPU evidence's nonce; ``forbidden`` (default): none.
 GPU_MODES = ("forbidden", "optional", "required")
@@ -288,6 +293,14 @@ def _check_attestation(c: _Checker, doc: Any) -> dict[str, Any]:
             c.add(
                 f"attestation.reference.{plat}.measurements",
                 f"platform {plat!r} is accepted but no launch measurement is pinned",
+            )
+        if plat in MUST_PIN_PCRS and not (
+            isinstance(ref.get(plat), Mapping) and ref[plat].get("pcrs")
+        ):
+            c.add(
+                f"attestation.reference.{plat}.pcrs",
+                f"platform {plat!r} is accepted but no PCR is pinned (its measurement covers "
+                "only the cloud's paravisor, the PCRs measure the image)",
             )
     for plat, values in ref.items():
         path = f"attestation.reference.{plat}"
