@@ -196,6 +196,16 @@ ROWS: dict[str, list[Case]] = {
             ("trustee_cca-example-token.cbor", "arm_tfa_cpak_public.pem"),
         )
     ],
+    # Azure CVM: HCL report (SNP) + vTPM quote; each VCEK is valid 2025-01..2032-01.
+    "azure-snp-vtpm": [
+        Case("azure-snp-vtpm", f"other/{name}", at="2026-01-01T00:00:00Z")
+        for name in (
+            "azure-cvm-vtpm_genoa_evidence.json",
+            "azure-cvm-vtpm_milan_evidence_v0.json",
+            "azure-cvm-vtpm_milan_evidence_v1.json",
+            "azure-cvm-vtpm_milan_evidence_v2.json",
+        )
+    ],
     "arm-psa": [
         Case("arm-psa", f"arm-psa/{name}", keys=("arm-psa/tfm_default_iak_public.pem",))
         for name in (
