@@ -58,6 +58,7 @@ from cctrain.errors import (
     JournalError,
     KeyFileError,
     PermissionDeniedError,
+    PolicyError,
     PolicyMismatchError,
     ProtocolError,
     ReceiptError,
@@ -696,7 +697,6 @@ class DataOwner(EnclaveSession):
             raise ShardError(f"shard id {shard_id!r} must match {SHARD_ID.pattern}")
         party = self.keys.party_id
         state_dir = Path(state_dir) if state_dir is not None else self.state_dir
-        digest = self.policy.digest
         receipts_dir = state_dir / "receipts" / self.policy.digest.hex()[:16]
 
         try:
@@ -715,6 +715,43 @@ class DataOwner(EnclaveSession):
             what=f"upload {path.name}",
             label=dataset,
         )
+
+        def refused() -> None:
+            # Refused: this upload gave the policy nothing of the dataset. Only a grant this
+            # call created is given back, and only when the enclave holds nothing under this
+            # shard id: another process of this party may have had it accepted (this one is
+            # then refused ALREADY_EXISTS) or be streaming it.
+            if created and not self._enclave_holds(shard_id):
+                self.memory.forget_grant(self.policy.digest, party, shard_id, commitment)
+
+        return self._send_file(
+            path,
+            fmt=fmt,
+            shard_id=shard_id,
+            chunk_size=chunk_size,
+            progress=progress,
+            receipts_dir=receipts_dir,
+            commitment=commitment,
+            size=size,
+            on_refused=refused,
+        )
+
+    def _send_file(
+        self,
+        path: Path,
+        *,
+        fmt: str,
+        shard_id: str,
+        chunk_size: int,
+        progress: ProgressFn | bool | None,
+        receipts_dir: Path,
+        commitment: bytes,
+        size: int,
+        on_refused: Callable[[], None],
+    ) -> Receipt:
+        """Stream ``path`` (whose SHA-256 is ``commitment``) as ``shard_id``, resuming where
+        the enclave holds a prefix of this same upload; the verified receipt."""
+        party, digest = self.keys.party_id, self.policy.digest
         status = self.unary("UploadStatus", pb.UploadStatusRequest(shard_id=shard_id))
         if status.state == pb.UploadStatusResponse.ACCEPTED:
             receipt = self._check_receipt(status.receipt, shard_id, commitment, size, None)
@@ -774,12 +811,7 @@ class DataOwner(EnclaveSession):
             err = map_rpc_error(exc, upload=True)
             if isinstance(err, UploadRejectedError | AuthenticationError | PermissionDeniedError):
                 self.memory.drop_resume(digest, party, shard_id)
-                # Refused: this upload gave the policy nothing of the dataset. Only a grant
-                # this call created is given back, and only when the enclave holds nothing
-                # under this shard id: another process of this party may have had it accepted
-                # (this one is then refused ALREADY_EXISTS) or be streaming it.
-                if created and not self._enclave_holds(shard_id):
-                    self.memory.forget_grant(self.policy.digest, party, shard_id, commitment)
+                on_refused()
             elif isinstance(err, ProtocolError):  # the stream broke: what was acked is kept
                 again = type(err) if isinstance(err, EnclaveUnavailableError) else ProtocolError
                 err = again(f"{err}; run the upload again to resume", code=err.code)
@@ -1127,6 +1159,35 @@ class FetchedModel:
         model.load_state_dict(self.state_dict("pt"), strict=True)
         return model
 
+    def to_torch(self, *, package: str | Path | bytes | None = None) -> Any:
+        """The released model as a ``torch.nn.Module`` in eval mode, weights loaded (strict).
+
+        Built-in architectures are rebuilt from the signed manifest's model spec. A model
+        owner's package model needs the package (``package``: its file or bytes), which must
+        be the one the manifest names (checked before any of its code runs). Needs torch.
+        """
+        spec = self.manifest.get("model") or {}
+        shape, outputs = spec.get("feature_shape"), spec.get("num_outputs")
+        if not isinstance(shape, list) or not isinstance(outputs, int):
+            raise ReleaseError(
+                "this manifest does not record the model's input shape and outputs (a release "
+                "made before cctrain recorded them): build the model yourself and load_into it"
+            )
+        from cctrain_enclave.trainer.train import build_model_from_spec
+
+        data: bytes | None = None
+        if spec.get("name") == "package":
+            if package is None:
+                raise PolicyError(
+                    "the released model is a model owner's package: pass package=... (its file)"
+                )
+            data = package if isinstance(package, bytes) else Path(package).read_bytes()
+        elif package is not None:
+            raise PolicyError("package= given, but the released model is not a package")
+        model = build_model_from_spec(spec, tuple(shape), outputs, model_package=data)
+        self.load_into(model)
+        return model.eval()
+
 
 class Recipient(EnclaveSession):
     """A recipient named by the policy: fetches, verifies and unseals the released model."""
@@ -1159,6 +1220,78 @@ class Recipient(EnclaveSession):
             allow_simulated=self._allow_simulated,
             now=now,
         )
+
+
+class ModelOwner(DataOwner, Recipient):
+    """The model provider: attests the enclave, then uploads its model package (training plan
+    and initial weights) the way data is uploaded, encrypted to the attested enclave only.
+
+    The package must be the exact bytes the policy pins (``training.model.package_sha256``):
+    this is checked here, before anything is sent, and again by the enclave before it
+    receives a byte. No ε ledger entry: a package is code and weights, not data. A model
+    owner that the release rule names as a recipient fetches the trained model as any
+    recipient does (:meth:`fetch_model`).
+    """
+
+    def upload_package(
+        self,
+        path: str | Path,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: ProgressFn | bool | None = None,
+        state_dir: str | Path | None = None,
+    ) -> Receipt:
+        """Stream the package at ``path``; its verified receipt (resumes like a shard)."""
+        from cctrain.package import PACKAGE_SHARD_ID, UPLOAD_FORMAT, check_package_file
+
+        self._require_unlocked()
+        path = Path(path)
+        pinned = self.policy.model_package
+        if pinned is None:
+            raise PolicyError("this policy takes no model package (training.model.name)")
+        if pinned["provider"] != self.keys.party_id:
+            raise PolicyError(
+                f"{self.keys.party_id!r} is not the policy's model provider "
+                f"({pinned['provider']!r})"
+            )
+        try:
+            commitment, size = file_sha256(path)
+        except OSError as exc:
+            raise ShardError(f"cannot read model package {path}: {exc.strerror}") from None
+        if commitment.hex() != pinned["package_sha256"]:
+            raise PolicyError(
+                f"{path} has SHA-256 {commitment.hex()}, the policy pins "
+                f"{pinned['package_sha256']} (training.model.package_sha256): not sent"
+            )
+        if size > int(pinned["max_bytes"]):
+            raise ShardError(
+                f"{path} is {size} bytes, more than training.model.max_bytes = "
+                f"{pinned['max_bytes']}"
+            )
+        check_package_file(path)
+        state_dir = Path(state_dir) if state_dir is not None else self.state_dir
+        return self._send_file(
+            path,
+            fmt=UPLOAD_FORMAT,
+            shard_id=PACKAGE_SHARD_ID,
+            chunk_size=chunk_size,
+            progress=progress,
+            receipts_dir=state_dir / "receipts" / self.policy.digest.hex()[:16],
+            commitment=commitment,
+            size=size,
+            on_refused=lambda: None,
+        )
+
+    def upload(self, path: str | Path, **kwargs: Any) -> Receipt:
+        """A model owner that is also a data provider uploads data here; its package with
+        :meth:`upload_package`."""
+        party = self.policy.party(self.keys.party_id)
+        if party is None or not party.is_provider:
+            raise PolicyError(
+                f"{self.keys.party_id!r} is not a data provider: upload the model package "
+                "with upload_package()"
+            )
+        return super().upload(path, **kwargs)
 
 
 @dataclass(frozen=True)

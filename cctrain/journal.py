@@ -41,6 +41,8 @@ from cctrain.attestation.base import CollateralGetter
 from cctrain.dpcheck import release_problems
 from cctrain.errors import JournalError
 from cctrain.ids import is_party_id, is_shard_id
+from cctrain.package import PACKAGE_SHARD_ID
+from cctrain.package import UPLOAD_FORMAT as PACKAGE_UPLOAD_FORMAT
 from cctrain.policy import Policy
 from cctrain.protocol import (
     APPROVAL_SIG_TAG,
@@ -261,6 +263,11 @@ class AcceptedShard:
     def header_sha256(self) -> bytes:
         return hashlib.sha256(self.header_raw).digest()
 
+    @property
+    def is_model_package(self) -> bool:
+        """The model owner's package (no rows: code and initial weights, not data)."""
+        return self.header.format == PACKAGE_UPLOAD_FORMAT
+
 
 @dataclass(frozen=True)
 class CheckpointMark:
@@ -346,6 +353,16 @@ class RunState:
         return self.shards if self.uploads_closed is not None else ()
 
     @property
+    def data_shards(self) -> tuple[AcceptedShard, ...]:
+        """The training set's data shards (the shard set without the model package)."""
+        return tuple(s for s in self.training_shards if not s.is_model_package)
+
+    @property
+    def model_package(self) -> AcceptedShard | None:
+        """The accepted model package, if the policy takes one and it arrived."""
+        return next((s for s in self.shards if s.is_model_package), None)
+
+    @property
     def epsilon_spent(self) -> float | None:
         return self.checkpoint.epsilon if self.checkpoint is not None else None
 
@@ -365,8 +382,13 @@ class RunState:
         return sorted({s.party_id for s in self.shards})
 
     def providers_missing(self, policy: Policy) -> list[str]:
-        have = {s.party_id for s in self.shards}
-        return [p for p in policy.start["require_uploads_from"] if p not in have]
+        """Who must still upload before training may start: each provider the start rule
+        names (a data shard each), and the model provider (its package)."""
+        have = {s.party_id for s in self.shards if not s.is_model_package}
+        missing = [p for p in policy.start["require_uploads_from"] if p not in have]
+        if policy.model_provider is not None and self.model_package is None:
+            missing.append(f"{policy.model_provider} (the model package)")
+        return missing
 
     def approved_by(self) -> list[str]:
         return [p for p, _ in self.approvals]
@@ -521,12 +543,32 @@ def _check_header(r: _Refuse, policy: Policy, uh: pb.UploadHeader) -> pb.ShardHe
     party = policy.party(msg.party_id)
     r.check(msg.version == HEADER_VERSION, f"upload header version {msg.version}")
     r.check(msg.policy_digest == policy.digest, "upload header is for another policy")
-    r.check(party is not None and party.is_provider, f"{msg.party_id!r} is not a data provider")
-    r.check(is_shard_id(msg.shard_id), f"shard id {msg.shard_id!r} is not valid")
-    r.check(msg.format in policy.data["formats"], f"format {msg.format!r} is not allowed")
-    r.check(
-        0 < msg.plaintext_size <= int(policy.data["max_bytes"]), "shard size outside data.max_bytes"
-    )
+    pkg = policy.model_package
+    if msg.format == PACKAGE_UPLOAD_FORMAT:
+        r.check(
+            pkg is not None and msg.party_id == pkg["provider"],
+            f"{msg.party_id!r} uploaded a model package, but is not the policy's model provider",
+        )
+        r.check(msg.shard_id == PACKAGE_SHARD_ID, f"model package named {msg.shard_id!r}")
+        r.check(
+            pkg is not None and msg.plaintext_sha256.hex() == pkg["package_sha256"],
+            "the model package is not the one the policy pins",
+        )
+        r.check(
+            pkg is not None and 0 < msg.plaintext_size <= int(pkg["max_bytes"]),
+            "model package size outside training.model.max_bytes",
+        )
+    else:
+        r.check(party is not None and party.is_provider, f"{msg.party_id!r} is not a data provider")
+        r.check(
+            is_shard_id(msg.shard_id) and msg.shard_id != PACKAGE_SHARD_ID,
+            f"shard id {msg.shard_id!r} is not valid",
+        )
+        r.check(msg.format in policy.data["formats"], f"format {msg.format!r} is not allowed")
+        r.check(
+            0 < msg.plaintext_size <= int(policy.data["max_bytes"]),
+            "shard size outside data.max_bytes",
+        )
     r.check(
         msg.chunk_size > 0
         and msg.chunk_count == expected_chunk_count(msg.plaintext_size, msg.chunk_size),
@@ -581,10 +623,13 @@ def _check_receipt(
     }
     for name, (got, wanted) in want.items():
         r.check(got == wanted, f"receipt {name} does not match its entry")
-    r.check(
-        int(policy.data["min_rows"]) <= body.rows <= int(policy.data["max_rows"]),
-        f"receipt rows {body.rows} outside the policy's data.min_rows..max_rows",
-    )
+    if header.format == PACKAGE_UPLOAD_FORMAT:
+        r.check(body.rows == 0, f"a model package's receipt claims {body.rows} rows")
+    else:
+        r.check(
+            int(policy.data["min_rows"]) <= body.rows <= int(policy.data["max_rows"]),
+            f"receipt rows {body.rows} outside the policy's data.min_rows..max_rows",
+        )
     return body
 
 
@@ -656,10 +701,13 @@ def manifest_problems(
         ]
         if refs != receipts:
             problems.append("the receipts listed are not exactly the shards uploads closed on")
-    have = {p for p, _, _ in receipts}
+    have = {p for p, s, _ in receipts if s != PACKAGE_SHARD_ID}
     for pid in policy.start["require_uploads_from"]:
         if pid not in have:
             problems.append(f"no receipt from {pid!r}, which the start rule requires")
+    owner = policy.model_provider
+    if owner is not None and (owner, PACKAGE_SHARD_ID) not in {(p, s) for p, s, _ in receipts}:
+        problems.append(f"no receipt for the model package of {owner!r}")
     return receipts, problems
 
 

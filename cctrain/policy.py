@@ -29,10 +29,13 @@ PAYLOAD_TYPES = {
     "toml": "application/vnd.cctrain.policy+toml",
     "json": "application/vnd.cctrain.policy+json",
 }
-ROLES = frozenset({"data_provider", "recipient"})
+ROLES = frozenset({"data_provider", "model_provider", "recipient"})
 SHARD_FORMATS = frozenset({"npz", "csv"})
 FEATURE_DTYPES = frozenset({"float32", "float64"})
-MODELS = frozenset({"logreg", "mlp", "cnn", "custom"})
+MODELS = frozenset({"logreg", "mlp", "cnn", "custom", "package"})
+#: ``training.model.max_bytes`` default for a model package (sources + initial weights).
+DEFAULT_PACKAGE_MAX_BYTES = 256 << 20
+MAX_PACKAGE_BYTES = 16 << 30
 OPTIMIZERS = frozenset({"sgd", "adam"})
 ACCOUNTANTS = frozenset({"rdp", "prv"})
 NOISE_SOURCES = frozenset({"csprng", "insecure-fast"})
@@ -74,6 +77,10 @@ class Party:
     @property
     def is_recipient(self) -> bool:
         return "recipient" in self.roles
+
+    @property
+    def is_model_provider(self) -> bool:
+        return "model_provider" in self.roles
 
     @property
     def signing_public_raw(self) -> bytes:
@@ -121,6 +128,18 @@ class Policy:
     @property
     def recipients(self) -> list[str]:
         return list(self.release["recipients"])
+
+    @property
+    def model_package(self) -> Mapping[str, Any] | None:
+        """``training.model`` when it names a model owner's package, else None."""
+        model: Mapping[str, Any] = self.training["model"]
+        return model if model.get("name") == "package" else None
+
+    @property
+    def model_provider(self) -> str | None:
+        """The party whose package the policy pins (it must upload it before training)."""
+        pkg = self.model_package
+        return str(pkg["provider"]) if pkg is not None else None
 
     def reference_for(self, platform: str) -> Mapping[str, Any]:
         ref: Mapping[str, Any] = self.attestation.get("reference", {}).get(platform, {})
@@ -417,13 +436,48 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
         t.get("model", {}),
         "training.model",
         required=("name",),
-        optional=("params", "source_sha256", "entry"),
+        optional=(
+            "params",
+            "source_sha256",
+            "entry",
+            "package_sha256",
+            "provider",
+            "module",
+            "max_bytes",
+        ),
     )
     if "name" in m:
         c.choice(m["name"], "training.model.name", MODELS)
     m.setdefault("params", {})
     if not isinstance(m["params"], Mapping):
         c.add("training.model.params", "must be a table")
+    package_keys = ("package_sha256", "provider", "module", "max_bytes")
+    if m.get("name") == "package":
+        sha = m.get("package_sha256")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            c.add(
+                "training.model.package_sha256",
+                "a model package needs the SHA-256 (64 lowercase hex) of its exact bytes "
+                "(`cctrain model package DIR` prints it)",
+            )
+        if not isinstance(m.get("provider"), str):
+            c.add("training.model.provider", "must name the model_provider party")
+        m.setdefault("module", "plan")
+        if not isinstance(m["module"], str) or not re.fullmatch(
+            r"[A-Za-z_][A-Za-z0-9_]{0,63}", m["module"]
+        ):
+            c.add("training.model.module", f"must be a module name, got {m['module']!r}")
+        m.setdefault("entry", "build_model")
+        m.setdefault("max_bytes", DEFAULT_PACKAGE_MAX_BYTES)
+        mb = m["max_bytes"]
+        if c.typed(mb, "training.model.max_bytes", int, "an integer") and not (
+            0 < mb <= MAX_PACKAGE_BYTES
+        ):
+            c.add("training.model.max_bytes", f"must be in [1, {MAX_PACKAGE_BYTES}], got {mb}")
+    elif any(k in m for k in package_keys):
+        c.add("training.model", f"{'/'.join(package_keys)} apply only to name = 'package'")
+    if "entry" in m and not isinstance(m["entry"], str):
+        c.add("training.model.entry", f"must be a function name, got {m['entry']!r}")
     if m.get("name") == "custom":
         sha = m.get("source_sha256")
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
@@ -432,8 +486,8 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
                 "custom model needs the SHA-256 (64 lowercase hex) of its source",
             )
         m.setdefault("entry", "build_model")
-    elif "source_sha256" in m or "entry" in m:
-        c.add("training.model", "source_sha256/entry apply only to name = 'custom'")
+    elif "source_sha256" in m or ("entry" in m and m.get("name") != "package"):
+        c.add("training.model", "source_sha256/entry apply only to name = 'custom' or 'package'")
     o = c.table(
         t.get("optimizer", {}),
         "training.optimizer",
@@ -449,6 +503,50 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
             c.positive_int(t[key], f"training.{key}")
     t["model"], t["optimizer"] = m, o
     return t
+
+
+def _check_model_owner(
+    c: _Checker, training: Mapping[str, Any], parties: list[Party], *, simulated_only: bool
+) -> None:
+    """A package names its model_provider; that role exists only for a package; host-side
+    custom model code only where nothing is protected anyway (the simulated platform)."""
+    model = training.get("model")
+    if not isinstance(model, Mapping):
+        return
+    owners = [p.id for p in parties if p.is_model_provider]
+    name = model.get("name")
+    if name == "package":
+        provider = model.get("provider")
+        by_id = {p.id: p for p in parties}
+        if isinstance(provider, str):
+            party = by_id.get(provider)
+            if party is None:
+                c.add("training.model.provider", f"{provider!r} is not a party of this policy")
+            elif not party.is_model_provider:
+                c.add(
+                    "training.model.provider",
+                    f"{provider!r} does not have the 'model_provider' role",
+                )
+        for pid in owners:
+            if pid != provider:
+                c.add(
+                    "parties",
+                    f"{pid!r} has the 'model_provider' role, but the package is "
+                    f"training.model.provider = {provider!r}",
+                )
+    elif owners:
+        c.add(
+            "parties",
+            f"{', '.join(repr(o) for o in owners)} has the 'model_provider' role, but "
+            "training.model.name is not 'package'",
+        )
+    if name == "custom" and not simulated_only:
+        c.add(
+            "training.model.name",
+            "'custom' model code is read from the host's disk in plain text (the operator "
+            "reads it) and is allowed only on the simulated platform: use name = 'package' "
+            "and a model_provider party, who uploads it to the attested enclave",
+        )
 
 
 def _check_privacy(c: _Checker, doc: Any, *, simulated_only: bool) -> dict[str, Any]:
@@ -729,6 +827,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
     providers = [p.id for p in parties if p.is_provider]
     if parties and not providers:
         c.add("parties", "no party has the data_provider role")
+    _check_model_owner(c, training, parties, simulated_only=simulated_only)
     start = _check_start(c, top.get("start", {}), providers)
     release = _check_release(c, top.get("release", {}), parties)
     limits = _check_limits(c, top.get("limits", {}), data)

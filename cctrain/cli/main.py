@@ -95,7 +95,13 @@ def policy() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The custom model's source file (checked against the policy's pin, then run).",
 )
-def policy_check(policy_file: Path, model_source: Path | None) -> None:
+@click.option(
+    "--model-package",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The model package (checked against the policy's pin, then run): the model "
+    "owner's own check before it uploads.",
+)
+def policy_check(policy_file: Path, model_source: Path | None, model_package: Path | None) -> None:
     """Validate a TOML/JSON policy strictly, print its digest, and check its training plan.
 
     The plan check builds the model, runs Opacus's validator and the gradient-mode checks,
@@ -120,6 +126,15 @@ def policy_check(policy_file: Path, model_source: Path | None) -> None:
     if custom and source is None:
         click.echo("training plan: NOT CHECKED (custom model: pass --model-source FILE)")
         return
+    package = model_package.read_bytes() if model_package is not None else None
+    if package is not None and p.model_package is None:
+        raise PolicyError("--model-package given, but the policy's model is not 'package'")
+    if p.model_package is not None and package is None:
+        click.echo(
+            "training plan: NOT CHECKED (the model owner's package: its owner checks it "
+            "with --model-package FILE)"
+        )
+        return
     try:
         from cctrain_enclave.trainer.precheck import check_training_plan
     except ImportError:
@@ -132,6 +147,7 @@ def policy_check(policy_file: Path, model_source: Path | None) -> None:
         p,
         custom_model_source=source,
         simulated_platform=list(p.attestation["platforms"]) == ["simulated"],
+        model_package=package,
     )
     if problems:
         fail(str(PolicyError("the policy's training plan cannot run", problems)), FAILED)
@@ -361,6 +377,88 @@ def attest_enclave(address: str, policy_file: Path, key_file: Path, allow_simula
     with _connect(EnclaveSession, address, policy_file, key_file, allow_simulated) as s:
         click.echo(json.dumps(s.enclave.claims.to_json(), indent=2))
         click.echo(f"policy digest: {s.policy.digest.hex()}")
+
+
+# --------------------------------------------------------------------------- model owners
+
+
+@main.group()
+def model() -> None:
+    """A model owner's package: build it, inspect it, upload it to the attested enclave."""
+
+
+@model.command("package")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def model_package(directory: Path, out_file: Path, fmt: str) -> None:
+    """Build a package from DIRECTORY (flat *.py modules, optional weights.safetensors) and
+    print the SHA-256 the policy pins (training.model.package_sha256)."""
+    from cctrain.package import package_from_dir, package_sha256, read_package
+
+    data = package_from_dir(directory)
+    out_file.write_bytes(data)
+    info = read_package(data).summary()
+    doc = {"package": str(out_file), "sha256": package_sha256(data), "bytes": len(data), **info}
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"wrote {out_file} ({len(data)} bytes)")
+    click.echo(f"modules: {', '.join(info['files'])}; initial weights: {info['tensors']} tensors")
+    click.echo(f'package_sha256 = "{doc["sha256"]}"')
+
+
+@model.command("inspect")
+@click.argument("package_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def model_inspect(package_file: Path, fmt: str) -> None:
+    """Check PACKAGE_FILE's structure and print what it holds and its SHA-256."""
+    from cctrain.client import file_sha256
+    from cctrain.package import check_package_file
+
+    info = check_package_file(package_file).summary()
+    digest, size = file_sha256(package_file)
+    doc = {"package": str(package_file), "sha256": digest.hex(), "bytes": size, **info}
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"{package_file}: {size} bytes, sha256 {digest.hex()}")
+    for name, n in info["files"].items():
+        click.echo(f"  {name}: {n} bytes")
+    click.echo(f"  initial weights: {info['tensors']} tensors, {info['weights_bytes']} bytes")
+
+
+@model.command("upload")
+@click.argument("package_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_session_options
+@click.option("--receipt-out", type=click.Path(path_type=Path), help="Also write the receipt here.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
+def model_upload(
+    package_file: Path,
+    address: str,
+    policy_file: Path,
+    key_file: Path,
+    allow_simulated: bool,
+    receipt_out: Path | None,
+    progress: bool | None,
+) -> None:
+    """Attest the enclave, then stream PACKAGE_FILE encrypted to it; verify the receipt.
+
+    The package must be the one the policy pins: checked before connecting."""
+    from cctrain.client import ModelOwner
+    from cctrain.package import check_package_file
+
+    check_package_file(package_file)  # before connecting: a wrong file is bad input
+    with _connect(ModelOwner, address, policy_file, key_file, allow_simulated) as owner:
+        receipt = owner.upload_package(package_file, progress=progress)
+    if receipt_out:
+        receipt_out.write_text(json.dumps(receipt.to_json(), indent=2) + "\n")
+    click.echo(
+        f"receipt verified: party={receipt.party_id} model package "
+        f"sha256={receipt.plaintext_sha256.hex()} policy={receipt.policy_digest.hex()}"
+    )
 
 
 # --------------------------------------------------------------------------- upload

@@ -22,6 +22,7 @@ Design (see DESIGN.md, protocol step 2):
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ from cctrain.protocol import (
 )
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal, StoredShardError
+from cctrain_enclave.package import PACKAGE_FORMAT_NAME, PACKAGE_SHARD_ID, PackageParser
 from cctrain_enclave.quotas import Holding, accepted_holdings, check_provider_limits
 from cctrain_enclave.shards import (
     ShardArrays,
@@ -210,11 +212,13 @@ class ShardStore:
                     f"you have {len(inflight)} upload(s) in progress; the policy allows {limit} "
                     "at once (limits.concurrent_uploads_per_provider)",
                 )
-            holdings = {h.shard_id: h for h in accepted_holdings(accepted, party)}
-            for h in (*self._partial_holdings(party), *inflight.values()):
-                holdings.setdefault(h.shard_id, h)
             new = Holding.of(header)
-            check_provider_limits(self._policy, new, holdings.values())
+            if header.format != PACKAGE_FORMAT_NAME:
+                holdings = {h.shard_id: h for h in accepted_holdings(accepted, party)}
+                for h in (*self._partial_holdings(party), *inflight.values()):
+                    if h.shard_id != PACKAGE_SHARD_ID:
+                        holdings.setdefault(h.shard_id, h)
+                check_provider_limits(self._policy, new, holdings.values())
             inflight[header.shard_id] = new
 
     def release_admission(self, party: str, shard: str) -> None:
@@ -495,7 +499,7 @@ class UploadSession:
             self.hasher = hashlib.sha256()
             # The shard's parser, fed each chunk as it is decrypted: its verdict is the one the
             # receipt records (there is no second pass), and training runs the same parser.
-            self.check = _StreamingCheck(open_parser(msg.format, self.policy.data))
+            self.check = _StreamingCheck(self._parser(msg.format))
             self.dir = store.partial_dir(party_id, self.shard_id)
             self.next_index = self._prepare(int(upload_header.resume_from))
             self.finished = False
@@ -543,27 +547,19 @@ class UploadSession:
                 f"upload header names party {quoted(msg.party_id)} but the request is from "
                 f"{self.party_id!r}",
             )
-        if not party.is_provider:
-            raise Refusal(
-                grpc.StatusCode.PERMISSION_DENIED, f"{self.party_id!r} is not a data_provider"
-            )
-        if not is_shard_id(msg.shard_id):
-            raise Refusal(bad, f"upload header: shard_id must match {SHARD_ID.pattern}")
-        schema = self.policy.data
-        if msg.format not in schema["formats"]:
-            raise Refusal(
-                bad,
-                f"upload header: format {quoted(msg.format)} not allowed "
-                f"(policy: {list(schema['formats'])})",
-            )
+        if msg.format == PACKAGE_FORMAT_NAME:
+            max_bytes = self._check_package_header(msg)
+        else:
+            max_bytes = self._check_data_header(msg, party.is_provider)
         if not MIN_CHUNK_SIZE <= msg.chunk_size <= MAX_CHUNK_SIZE:
             raise Refusal(
                 bad, f"upload header: chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]"
             )
-        if msg.plaintext_size > int(schema["max_bytes"]):
+        if msg.plaintext_size > max_bytes:
+            what = "training.model" if msg.format == PACKAGE_FORMAT_NAME else "data"
             raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"shard of {msg.plaintext_size} bytes exceeds data.max_bytes = {schema['max_bytes']}",
+                f"upload of {msg.plaintext_size} bytes exceeds {what}.max_bytes = {max_bytes}",
             )
         if msg.plaintext_size == 0:
             raise Refusal(bad, "upload header: empty shard")
@@ -574,6 +570,67 @@ class UploadSession:
         if len(msg.nonce_prefix) != NONCE_PREFIX_SIZE or len(msg.plaintext_sha256) != 32:
             raise Refusal(bad, "upload header: nonce_prefix must be 7 bytes, plaintext_sha256 32")
         return ParsedHeader(bytes(uh.header), msg, hashlib.sha256(uh.header).digest())
+
+    def _check_data_header(self, msg: pb.ShardHeader, is_provider: bool) -> int:
+        """A data shard's header: a data provider, a shard id, a format the policy allows."""
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if not is_provider:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED, f"{self.party_id!r} is not a data_provider"
+            )
+        if not is_shard_id(msg.shard_id) or msg.shard_id == PACKAGE_SHARD_ID:
+            raise Refusal(
+                bad,
+                f"upload header: shard_id must match {SHARD_ID.pattern} and not be "
+                f"{PACKAGE_SHARD_ID!r} (the model package's)",
+            )
+        schema = self.policy.data
+        if msg.format not in schema["formats"]:
+            raise Refusal(
+                bad,
+                f"upload header: format {quoted(msg.format)} not allowed "
+                f"(policy: {list(schema['formats'])})",
+            )
+        return int(schema["max_bytes"])
+
+    def _check_package_header(self, msg: pb.ShardHeader) -> int:
+        """A model package's header: from the policy's model provider, committing to exactly
+        the pinned bytes. Checked before any byte of it is received, so a package the policy
+        does not pin is neither stored nor run."""
+        pkg = self.policy.model_package
+        if pkg is None:
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this policy takes no model package (training.model.name is not 'package')",
+            )
+        if self.party_id != pkg["provider"]:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{self.party_id!r} is not the model provider (training.model.provider = "
+                f"{pkg['provider']!r})",
+            )
+        if msg.shard_id != PACKAGE_SHARD_ID:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"upload header: a model package is uploaded as {PACKAGE_SHARD_ID!r}",
+            )
+        if len(msg.plaintext_sha256) != 32 or not hmac.compare_digest(
+            msg.plaintext_sha256.hex(), str(pkg["package_sha256"])
+        ):
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model package has SHA-256 {msg.plaintext_sha256.hex()[:64]}, the policy pins "
+                f"{pkg['package_sha256']} (training.model.package_sha256); nothing of it was "
+                "received",
+            )
+        return int(pkg["max_bytes"])
+
+    def _parser(self, fmt: str) -> Any:
+        if fmt == PACKAGE_FORMAT_NAME:
+            pkg = self.policy.model_package
+            assert pkg is not None  # checked with the header
+            return PackageParser(max_bytes=int(pkg["max_bytes"]))
+        return open_parser(fmt, self.policy.data)
 
     def _prepare(self, resume_from: int) -> int:
         existing = self.store.partial_progress(self.party_id, self.shard_id)
@@ -712,7 +769,11 @@ class UploadSession:
         return receipt
 
     def _validate(self) -> int:
-        """Rows of the shard: the streaming parser's verdict, then the schema check."""
+        """Rows of the shard: the streaming parser's verdict, then the schema check (a model
+        package has no rows: its parser checked its structure)."""
+        if self.header.msg.format == PACKAGE_FORMAT_NAME:
+            self.check.finish()
+            return 0
         return checked_rows(self.check.finish(), self.policy.data)
 
     _moved_to: Path | None = None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import grpc
 
 from cctrain.journal import AcceptedShard
+from cctrain.package import UPLOAD_FORMAT as PACKAGE_UPLOAD_FORMAT
 from cctrain.policy import Policy
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal
@@ -45,8 +46,13 @@ class Holding:
 
 
 def accepted_holdings(shards: Iterable[AcceptedShard], party: str) -> list[Holding]:
-    """The provider's accepted shards, as holdings."""
-    return [Holding.of(s.header) for s in shards if s.party_id == party]
+    """The provider's accepted data shards, as holdings (a model package is not data: the
+    policy's pin bounds it to one exact file, outside the data limits)."""
+    return [
+        Holding.of(s.header)
+        for s in shards
+        if s.party_id == party and s.header.format != PACKAGE_UPLOAD_FORMAT
+    ]
 
 
 def check_provider_limits(policy: Policy, new: Holding, holdings: Iterable[Holding]) -> None:

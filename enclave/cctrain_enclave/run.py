@@ -24,7 +24,8 @@ import grpc
 
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.crypto.keys import x25519_public
-from cctrain.journal import MANIFEST_TYPE, RunState
+from cctrain.errors import ShardError
+from cctrain.journal import MANIFEST_TYPE, AcceptedShard, RunState
 from cctrain.policy import non_private_outputs, thaw
 from cctrain.protocol import MANIFEST_SIG_TAG
 from cctrain.release import (
@@ -39,6 +40,7 @@ from cctrain.release import (
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal, StoredShardError
 from cctrain_enclave.ingest import ShardStore
+from cctrain_enclave.package import PackageParser
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.state import EnclaveState, atomic_write, fsync_dir
 from cctrain_enclave.state.checkpoints import JournaledCheckpoints
@@ -157,8 +159,12 @@ class RunController:
             self._fail(stage, exc)
             return
         try:
+            model_package = None
+            if state.view.model_package is not None:
+                stage = "loading the model package"
+                model_package = self._read_package(state.view.model_package)
             stage = "loading the shards"
-            dataset = self.store.load_dataset(state.view.training_shards, policy.data)
+            dataset = self.store.load_dataset(state.view.data_shards, policy.data)
             stage = "training"
             result = train(
                 dataset.features,
@@ -170,6 +176,7 @@ class RunController:
                 checkpoint=BlobCheckpoints(checkpoints),
                 progress=self._on_progress,
                 custom_model_source=self.ctx.custom_model_source,
+                model_package=model_package,
                 stop=self._stop,
             )
             stage = "building the release"
@@ -181,6 +188,20 @@ class RunController:
             log.warning("training ended: %s", exc.log_text)
         except Exception as exc:  # noqa: BLE001 - every failure ends the run, with a safe message
             self._fail(stage, exc)
+
+    def _read_package(self, shard: AcceptedShard) -> bytes:
+        """The model package's plaintext, exactly the committed bytes, checked as it was at
+        upload (it is code: it runs only after the trainer checks the pin once more)."""
+        pkg = self.policy.model_package
+        assert pkg is not None
+        parser = PackageParser(max_bytes=int(pkg["max_bytes"]), keep=True)
+        try:
+            self.store.read_accepted(shard, parser.feed)
+            return parser.take_bytes()
+        except (ShardError, OSError) as exc:
+            raise StoredShardError(
+                shard.party_id, shard.shard_id, shard.seq, str(exc), at_rest=True
+            ) from None
 
     def _fail(self, stage: str, exc: BaseException) -> None:
         public, private = failure_report(stage, exc)
@@ -214,6 +235,7 @@ class RunController:
             report_data_for(identity, policy_digest=policy.digest, nonce=release_nonce(model_sha))
         )
         allowed = set(policy.release["metrics"])
+        outputs = int(policy.data["labels"]["num_classes"])
         assert view.uploads_closed is not None
         manifest_doc = {
             "type": MANIFEST_TYPE,
@@ -231,7 +253,9 @@ class RunController:
             "evidence": evidence_to_json(evidence),
             "evidence_sha256": evidence_digest(evidence).hex(),
             "model_sha256": model_sha.hex(),
-            "model": result.model_spec,
+            # What a recipient needs to rebuild the architecture (FetchedModel.to_torch).
+            "model": result.model_spec
+            | {"feature_shape": list(policy.data["features"]["shape"]), "num_outputs": outputs},
             "weights_format": "safetensors",
             "receipts": [
                 {"body": b64(s.receipt.body), "signature": b64(s.receipt.signature)}
@@ -414,4 +438,10 @@ def _code_locations(exc: BaseException) -> list[str]:
     """Where the failure happened (files, lines, functions), never what it said: code
     locations are public, the message may quote the data."""
     frames = traceback.extract_tb(exc.__traceback__)[-12:]
-    return [f"  at {f.filename}:{f.lineno} in {f.name}\n" for f in frames]
+    # A model owner's code is its intellectual property: not even its function names.
+    return [
+        "  in the model package's code\n"
+        if f.filename.startswith("<package ")
+        else f"  at {f.filename}:{f.lineno} in {f.name}\n"
+        for f in frames
+    ]

@@ -65,6 +65,10 @@ def test_recipient_fetches_verified_model(released: Any) -> None:
     assert hashlib.sha256(model.weights).hexdigest() == m["model_sha256"]
     sd = model.state_dict()
     assert sd["1.weight"].shape == (2, 4)
+    # The recipient rebuilds the built-in architecture from the signed manifest alone.
+    net = model.to_torch()
+    assert not net.training
+    assert net[1].weight.detach().numpy().tobytes() == sd["1.weight"].tobytes()
 
 
 def test_manifest_with_one_flipped_byte(released: Any) -> None:

@@ -46,6 +46,7 @@ from cctrain.journal import (
     verify_approval,
     verify_consent,
 )
+from cctrain.package import UPLOAD_FORMAT as PACKAGE_UPLOAD_FORMAT
 from cctrain.policy import Policy
 from cctrain.protocol import RECEIPT_SIG_TAG, RECEIPT_VERSION, evidence_to_pb, quoted
 from cctrain.v1 import enclave_pb2 as pb
@@ -556,9 +557,12 @@ class EnclaveState:
             refuse_withdrawn_id(view, header.party_id, header.shard_id)
             # Checked at the header already; again here, atomically with the entry, for
             # concurrent uploads of one provider.
-            check_provider_limits(
-                self.policy, Holding.of(header), accepted_holdings(view.shards, header.party_id)
-            )
+            if header.format != PACKAGE_UPLOAD_FORMAT:
+                check_provider_limits(
+                    self.policy,
+                    Holding.of(header),
+                    accepted_holdings(view.shards, header.party_id),
+                )
             body = pb.ReceiptBody(
                 version=RECEIPT_VERSION,
                 policy_digest=self.policy.digest,

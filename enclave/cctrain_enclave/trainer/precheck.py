@@ -39,9 +39,17 @@ def _describe(exc: BaseException) -> list[str]:
 
 
 def check_training_plan(
-    policy: Policy, *, custom_model_source: bytes | None, simulated_platform: bool
+    policy: Policy,
+    *,
+    custom_model_source: bytes | None,
+    simulated_platform: bool,
+    model_package: bytes | None = None,
 ) -> list[str]:
-    """Every reason the policy's model and training cannot run (empty list: they can)."""
+    """Every reason the policy's model and training cannot run (empty list: they can).
+
+    A model package arrives only after the enclave started: without ``model_package`` its
+    model is not checked (the model owner runs this check with it: ``cctrain model check``).
+    """
     training: dict[str, Any] = thaw(policy.training)
     privacy: dict[str, Any] = thaw(policy.privacy)
     data: Mapping[str, Any] = policy.data
@@ -50,11 +58,17 @@ def check_training_plan(
     problems = _training_problems(training)
     if problems:
         return problems
+    if training["model"]["name"] == "package" and model_package is None:
+        return []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(training.get("seed", 0)))
         try:
             model = build_model_from_spec(
-                _model_spec(training), shape, classes, custom_model_source=custom_model_source
+                _model_spec(training),
+                shape,
+                classes,
+                custom_model_source=custom_model_source,
+                model_package=model_package,
             )
         except Exception as exc:  # noqa: BLE001 - model code may raise anything
             return [f"building the model failed: {p}" for p in _describe(exc)]
@@ -92,6 +106,7 @@ def check_training_plan(
             checkpoint=None,
             progress=None,
             custom_model_source=custom_model_source,
+            model_package=model_package,
         )
     except CctrainError as exc:
         if str(exc).startswith("training diverged"):

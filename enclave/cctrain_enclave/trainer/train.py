@@ -151,6 +151,12 @@ def _model_spec(training: Mapping[str, Any]) -> dict[str, Any]:
     spec = {"name": model["name"], "params": dict(model.get("params") or {})}
     if model["name"] == "custom":
         spec |= {"source_sha256": model["source_sha256"], "entry": model["entry"]}
+    if model["name"] == "package":
+        spec |= {
+            "package_sha256": model["package_sha256"],
+            "module": model["module"],
+            "entry": model["entry"],
+        }
     return spec
 
 
@@ -160,9 +166,23 @@ def build_model_from_spec(
     num_classes: int,
     *,
     custom_model_source: bytes | None = None,
+    model_package: bytes | None = None,
 ) -> nn.Module:
-    """Rebuild the architecture of a :class:`TrainingResult` (weights then load into it)."""
+    """Rebuild the architecture of a :class:`TrainingResult` (weights then load into it).
+
+    A model package's model comes with its initial weights loaded (when it has any)."""
     params = dict(model_spec.get("params") or {})
+    if model_spec["name"] == "package":
+        if model_package is None:
+            raise PolicyError(
+                "model package missing",
+                problems=["the policy names a model package but none was supplied"],
+            )
+        from .plan import build_package_model
+
+        return build_package_model(
+            model_package, model_spec, feature_shape=feature_shape, num_classes=num_classes
+        )
     if model_spec["name"] == "custom":
         if custom_model_source is None:
             raise PolicyError(
@@ -292,6 +312,7 @@ def train(
     checkpoint: Checkpointer | None,
     progress: Callable[[ProgressEvent], None] | None,
     custom_model_source: bytes | None = None,
+    model_package: bytes | None = None,
     stop: threading.Event | None = None,
     progress_every: int = 10,
     randomness: TrainingRandomness | None = None,
@@ -307,7 +328,10 @@ def train(
     problems = _training_problems(training)
     if problems:
         raise PolicyError("training config invalid", problems=problems)
-    if training["model"]["name"] not in MODEL_BUILDERS and training["model"]["name"] != "custom":
+    if training["model"]["name"] not in MODEL_BUILDERS and training["model"]["name"] not in (
+        "custom",
+        "package",
+    ):
         raise PolicyError(
             "unknown model",
             problems=[f"model {training['model']['name']!r} is neither built in nor 'custom'"],
@@ -323,7 +347,11 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model_from_spec(
-            model_spec, features.shape[1:], num_classes, custom_model_source=custom_model_source
+            model_spec,
+            features.shape[1:],
+            num_classes,
+            custom_model_source=custom_model_source,
+            model_package=model_package,
         )
         model.train()
         opt_cfg = dict(training["optimizer"])
@@ -358,7 +386,7 @@ def train(
             )
             # Built-in models are our code and write nothing in forward: checked at release.
             # Custom code is checked at every step as well.
-            guard = StateGuard(model, every_step=model_spec["name"] == "custom")
+            guard = StateGuard(model, every_step=model_spec["name"] in ("custom", "package"))
         else:
             planner = ShuffledBatches(
                 num_rows=num_rows, batch_size=int(training["batch_size"]), seed=seed
