@@ -13,10 +13,10 @@ when it is installed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 
-from cctrain.policy import Policy, non_private_outputs
+from cctrain.policy import Policy, non_private_outputs, split_rows
 from cctrain.untrusted import loads_json
 
 __all__ = [
@@ -132,8 +132,14 @@ def weights_problems(cert: Mapping[str, Any] | None, weights: bytes) -> list[str
     return []
 
 
-def release_problems(doc: Mapping[str, Any], policy: Policy, *, rows: int) -> list[str]:
-    """The manifest's privacy claims against the policy: certificate, metrics, non-private list."""
+def release_problems(
+    doc: Mapping[str, Any], policy: Policy, *, party_rows: Sequence[tuple[str, int]]
+) -> list[str]:
+    """The manifest's privacy claims against the policy: certificate, metrics, non-private list.
+
+    ``party_rows``: (provider, rows) of each shard trained on; the certificate's sample rate
+    follows from the rows left for training once ``[validation]`` held its rows out."""
+    rows, _ = split_rows(policy, party_rows)
     problems: list[str] = []
     metrics = doc.get("metrics")
     if not isinstance(metrics, Mapping) or set(metrics) != set(policy.release["metrics"]):

@@ -633,17 +633,17 @@ def _check_receipt(
     return body
 
 
-def manifest_rows(doc: Mapping[str, Any]) -> int:
-    """The rows the manifest's receipts certify (receipts that do not parse count nothing;
-    :func:`manifest_problems` reports them)."""
-    rows = 0
+def manifest_rows(doc: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """(party, rows) of each receipt the manifest lists (receipts that do not parse count
+    nothing; :func:`manifest_problems` reports them; a model package has 0 rows)."""
+    rows = []
     for r in doc.get("receipts", []):
         body = pb.ReceiptBody()
         try:
             body.ParseFromString(_unb64(r["body"]))
         except (KeyError, TypeError, ValueError, DecodeError):
             continue
-        rows += int(body.rows)
+        rows.append((str(body.party_id), int(body.rows)))
     return rows
 
 
@@ -959,8 +959,8 @@ def _on_manifest(r: _Refuse, state: RunState, record: Record, policy: Policy) ->
         receipts == [(s.party_id, s.shard_id, s.header_sha256) for s in state.training_shards],
         "manifest receipts are not the shards training used",
     )
-    rows = sum(s.rows for s in state.training_shards)
-    for p in release_problems(doc, policy, rows=rows):
+    party_rows = [(s.party_id, s.rows) for s in state.data_shards]
+    for p in release_problems(doc, policy, party_rows=party_rows):
         r.check(False, p)
     return {
         "phase": "awaiting_approval",

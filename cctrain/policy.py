@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,12 +41,27 @@ OPTIMIZERS = frozenset({"sgd", "adam"})
 ACCOUNTANTS = frozenset({"rdp", "prv"})
 NOISE_SOURCES = frozenset({"csprng", "insecure-fast"})
 GRAD_SAMPLE_MODES = frozenset({"auto", "hooks", "ghost", "fast"})
-RELEASABLE_METRICS = frozenset({"train_loss", "train_accuracy", "steps", "samples"})
+RELEASABLE_METRICS = frozenset(
+    {"train_loss", "train_accuracy", "steps", "samples", "val_loss", "val_accuracy"}
+)
+#: Metrics computed on the validation rows (``[validation]``), at every epoch's end.
+VALIDATION_METRICS = frozenset({"val_loss", "val_accuracy"})
 #: What a DP run can release outside its guarantee, each only if ``release.non_private`` names
 #: it: metrics computed exactly on the pooled private data (``samples``, the sum of the secret
 #: Poisson batch sizes, included), and the per-step loss ``cctrain watch`` streams. ``steps``
 #: is not among them: it follows from the public noise, sample rate and budget alone.
-NON_PRIVATE_OUTPUTS = frozenset({"train_loss", "train_accuracy", "samples", "progress_loss"})
+NON_PRIVATE_OUTPUTS = frozenset(
+    {
+        "train_loss",
+        "train_accuracy",
+        "samples",
+        "progress_loss",
+        "val_loss",
+        "val_accuracy",
+        # When training stopped: under early stopping, a function of the validation rows.
+        "early_stopping",
+    }
+)
 COMMON_REFERENCE_KEYS = frozenset({"measurements", "accepted_tcb_statuses", "accepted_advisories"})
 #: Hardware platforms whose launch measurement the policy must pin: without an
 #: allow-list, any code on a genuine chip would be trusted with the data.
@@ -106,6 +122,9 @@ class Policy:
     #: Who holds the state key: ``{"key": "platform"}`` or ``{"key": "consortium",
     #: "threshold": k}`` (see :func:`_check_state`).
     state: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({"key": "platform"}))
+    #: Held-out rows (``{}``: none): ``fraction`` or ``parties``, optional ``early_stopping``
+    #: (see :func:`_check_validation`).
+    validation: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def max_releases(self) -> int:
@@ -736,6 +755,89 @@ def _check_state(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any]:
     return t
 
 
+EARLY_STOPPING_METRICS = {"val_loss": "min", "val_accuracy": "max"}
+
+
+def _check_validation(
+    c: _Checker,
+    doc: Any,
+    providers: list[str],
+    release: Mapping[str, Any],
+    privacy: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``[validation]``: rows held out of training, scored at every epoch's end.
+
+    ``fraction`` (of the pooled rows, chosen by the public ``training.seed``) or ``parties``
+    (every shard of these data providers); ``early_stopping = { metric, patience,
+    min_delta }`` stops after ``patience`` epochs without improvement. The validation metrics
+    and, under DP, the stopping point are exact functions of private rows: under DP each must
+    be opted in by ``release.non_private``.
+    """
+    t = c.table(doc, "validation", optional=("fraction", "parties", "early_stopping"))
+    metrics = set(release.get("metrics") or ())
+    if not t:
+        for m in sorted(metrics & VALIDATION_METRICS):
+            c.add("release.metrics", f"{m!r} needs a [validation] table (no rows are held out)")
+        return t
+    if ("fraction" in t) == ("parties" in t):
+        c.add("validation", "give exactly one of fraction or parties")
+    if "fraction" in t:
+        c.number(t["fraction"], "validation.fraction", lambda v: 0 < v <= 0.5, "in (0, 0.5]")
+    if "parties" in t:
+        names = c.str_list(t["parties"], "validation.parties")
+        for pid in names:
+            if pid not in providers:
+                c.add("validation.parties", f"{pid!r} is not a data_provider of this policy")
+        if names and set(providers) <= set(names):
+            c.add("validation.parties", "would hold out every provider: nothing left to train on")
+        if not names:
+            c.add("validation.parties", "must name at least one data provider")
+    if "early_stopping" in t:
+        es = c.table(
+            t["early_stopping"],
+            "validation.early_stopping",
+            required=("metric",),
+            optional=("patience", "min_delta"),
+        )
+        if "metric" in es:
+            c.choice(
+                es["metric"], "validation.early_stopping.metric", frozenset(EARLY_STOPPING_METRICS)
+            )
+        c.positive_int(es.setdefault("patience", 3), "validation.early_stopping.patience")
+        c.number(
+            es.setdefault("min_delta", 0.0),
+            "validation.early_stopping.min_delta",
+            lambda v: v >= 0,
+            "a number >= 0",
+        )
+        t["early_stopping"] = es
+        if privacy.get("enabled") is True and "early_stopping" not in set(
+            release.get("non_private") or ()
+        ):
+            c.add(
+                "validation.early_stopping",
+                "under DP, when training stops is an exact function of the validation rows: "
+                "list 'early_stopping' in release.non_private to allow it",
+            )
+    return t
+
+
+def split_rows(policy: Policy, party_rows: Sequence[tuple[str, int]]) -> tuple[int, int]:
+    """(training rows, validation rows) of a run on shards with these (party, rows): what the
+    trainer splits and every verifier recomputes (the DP certificate's sample rate rests on
+    the training rows)."""
+    total = sum(r for _, r in party_rows)
+    v = policy.validation
+    if "parties" in v:
+        held = set(v["parties"])
+        val = sum(r for p, r in party_rows if p in held)
+        return total - val, val
+    if "fraction" in v:
+        val = min(max(1, math.floor(total * float(v["fraction"]))), max(total - 1, 0))
+        return total - val, val
+    return total, 0
+
+
 def non_private_outputs(policy: Policy) -> list[str]:
     """What a run under ``policy`` releases outside a DP guarantee, as its manifest lists it.
 
@@ -749,6 +851,8 @@ def non_private_outputs(policy: Policy) -> list[str]:
         out = [m for m in metrics if m in NON_PRIVATE_OUTPUTS and m in opted]
         if "progress_loss" in opted:
             out.append("progress_loss")
+        if "early_stopping" in policy.validation:
+            out.append("early_stopping")
         return sorted(out)
     out = ["model", *metrics]
     if "train_loss" in metrics or "progress_loss" in opted:
@@ -792,7 +896,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
             "privacy",
             "release",
         ),
-        optional=("expires", "start", "signature_threshold", "limits", "state"),
+        optional=("expires", "start", "signature_threshold", "limits", "state", "validation"),
     )
     if top.get("version") != 1:
         c.add("version", f"must be 1, got {top.get('version')!r}")
@@ -843,6 +947,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
                 f"{what}, and the journal must stay small enough to replay at every start",
             )
     state = _check_state(c, top.get("state", {}), parties)
+    validation = _check_validation(c, top.get("validation", {}), providers, release, privacy)
     if privacy.get("enabled") is True:
         opted_in = set(release.get("non_private") or ())
         for m in release.get("metrics") or ():
@@ -878,6 +983,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
         release=_freeze(release),
         limits=_freeze(limits),
         state=_freeze(state),
+        validation=_freeze(validation),
     )
 
 

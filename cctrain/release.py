@@ -202,7 +202,7 @@ def verify_manifest(
     _receipts, problems = manifest_problems(doc, signing_key=signing_key, policy=policy)
     if problems:
         raise ReleaseError("the manifest's shard set does not hold: " + "; ".join(problems))
-    problems = release_problems(doc, policy, rows=manifest_rows(doc))
+    problems = release_problems(doc, policy, party_rows=manifest_rows(doc))
     if problems:
         raise ReleaseError(
             "the manifest's privacy claims disagree with the policy: " + "; ".join(problems)

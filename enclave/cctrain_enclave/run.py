@@ -164,11 +164,13 @@ class RunController:
                 stage = "loading the model package"
                 model_package = self._read_package(state.view.model_package)
             stage = "loading the shards"
-            dataset = self.store.load_dataset(state.view.data_shards, policy.data)
+            dataset, held_out = self._datasets(state.view.data_shards)
             stage = "training"
             result = train(
                 dataset.features,
                 dataset.labels,
+                validation=held_out,
+                early_stopping=thaw(policy.validation.get("early_stopping")),
                 num_classes=int(policy.data["labels"]["num_classes"]),
                 training=thaw(policy.training),
                 privacy=thaw(policy.privacy),
@@ -188,6 +190,40 @@ class RunController:
             log.warning("training ended: %s", exc.log_text)
         except Exception as exc:  # noqa: BLE001 - every failure ends the run, with a safe message
             self._fail(stage, exc)
+
+    def _datasets(self, shards: tuple[AcceptedShard, ...]) -> tuple[Any, Any]:
+        """The training rows and the held-out validation rows (None without [validation]),
+        split as :func:`cctrain.policy.split_rows` counts them (which every verifier of the
+        DP certificate recomputes from the receipts)."""
+        import numpy as np
+
+        from cctrain.policy import split_rows
+        from cctrain_enclave.shards import ShardArrays
+
+        policy = self.policy
+        v = policy.validation
+        if "parties" in v:
+            held = set(v["parties"])
+            train_set = self.store.load_dataset(
+                tuple(s for s in shards if s.party_id not in held), policy.data
+            )
+            val_set = self.store.load_dataset(
+                tuple(s for s in shards if s.party_id in held), policy.data
+            )
+            return train_set, val_set
+        pooled = self.store.load_dataset(shards, policy.data)
+        if "fraction" not in v:
+            return pooled, None
+        n_train, n_val = split_rows(policy, [(s.party_id, s.rows) for s in shards])
+        # Which rows are held out follows the public seed: it hides nothing DP relies on.
+        order = np.random.default_rng(int(policy.training.get("seed", 0))).permutation(
+            n_train + n_val
+        )
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        return (
+            ShardArrays(pooled.features[train_idx], pooled.labels[train_idx]),
+            ShardArrays(pooled.features[val_idx], pooled.labels[val_idx]),
+        )
 
     def _read_package(self, shard: AcceptedShard) -> bytes:
         """The model package's plaintext, exactly the committed bytes, checked as it was at

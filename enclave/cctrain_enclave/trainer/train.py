@@ -62,6 +62,60 @@ _CHECKPOINT_FORMAT = 2
 _EVAL_CHUNK = 4096
 
 
+class _ValidationTracker:
+    """Scores the held-out rows at each epoch's end; decides early stopping; checkpointed."""
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, early_stopping: Mapping[str, Any] | None
+    ) -> None:
+        self.x, self.y = x, y
+        self.rule = dict(early_stopping) if early_stopping else None
+        self.best: float | None = None
+        self.bad_epochs = 0
+        self.last: dict[str, float] | None = None
+        self.stopped_at: int | None = None
+
+    def _score(self, model: nn.Module) -> dict[str, float]:
+        loss, accuracy = _evaluate(model, self.x, self.y)
+        return {"val_loss": loss, "val_accuracy": accuracy}
+
+    def after_epoch(self, model: nn.Module, epochs_done: int) -> bool:
+        """True when training should stop now."""
+        self.last = self._score(model)
+        if self.rule is None:
+            return False
+        value = self.last[self.rule["metric"]]
+        sign = -1.0 if self.rule["metric"] == "val_loss" else 1.0  # larger is better
+        if self.best is None or sign * (value - self.best) > float(self.rule["min_delta"]):
+            self.best, self.bad_epochs = value, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs >= int(self.rule["patience"]):
+            self.stopped_at = epochs_done
+            return True
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "last": self.last,
+            "stopped_at": self.stopped_at,
+        }
+
+    def load_state(self, saved: Mapping[str, Any] | None) -> None:
+        if saved:
+            self.best, self.bad_epochs = saved["best"], int(saved["bad_epochs"])
+            self.last, self.stopped_at = saved["last"], saved["stopped_at"]
+
+    def final(self, model: nn.Module) -> dict[str, float | int]:
+        """The released validation metrics: of the model as released."""
+        out: dict[str, float | int] = dict(self._score(model))
+        if self.stopped_at is not None:
+            out["stopped_at_epoch"] = self.stopped_at
+        return out
+
+
 @dataclass(frozen=True)
 class ProgressEvent:
     """Where training is; ``epsilon`` is ε spent so far (None without DP, or when the accountant
@@ -316,6 +370,8 @@ def train(
     stop: threading.Event | None = None,
     progress_every: int = 10,
     randomness: TrainingRandomness | None = None,
+    validation: Any = None,
+    early_stopping: Mapping[str, Any] | None = None,
 ) -> TrainingResult:
     """Train the policy's model on ``features``/``labels`` and return weights + DP certificate.
 
@@ -324,6 +380,10 @@ def train(
     if ε after it stays within ``privacy.target_epsilon``; otherwise training stops early and
     the certificate says so. Under DP the release holds only what the DP step trained plus
     tensors still at their initial value (:mod:`.guard`); anything else refuses the release.
+
+    ``validation`` (arrays with ``features`` and ``labels``, held out of training) is scored
+    at every epoch's end; ``early_stopping`` (``metric``, ``patience``, ``min_delta``) stops
+    after ``patience`` epochs without an improvement of more than ``min_delta``.
     """
     problems = _training_problems(training)
     if problems:
@@ -337,6 +397,14 @@ def train(
             problems=[f"model {training['model']['name']!r} is neither built in nor 'custom'"],
         )
     _check_data(features, labels, num_classes)
+    tracker = None
+    if validation is not None:
+        _check_data(validation.features, validation.labels, num_classes)
+        tracker = _ValidationTracker(
+            torch.from_numpy(validation.features),
+            torch.from_numpy(validation.labels),
+            early_stopping,
+        )
     x_all = torch.from_numpy(features)
     y_all = torch.from_numpy(labels)
     num_rows = len(labels)
@@ -412,6 +480,8 @@ def train(
             global_step, samples = int(saved["global_step"]), int(saved["samples"])
             stopped_early = bool(saved["stopped_early"])
             history = saved["accountant_history"]
+            if tracker is not None:
+                tracker.load_state(saved.get("validation"))
         if plan is not None:
             ledger = PrivacyLedger(plan, history)
             if ledger.steps_taken != global_step:
@@ -447,6 +517,7 @@ def train(
                     "planner_rng": planner_state,
                     "noise_rng": noise.state() if noise is not None else None,
                     "accountant_history": ledger.history() if ledger is not None else [],
+                    "validation": tracker.state() if tracker is not None else None,
                 },
                 step=global_step,
                 epsilon=eps,
@@ -500,6 +571,8 @@ def train(
                         save(epoch, i + 1, epoch_start_state)
                 else:
                     epoch, step_in_epoch = epoch + 1, 0
+                    if tracker is not None and tracker.after_epoch(model, epoch) and epoch < epochs:
+                        stopped_early = True  # only while epochs remain: else it just ended
                     save(epoch, 0, planner.state())
             if stopped_early:
                 # Recorded so a restart does not try the refused step again.
@@ -547,6 +620,8 @@ def train(
         "steps": global_step,
         "samples": samples,
     }
+    if tracker is not None:
+        metrics |= tracker.final(model)
     if not all(math.isfinite(float(v)) for v in metrics.values()):
         raise CctrainError("training diverged: non-finite loss")
     return TrainingResult(
