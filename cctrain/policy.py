@@ -37,7 +37,8 @@ MODELS = frozenset({"logreg", "mlp", "cnn", "custom", "package"})
 #: ``training.model.max_bytes`` default for a model package (sources + initial weights).
 DEFAULT_PACKAGE_MAX_BYTES = 256 << 20
 MAX_PACKAGE_BYTES = 16 << 30
-OPTIMIZERS = frozenset({"sgd", "adam"})
+OPTIMIZERS = frozenset({"sgd", "adam", "adamw", "package"})
+LR_SCHEDULES = frozenset({"constant", "cosine", "linear", "step", "package"})
 ACCOUNTANTS = frozenset({"rdp", "prv"})
 NOISE_SOURCES = frozenset({"csprng", "insecure-fast"})
 GRAD_SAMPLE_MODES = frozenset({"auto", "hooks", "ghost", "fast"})
@@ -445,7 +446,7 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
         doc,
         "training",
         required=("model", "optimizer", "epochs", "batch_size"),
-        optional=("task", "seed"),
+        optional=("task", "seed", "lr_schedule"),
     )
     t.setdefault("task", "classification")
     c.choice(t["task"], "training.task", frozenset({"classification"}))
@@ -511,10 +512,15 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
         t.get("optimizer", {}),
         "training.optimizer",
         required=("name", "lr"),
-        optional=("momentum", "weight_decay", "betas"),
+        optional=("momentum", "weight_decay", "betas", "eps", "nesterov", "params"),
     )
     if "name" in o:
         c.choice(o["name"], "training.optimizer.name", OPTIMIZERS)
+        if o["name"] == "package" and m.get("name") != "package":
+            c.add("training.optimizer.name", "'package' needs training.model.name = 'package'")
+    if "params" in o and o.get("name") != "package":
+        c.add("training.optimizer.params", "applies only to name = 'package'")
+    _check_schedule(c, t, m)
     if "lr" in o:
         c.number(o["lr"], "training.optimizer.lr", lambda v: v > 0, "a positive number")
     for key in ("epochs", "batch_size"):
@@ -522,6 +528,48 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
             c.positive_int(t[key], f"training.{key}")
     t["model"], t["optimizer"] = m, o
     return t
+
+
+def _check_schedule(c: _Checker, t: dict[str, Any], model: Mapping[str, Any]) -> None:
+    if "lr_schedule" not in t:
+        return
+    s = c.table(
+        t["lr_schedule"],
+        "training.lr_schedule",
+        required=("name",),
+        optional=("warmup_steps", "min_lr_ratio", "step_size", "gamma"),
+    )
+    name = s.get("name")
+    c.choice(name, "training.lr_schedule.name", LR_SCHEDULES)
+    if name == "package" and model.get("name") != "package":
+        c.add("training.lr_schedule.name", "'package' needs training.model.name = 'package'")
+    if name == "package" and set(s) - {"name"}:
+        c.add("training.lr_schedule", "a package's schedule takes no other keys")
+    if "warmup_steps" in s:
+        if c.typed(s["warmup_steps"], "training.lr_schedule.warmup_steps", int, "an integer"):
+            if s["warmup_steps"] < 0:
+                c.add("training.lr_schedule.warmup_steps", "must be >= 0")
+    if "min_lr_ratio" in s:
+        if name not in ("cosine", "linear"):
+            c.add("training.lr_schedule.min_lr_ratio", "applies to cosine and linear only")
+        c.number(
+            s["min_lr_ratio"],
+            "training.lr_schedule.min_lr_ratio",
+            lambda v: 0 <= v <= 1,
+            "in [0, 1]",
+        )
+    if name == "step":
+        if "step_size" not in s:
+            c.add("training.lr_schedule.step_size", "missing: required for name = 'step'")
+        else:
+            c.positive_int(s["step_size"], "training.lr_schedule.step_size")
+        if "gamma" in s:
+            c.number(s["gamma"], "training.lr_schedule.gamma", lambda v: 0 < v <= 1, "in (0, 1]")
+    else:
+        for key in ("step_size", "gamma"):
+            if key in s:
+                c.add(f"training.lr_schedule.{key}", "applies to name = 'step' only")
+    t["lr_schedule"] = s
 
 
 def _check_model_owner(

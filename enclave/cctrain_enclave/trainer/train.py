@@ -168,6 +168,9 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         torch.optim.SGD, frozenset({"lr", "momentum", "weight_decay", "nesterov", "dampening"})
     ),
     "adam": OptimizerSpec(torch.optim.Adam, frozenset({"lr", "betas", "eps", "weight_decay"})),
+    "adamw": OptimizerSpec(torch.optim.AdamW, frozenset({"lr", "betas", "eps", "weight_decay"})),
+    # The model package's configure_optimizer(params, lr=..., **params): see .plan.
+    "package": OptimizerSpec(torch.optim.SGD, frozenset({"lr", "params"})),
 }
 
 
@@ -422,8 +425,20 @@ def train(
             model_package=model_package,
         )
         model.train()
+        from .plan import apply_augment, load_plan_hooks, package_optimizer
+        from .schedule import build_schedule
+
+        hooks = load_plan_hooks(model_package, model_spec)
         opt_cfg = dict(training["optimizer"])
-        optimizer = OPTIMIZERS[opt_cfg.pop("name")].factory(model.parameters(), **opt_cfg)
+        if opt_cfg["name"] == "package":
+            optimizer = package_optimizer(hooks, model.parameters(), opt_cfg)
+        else:
+            optimizer = OPTIMIZERS[opt_cfg.pop("name")].factory(model.parameters(), **opt_cfg)
+        # The schedule scales these base rates (taken before a checkpoint's state replaces
+        # the groups' current rates).
+        base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        schedule = build_schedule(training.get("lr_schedule"), hooks.lr_multiplier)
+        scheduled = training.get("lr_schedule", {}).get("name", "constant") != "constant"
 
         dp_enabled = bool(privacy.get("enabled", False))
         planner: BatchPlanner
@@ -536,9 +551,21 @@ def train(
                         stopped_early = True
                         break
                     idx = batches[i - first]
+                    if scheduled:
+                        factor = schedule(global_step, total_steps)
+                        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                            group["lr"] = base * factor
+                    xb, yb = apply_augment(
+                        hooks,
+                        x_all[idx],
+                        y_all[idx],
+                        seed=seed,
+                        step=global_step,
+                        per_row=dp_enabled,
+                    )
                     if guard is not None:
                         guard.begin_step()
-                    loss_sum = engine.step(x_all[idx], y_all[idx])
+                    loss_sum = engine.step(xb, yb)
                     if guard is not None:
                         guard.end_step()
                     if ledger is not None:
@@ -624,6 +651,8 @@ def train(
         metrics |= tracker.final(model)
     if not all(math.isfinite(float(v)) for v in metrics.values()):
         raise CctrainError("training diverged: non-finite loss")
+    if hooks.names:
+        model_spec = model_spec | {"hooks": hooks.names}
     return TrainingResult(
         state_dict=state_dict, metrics=metrics, dp_certificate=certificate, model_spec=model_spec
     )
