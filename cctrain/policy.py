@@ -43,10 +43,27 @@ ACCOUNTANTS = frozenset({"rdp", "prv"})
 NOISE_SOURCES = frozenset({"csprng", "insecure-fast"})
 GRAD_SAMPLE_MODES = frozenset({"auto", "hooks", "ghost", "fast"})
 RELEASABLE_METRICS = frozenset(
-    {"train_loss", "train_accuracy", "steps", "samples", "val_loss", "val_accuracy"}
+    {
+        "train_loss",
+        "train_accuracy",
+        "train_mae",
+        "steps",
+        "samples",
+        "val_loss",
+        "val_accuracy",
+        "val_mae",
+    }
 )
 #: Metrics computed on the validation rows (``[validation]``), at every epoch's end.
-VALIDATION_METRICS = frozenset({"val_loss", "val_accuracy"})
+VALIDATION_METRICS = frozenset({"val_loss", "val_accuracy", "val_mae"})
+#: Metrics of one task only (``loss`` is the cross-entropy, or the squared error).
+TASK_METRICS = {
+    "classification": frozenset({"train_accuracy", "val_accuracy"}),
+    "regression": frozenset({"train_mae", "val_mae"}),
+}
+TASKS = frozenset({"classification", "regression"})
+MAX_VOCABULARY = 10_000
+MAX_LABEL_CHARS = 256
 #: What a DP run can release outside its guarantee, each only if ``release.non_private`` names
 #: it: metrics computed exactly on the pooled private data (``samples``, the sum of the secret
 #: Poisson batch sizes, included), and the per-step loss ``cctrain watch`` streams. ``steps``
@@ -55,10 +72,12 @@ NON_PRIVATE_OUTPUTS = frozenset(
     {
         "train_loss",
         "train_accuracy",
+        "train_mae",
         "samples",
         "progress_loss",
         "val_loss",
         "val_accuracy",
+        "val_mae",
         # When training stopped: under early stopping, a function of the validation rows.
         "early_stopping",
     }
@@ -383,14 +402,7 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
         )
     if "dtype" in ft:
         c.choice(ft["dtype"], "data.features.dtype", FEATURE_DTYPES)
-    lt = c.table(t.get("labels", {}), "data.labels", required=("num_classes",))
-    nc = lt.get("num_classes")
-    if (
-        c.typed(nc, "data.labels.num_classes", int, "an integer ≥ 2")
-        and isinstance(nc, int)
-        and nc < 2
-    ):
-        c.add("data.labels.num_classes", f"must be ≥ 2, got {nc}")
+    _check_labels(c, t.get("labels", {}))
     for key in ("max_rows", "max_bytes"):
         if key in t:
             c.positive_int(t[key], f"data.{key}")
@@ -413,6 +425,55 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
     _check_csv_columns(c, csv, shape)
     t["csv"] = csv
     return t
+
+
+def _check_labels(c: _Checker, doc: Any) -> None:
+    """``{ num_classes = k }`` (int labels), ``{ vocabulary = [...] }`` (string labels, each
+    mapped to its index) or ``{ dtype = "float32" }`` (regression targets)."""
+    lt = c.table(doc, "data.labels", optional=("num_classes", "vocabulary", "dtype"))
+    given = [k for k in ("num_classes", "vocabulary", "dtype") if k in lt]
+    if len(given) != 1:
+        c.add(
+            "data.labels",
+            "give exactly one of num_classes (int labels), vocabulary (string labels) or "
+            f"dtype (regression targets), got {given or 'none'}",
+        )
+    nc = lt.get("num_classes")
+    if "num_classes" in lt and c.typed(nc, "data.labels.num_classes", int, "an integer ≥ 2"):
+        if isinstance(nc, int) and nc < 2:
+            c.add("data.labels.num_classes", f"must be ≥ 2, got {nc}")
+    if "vocabulary" in lt:
+        vocab = c.str_list(lt["vocabulary"], "data.labels.vocabulary")
+        if "vocabulary" in lt and isinstance(lt["vocabulary"], list) and len(vocab) < 2:
+            c.add("data.labels.vocabulary", "must name at least 2 labels")
+        if len(vocab) > MAX_VOCABULARY:
+            c.add("data.labels.vocabulary", f"more than {MAX_VOCABULARY} labels")
+        bad = [v for v in vocab if not v or len(v) > MAX_LABEL_CHARS or v != v.strip()]
+        if bad:
+            c.add(
+                "data.labels.vocabulary",
+                f"labels must be non-empty, at most {MAX_LABEL_CHARS} characters, without "
+                f"leading or trailing spaces: {bad[:3]}",
+            )
+        twice = sorted({v for v in vocab if vocab.count(v) > 1})
+        if twice:
+            c.add("data.labels.vocabulary", f"labels {twice[:5]} more than once")
+    if "dtype" in lt:
+        c.choice(lt["dtype"], "data.labels.dtype", FEATURE_DTYPES)
+
+
+def num_outputs(data: Mapping[str, Any]) -> int:
+    """The model's outputs: one per class, or one for a regression target."""
+    labels = data["labels"]
+    if "vocabulary" in labels:
+        return len(labels["vocabulary"])
+    if "num_classes" in labels:
+        return int(labels["num_classes"])
+    return 1
+
+
+def is_regression(data: Mapping[str, Any]) -> bool:
+    return "dtype" in data["labels"]
 
 
 def _check_csv_columns(c: _Checker, csv: dict[str, Any], shape: Any) -> None:
@@ -449,7 +510,7 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
         optional=("task", "seed", "lr_schedule"),
     )
     t.setdefault("task", "classification")
-    c.choice(t["task"], "training.task", frozenset({"classification"}))
+    c.choice(t["task"], "training.task", TASKS)
     t.setdefault("seed", 0)
     c.typed(t["seed"], "training.seed", int, "an integer")
     m = c.table(
@@ -528,6 +589,24 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
             c.positive_int(t[key], f"training.{key}")
     t["model"], t["optimizer"] = m, o
     return t
+
+
+def _check_task(
+    c: _Checker, training: Mapping[str, Any], data: Mapping[str, Any], release: Mapping[str, Any]
+) -> None:
+    """The task and the labels agree, and the released metrics are the task's."""
+    labels = data.get("labels")
+    task = training.get("task")
+    if not isinstance(labels, Mapping) or task not in TASKS:
+        return
+    if task == "regression" and "dtype" not in labels:
+        c.add("data.labels", 'training.task = "regression" needs float targets: dtype = "float32"')
+    if task == "classification" and "dtype" in labels:
+        c.add("data.labels.dtype", 'float targets need training.task = "regression"')
+    other = "regression" if task == "classification" else "classification"
+    for m in release.get("metrics") or ():
+        if m in TASK_METRICS[other]:
+            c.add("release.metrics", f"{m!r} is a {other} metric; the task is {task}")
 
 
 def _check_schedule(c: _Checker, t: dict[str, Any], model: Mapping[str, Any]) -> None:
@@ -803,7 +882,7 @@ def _check_state(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any]:
     return t
 
 
-EARLY_STOPPING_METRICS = {"val_loss": "min", "val_accuracy": "max"}
+EARLY_STOPPING_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_mae": "min"}
 
 
 def _check_validation(
@@ -982,6 +1061,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
     _check_model_owner(c, training, parties, simulated_only=simulated_only)
     start = _check_start(c, top.get("start", {}), providers)
     release = _check_release(c, top.get("release", {}), parties)
+    _check_task(c, training, data, release)
     limits = _check_limits(c, top.get("limits", {}), data)
     for key, what in (
         ("shards_per_provider", "the start entry and the manifest list every shard"),

@@ -83,6 +83,12 @@ class CsvParser(LatchingParser):
         self._width = math.prod(self._shape)
         self._dtype = np.dtype(schema["features"]["dtype"])
         self._max_rows = int(schema["max_rows"])
+        labels = schema["labels"]
+        #: "int" (class indices), "vocab" (text mapped by data.labels.vocabulary) or
+        #: "float" (regression targets).
+        self._kind = "vocab" if "vocabulary" in labels else "float" if "dtype" in labels else "int"
+        self._vocab = {v: i for i, v in enumerate(labels.get("vocabulary") or ())}
+        self._labels_finite = True
         self._out = out
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self._fed = 0  # plaintext bytes fed
@@ -177,7 +183,18 @@ class CsvParser(LatchingParser):
             if len(row) != self._columns:
                 raise ShardError(f"csv line {n}: {len(row)} fields, header has {self._columns}")
             label = row[self._label_at]
-            if integer(label) is None:
+            if self._kind == "vocab":
+                if label not in self._vocab:
+                    raise ShardError(
+                        f"csv line {n}: the label column {self._label!r} holds a value that "
+                        "is not in data.labels.vocabulary"
+                    )
+            elif self._kind == "float":
+                if number(label) is None:
+                    raise ShardError(
+                        f"csv line {n}: the target column {self._label!r} is not a number"
+                    )
+            elif integer(label) is None:
                 raise ShardError(
                     f"csv line {n}: the label column {self._label!r} is not an integer"
                 )
@@ -188,10 +205,17 @@ class CsvParser(LatchingParser):
             labels.append(label)
         if labels:
             x = np.array(feats, dtype=np.float64).reshape(len(labels), *self._shape)
-            try:
-                y = np.array([int(v) for v in labels], dtype=np.int64)
-            except (OverflowError, ValueError):  # ValueError: beyond int()'s digit limit
-                raise ShardError("csv shard has a label outside the 64-bit integer range") from None
+            if self._kind == "vocab":
+                y = np.array([self._vocab[v] for v in labels], dtype=np.int64)
+            elif self._kind == "float":
+                y = np.array(labels, dtype=np.float64)
+            else:
+                try:
+                    y = np.array([int(v) for v in labels], dtype=np.int64)
+                except (OverflowError, ValueError):  # ValueError: beyond int()'s digit limit
+                    raise ShardError(
+                        "csv shard has a label outside the 64-bit integer range"
+                    ) from None
             self._rows_done(x, y)
 
     def _plain_grid(self, body: str) -> bool:
@@ -203,6 +227,8 @@ class CsvParser(LatchingParser):
         number of fields, and every conversion succeeds. Anything else, every error
         included, is left to the line-by-line path, which names the line.
         """
+        if self._kind == "vocab":
+            return False  # labels are text: the line-by-line path maps them
         if not body or body[0] == "\n" or "\n\n" in body or _PLAIN.fullmatch(body) is None:
             return False
         lines = body.split("\n")
@@ -217,7 +243,10 @@ class CsvParser(LatchingParser):
         try:
             for j, i in enumerate(self._feature_at):
                 x[:, j] = np.array(fields[i::columns], dtype=np.float64)
-            y = np.array(fields[self._label_at :: columns], dtype=np.int64)
+            y = np.array(
+                fields[self._label_at :: columns],
+                dtype=np.float64 if self._kind == "float" else np.int64,
+            )
         except (ValueError, OverflowError):
             return False
         self._lineno += n
@@ -283,13 +312,17 @@ class CsvParser(LatchingParser):
         if self._rows > self._max_rows:
             raise ShardError(f"csv shard has more than max_rows = {self._max_rows} rows")
         self._finite = self._finite and finite_for_training(x)
-        lo, hi = int(y.min()), int(y.max())
-        self._lo = lo if self._lo is None else min(self._lo, lo)
-        self._hi = hi if self._hi is None else max(self._hi, hi)
+        if self._kind == "float":
+            self._labels_finite = self._labels_finite and finite_for_training(y)
+        else:
+            lo, hi = int(y.min()), int(y.max())
+            self._lo = lo if self._lo is None else min(self._lo, lo)
+            self._hi = hi if self._hi is None else max(self._hi, hi)
         if self._out is not None:
             with np.errstate(over="ignore"):  # beyond float32: refused as not finite
                 self._out.features[start : self._rows] = x
-            self._out.labels[start : self._rows] = y
+            with np.errstate(over="ignore"):
+                self._out.labels[start : self._rows] = y
 
     def _result(self) -> ShardSummary:
         if self._feature_at is None:
@@ -301,8 +334,9 @@ class CsvParser(LatchingParser):
             features_shape=(rows, *self._shape),
             features_dtype=self._dtype,
             labels_shape=(rows,),
-            labels_dtype=np.dtype(np.int64),
+            labels_dtype=np.dtype(np.float64 if self._kind == "float" else np.int64),
             label_min=self._lo,
             label_max=self._hi,
             finite=self._finite,
+            labels_finite=self._labels_finite,
         )

@@ -301,6 +301,8 @@ class _MemberReader:
             raise _fail(f"member {self.m.name!r} has data beyond its array")
         if self.m.name == "features.npy":
             self.finite = self.finite and finite_for_training(values)
+        elif self.dtype.kind == "f":  # regression targets (a classification refuses the dtype)
+            self.finite = self.finite and finite_for_training(values)
         elif self.dtype.kind in "iu" and values.size:
             lo, hi = int(values.min()), int(values.max())
             self.lo = lo if self.lo is None else min(self.lo, lo)
@@ -369,7 +371,7 @@ class NpzParser(LatchingParser):
             raise _fail(f"it ends at offset {self._at}, inside a record or before its end record")
         f, y = self._readers["features.npy"], self._readers["labels.npy"]
         assert f.dtype is not None and y.dtype is not None
-        return ShardSummary(f.shape, f.dtype, y.shape, y.dtype, y.lo, y.hi, f.finite)
+        return ShardSummary(f.shape, f.dtype, y.shape, y.dtype, y.lo, y.hi, f.finite, y.finite)
 
     # -- records
     def _record(self) -> None:

@@ -26,7 +26,7 @@ from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.crypto.keys import x25519_public
 from cctrain.errors import ShardError
 from cctrain.journal import MANIFEST_TYPE, AcceptedShard, RunState
-from cctrain.policy import non_private_outputs, thaw
+from cctrain.policy import non_private_outputs, num_outputs, thaw
 from cctrain.protocol import MANIFEST_SIG_TAG
 from cctrain.release import (
     b64,
@@ -171,7 +171,7 @@ class RunController:
                 dataset.labels,
                 validation=held_out,
                 early_stopping=thaw(policy.validation.get("early_stopping")),
-                num_classes=int(policy.data["labels"]["num_classes"]),
+                num_classes=num_outputs(policy.data),
                 training=thaw(policy.training),
                 privacy=thaw(policy.privacy),
                 simulated_platform=self.ctx.provider.platform == "simulated",
@@ -271,7 +271,7 @@ class RunController:
             report_data_for(identity, policy_digest=policy.digest, nonce=release_nonce(model_sha))
         )
         allowed = set(policy.release["metrics"])
-        outputs = int(policy.data["labels"]["num_classes"])
+        outputs = num_outputs(policy.data)
         assert view.uploads_closed is not None
         manifest_doc = {
             "type": MANIFEST_TYPE,

@@ -48,6 +48,8 @@ class ShardSummary:
     label_min: int | None
     label_max: int | None
     finite: bool
+    #: Regression targets: every one finite once converted to float32.
+    labels_finite: bool = True
 
     @property
     def rows(self) -> int:
@@ -79,6 +81,7 @@ def summarize_arrays(arrays: ShardArrays) -> ShardSummary:
         label_min=int(y.min()) if integer else None,
         label_max=int(y.max()) if integer else None,
         finite=finite_for_training(f),
+        labels_finite=finite_for_training(y),
     )
 
 
@@ -94,7 +97,15 @@ def check_summary(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]
         problems.append(f"features.shape: got {tuple(fshape[1:])} per row, want {want_shape}")
     if len(yshape) != 1:
         problems.append(f"labels.shape: got {yshape}, want (rows,)")
-    if not np.issubdtype(summary.labels_dtype, np.integer):
+    regression = "dtype" in schema["labels"]
+    if regression:
+        if summary.labels_dtype.kind not in "iuf":
+            problems.append(f"labels.dtype: got {summary.labels_dtype}, want numbers (targets)")
+        elif not summary.labels_finite:
+            problems.append(
+                "labels: a regression target is NaN or infinite, or beyond the float32 range"
+            )
+    elif not np.issubdtype(summary.labels_dtype, np.integer):
         problems.append(f"labels.dtype: got {summary.labels_dtype}, want an integer type")
     if fshape and yshape and fshape[0] != yshape[0]:
         problems.append(f"rows: features has {fshape[0]}, labels has {yshape[0]}")
@@ -103,8 +114,9 @@ def check_summary(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]
         problems.append(f"rows: got {n}, want at least {schema['min_rows']}")
     if n > int(schema["max_rows"]):
         problems.append(f"rows: got {n}, want at most {schema['max_rows']}")
-    if summary.label_min is not None and summary.label_max is not None:
-        k = int(schema["labels"]["num_classes"])
+    if not regression and summary.label_min is not None and summary.label_max is not None:
+        labels = schema["labels"]
+        k = len(labels["vocabulary"]) if "vocabulary" in labels else int(labels["num_classes"])
         if summary.label_min < 0 or summary.label_max >= k:
             problems.append(
                 f"labels: values in [{summary.label_min}, {summary.label_max}], "
@@ -206,9 +218,10 @@ def checked_rows(summary: ShardSummary, schema: Mapping[str, Any]) -> int:
 
 def empty_arrays(rows: int, schema: Mapping[str, Any]) -> ShardArrays:
     """Arrays in the training dtypes for ``rows`` rows, for a parser to fill."""
+    regression = "dtype" in schema["labels"]
     return ShardArrays(
         np.empty((rows, *feature_shape(schema)), dtype=TRAINING_DTYPE),
-        np.empty(rows, dtype=np.int64),
+        np.empty(rows, dtype=TRAINING_DTYPE if regression else np.int64),
     )
 
 

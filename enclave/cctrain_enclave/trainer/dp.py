@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
@@ -42,6 +41,8 @@ from cctrain.errors import PolicyError
 
 from .fastclip import LinearClipper, fast_clip_runtime_reasons, fast_clip_unsupported_reasons
 from .noise import NOISE_SOURCES, GaussianSource
+from .objective import TaskLoss
+from .objective import loss as task_loss
 
 __all__ = [
     "ACCOUNTANTS",
@@ -70,12 +71,15 @@ def _is_number(value: Any) -> bool:
 
 
 def synthetic_batch(
-    feature_shape: tuple[int, ...], num_classes: int, rows: int = 8
+    feature_shape: tuple[int, ...], num_classes: int, rows: int = 8, *, regression: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed batch of random features and labels: what the model checks run on, so that no
-    decision about a run (such as its gradient mode) depends on the private data."""
+    """A fixed batch of random features and targets (class indices, or floats for a
+    regression): what the model checks run on, so that no decision about a run (such as its
+    gradient mode) depends on the private data."""
     generator = torch.Generator().manual_seed(20261201)
     x = torch.randn((rows, *feature_shape), generator=generator)
+    if regression:
+        return x, torch.randn(rows, generator=generator)
     return x, torch.arange(rows) % num_classes
 
 
@@ -267,7 +271,7 @@ def clipping_problems(
         params = [p for p in m.parameters() if p.requires_grad]
         per_sample = []
         for i in range(len(x)):
-            loss = F.cross_entropy(m(x[i : i + 1]), y[i : i + 1])
+            loss = task_loss(m(x[i : i + 1]), y[i : i + 1])
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             per_sample.append(
                 [
@@ -619,7 +623,7 @@ class FastLinearEngine(_EngineBase):
     ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         with self.clipper.capture():
             logits = self.model(x)
-        loss = F.cross_entropy(logits, y, reduction="sum")
+        loss = task_loss(logits, y, reduction="sum")
         grads = dict(
             (id(p), g)
             for p, g in self.clipper.clipped_gradient_sum(
@@ -647,7 +651,7 @@ class _OpacusEngine(_EngineBase):
     dp_optimizer: Any
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out, y)
+        return task_loss(out, y)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if len(x) == 0:
@@ -708,7 +712,7 @@ class OpacusGhostEngine(_OpacusEngine):
         )
         self.dp_optimizer.noise = self.noise_draws
         self.criterion = DPLossFastGradientClipping(
-            self.gsm, self.dp_optimizer, nn.CrossEntropyLoss(reduction="mean"), "mean"
+            self.gsm, self.dp_optimizer, TaskLoss(reduction="mean"), "mean"
         )
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

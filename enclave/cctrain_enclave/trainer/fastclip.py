@@ -21,10 +21,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cctrain.errors import CctrainError
+
+from .objective import loss as task_loss
 
 __all__ = [
     "FastClipUnsupported",
@@ -87,7 +88,7 @@ def fast_clip_runtime_reasons(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     try:
         with clipper.capture():
             logits = model(x)
-        loss = F.cross_entropy(logits, y, reduction="sum")
+        loss = task_loss(logits, y, reduction="sum")
         true = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         fast = {id(p): g for p, g in clipper.clipped_gradient_sum(loss, max_grad_norm=math.inf)}
     except FastClipUnsupported as exc:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cctrain.errors import CctrainError, PolicyError
-from cctrain.policy import Policy, thaw
+from cctrain.policy import Policy, is_regression, num_outputs, thaw
 
 from .dp import synthetic_batch, validate_dp_config
 from .train import _model_spec, _training_problems, build_model_from_spec, train
@@ -54,7 +54,8 @@ def check_training_plan(
     privacy: dict[str, Any] = thaw(policy.privacy)
     data: Mapping[str, Any] = policy.data
     shape = tuple(int(d) for d in data["features"]["shape"])
-    classes = int(data["labels"]["num_classes"])
+    classes = num_outputs(data)
+    regression = is_regression(data)
     problems = _training_problems(training)
     if problems:
         return problems
@@ -72,7 +73,7 @@ def check_training_plan(
             )
         except Exception as exc:  # noqa: BLE001 - model code may raise anything
             return [f"building the model failed: {p}" for p in _describe(exc)]
-    example = synthetic_batch(shape, classes)
+    example = synthetic_batch(shape, classes, regression=regression)
     if privacy.get("enabled"):
         problems = validate_dp_config(
             model,
@@ -94,7 +95,11 @@ def check_training_plan(
         dry_privacy = privacy | {"delta": 1e-3, "target_epsilon": 1.0}
     generator = torch.Generator().manual_seed(7)
     features = torch.randn((_DRY_ROWS, *shape), generator=generator).numpy()
-    labels = (np.arange(_DRY_ROWS) % classes).astype(np.int64)
+    labels = (
+        torch.randn(_DRY_ROWS, generator=generator).numpy()
+        if regression
+        else (np.arange(_DRY_ROWS) % classes).astype(np.int64)
+    )
     try:
         train(
             features.astype(np.float32),

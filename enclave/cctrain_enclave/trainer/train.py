@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cctrain.errors import CctrainError, PolicyError, ShardError
@@ -40,6 +39,8 @@ from .dp import (
 from .guard import StateGuard
 from .models import MODEL_BUILDERS, build_builtin_model, load_custom_model
 from .noise import NOISE_SOURCES, AesCtrGaussian, GaussianSource
+from .objective import evaluate_batch
+from .objective import loss as task_loss
 from .sampling import (
     BatchPlanner,
     SecretPoissonBatches,
@@ -76,8 +77,7 @@ class _ValidationTracker:
         self.stopped_at: int | None = None
 
     def _score(self, model: nn.Module) -> dict[str, float]:
-        loss, accuracy = _evaluate(model, self.x, self.y)
-        return {"val_loss": loss, "val_accuracy": accuracy}
+        return {f"val_{k}": v for k, v in _evaluate(model, self.x, self.y).items()}
 
     def after_epoch(self, model: nn.Module, epochs_done: int) -> bool:
         """True when training should stop now."""
@@ -85,7 +85,7 @@ class _ValidationTracker:
         if self.rule is None:
             return False
         value = self.last[self.rule["metric"]]
-        sign = -1.0 if self.rule["metric"] == "val_loss" else 1.0  # larger is better
+        sign = 1.0 if self.rule["metric"] == "val_accuracy" else -1.0  # +1: larger is better
         if self.best is None or sign * (value - self.best) > float(self.rule["min_delta"]):
             self.best, self.bad_epochs = value, 0
             return False
@@ -179,8 +179,10 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 
 def _training_problems(training: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
-    if training.get("task", "classification") != "classification":
-        problems.append(f"training.task {training.get('task')!r}: only 'classification' exists")
+    if training.get("task", "classification") not in TASKS:
+        problems.append(
+            f"training.task {training.get('task')!r}: must be one of {', '.join(TASKS)}"
+        )
     for key, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
         value = training.get(key, 0 if key == "seed" else None)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -257,18 +259,31 @@ def build_model_from_spec(
     return build_builtin_model(model_spec["name"], feature_shape, num_classes, params)
 
 
-def _check_data(features: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+TASKS = ("classification", "regression")
+
+
+def _check_data(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, task: str = "classification"
+) -> None:
+    """The arrays match the task: int64 classes in [0, num_classes), or float32 targets."""
     problems: list[str] = []
     if features.dtype != np.float32 or features.ndim < 2:
         problems.append(
             f"features must be float32 shaped (N, ...), got {features.dtype} {features.shape}"
         )
-    if labels.dtype != np.int64 or labels.ndim != 1:
-        problems.append(f"labels must be int64 shaped (N,), got {labels.dtype} {labels.shape}")
+    want = np.float32 if task == "regression" else np.int64
+    if labels.dtype != want or labels.ndim != 1:
+        problems.append(
+            f"{'targets' if task == 'regression' else 'labels'} must be {np.dtype(want)} "
+            f"shaped (N,), got {labels.dtype} {labels.shape}"
+        )
     elif len(labels) != len(features):
         problems.append(f"{len(features)} feature rows but {len(labels)} labels")
     elif len(labels) == 0:
         problems.append("no rows to train on")
+    elif task == "regression":
+        if not np.isfinite(labels).all():
+            problems.append("targets must be finite")
     elif labels.min() < 0 or labels.max() >= num_classes:
         problems.append(f"labels must lie in [0, {num_classes})")
     if problems:
@@ -304,7 +319,7 @@ class _PlainStep:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(x), y)
+        loss = task_loss(self.model(x), y)
         loss.backward()
         self.optimizer.step()
         return loss.detach() * len(x)
@@ -314,15 +329,17 @@ class _PlainStep:
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Mean over the rows of the task's metrics: ``loss`` and ``accuracy`` (classification)
+    or ``loss`` (the squared error) and ``mae`` (regression)."""
     model.eval()
-    loss, correct = 0.0, 0
+    sums: dict[str, float] = {}
     for xs, ys in zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK), strict=True):
-        logits = model(xs)
-        loss += float(F.cross_entropy(logits, ys, reduction="sum"))
-        correct += int((logits.argmax(1) == ys).sum())
+        for k, v in evaluate_batch(model(xs), ys).items():
+            sums[k] = sums.get(k, 0.0) + v
     model.train()
-    return loss / len(y), correct / len(y)
+    names = {"abs_error": "mae"}
+    return {names.get(k, k): v / len(y) for k, v in sums.items()}
 
 
 def _dp_parts(
@@ -399,10 +416,11 @@ def train(
             "unknown model",
             problems=[f"model {training['model']['name']!r} is neither built in nor 'custom'"],
         )
-    _check_data(features, labels, num_classes)
+    task = str(training.get("task", "classification"))
+    _check_data(features, labels, num_classes, task)
     tracker = None
     if validation is not None:
-        _check_data(validation.features, validation.labels, num_classes)
+        _check_data(validation.features, validation.labels, num_classes, task)
         tracker = _ValidationTracker(
             torch.from_numpy(validation.features),
             torch.from_numpy(validation.labels),
@@ -458,7 +476,9 @@ def train(
                 sample_rate=sample_rate,
                 steps_per_epoch=steps_per_epoch,
                 simulated_platform=simulated_platform,
-                example=synthetic_batch(tuple(features.shape[1:]), num_classes),
+                example=synthetic_batch(
+                    tuple(features.shape[1:]), num_classes, regression=task == "regression"
+                ),
             )
             planner, noise = _dp_parts(
                 plan,
@@ -611,7 +631,7 @@ def train(
 
         if guard is not None:
             guard.begin_release()
-        train_loss, train_accuracy = _evaluate(model, x_all, y_all)
+        train_scores = _evaluate(model, x_all, y_all)
         if guard is not None:
             guard.check_release()
 
@@ -642,8 +662,7 @@ def train(
         }
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     metrics: dict[str, float | int] = {
-        "train_loss": train_loss,
-        "train_accuracy": train_accuracy,
+        **{f"train_{k}": v for k, v in train_scores.items()},
         "steps": global_step,
         "samples": samples,
     }
