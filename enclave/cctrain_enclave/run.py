@@ -201,6 +201,9 @@ class RunController:
         from cctrain_enclave.shards import ShardArrays
 
         policy = self.policy
+        # Pooled in a canonical order, not the order uploads happened to finish in: the same
+        # shards train the same model (and split the same way) however the uploads raced.
+        shards = tuple(sorted(shards, key=lambda s: (s.party_id, s.shard_id)))
         v = policy.validation
         if "parties" in v:
             held = set(v["parties"])
