@@ -101,28 +101,41 @@ def _training(w: Workload, batch_size: int) -> dict[str, Any]:
     }
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def plain_loop(
-    x_np: np.ndarray, y_np: np.ndarray, w: Workload, training: dict[str, Any], num_classes: int
+    x_np: np.ndarray,
+    y_np: np.ndarray,
+    w: Workload,
+    training: dict[str, Any],
+    num_classes: int,
+    device: str = "cpu",
 ) -> tuple[float, float]:
-    """The reference: what a PyTorch user writes."""
+    """The reference: what a PyTorch user writes (on a GPU: the data moved there once)."""
     torch.manual_seed(0)
+    _sync(device)
     start = time.perf_counter()
     model = build_builtin_model(w.model["name"], w.feature_shape, num_classes, w.model["params"])
+    model.to(device)
     opt = training["optimizer"]
     optimizer = torch.optim.SGD(
         model.parameters(), lr=opt["lr"], momentum=opt["momentum"], weight_decay=0.0
     )
-    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
     gen = torch.Generator().manual_seed(0)
     samples = 0
     epoch_ends = []
     for _ in range(training["epochs"]):
-        for idx in torch.randperm(len(y), generator=gen).split(training["batch_size"]):
+        for idx in torch.randperm(len(y), generator=gen).to(device).split(training["batch_size"]):
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
             optimizer.step()
             samples += len(idx)
+        _sync(device)
         epoch_ends.append(time.perf_counter())
     return _rates(samples, start, epoch_ends, len(y))
 
@@ -181,6 +194,7 @@ def run(
     threads: int = 1,
     log: Any = print,
     workloads: list[Workload] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Every workload three ways (plus DP modes), interleaved over ``repeats``; medians."""
     torch.set_num_threads(threads)
@@ -188,15 +202,18 @@ def run(
     classes = 10
     results: list[dict[str, Any]] = []
     log(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch_size}, repeats={repeats}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch_size}, "
+        f"repeats={repeats}, device {device}"
     )
     for w in workloads or _workloads(quick):
         x, y = _data(w, classes)
-        training = _training(w, batch_size)
+        training = _training(w, batch_size) | {
+            "device": "cuda" if device.startswith("cuda") else "cpu"
+        }
         runs: dict[str, list[tuple[float, float]]] = {"plain": [], "cctrain": []}
         runs |= {f"dp-{m}": [] for m in w.modes}
         for _ in range(repeats):  # interleaved, so drifting machine load hits all alike
-            runs["plain"].append(plain_loop(x, y, w, training, classes))
+            runs["plain"].append(plain_loop(x, y, w, training, classes, device))
             runs["cctrain"].append(cctrain_run(x, y, training, {"enabled": False}, classes))
             for m in w.modes:
                 runs[f"dp-{m}"].append(cctrain_run(x, y, training, _privacy(m, w.rows), classes))
@@ -224,6 +241,7 @@ def run(
             )
     return {
         "batch_size": batch_size,
+        "device": device,
         "threads": threads,
         "repeats": repeats,
         "targets": {"cctrain_over_plain": TARGET_NO_DP, "dp_mlp_over_plain": TARGET_DP_MLP},
@@ -244,8 +262,31 @@ def main() -> None:
         help="torch intra-op threads (default 1: two OpenMP threads on a 2-vCPU VM slow small "
         "ops down badly; 1 leaves a core for cctrain's noise prefetch thread)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="one tiny workload, seconds (gpu_check.sh --dry-run)"
+    )
     args = parser.parse_args()
-    out = run(args.quick, args.repeats, batch_size=args.batch_size, threads=args.threads)
+    workloads = None
+    if args.tiny:
+        workloads = [
+            Workload(
+                "mlp-tiny",
+                {"name": "mlp", "params": {"hidden": [16]}},
+                (8,),
+                512,
+                2,
+                ("fast", "hooks"),
+            )
+        ]
+    out = run(
+        args.quick,
+        args.repeats,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        workloads=workloads,
+        device=args.device,
+    )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

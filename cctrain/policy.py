@@ -472,6 +472,15 @@ def num_outputs(data: Mapping[str, Any]) -> int:
     return 1
 
 
+def gpu_allowed(policy: Policy) -> bool:
+    """Whether training may use a GPU: one the policy attests (``attestation.gpu`` optional or
+    required), or any on a simulated-only policy (which protects nothing anyway). With
+    ``attestation.gpu = "forbidden"``, ``training.device = "auto"`` means the CPU."""
+    if list(policy.attestation.get("platforms", ())) == ["simulated"]:
+        return True
+    return bool(policy.attestation.get("gpu", "forbidden") != "forbidden")
+
+
 def is_regression(data: Mapping[str, Any]) -> bool:
     return "dtype" in data["labels"]
 
@@ -507,8 +516,10 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
         doc,
         "training",
         required=("model", "optimizer", "epochs", "batch_size"),
-        optional=("task", "seed", "lr_schedule"),
+        optional=("task", "seed", "lr_schedule", "device"),
     )
+    t.setdefault("device", "cpu")
+    c.choice(t["device"], "training.device", frozenset({"auto", "cpu", "cuda"}))
     t.setdefault("task", "classification")
     c.choice(t["task"], "training.task", TASKS)
     t.setdefault("seed", 0)
@@ -1059,6 +1070,12 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
     if parties and not providers:
         c.add("parties", "no party has the data_provider role")
     _check_model_owner(c, training, parties, simulated_only=simulated_only)
+    if training.get("device") == "cuda" and not simulated_only and att.get("gpu") != "required":
+        c.add(
+            "training.device",
+            'a GPU outside the TEE sees the data and the gradients in clear: "cuda" needs '
+            'attestation.gpu = "required" (every GPU attested, bound to the CPU evidence)',
+        )
     start = _check_start(c, top.get("start", {}), providers)
     release = _check_release(c, top.get("release", {}), parties)
     _check_task(c, training, data, release)

@@ -26,7 +26,7 @@ from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.crypto.keys import x25519_public
 from cctrain.errors import ShardError
 from cctrain.journal import MANIFEST_TYPE, AcceptedShard, RunState
-from cctrain.policy import non_private_outputs, num_outputs, thaw
+from cctrain.policy import gpu_allowed, non_private_outputs, num_outputs, thaw
 from cctrain.protocol import MANIFEST_SIG_TAG
 from cctrain.release import (
     b64,
@@ -179,6 +179,7 @@ class RunController:
                 progress=self._on_progress,
                 custom_model_source=self.ctx.custom_model_source,
                 model_package=model_package,
+                allow_gpu=gpu_allowed(policy),
                 stop=self._stop,
             )
             stage = "building the release"
@@ -296,6 +297,7 @@ class RunController:
             "model": result.model_spec
             | {"feature_shape": list(policy.data["features"]["shape"]), "num_outputs": outputs},
             "weights_format": "safetensors",
+            "training_device": getattr(result, "device", "cpu"),
             "receipts": [
                 {"body": b64(s.receipt.body), "signature": b64(s.receipt.signature)}
                 for s in view.training_shards

@@ -514,6 +514,9 @@ class NoisePrefetcher:
         self._sizes = [p.numel() for p in params]
         self._total = sum(self._sizes)
         self._dtype = params[0].dtype
+        #: Drawn on the CPU (the CSPRNG is AES on the host cores), copied to the parameters'
+        #: device: no gradient ever comes back to host memory for the noise to be added.
+        self._device = params[0].device
         self._std = std
         ahead = source.state() is None
         self._block = max(1, min(32, self._BLOCK_ELEMENTS // self._total)) if ahead else 1
@@ -524,6 +527,8 @@ class NoisePrefetcher:
     def _draw(self) -> list[torch.Tensor]:
         shape = torch.Size([self._block * self._total])
         flat = self._source.gaussian(shape, std=self._std, dtype=self._dtype)
+        if self._device.type != "cpu":
+            flat = flat.to(self._device)
         return list(flat.split(self._total))[::-1]  # popped from the end, in order
 
     def take(self) -> list[torch.Tensor]:

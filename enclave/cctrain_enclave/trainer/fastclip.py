@@ -154,7 +154,7 @@ class LinearClipper:
         self._check(records)
         outputs = [out for _, _, out, _ in records]
         backprops = torch.autograd.grad(loss_sum, outputs)
-        squared = torch.zeros(records[0][1].shape[0], dtype=loss_sum.dtype)
+        squared = torch.zeros(records[0][1].shape[0], dtype=loss_sum.dtype, device=loss_sum.device)
         flat: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
         for (layer, a, _, _), b in zip(records, backprops, strict=True):
             if a.dim() == 2:

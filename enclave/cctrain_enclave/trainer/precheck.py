@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from cctrain.errors import CctrainError, PolicyError
-from cctrain.policy import Policy, is_regression, num_outputs, thaw
+from cctrain.policy import Policy, gpu_allowed, is_regression, num_outputs, thaw
 
 from .dp import synthetic_batch, validate_dp_config
-from .train import _model_spec, _training_problems, build_model_from_spec, train
+from .train import _model_spec, _training_problems, build_model_from_spec, resolve_device, train
 
 __all__ = ["check_training_plan"]
 
@@ -59,6 +59,10 @@ def check_training_plan(
     problems = _training_problems(training)
     if problems:
         return problems
+    try:
+        resolve_device(str(training.get("device", "cpu")), allow_gpu=gpu_allowed(policy))
+    except CctrainError as exc:
+        return [str(exc)]
     if training["model"]["name"] == "package" and model_package is None:
         return []
     with torch.random.fork_rng(devices=[]):
@@ -112,6 +116,7 @@ def check_training_plan(
             progress=None,
             custom_model_source=custom_model_source,
             model_package=model_package,
+            allow_gpu=gpu_allowed(policy),
         )
     except CctrainError as exc:
         if str(exc).startswith("training diverged"):

@@ -134,6 +134,41 @@ class TrainingResult:
     metrics: dict[str, float | int]
     dp_certificate: dict[str, Any] | None
     model_spec: dict[str, Any]
+    #: Where it trained: "cpu", or "cuda:0 <device name>".
+    device: str = "cpu"
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(requested: str, *, allow_gpu: bool = True) -> torch.device:
+    """``training.device`` on this machine: ``auto`` is CUDA when present (and allowed);
+    ``cuda`` without a CUDA device is refused, never silently trained on the CPU."""
+    if requested not in DEVICES:
+        raise PolicyError(
+            "training config invalid",
+            problems=[f"training.device must be one of {', '.join(DEVICES)}, got {requested!r}"],
+        )
+    if requested == "cpu" or (requested == "auto" and not allow_gpu):
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        if requested == "cuda" and not allow_gpu:
+            raise CctrainError(
+                'training.device = "cuda" but GPUs are not allowed here (attestation.gpu)'
+            )
+        return torch.device("cuda", torch.cuda.current_device())
+    if requested == "cuda":
+        raise CctrainError(
+            'training.device = "cuda", but this machine has no CUDA device (torch '
+            f"{torch.__version__}, cuda available: no): refusing to train on the CPU instead"
+        )
+    return torch.device("cpu")
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
+    return "cpu"
 
 
 @dataclass(frozen=True)
@@ -334,7 +369,9 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, f
     or ``loss`` (the squared error) and ``mae`` (regression)."""
     model.eval()
     sums: dict[str, float] = {}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for xs, ys in zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK), strict=True):
+        xs, ys = xs.to(device), ys.to(device)
         for k, v in evaluate_batch(model(xs), ys).items():
             sums[k] = sums.get(k, 0.0) + v
     model.train()
@@ -392,6 +429,7 @@ def train(
     randomness: TrainingRandomness | None = None,
     validation: Any = None,
     early_stopping: Mapping[str, Any] | None = None,
+    allow_gpu: bool = True,
 ) -> TrainingResult:
     """Train the policy's model on ``features``/``labels`` and return weights + DP certificate.
 
@@ -426,8 +464,11 @@ def train(
             torch.from_numpy(validation.labels),
             early_stopping,
         )
+    device = resolve_device(str(training.get("device", "cpu")), allow_gpu=allow_gpu)
     x_all = torch.from_numpy(features)
     y_all = torch.from_numpy(labels)
+    if device.type == "cuda":  # batches are gathered on the host, copied asynchronously
+        x_all, y_all = x_all.pin_memory(), y_all.pin_memory()
     num_rows = len(labels)
     seed = int(training.get("seed", 0))
     model_spec = _model_spec(training)
@@ -442,6 +483,7 @@ def train(
             custom_model_source=custom_model_source,
             model_package=model_package,
         )
+        model.to(device)
         model.train()
         from .plan import apply_augment, load_plan_hooks, package_optimizer
         from .schedule import build_schedule
@@ -583,6 +625,9 @@ def train(
                         step=global_step,
                         per_row=dp_enabled,
                     )
+                    if device.type != "cpu":
+                        xb = xb.to(device, non_blocking=True)
+                        yb = yb.to(device, non_blocking=True)
                     if guard is not None:
                         guard.begin_step()
                     loss_sum = engine.step(xb, yb)
@@ -660,7 +705,7 @@ def train(
             "covers": guard.trainable,
             "unchanged_from_initialisation": guard.frozen,
         }
-    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     metrics: dict[str, float | int] = {
         **{f"train_{k}": v for k, v in train_scores.items()},
         "steps": global_step,
@@ -673,5 +718,9 @@ def train(
     if hooks.names:
         model_spec = model_spec | {"hooks": hooks.names}
     return TrainingResult(
-        state_dict=state_dict, metrics=metrics, dp_certificate=certificate, model_spec=model_spec
+        state_dict=state_dict,
+        metrics=metrics,
+        dp_certificate=certificate,
+        model_spec=model_spec,
+        device=describe_device(device),
     )
