@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,9 @@ from cctrain.journal import JOURNAL_VERSION, STATE_FORMAT, Record, replay, sign_
 from cctrain.package import (
     PACKAGE_SHARD_ID,
     UPLOAD_FORMAT,
+    PackageError,
     build_package,
+    read_package,
 )
 from cctrain.protocol import HEADER_SIG_TAG, HEADER_VERSION, RECEIPT_SIG_TAG, RECEIPT_VERSION
 from cctrain.v1 import enclave_pb2 as pb
@@ -396,3 +399,94 @@ def test_the_host_never_sees_the_packages_tensor_names(tmp_path: Path) -> None:
     for path in (tmp_path / "state").rglob("*"):
         if path.is_file():
             assert MARKER.encode() not in path.read_bytes(), path.name
+
+
+# --------------------------------------------------------------------------- the package format
+
+LINEAR = "def build_model(shape, n):\n    import torch\n    return torch.nn.Linear(shape[0], n)\n"
+
+
+def _base() -> tuple[dict[str, object], bytes]:
+    good = build_package({"plan.py": LINEAR}, safetensors_torch.save({"a": torch.zeros(2)}))
+    (n,) = struct.unpack("<Q", good[:8])
+    return json.loads(good[8 : 8 + n]), good[8 + n :]
+
+
+def _join(header_text: str, buffer: bytes) -> bytes:
+    raw = header_text.encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + buffer
+
+
+def _differentials() -> list[tuple[str, bytes]]:
+    header, buffer = _base()
+    meta = dict(header["__metadata__"])  # type: ignore[call-overload]
+    out = []
+    # A lone surrogate escaped in the header JSON: Python decodes it, serde_json refuses it.
+    files = json.dumps({"plan.py": LINEAR + "# \ud800\n"}, ensure_ascii=False)
+    out.append(
+        ("outer lone surrogate", json.dumps({**header, "__metadata__": {**meta, "files": files}}))
+    )
+    # ... escaped once more, inside the files JSON: the source itself is not UTF-8 text.
+    files = json.dumps({"plan.py": LINEAR + "# \ud800\n"})
+    out.append(
+        ("source lone surrogate", json.dumps({**header, "__metadata__": {**meta, "files": files}}))
+    )
+    # "-0" is the integer 0 to Python, a float to serde_json.
+    out.append(("negative zero", json.dumps(header).replace("[0, 8]", "[-0, 8]")))
+    # Empty tensors whose other dimensions overflow safetensors' or torch's size arithmetic.
+    for shape in ([1 << 39, 1 << 39, 0], [0, 1 << 39, 1 << 39]):
+        empty = {"dtype": "F32", "shape": shape, "data_offsets": [8, 8]}
+        out.append((f"empty {shape}", json.dumps({**header, "z": empty})))
+    return [(name, _join(text, buffer)) for name, text in out]
+
+
+@pytest.mark.parametrize(
+    ("name", "data"), _differentials(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_what_the_parser_accepts_safetensors_and_python_accept(name: str, data: bytes) -> None:
+    try:
+        safetensors_torch.load(data)
+        loads = True
+    except Exception:  # noqa: BLE001 - any refusal
+        loads = False
+    try:
+        info = read_package(data)
+    except PackageError:
+        return  # refused, for a reason that names the field
+    info.summary()  # what `cctrain model inspect` prints
+    for src in info.files.values():
+        compile(src, "<check>", "exec", dont_inherit=True)
+    assert loads, f"{name}: accepted by parse_header, refused by safetensors"
+
+
+def test_the_parser_still_accepts_an_honest_package() -> None:
+    header, buffer = _base()
+    data = _join(json.dumps(header), buffer)
+    assert [t.name for t in read_package(data).tensors] == ["a"]
+    empty = {"dtype": "F32", "shape": [0, 1 << 20, 1 << 20], "data_offsets": [8, 8]}
+    assert len(read_package(_join(json.dumps({**header, "z": empty}), buffer)).tensors) == 2
+
+
+@pytest.mark.parametrize("dtype", [["F32"], {"F32": 1}])
+def test_a_tensor_table_of_the_wrong_types_is_refused_not_a_crash(dtype: object) -> None:
+    """An unhashable dtype raised TypeError: a traceback from `cctrain model inspect`, an
+    INTERNAL error ("could not store the upload") from the enclave."""
+    from cctrain_enclave.package import PackageParser
+
+    header, buffer = _base()
+    entry = dict(header["a"])  # type: ignore[call-overload]
+    data = _join(json.dumps({**header, "a": {**entry, "dtype": dtype}}), buffer)
+    with pytest.raises(PackageError, match="dtype"):
+        read_package(data)
+    parser = PackageParser(max_bytes=1 << 20)
+    with pytest.raises(Exception, match="dtype") as err:
+        parser.feed(data)
+    assert type(err.value).__name__ == "ShardError"
+
+
+@pytest.mark.parametrize("table", [{"a": [1, 2]}, {"a": {"data_offsets": 5}}])
+def test_malformed_initial_weights_are_refused_not_a_crash(table: object) -> None:
+    raw = json.dumps(table).encode()
+    with pytest.raises(PackageError):
+        build_package({"plan.py": LINEAR}, struct.pack("<Q", len(raw)) + raw)
