@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ from tests.model_owner.test_model_owner import (
     LAYERS,
     OWNER,
     PLAN,
+    _Capture,
     _marker_forms,
     make_package,
     owner_consortium,
@@ -490,3 +492,118 @@ def test_malformed_initial_weights_are_refused_not_a_crash(table: object) -> Non
     raw = json.dumps(table).encode()
     with pytest.raises(PackageError):
         build_package({"plan.py": LINEAR}, struct.pack("<Q", len(raw)) + raw)
+
+
+# --------------------------------------------------------------------------- the model's code
+
+
+def _failed_run(
+    tmp: Path, files: dict[str, str], *, dp: bool, timeout: float = 60
+) -> tuple[dict[str, str], bytes]:
+    """Run a consortium on a package that fails: (each party's status detail, everything the
+    host holds: state files, the log)."""
+    package = build_package(files)
+    (tmp / "model.pkg").write_bytes(package)
+    extra: dict[str, Any] = {}
+    if dp:
+        extra = {"privacy": DP, "release": {"recipients": [OWNER], "metrics": ["steps"]}}
+    c = owner_consortium(tmp / "c", package, **extra)
+    capture = _Capture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    details: dict[str, str] = {}
+    try:
+        with running_enclave(c, tmp / "state") as (address, _):
+            upload_data(address, c, tmp)
+            with session(ModelOwner, address, c, OWNER) as mo:
+                mo.upload_package(tmp / "model.pkg", state_dir=tmp / OWNER)
+                deadline = time.monotonic() + timeout
+                while mo.status().phase not in ("failed", "released"):
+                    assert time.monotonic() < deadline, f"still {mo.status().phase}"
+                    time.sleep(0.2)
+                assert mo.status().phase == "failed"
+                details[OWNER] = mo.status().detail
+            for pid in HOSPITALS:
+                with session(DataOwner, address, c, pid) as o:
+                    details[pid] = o.status().detail
+                    journal = b"".join(r.raw for r in o.journal())
+    finally:
+        root.removeHandler(capture)
+    host = journal + "\n".join(capture.lines).encode()
+    for path in (tmp / "state").rglob("*"):
+        if path.is_file():
+            host += path.read_bytes()
+    return details, host
+
+
+LAYERS_SECRET = LAYERS.replace("class Net", f"class Net_{MARKER}").replace(
+    "return self.body", f"raise RuntimeError('{MARKER} detail')\n        return self.body"
+)
+PLAN_SECRET = PLAN.replace("layers.Net(", f"layers.Net_{MARKER}(")
+
+
+@pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp"])
+def test_a_failing_forward_tells_no_other_party_about_the_model(tmp_path: Path, dp: bool) -> None:
+    """The model owner's code raises in ``forward``. Without DP its message is withheld from
+    everyone; under DP the enclave's own model check (on a synthetic batch) quoted it to
+    every party, the journal and the log."""
+    details, host = _failed_run(
+        tmp_path, {"plan.py": PLAN_SECRET, "layers.py": LAYERS_SECRET}, dp=dp
+    )
+    for pid in HOSPITALS:
+        assert "run failed while training" in details[pid]
+        assert MARKER not in details[pid], details[pid]
+    assert MARKER.encode() not in host
+
+
+def test_a_package_without_the_entry_module_names_none_of_its_modules(tmp_path: Path) -> None:
+    """The policy's module is not in the package: the refusal listed the package's modules
+    (its file names) to every party."""
+    details, host = _failed_run(tmp_path, {f"{MARKER}.py": PLAN, "layers.py": LAYERS}, dp=False)
+    for pid in HOSPITALS:
+        assert MARKER not in details[pid], details[pid]
+    assert MARKER.encode() not in host
+    assert MARKER in details[OWNER]  # the model owner is told
+
+
+def test_a_buffer_written_in_forward_under_dp_is_named_to_the_model_owner_only(
+    tmp_path: Path,
+) -> None:
+    layers = LAYERS.replace('"marker"', f'"{MARKER}"').replace(
+        "return self.body(x.flatten(1))",
+        f"self.{MARKER}.add_(1.0)\n        return self.body(x.flatten(1))",
+    )
+    details, host = _failed_run(tmp_path, {"plan.py": PLAN, "layers.py": layers}, dp=True)
+    for pid in HOSPITALS:
+        assert "run failed while training" in details[pid]
+        assert MARKER not in details[pid], details[pid]
+    assert MARKER.encode() not in host
+    assert MARKER in details[OWNER] and "DP" in details[OWNER]
+
+
+def test_a_package_raising_through_cctrain_code_is_withheld(tmp_path: Path) -> None:
+    """``forward`` calls a cctrain function that raises cctrain's PolicyError quoting its
+    argument (here a value of the batch): the enclave trusted the message because the last
+    frame is its own code, as it would not for a custom model."""
+    layers = LAYERS.replace(
+        "return self.body(x.flatten(1))",
+        "if not self.training:\n"
+        "            from cctrain.policy import parse_policy\n"
+        "            parse_policy(('{\"%s%d\": 1}' % ('"
+        + MARKER
+        + "', int(x.numel()))).encode(), 'json')\n"
+        "        return self.body(x.flatten(1))",
+    )
+    details, host = _failed_run(tmp_path, {"plan.py": PLAN, "layers.py": layers}, dp=False)
+    for party, detail in details.items():
+        assert "PolicyError (message withheld" in detail, (party, detail)
+        assert MARKER not in detail
+    assert MARKER.encode() not in host
+
+
+def test_a_package_that_exits_at_import_fails_the_run(tmp_path: Path) -> None:
+    """Module code that calls ``sys.exit`` (argparse at import does, on arguments it does not
+    know): the training thread died without a word and the run stayed 'training' forever."""
+    plan = "import argparse\nargparse.ArgumentParser().parse_args(['--no-such-flag'])\n" + PLAN
+    details, _ = _failed_run(tmp_path, {"plan.py": plan, "layers.py": LAYERS}, dp=False, timeout=30)
+    assert "run failed while training: SystemExit" in details["hospital-a"]
