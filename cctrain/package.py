@@ -60,6 +60,11 @@ PACKAGE_SHARD_ID = "model-package"
 MAX_HEADER_BYTES = 16 << 20
 MAX_FILES = 256
 MAX_TENSORS = 100_000
+#: The product of a tensor's non-zero dimensions must stay below this: an empty tensor (one
+#: zero dimension) needs no bytes, but larger dimensions beside the zero overflow
+#: safetensors' and torch's 64-bit size arithmetic, which would refuse the package only when
+#: the enclave loads its weights, after the upload was receipted and training started.
+MAX_TENSOR_EXTENT = 1 << 62
 #: safetensors dtype names and their element sizes (bits / 8); sub-byte types are refused.
 DTYPE_SIZES = {
     "BOOL": 1,
@@ -126,13 +131,28 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _natural(text: str) -> int:
+    # Every integer of a package header is a size or an offset. serde_json (safetensors)
+    # reads "-0" as a float and refuses it where Python reads the integer 0.
+    if text.startswith("-"):
+        raise PackageError(f"package header: negative integer {text[:24]}")
+    return int(text)
+
+
 def _loads(text: str | bytes, what: str) -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_natural)
     except PackageError:
         raise
     except (ValueError, RecursionError):
         raise PackageError(f"{what} is not valid JSON") from None
+    # Python decodes a lone surrogate escape ("\\ud800"); it is no UTF-8 text, which
+    # serde_json (safetensors) refuses to read and compile() refuses to run.
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PackageError(f"{what} is not UTF-8 text (a lone surrogate escape)") from None
+    return doc
 
 
 def parse_header(header: bytes) -> PackageInfo:
@@ -181,7 +201,7 @@ def parse_header(header: bytes) -> PackageInfo:
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise PackageError(f"package tensor {name!r}: want dtype, shape, data_offsets")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPE_SIZES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise PackageError(f"package tensor {name!r}: dtype {str(dtype)[:16]!r} unsupported")
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in shape
@@ -193,9 +213,15 @@ def parse_header(header: bytes) -> PackageInfo:
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
         ):
             raise PackageError(f"package tensor {name!r}: data_offsets must be [start, end]")
-        numel = 1
+        numel = extent = 1
         for d in shape:
             numel *= d
+            extent *= max(d, 1)
+        if extent >= MAX_TENSOR_EXTENT:
+            raise PackageError(
+                f"package tensor {name!r}: the product of its non-zero dimensions must be "
+                f"below 2**62 (safetensors and torch compute sizes in 64 bits)"
+            )
         start, end = offsets
         if start < 0 or end - start != numel * DTYPE_SIZES[dtype]:
             raise PackageError(
@@ -245,6 +271,13 @@ def _weights_parts(weights: bytes | None) -> tuple[dict[str, Any], bytes]:
     return doc, bytes(weights[8 + n :])
 
 
+def _offsets_key(entry: Any) -> tuple[int, ...]:
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if isinstance(offsets, list) and all(type(o) is int for o in offsets):
+        return (0, *offsets)
+    return (-1,)
+
+
 def build_package(files: Mapping[str, str | bytes], weights: bytes | None = None) -> bytes:
     """The package bytes for ``files`` (name → source) and optional safetensors ``weights``.
 
@@ -261,10 +294,9 @@ def build_package(files: Mapping[str, str | bytes], weights: bytes | None = None
             "files": json.dumps(sources, sort_keys=True, ensure_ascii=False),
         }
     }
-    # Keep the weights' own buffer layout; order the table by offset for a stable header.
-    for name, entry in sorted(
-        table.items(), key=lambda kv: tuple(kv[1].get("data_offsets", (0, 0)))
-    ):
+    # Keep the weights' own buffer layout; order the table by offset for a stable header
+    # (an entry without integer offsets sorts first: read_package below says what is wrong).
+    for name, entry in sorted(table.items(), key=lambda kv: _offsets_key(kv[1])):
         header_doc[name] = entry
     header = json.dumps(header_doc, separators=(",", ":"), ensure_ascii=False).encode()
     header += b" " * (-len(header) % 8)

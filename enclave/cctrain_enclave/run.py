@@ -189,7 +189,9 @@ class RunController:
             log.info("training stopped for shutdown; it resumes from its checkpoint on restart")
         except Refusal as exc:  # the policy expired at a checkpoint or at the release
             log.warning("training ended: %s", exc.log_text)
-        except Exception as exc:  # noqa: BLE001 - every failure ends the run, with a safe message
+        except BaseException as exc:  # noqa: BLE001 - every failure ends the run, with a safe message
+            # BaseException: the model's code may raise SystemExit (argparse at import does),
+            # on which a thread dies silently and the run would stay "training" forever.
             self._fail(stage, exc)
 
     def _datasets(self, shards: tuple[AcceptedShard, ...]) -> tuple[Any, Any]:
@@ -244,7 +246,7 @@ class RunController:
             ) from None
 
     def _fail(self, stage: str, exc: BaseException) -> None:
-        public, private = failure_report(stage, exc)
+        public, private = failure_report(stage, exc, model_owner=self.policy.model_provider)
         log.error("%s\n%s", public, "".join(_code_locations(exc)))
         with self._cond:
             self._private_details.update(private)
@@ -421,7 +423,9 @@ class RunController:
         return out
 
 
-def failure_report(stage: str, exc: BaseException) -> tuple[str, dict[str, str]]:
+def failure_report(
+    stage: str, exc: BaseException, *, model_owner: str | None = None
+) -> tuple[str, dict[str, str]]:
     """(what every party and the host learn, what only the party concerned learns).
 
     Every party reads the journal, and the host reads it and the log: a failure's public
@@ -429,7 +433,9 @@ def failure_report(stage: str, exc: BaseException) -> tuple[str, dict[str, str]]
     name settings, tensors and files, never values), why. Anything else raised while the
     private data is in memory (torch, numpy, the model's code) may quote that data, and is
     withheld from everyone. A shard that does not read back concerns its provider: only it
-    is told the details.
+    is told the details. When the model is a ``model_owner``'s package, the names those
+    refusals give (tensors, modules, layers, the model's own exception text quoted by the
+    DP checks) are that owner's: only it is told them.
     """
     from cctrain.errors import CctrainError, PolicyError
 
@@ -453,6 +459,12 @@ def failure_report(stage: str, exc: BaseException) -> tuple[str, dict[str, str]]
         text = str(exc)
         if len(text) > 600:
             text = text[:600] + "… (cut)"
+        if model_owner is not None:
+            return (
+                f"run failed while {stage}: {type(exc).__name__} (details went to the model "
+                f"owner {model_owner!r} only: they may describe its package's model)",
+                {model_owner: f"{type(exc).__name__}: {text}"},
+            )
         return f"run failed while {stage}: {type(exc).__name__}: {text}", {}
     return (
         f"run failed while {stage}: {type(exc).__name__} (message withheld: it may quote "
@@ -472,7 +484,7 @@ def _raised_by_the_enclave(exc: BaseException) -> bool:
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames or not frames[-1].filename.startswith(ours):
         return False
-    return not any(f.filename.startswith("<custom model") for f in frames)
+    return not any(f.filename.startswith(("<custom model", "<package ")) for f in frames)
 
 
 def _code_locations(exc: BaseException) -> list[str]:

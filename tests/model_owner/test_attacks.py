@@ -1,0 +1,609 @@
+"""Attacks on the model-owner feature, one role at a time, against real code on loopback.
+
+* the journal verifier: journals with package entries the enclave would never write, signed
+  by an enclave key the test holds, are refused by the offline replay every party runs;
+* hostile uploads: raw streams past the SDK's checks (a data provider's shard named like the
+  package, the owner's data, a second package, a header committing to the pin over other
+  bytes) are refused and leave nothing;
+* the host: restarts between the package and training, plants partial uploads, rolls the
+  journal back to before the package;
+* the model owner's package format: what :func:`cctrain.package.parse_header` accepts must be
+  what safetensors (which loads the initial weights in the enclave), torch and ``compile``
+  accept, or a package is receipted, training starts on every provider's data, and only
+  then does the run die (and ``cctrain model inspect`` crashes);
+* the model owner's code failing: what every party, the journal and the log learn of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cctrain.client import DataOwner, ModelOwner
+from cctrain.errors import JournalError, ProtocolError
+from cctrain.journal import JOURNAL_VERSION, STATE_FORMAT, Record, replay, sign_entry
+from cctrain.package import (
+    PACKAGE_SHARD_ID,
+    UPLOAD_FORMAT,
+    PackageError,
+    build_package,
+    read_package,
+)
+from cctrain.protocol import HEADER_SIG_TAG, HEADER_VERSION, RECEIPT_SIG_TAG, RECEIPT_VERSION
+from cctrain.v1 import enclave_pb2 as pb
+from cctrain.v1 import journal_pb2 as jpb
+from tests.consortium import Consortium, make_consortium, running_enclave
+from tests.model_owner.test_model_owner import (
+    HOSPITALS,
+    LAYERS,
+    OWNER,
+    PLAN,
+    _Capture,
+    _marker_forms,
+    make_package,
+    owner_consortium,
+    session,
+    upload_data,
+)
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+#: Stands for whatever the model owner keeps to itself (a module, class, tensor name, a
+#: message of its code): nobody else, and not the host, may read it anywhere.
+MARKER = "q7secret"
+DP = {
+    "enabled": True,
+    "target_epsilon": 8.0,
+    "delta": 1e-5,
+    "max_grad_norm": 1.0,
+    "noise_source": "insecure-fast",
+}
+
+
+# --------------------------------------------------------------------------- the verifier
+
+
+class _Forger:
+    """Writes journals the way the enclave does, signed by an enclave key the test holds: what
+    every party's offline replay must refuse is what the enclave itself would never write."""
+
+    def __init__(self, c: Consortium) -> None:
+        self.c, self.policy = c, c.signed.policy
+        self.key = Ed25519PrivateKey.generate()
+        self.records: list[Record] = []
+        self._append(
+            jpb.JournalEntry(
+                genesis=jpb.Genesis(
+                    state_format=STATE_FORMAT,
+                    run_id=bytes(16),
+                    platform="simulated",
+                    measurement=bytes(48),
+                    hpke_public_key=bytes(32),
+                    signing_public_key=self.key.public_key().public_bytes_raw(),
+                    tls_spki_sha256=bytes(32),
+                )
+            )
+        )
+
+    def _append(self, entry: jpb.JournalEntry) -> Record:
+        prev = self.records[-1] if self.records else None
+        entry.version = JOURNAL_VERSION
+        entry.seq = prev.seq + 1 if prev else 0
+        entry.prev_sha256 = prev.sha256 if prev else bytes(32)
+        entry.policy_digest = self.policy.digest
+        rec = sign_entry(entry, self.key)
+        self.records.append(rec)
+        return rec
+
+    def shard(
+        self,
+        party: str,
+        shard_id: str,
+        *,
+        fmt: str = "npz",
+        content: bytes = b"rows",
+        rows: int = 100,
+        signer: str | None = None,
+    ) -> None:
+        header = pb.ShardHeader(
+            version=HEADER_VERSION,
+            policy_digest=self.policy.digest,
+            party_id=party,
+            shard_id=shard_id,
+            format=fmt,
+            plaintext_size=len(content),
+            chunk_size=1 << 16,
+            chunk_count=1,
+            nonce_prefix=bytes(7),
+            plaintext_sha256=hashlib.sha256(content).digest(),
+            encapsulated_key=bytes(32),
+        ).SerializeToString()
+        signing = self.c.keys[signer or party].signing_key
+        prev = self.records[-1]
+        body = pb.ReceiptBody(
+            version=RECEIPT_VERSION,
+            policy_digest=self.policy.digest,
+            party_id=party,
+            shard_id=shard_id,
+            plaintext_sha256=hashlib.sha256(content).digest(),
+            rows=rows,
+            plaintext_size=len(content),
+            header_sha256=hashlib.sha256(header).digest(),
+            enclave_signing_key=self.key.public_key().public_bytes_raw(),
+            journal_seq=prev.seq + 1,
+            journal_prev_sha256=prev.sha256,
+        ).SerializeToString()
+        self._append(
+            jpb.JournalEntry(
+                shard_accepted=jpb.ShardAccepted(
+                    header=pb.UploadHeader(
+                        header=header, signature=signing.sign(HEADER_SIG_TAG + header)
+                    ),
+                    receipt=pb.SignedReceipt(
+                        body=body, signature=self.key.sign(RECEIPT_SIG_TAG + body)
+                    ),
+                )
+            )
+        )
+
+    def close(self) -> None:
+        shards = replay(self.records, self.policy).shards
+        refs = [
+            jpb.ShardRef(
+                party_id=s.party_id,
+                shard_id=s.shard_id,
+                header_sha256=s.header_sha256,
+                accepted_seq=s.seq,
+            )
+            for s in shards
+        ]
+        self._append(jpb.JournalEntry(uploads_closed=jpb.UploadsClosed(shards=refs)))
+
+
+def _forged_run(c: Consortium, package: bytes, **package_kw: Any) -> _Forger:
+    f = _Forger(c)
+    for pid in HOSPITALS:
+        f.shard(pid, "s")
+    f.shard(
+        OWNER, PACKAGE_SHARD_ID, fmt=UPLOAD_FORMAT, content=package, **{"rows": 0, **package_kw}
+    )
+    return f
+
+
+def test_the_verifier_replays_an_honest_package_journal(tmp_path: Path) -> None:
+    package = make_package()
+    c = owner_consortium(tmp_path / "c", package)
+    f = _forged_run(c, package)
+    f.close()
+    view = replay(f.records, c.signed.policy)
+    assert view.phase == "training"
+    assert view.model_package is not None and view.model_package.party_id == OWNER
+    assert [s.party_id for s in view.data_shards] == list(HOSPITALS)
+
+
+def _refused(f: _Forger, c: Consortium, match: str) -> None:
+    with pytest.raises(JournalError, match=match):
+        replay(f.records, c.signed.policy)
+
+
+def test_the_verifier_refuses_package_entries_the_enclave_would_not_write(
+    tmp_path: Path,
+) -> None:
+    package = make_package()
+    c = owner_consortium(tmp_path / "c", package)
+    policy = c.signed.policy
+    # A package from a data provider (its own signed header).
+    f = _Forger(c)
+    f.shard("hospital-a", PACKAGE_SHARD_ID, fmt=UPLOAD_FORMAT, content=package, rows=0)
+    _refused(f, c, "not the policy's model provider")
+    # A package the policy does not pin.
+    f = _forged_run(c, package + b"\0")
+    _refused(f, c, "not the one the policy pins")
+    # A package whose receipt claims rows (they would count in the DP sample rate).
+    f = _forged_run(c, package, rows=5)
+    _refused(f, c, "receipt claims 5 rows")
+    # A second package under another id, and data from the model owner.
+    f = _forged_run(c, package)
+    f.shard(OWNER, "second", fmt=UPLOAD_FORMAT, content=package, rows=0)
+    _refused(f, c, "model package named 'second'")
+    f = _forged_run(c, package)
+    f.shard(OWNER, "data")
+    _refused(f, c, "'model-owner' is not a data provider")
+    # A data shard named like the package, or a data shard in the package's format.
+    f = _Forger(c)
+    f.shard("hospital-a", PACKAGE_SHARD_ID)
+    _refused(f, c, "shard id 'model-package' is not valid")
+    # The same package twice (the one id: ALREADY_EXISTS at the enclave).
+    f = _forged_run(c, package)
+    f.shard(OWNER, PACKAGE_SHARD_ID, fmt=UPLOAD_FORMAT, content=package, rows=0)
+    _refused(f, c, "already accepted")
+    # A header signed by someone else than the party it names.
+    f = _forged_run(c, package, signer="hospital-a")
+    _refused(f, c, "not signed by the policy key of 'model-owner'")
+    # Training started without the package.
+    f = _Forger(c)
+    for pid in HOSPITALS:
+        f.shard(pid, "s")
+    shards = replay(f.records, policy).shards
+    f._append(
+        jpb.JournalEntry(
+            uploads_closed=jpb.UploadsClosed(
+                shards=[
+                    jpb.ShardRef(
+                        party_id=s.party_id,
+                        shard_id=s.shard_id,
+                        header_sha256=s.header_sha256,
+                        accepted_seq=s.seq,
+                    )
+                    for s in shards
+                ]
+            )
+        )
+    )
+    _refused(f, c, r"no shard from model-owner \(the model package\)")
+    # A package under a policy that takes none.
+    other = make_consortium(tmp_path / "other")
+    f = _Forger(other)
+    f.shard("hospital-a", PACKAGE_SHARD_ID, fmt=UPLOAD_FORMAT, content=package, rows=0)
+    _refused(f, other, "not the policy's model provider")
+
+
+# --------------------------------------------------------------------------- hostile uploads
+
+
+def test_hostile_uploads_around_the_package_keep_nothing(tmp_path: Path) -> None:
+    """Raw streams, past the SDK's own checks: a data provider's shard named like the package,
+    the model owner's data, a second package under another id, a header that commits to the
+    pin over other bytes or a cut of them. Each is refused and leaves nothing; the package then
+    uploads (no quota was used up), and no other party learns anything about it."""
+    from tests.ingest.conftest import write_shard
+    from tests.ingest.test_bad_input import build_upload, expect_rejection
+
+    bad, denied = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED
+    package = make_package()
+    (tmp_path / "model.pkg").write_bytes(package)
+    c = owner_consortium(tmp_path / "c", package)
+    shard = write_shard(tmp_path / "x.npz").read_bytes()
+    with running_enclave(c, tmp_path / "state") as (address, app):
+        with session(DataOwner, address, c, "hospital-a") as a:
+            header, chunks = build_upload(a, shard, shard_id=PACKAGE_SHARD_ID)
+            expect_rejection(a, [header, *chunks], bad, "the model package's")
+            header, chunks = build_upload(a, package, shard_id=PACKAGE_SHARD_ID, fmt=UPLOAD_FORMAT)
+            expect_rejection(a, [header, *chunks], denied, "is not the model provider")
+        with session(ModelOwner, address, c, OWNER) as mo:
+            header, chunks = build_upload(mo, shard, shard_id="data")
+            expect_rejection(mo, [header, *chunks], denied, "is not a data_provider")
+            header, chunks = build_upload(mo, package, shard_id="second", fmt=UPLOAD_FORMAT)
+            expect_rejection(mo, [header, *chunks], bad, "a model package is uploaded as")
+            pin = hashlib.sha256(package).digest()
+
+            def claim_pin(h: pb.ShardHeader) -> None:
+                h.plaintext_sha256 = pin
+
+            other = bytearray(package)
+            other[-1] ^= 1  # the last weight byte: the structure still parses
+            for data in (bytes(other), package[:-4]):
+                header, chunks = build_upload(
+                    mo, data, shard_id=PACKAGE_SHARD_ID, fmt=UPLOAD_FORMAT, header_edit=claim_pin
+                )
+                expect_rejection(mo, [header, *chunks], bad, "does not match the plaintext")
+            assert [p for p in (tmp_path / "state" / "uploads").rglob("*") if p.is_file()] == []
+            assert list((tmp_path / "state" / "shards").iterdir()) == []
+            mo.upload_package(tmp_path / "model.pkg", state_dir=tmp_path / OWNER)
+        with session(DataOwner, address, c, "hospital-a") as a:
+            status = a.unary("UploadStatus", pb.UploadStatusRequest(shard_id=PACKAGE_SHARD_ID))
+            assert status.state == pb.UploadStatusResponse.UNKNOWN  # its own namespace
+            assert a.receipts() == []
+            with pytest.raises(ProtocolError, match="NOT_FOUND"):
+                a.withdraw(PACKAGE_SHARD_ID, state_dir=tmp_path / "a")  # not its to withdraw
+            assert app.state.view.model_package is not None
+            seen = a.status().SerializeToString() + b"".join(r.raw for r in a.journal())
+    for form in _marker_forms():
+        assert form not in seen
+
+
+# --------------------------------------------------------------------------- the host
+
+
+def test_a_restart_between_package_and_training_loses_nothing(tmp_path: Path) -> None:
+    """The host restarts the enclave after the package's receipt, and plants a partial upload
+    of the package under its id (the owner's signed header, from the journal, and a prefix of
+    the stored ciphertext are all it has): the restart keeps the package (the journal vouches
+    for it), the planted partial changes nothing, and the run trains on the package once the
+    data arrives."""
+    package = make_package()
+    (tmp_path / "model.pkg").write_bytes(package)
+    c = owner_consortium(tmp_path / "c", package)
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (address, app):
+        with session(ModelOwner, address, c, OWNER) as mo:
+            receipt = mo.upload_package(tmp_path / "model.pkg", state_dir=tmp_path / OWNER)
+        header = app.state.view.model_package.header_raw
+    stored = state / "shards" / f"{receipt.header_sha256.hex()}.ct"
+    assert stored.exists()
+    partial = state / "uploads" / OWNER / PACKAGE_SHARD_ID
+    partial.mkdir(parents=True)
+    (partial / "header.bin").write_bytes(header)
+    (partial / "chunks.bin").write_bytes(stored.read_bytes()[: 1 << 12])
+    (partial / "progress.json").write_text(
+        json.dumps({"next_index": 0, "offset": 0, "updated": time.time()})
+    )
+    with running_enclave(c, state) as (address, app):
+        assert app.state.view.model_package is not None
+        upload_data(address, c, tmp_path)
+        with session(ModelOwner, address, c, OWNER) as mo:
+            status = mo.unary("UploadStatus", pb.UploadStatusRequest(shard_id=PACKAGE_SHARD_ID))
+            assert status.state == pb.UploadStatusResponse.ACCEPTED
+            assert mo.wait_for_phase(("released",), timeout=120) == "released"
+            assert mo.fetch_model().manifest["model"]["name"] == "package"
+
+
+def test_a_journal_rolled_back_before_the_package_is_refused_by_the_model_owner(
+    tmp_path: Path,
+) -> None:
+    """The host restores the journal as it was before the package's entry (to make the owner
+    upload it again, or to drop it from the run): the model owner's SDK remembers the head it
+    saw with its receipt, and refuses the enclave."""
+    from cctrain.journal import frame, read_journal_file
+    from cctrain.memory import ForkOrRollbackError
+
+    package = make_package()
+    (tmp_path / "model.pkg").write_bytes(package)
+    c = owner_consortium(tmp_path / "c", package)
+    state = tmp_path / "state"
+    with running_enclave(c, state) as (address, _):
+        with session(ModelOwner, address, c, OWNER) as mo:
+            mo.upload_package(tmp_path / "model.pkg", state_dir=tmp_path / OWNER)
+    records = read_journal_file(state / "journal.log")
+    assert records[-1].kind == "shard_accepted"
+    (state / "journal.log").write_bytes(b"".join(frame(r.raw) for r in records[:-1]))
+    with running_enclave(c, state) as (address, app):
+        assert app.state.view.model_package is None
+        assert list((state / "shards").iterdir()) == []  # no entry vouches for it: removed
+        with pytest.raises(ForkOrRollbackError):
+            with session(ModelOwner, address, c, OWNER) as mo:
+                mo.upload_package(tmp_path / "model.pkg", state_dir=tmp_path / OWNER)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the DP certificate in the manifest (journaled in plain text, on the host's "
+    "disk and served to every party by GetJournal) names every tensor of the package's model",
+)
+def test_the_host_never_sees_the_packages_tensor_names(tmp_path: Path) -> None:
+    layers = LAYERS.replace("self.body =", f"self.{MARKER} =").replace(
+        "self.body(", f"self.{MARKER}("
+    )
+    package = build_package({"plan.py": PLAN, "layers.py": layers})
+    (tmp_path / "model.pkg").write_bytes(package)
+    c = owner_consortium(
+        tmp_path / "c",
+        package,
+        privacy=DP,
+        release={"recipients": [OWNER], "metrics": ["steps"]},
+    )
+    with running_enclave(c, tmp_path / "state") as (address, _):
+        upload_data(address, c, tmp_path)
+        with session(ModelOwner, address, c, OWNER) as mo:
+            mo.upload_package(tmp_path / "model.pkg", state_dir=tmp_path / OWNER)
+            assert mo.wait_for_phase(("released",), timeout=120) == "released"
+            assert f"{MARKER}.0.weight" in mo.fetch_model().state_dict()  # the owner's own
+    for path in (tmp_path / "state").rglob("*"):
+        if path.is_file():
+            assert MARKER.encode() not in path.read_bytes(), path.name
+
+
+# --------------------------------------------------------------------------- the package format
+
+LINEAR = "def build_model(shape, n):\n    import torch\n    return torch.nn.Linear(shape[0], n)\n"
+
+
+def _base() -> tuple[dict[str, object], bytes]:
+    good = build_package({"plan.py": LINEAR}, safetensors_torch.save({"a": torch.zeros(2)}))
+    (n,) = struct.unpack("<Q", good[:8])
+    return json.loads(good[8 : 8 + n]), good[8 + n :]
+
+
+def _join(header_text: str, buffer: bytes) -> bytes:
+    raw = header_text.encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + buffer
+
+
+def _differentials() -> list[tuple[str, bytes]]:
+    header, buffer = _base()
+    meta = dict(header["__metadata__"])  # type: ignore[call-overload]
+    out = []
+    # A lone surrogate escaped in the header JSON: Python decodes it, serde_json refuses it.
+    files = json.dumps({"plan.py": LINEAR + "# \ud800\n"}, ensure_ascii=False)
+    out.append(
+        ("outer lone surrogate", json.dumps({**header, "__metadata__": {**meta, "files": files}}))
+    )
+    # ... escaped once more, inside the files JSON: the source itself is not UTF-8 text.
+    files = json.dumps({"plan.py": LINEAR + "# \ud800\n"})
+    out.append(
+        ("source lone surrogate", json.dumps({**header, "__metadata__": {**meta, "files": files}}))
+    )
+    # "-0" is the integer 0 to Python, a float to serde_json.
+    out.append(("negative zero", json.dumps(header).replace("[0, 8]", "[-0, 8]")))
+    # Empty tensors whose other dimensions overflow safetensors' or torch's size arithmetic.
+    for shape in ([1 << 39, 1 << 39, 0], [0, 1 << 39, 1 << 39]):
+        empty = {"dtype": "F32", "shape": shape, "data_offsets": [8, 8]}
+        out.append((f"empty {shape}", json.dumps({**header, "z": empty})))
+    return [(name, _join(text, buffer)) for name, text in out]
+
+
+@pytest.mark.parametrize(
+    ("name", "data"), _differentials(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_what_the_parser_accepts_safetensors_and_python_accept(name: str, data: bytes) -> None:
+    try:
+        safetensors_torch.load(data)
+        loads = True
+    except Exception:  # noqa: BLE001 - any refusal
+        loads = False
+    try:
+        info = read_package(data)
+    except PackageError:
+        return  # refused, for a reason that names the field
+    info.summary()  # what `cctrain model inspect` prints
+    for src in info.files.values():
+        compile(src, "<check>", "exec", dont_inherit=True)
+    assert loads, f"{name}: accepted by parse_header, refused by safetensors"
+
+
+def test_the_parser_still_accepts_an_honest_package() -> None:
+    header, buffer = _base()
+    data = _join(json.dumps(header), buffer)
+    assert [t.name for t in read_package(data).tensors] == ["a"]
+    empty = {"dtype": "F32", "shape": [0, 1 << 20, 1 << 20], "data_offsets": [8, 8]}
+    assert len(read_package(_join(json.dumps({**header, "z": empty}), buffer)).tensors) == 2
+
+
+@pytest.mark.parametrize("dtype", [["F32"], {"F32": 1}])
+def test_a_tensor_table_of_the_wrong_types_is_refused_not_a_crash(dtype: object) -> None:
+    """An unhashable dtype raised TypeError: a traceback from `cctrain model inspect`, an
+    INTERNAL error ("could not store the upload") from the enclave."""
+    from cctrain_enclave.package import PackageParser
+
+    header, buffer = _base()
+    entry = dict(header["a"])  # type: ignore[call-overload]
+    data = _join(json.dumps({**header, "a": {**entry, "dtype": dtype}}), buffer)
+    with pytest.raises(PackageError, match="dtype"):
+        read_package(data)
+    parser = PackageParser(max_bytes=1 << 20)
+    with pytest.raises(Exception, match="dtype") as err:
+        parser.feed(data)
+    assert type(err.value).__name__ == "ShardError"
+
+
+@pytest.mark.parametrize("table", [{"a": [1, 2]}, {"a": {"data_offsets": 5}}])
+def test_malformed_initial_weights_are_refused_not_a_crash(table: object) -> None:
+    raw = json.dumps(table).encode()
+    with pytest.raises(PackageError):
+        build_package({"plan.py": LINEAR}, struct.pack("<Q", len(raw)) + raw)
+
+
+# --------------------------------------------------------------------------- the model's code
+
+
+def _failed_run(
+    tmp: Path, files: dict[str, str], *, dp: bool, timeout: float = 60
+) -> tuple[dict[str, str], bytes]:
+    """Run a consortium on a package that fails: (each party's status detail, everything the
+    host holds: state files, the log)."""
+    package = build_package(files)
+    (tmp / "model.pkg").write_bytes(package)
+    extra: dict[str, Any] = {}
+    if dp:
+        extra = {"privacy": DP, "release": {"recipients": [OWNER], "metrics": ["steps"]}}
+    c = owner_consortium(tmp / "c", package, **extra)
+    capture = _Capture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    details: dict[str, str] = {}
+    try:
+        with running_enclave(c, tmp / "state") as (address, _):
+            upload_data(address, c, tmp)
+            with session(ModelOwner, address, c, OWNER) as mo:
+                mo.upload_package(tmp / "model.pkg", state_dir=tmp / OWNER)
+                deadline = time.monotonic() + timeout
+                while mo.status().phase not in ("failed", "released"):
+                    assert time.monotonic() < deadline, f"still {mo.status().phase}"
+                    time.sleep(0.2)
+                assert mo.status().phase == "failed"
+                details[OWNER] = mo.status().detail
+            for pid in HOSPITALS:
+                with session(DataOwner, address, c, pid) as o:
+                    details[pid] = o.status().detail
+                    journal = b"".join(r.raw for r in o.journal())
+    finally:
+        root.removeHandler(capture)
+    host = journal + "\n".join(capture.lines).encode()
+    for path in (tmp / "state").rglob("*"):
+        if path.is_file():
+            host += path.read_bytes()
+    return details, host
+
+
+LAYERS_SECRET = LAYERS.replace("class Net", f"class Net_{MARKER}").replace(
+    "return self.body", f"raise RuntimeError('{MARKER} detail')\n        return self.body"
+)
+PLAN_SECRET = PLAN.replace("layers.Net(", f"layers.Net_{MARKER}(")
+
+
+@pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp"])
+def test_a_failing_forward_tells_no_other_party_about_the_model(tmp_path: Path, dp: bool) -> None:
+    """The model owner's code raises in ``forward``. Without DP its message is withheld from
+    everyone; under DP the enclave's own model check (on a synthetic batch) quoted it to
+    every party, the journal and the log."""
+    details, host = _failed_run(
+        tmp_path, {"plan.py": PLAN_SECRET, "layers.py": LAYERS_SECRET}, dp=dp
+    )
+    for pid in HOSPITALS:
+        assert "run failed while training" in details[pid]
+        assert MARKER not in details[pid], details[pid]
+    assert MARKER.encode() not in host
+
+
+def test_a_package_without_the_entry_module_names_none_of_its_modules(tmp_path: Path) -> None:
+    """The policy's module is not in the package: the refusal listed the package's modules
+    (its file names) to every party."""
+    details, host = _failed_run(tmp_path, {f"{MARKER}.py": PLAN, "layers.py": LAYERS}, dp=False)
+    for pid in HOSPITALS:
+        assert MARKER not in details[pid], details[pid]
+    assert MARKER.encode() not in host
+    assert MARKER in details[OWNER]  # the model owner is told
+
+
+def test_a_buffer_written_in_forward_under_dp_is_named_to_the_model_owner_only(
+    tmp_path: Path,
+) -> None:
+    layers = LAYERS.replace('"marker"', f'"{MARKER}"').replace(
+        "return self.body(x.flatten(1))",
+        f"self.{MARKER}.add_(1.0)\n        return self.body(x.flatten(1))",
+    )
+    details, host = _failed_run(tmp_path, {"plan.py": PLAN, "layers.py": layers}, dp=True)
+    for pid in HOSPITALS:
+        assert "run failed while training" in details[pid]
+        assert MARKER not in details[pid], details[pid]
+    assert MARKER.encode() not in host
+    assert MARKER in details[OWNER] and "DP" in details[OWNER]
+
+
+def test_a_package_raising_through_cctrain_code_is_withheld(tmp_path: Path) -> None:
+    """``forward`` calls a cctrain function that raises cctrain's PolicyError quoting its
+    argument (here a value of the batch): the enclave trusted the message because the last
+    frame is its own code, as it would not for a custom model."""
+    layers = LAYERS.replace(
+        "return self.body(x.flatten(1))",
+        "if not self.training:\n"
+        "            from cctrain.policy import parse_policy\n"
+        "            parse_policy(('{\"%s%d\": 1}' % ('"
+        + MARKER
+        + "', int(x.numel()))).encode(), 'json')\n"
+        "        return self.body(x.flatten(1))",
+    )
+    details, host = _failed_run(tmp_path, {"plan.py": PLAN, "layers.py": layers}, dp=False)
+    for party, detail in details.items():
+        assert "PolicyError (message withheld" in detail, (party, detail)
+        assert MARKER not in detail
+    assert MARKER.encode() not in host
+
+
+def test_a_package_that_exits_at_import_fails_the_run(tmp_path: Path) -> None:
+    """Module code that calls ``sys.exit`` (argparse at import does, on arguments it does not
+    know): the training thread died without a word and the run stayed 'training' forever."""
+    plan = "import argparse\nargparse.ArgumentParser().parse_args(['--no-such-flag'])\n" + PLAN
+    details, _ = _failed_run(tmp_path, {"plan.py": plan, "layers.py": LAYERS}, dp=False, timeout=30)
+    assert "run failed while training: SystemExit" in details["hospital-a"]
