@@ -540,3 +540,15 @@ def test_cli_model_upload_follows_the_contract(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "the policy pins" in bad.stderr
+
+
+def test_a_withdrawn_package_cannot_come_back_and_says_why(tmp_path: Path) -> None:
+    package = make_package()
+    (tmp_path / "model.pkg").write_bytes(package)
+    c = owner_consortium(tmp_path / "c", package)
+    with running_enclave(c, tmp_path / "state") as (address, _):
+        with session(ModelOwner, address, c, OWNER) as mo:
+            mo.upload_package(tmp_path / "model.pkg", state_dir=tmp_path / OWNER)
+            mo.withdraw(PACKAGE_SHARD_ID, state_dir=tmp_path / OWNER)
+            with pytest.raises(UploadRejectedError, match="the consortium needs a new policy"):
+                mo.upload_package(tmp_path / "model.pkg", state_dir=tmp_path / OWNER)

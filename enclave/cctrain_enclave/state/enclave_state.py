@@ -46,6 +46,7 @@ from cctrain.journal import (
     verify_approval,
     verify_consent,
 )
+from cctrain.package import PACKAGE_SHARD_ID
 from cctrain.package import UPLOAD_FORMAT as PACKAGE_UPLOAD_FORMAT
 from cctrain.policy import Policy
 from cctrain.protocol import RECEIPT_SIG_TAG, RECEIPT_VERSION, evidence_to_pb, quoted
@@ -884,6 +885,12 @@ def _as_signed(signed: pb.SignedConsent) -> pb.SignedConsent:
 def refuse_withdrawn_id(view: RunState, party: str, shard_id: str) -> None:
     """A withdrawn shard id stays taken (see :class:`cctrain.journal.WithdrawnShard`)."""
     gone = view.withdrawal(party, shard_id)
+    if gone is not None and shard_id == PACKAGE_SHARD_ID:
+        raise Refusal(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"the model package was withdrawn (journal entry #{gone.seq}): this run cannot "
+            "take another, so it will not start; the consortium needs a new policy",
+        )
     if gone is not None:
         raise Refusal(
             grpc.StatusCode.ALREADY_EXISTS,
