@@ -155,6 +155,7 @@ class RunController:
         stage = "loading the trainer"
         try:
             from cctrain_enclave.trainer import BlobCheckpoints, TrainingStopped, train
+            from cctrain_enclave.trainer.objective import objective_for
         except Exception as exc:  # noqa: BLE001 - an enclave without its trainer fails the run
             self._fail(stage, exc)
             return
@@ -171,7 +172,7 @@ class RunController:
                 dataset.labels,
                 validation=held_out,
                 early_stopping=thaw(policy.validation.get("early_stopping")),
-                num_classes=int(policy.data["labels"]["num_classes"]),
+                objective=objective_for(policy.task, num_outputs=policy.num_outputs),
                 training=thaw(policy.training),
                 privacy=thaw(policy.privacy),
                 simulated_platform=self.ctx.provider.platform == "simulated",
@@ -271,7 +272,7 @@ class RunController:
             report_data_for(identity, policy_digest=policy.digest, nonce=release_nonce(model_sha))
         )
         allowed = set(policy.release["metrics"])
-        outputs = int(policy.data["labels"]["num_classes"])
+        outputs = policy.num_outputs
         assert view.uploads_closed is not None
         manifest_doc = {
             "type": MANIFEST_TYPE,

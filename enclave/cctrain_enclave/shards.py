@@ -5,16 +5,15 @@ unpickled; :mod:`cctrain_enclave.npzstream`) and CSV with a header row
 (:mod:`cctrain_enclave.csvstream`). Each format has exactly one parser, a push parser fed the
 decrypted plaintext in order: at ingest it yields the :class:`ShardSummary` that
 :func:`check_summary` judges (the receipt's verdict), at training the same parser over the
-same committed bytes fills the arrays the trainer reads. Every problem of the schema check is
-reported at once; nothing here ever unpickles or evaluates input, and no message quotes a value
-of the data.
+same committed bytes fills the arrays the trainer reads. Every problem of the schema check is reported at once; nothing here ever unpickles or
+evaluates input, and no message quotes a value of the data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -37,6 +36,31 @@ def feature_shape(schema: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(int(d) for d in schema["features"]["shape"])
 
 
+#: What a shard's labels are under ``data.labels``: class indices (``num_classes``), text
+#: mapped to its index in ``vocabulary``, or float regression targets (``dtype``).
+LabelKind = Literal["index", "vocabulary", "target"]
+
+
+def label_kind(schema: Mapping[str, Any]) -> LabelKind:
+    labels = schema["labels"]
+    if "vocabulary" in labels:
+        return "vocabulary"
+    if "dtype" in labels:
+        return "target"
+    return "index"
+
+
+def num_label_classes(schema: Mapping[str, Any]) -> int:
+    """The classes of a classification schema (``num_classes`` or the vocabulary's size)."""
+    labels = schema["labels"]
+    return len(labels["vocabulary"]) if "vocabulary" in labels else int(labels["num_classes"])
+
+
+#: The dtype of text labels in a summary where the format has no dtype of its own (CSV,
+#: Parquet): what the schema check compares against.
+TEXT_LABELS = np.dtype(np.str_)
+
+
 @dataclass(frozen=True)
 class ShardSummary:
     """What the schema constrains, gathered from arrays or streamed from an NPZ."""
@@ -48,6 +72,8 @@ class ShardSummary:
     label_min: int | None
     label_max: int | None
     finite: bool
+    #: Float labels (regression targets): every one finite once converted to float32.
+    labels_finite: bool = True
 
     @property
     def rows(self) -> int:
@@ -79,6 +105,7 @@ def summarize_arrays(arrays: ShardArrays) -> ShardSummary:
         label_min=int(y.min()) if integer else None,
         label_max=int(y.max()) if integer else None,
         finite=finite_for_training(f),
+        labels_finite=finite_for_training(y),
     )
 
 
@@ -94,8 +121,7 @@ def check_summary(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]
         problems.append(f"features.shape: got {tuple(fshape[1:])} per row, want {want_shape}")
     if len(yshape) != 1:
         problems.append(f"labels.shape: got {yshape}, want (rows,)")
-    if not np.issubdtype(summary.labels_dtype, np.integer):
-        problems.append(f"labels.dtype: got {summary.labels_dtype}, want an integer type")
+    problems += _label_problems(summary, schema)
     if fshape and yshape and fshape[0] != yshape[0]:
         problems.append(f"rows: features has {fshape[0]}, labels has {yshape[0]}")
     n = summary.rows
@@ -103,19 +129,39 @@ def check_summary(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]
         problems.append(f"rows: got {n}, want at least {schema['min_rows']}")
     if n > int(schema["max_rows"]):
         problems.append(f"rows: got {n}, want at most {schema['max_rows']}")
-    if summary.label_min is not None and summary.label_max is not None:
-        k = int(schema["labels"]["num_classes"])
-        if summary.label_min < 0 or summary.label_max >= k:
-            problems.append(
-                f"labels: values in [{summary.label_min}, {summary.label_max}], "
-                f"want within [0, {k - 1}]"
-            )
     if not summary.finite:
         problems.append(
             "features: contains NaN or infinity, or values beyond the float32 range that "
             "training converts to infinity"
         )
     return problems
+
+
+def _label_problems(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]:
+    """The labels' dtype and values against ``data.labels`` (see :func:`label_kind`)."""
+    dtype, kind = summary.labels_dtype, label_kind(schema)
+    if kind == "target":
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+            return [f"labels.dtype: got {dtype}, want float32 or float64 (regression targets)"]
+        if not summary.labels_finite:
+            return [
+                "labels: a regression target is NaN or infinite, or beyond the float32 range "
+                "that training converts to infinity"
+            ]
+        return []
+    if kind == "vocabulary":
+        if dtype.kind != "U":
+            return [f"labels.dtype: got {dtype}, want text labels (data.labels.vocabulary)"]
+    elif not np.issubdtype(dtype, np.integer):
+        return [f"labels.dtype: got {dtype}, want an integer type"]
+    k = num_label_classes(schema)
+    if summary.label_min is not None and summary.label_max is not None:
+        if summary.label_min < 0 or summary.label_max >= k:
+            return [
+                f"labels: values in [{summary.label_min}, {summary.label_max}], "
+                f"want within [0, {k - 1}]"
+            ]
+    return []
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -208,7 +254,7 @@ def empty_arrays(rows: int, schema: Mapping[str, Any]) -> ShardArrays:
     """Arrays in the training dtypes for ``rows`` rows, for a parser to fill."""
     return ShardArrays(
         np.empty((rows, *feature_shape(schema)), dtype=TRAINING_DTYPE),
-        np.empty(rows, dtype=np.int64),
+        np.empty(rows, dtype=TRAINING_DTYPE if label_kind(schema) == "target" else np.int64),
     )
 
 

@@ -198,7 +198,7 @@ def test_custom_model_missing_entry_point():
 def test_training_config_problems_are_all_listed():
     x, y = _data((4,))
     bad = {
-        "task": "regression",
+        "task": "ranking",
         "model": {"name": "mlp", "params": {}},
         "optimizer": {"name": "sgd", "lr": -1, "nesterof": True},
         "epochs": 0,

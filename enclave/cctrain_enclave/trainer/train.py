@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cctrain.errors import CctrainError, PolicyError, ShardError
@@ -40,6 +39,7 @@ from .dp import (
 from .guard import StateGuard
 from .models import MODEL_BUILDERS, build_builtin_model, load_custom_model
 from .noise import NOISE_SOURCES, AesCtrGaussian, GaussianSource
+from .objective import Objective, objective_for
 from .sampling import (
     BatchPlanner,
     SecretPoissonBatches,
@@ -59,16 +59,22 @@ __all__ = [
 ]
 
 _CHECKPOINT_FORMAT = 2
-_EVAL_CHUNK = 4096
+#: ``training.task`` values the trainer knows (the policy checks the same list).
+TASKS = ("classification", "regression")
 
 
 class _ValidationTracker:
     """Scores the held-out rows at each epoch's end; decides early stopping; checkpointed."""
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, early_stopping: Mapping[str, Any] | None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        early_stopping: Mapping[str, Any] | None,
+        objective: Objective,
     ) -> None:
         self.x, self.y = x, y
+        self.objective = objective
         self.rule = dict(early_stopping) if early_stopping else None
         self.best: float | None = None
         self.bad_epochs = 0
@@ -76,8 +82,7 @@ class _ValidationTracker:
         self.stopped_at: int | None = None
 
     def _score(self, model: nn.Module) -> dict[str, float]:
-        loss, accuracy = _evaluate(model, self.x, self.y)
-        return {"val_loss": loss, "val_accuracy": accuracy}
+        return {f"val_{k}": v for k, v in self.objective.evaluate(model, self.x, self.y).items()}
 
     def after_epoch(self, model: nn.Module, epochs_done: int) -> bool:
         """True when training should stop now."""
@@ -85,7 +90,7 @@ class _ValidationTracker:
         if self.rule is None:
             return False
         value = self.last[self.rule["metric"]]
-        sign = -1.0 if self.rule["metric"] == "val_loss" else 1.0  # larger is better
+        sign = 1.0 if self.rule["metric"] == "val_accuracy" else -1.0  # +1: larger is better
         if self.best is None or sign * (value - self.best) > float(self.rule["min_delta"]):
             self.best, self.bad_epochs = value, 0
             return False
@@ -179,8 +184,10 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 
 def _training_problems(training: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
-    if training.get("task", "classification") != "classification":
-        problems.append(f"training.task {training.get('task')!r}: only 'classification' exists")
+    if training.get("task", "classification") not in TASKS:
+        problems.append(
+            f"training.task {training.get('task')!r}: must be one of {', '.join(TASKS)}"
+        )
     for key, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
         value = training.get(key, 0 if key == "seed" else None)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -257,20 +264,19 @@ def build_model_from_spec(
     return build_builtin_model(model_spec["name"], feature_shape, num_classes, params)
 
 
-def _check_data(features: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+def _check_data(features: np.ndarray, labels: np.ndarray, objective: Objective) -> None:
     problems: list[str] = []
     if features.dtype != np.float32 or features.ndim < 2:
         problems.append(
             f"features must be float32 shaped (N, ...), got {features.dtype} {features.shape}"
         )
-    if labels.dtype != np.int64 or labels.ndim != 1:
-        problems.append(f"labels must be int64 shaped (N,), got {labels.dtype} {labels.shape}")
+    target_problems = objective.target_problems(labels)
+    if target_problems:
+        problems += target_problems
     elif len(labels) != len(features):
         problems.append(f"{len(features)} feature rows but {len(labels)} labels")
     elif len(labels) == 0:
         problems.append("no rows to train on")
-    elif labels.min() < 0 or labels.max() >= num_classes:
-        problems.append(f"labels must lie in [0, {num_classes})")
     if problems:
         raise ShardError("training data invalid: " + "; ".join(problems))
 
@@ -296,33 +302,25 @@ def _config_digest(
 
 
 class _PlainStep:
-    """One ordinary (non-private) optimisation step: the reference PyTorch loop."""
+    """One ordinary (non-private) optimisation step: the reference PyTorch loop, minimising
+    the mean of the objective's per-sample losses over the batch."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective
+    ) -> None:
         self.model = model
         self.optimizer = optimizer
+        self.objective = objective
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(x), y)
+        loss = self.objective.loss(self.model(x), y, "mean")
         loss.backward()
         self.optimizer.step()
         return loss.detach() * len(x)
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-@torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    model.eval()
-    loss, correct = 0.0, 0
-    for xs, ys in zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK), strict=True):
-        logits = model(xs)
-        loss += float(F.cross_entropy(logits, ys, reduction="sum"))
-        correct += int((logits.argmax(1) == ys).sum())
-    model.train()
-    return loss / len(y), correct / len(y)
 
 
 def _dp_parts(
@@ -362,7 +360,8 @@ def train(
     features: np.ndarray,
     labels: np.ndarray,
     *,
-    num_classes: int,
+    num_classes: int | None = None,
+    objective: Objective | None = None,
     training: dict[str, Any],
     privacy: dict[str, Any],
     simulated_platform: bool,
@@ -384,6 +383,11 @@ def train(
     the certificate says so. Under DP the release holds only what the DP step trained plus
     tensors still at their initial value (:mod:`.guard`); anything else refuses the release.
 
+    ``objective`` is what the model minimises and the metrics it reports (by default the
+    built-in one of ``training.task``: cross-entropy over ``num_classes`` classes, or the
+    squared error of a regression); ``labels`` are its targets (int64 class indices or
+    float32 values).
+
     ``validation`` (arrays with ``features`` and ``labels``, held out of training) is scored
     at every epoch's end; ``early_stopping`` (``metric``, ``patience``, ``min_delta``) stops
     after ``patience`` epochs without an improvement of more than ``min_delta``.
@@ -399,14 +403,21 @@ def train(
             "unknown model",
             problems=[f"model {training['model']['name']!r} is neither built in nor 'custom'"],
         )
-    _check_data(features, labels, num_classes)
+    if objective is None:
+        task = str(training.get("task", "classification"))
+        if task == "classification" and num_classes is None:
+            raise PolicyError("training config invalid", problems=["num_classes is missing"])
+        objective = objective_for(task, num_outputs=num_classes or 1)
+    num_classes = objective.num_outputs
+    _check_data(features, labels, objective)
     tracker = None
     if validation is not None:
-        _check_data(validation.features, validation.labels, num_classes)
+        _check_data(validation.features, validation.labels, objective)
         tracker = _ValidationTracker(
             torch.from_numpy(validation.features),
             torch.from_numpy(validation.labels),
             early_stopping,
+            objective,
         )
     x_all = torch.from_numpy(features)
     y_all = torch.from_numpy(labels)
@@ -458,7 +469,8 @@ def train(
                 sample_rate=sample_rate,
                 steps_per_epoch=steps_per_epoch,
                 simulated_platform=simulated_platform,
-                example=synthetic_batch(tuple(features.shape[1:]), num_classes),
+                example=synthetic_batch(tuple(features.shape[1:]), objective),
+                objective=objective,
             )
             planner, noise = _dp_parts(
                 plan,
@@ -504,9 +516,11 @@ def train(
 
         engine: DpStepEngine | _PlainStep
         if plan is not None and noise is not None:
-            engine = GRAD_SAMPLE_MODES[plan.grad_sample_mode](model, optimizer, plan, noise)
+            engine = GRAD_SAMPLE_MODES[plan.grad_sample_mode](
+                model, optimizer, plan, noise, objective=objective
+            )
         else:
-            engine = _PlainStep(model, optimizer)
+            engine = _PlainStep(model, optimizer, objective)
         if guard is not None:
             guard.attach(optimizer)
 
@@ -611,7 +625,7 @@ def train(
 
         if guard is not None:
             guard.begin_release()
-        train_loss, train_accuracy = _evaluate(model, x_all, y_all)
+        train_scores = objective.evaluate(model, x_all, y_all)
         if guard is not None:
             guard.check_release()
 
@@ -642,8 +656,7 @@ def train(
         }
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     metrics: dict[str, float | int] = {
-        "train_loss": train_loss,
-        "train_accuracy": train_accuracy,
+        **{f"train_{k}": v for k, v in train_scores.items()},
         "steps": global_step,
         "samples": samples,
     }
