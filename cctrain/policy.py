@@ -32,7 +32,7 @@ PAYLOAD_TYPES = {
     "json": "application/vnd.cctrain.policy+json",
 }
 ROLES = frozenset({"data_provider", "model_provider", "recipient"})
-SHARD_FORMATS = frozenset({"npz", "csv"})
+SHARD_FORMATS = frozenset({"npz", "csv", "parquet"})
 FEATURE_DTYPES = frozenset({"float32", "float64"})
 #: ``training.task``: what the labels are and what the model minimises (see
 #: :func:`_check_labels`): class indices or vocabulary labels (cross-entropy), or float
@@ -41,6 +41,10 @@ TASKS = ("classification", "regression")
 #: ``data.labels.vocabulary``: at most this many labels, each at most this many characters.
 MAX_VOCABULARY = 4096
 MAX_LABEL_CHARS = 256
+#: ``data.parquet.max_row_group_bytes``: the default and the most a policy may allow (one row
+#: group is decoded at a time; this bounds what that takes).
+DEFAULT_MAX_ROW_GROUP_BYTES = 128 << 20
+MAX_ROW_GROUP_BYTES = 1 << 30
 MODELS = frozenset({"logreg", "mlp", "cnn", "custom", "package"})
 #: ``training.model.max_bytes`` default for a model package (sources + initial weights).
 DEFAULT_PACKAGE_MAX_BYTES = 256 << 20
@@ -406,7 +410,7 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
         doc,
         "data",
         required=("features", "labels", "max_rows", "max_bytes"),
-        optional=("formats", "min_rows", "csv"),
+        optional=("formats", "min_rows", "csv", "parquet"),
     )
     formats = c.str_list(t.setdefault("formats", ["npz", "csv"]), "data.formats")
     for f in formats:
@@ -445,6 +449,35 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
         c.add("data.formats", "csv shards need 1-D features; use npz for shaped features")
     _check_csv_columns(c, csv, shape)
     t["csv"] = csv
+    if "parquet" in formats or "parquet" in t:
+        t["parquet"] = _check_parquet(c, t.get("parquet", {}), shape)
+    return t
+
+
+def _check_parquet(c: _Checker, doc: Any, shape: Any) -> dict[str, Any]:
+    """``data.parquet``: the named, typed columns of a Parquet shard (``label_column``,
+    ``feature_columns``, ``ignore_extra_columns``: as in ``data.csv``) and the bound on one
+    row group, which is all a shard's reader decodes at a time."""
+    t = c.table(
+        doc,
+        "data.parquet",
+        optional=("label_column", "feature_columns", "ignore_extra_columns", "max_row_group_bytes"),
+    )
+    t.setdefault("label_column", "label")
+    c.typed(t["label_column"], "data.parquet.label_column", str, "a column name")
+    if isinstance(t["label_column"], str) and not t["label_column"]:
+        c.add("data.parquet.label_column", "must not be empty")
+    if isinstance(shape, list) and len(shape) != 1:
+        c.add("data.formats", "parquet shards need 1-D features; use npz for shaped features")
+    _check_csv_columns(c, t, shape, table="data.parquet")
+    mb = t.setdefault("max_row_group_bytes", DEFAULT_MAX_ROW_GROUP_BYTES)
+    if c.typed(mb, "data.parquet.max_row_group_bytes", int, "an integer") and not (
+        1 <= mb <= MAX_ROW_GROUP_BYTES
+    ):
+        c.add(
+            "data.parquet.max_row_group_bytes",
+            f"must be in [1, {MAX_ROW_GROUP_BYTES}], got {mb}",
+        )
     return t
 
 

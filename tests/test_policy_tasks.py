@@ -143,13 +143,62 @@ def test_regression_metrics_are_non_private_under_dp() -> None:
     assert _parse(doc).release["non_private"] == ("train_mse", "train_mae")
 
 
+def test_parquet_table() -> None:
+    p = _parse(_doc(data={"formats": ["parquet"]}))
+    assert p.data["parquet"]["label_column"] == "label"
+    assert p.data["parquet"]["max_row_group_bytes"] == 128 << 20
+    p = _parse(
+        _doc(
+            data={
+                "formats": ["npz", "parquet"],
+                "parquet": {
+                    "label_column": "y",
+                    "feature_columns": ["a", "b", "c", "d"],
+                    "ignore_extra_columns": True,
+                    "max_row_group_bytes": 1 << 20,
+                },
+            }  # fmt: skip
+        )
+    )
+    assert p.data["parquet"]["feature_columns"] == ("a", "b", "c", "d")
+    assert "parquet" not in _parse(_doc()).data  # not allowed, not defaulted
+    problems = _problems(
+        _doc(
+            data={
+                "formats": ["parquet"],
+                "features": {"shape": [2, 2], "dtype": "float32"},
+                "parquet": {
+                    "feature_columns": ["a", "a", "label"],
+                    "row_groups": 3,
+                    "max_row_group_bytes": 0,
+                    "label_column": "",
+                },
+            }  # fmt: skip
+        )
+    )
+    for field, text in [
+        ("data.formats", "parquet shards need 1-D features"),
+        ("data.parquet.row_groups", "unknown key"),
+        ("data.parquet.max_row_group_bytes", "must be in [1,"),
+        ("data.parquet.label_column", "must not be empty"),
+        ("data.parquet.feature_columns", "names ['a'] more than once"),
+    ]:
+        assert _has(problems, field, text), (field, problems)
+    problems = _problems(_doc(data={"formats": ["parquet"], "parquet": {"feature_columns": ["a"]}}))
+    assert _has(problems, "data.parquet.feature_columns", "data.features.shape wants 4")
+    problems = _problems(
+        _doc(data={"formats": ["parquet"], "parquet": {"ignore_extra_columns": True}})
+    )
+    assert _has(problems, "data.parquet.ignore_extra_columns", "applies only with")
+
+
 def test_every_problem_at_once() -> None:
     problems = _problems(
         _doc(
             training=REGRESSION,
             data={
                 "labels": {"num_classes": 1, "vocabulary": ["a", "a"], "dtype": "int8"},
-                "formats": ["npz", "xlsx"],
+                "formats": ["parquet", "xlsx"],
             },  # fmt: skip
             release={"recipients": [RECIPIENT], "metrics": ["train_accuracy"]},
         )

@@ -1,11 +1,15 @@
 """Shards: what a parsed shard is, and the one check of it against the policy's data schema.
 
 Safe formats only: NPZ (members ``features`` and ``labels``, nothing else, never
-unpickled; :mod:`cctrain_enclave.npzstream`) and CSV with a header row
-(:mod:`cctrain_enclave.csvstream`). Each format has exactly one parser, a push parser fed the
-decrypted plaintext in order: at ingest it yields the :class:`ShardSummary` that
+unpickled; :mod:`cctrain_enclave.npzstream`), CSV with a header row
+(:mod:`cctrain_enclave.csvstream`) and Parquet with named, typed, flat columns
+(:mod:`cctrain_enclave.parquetstream`). Each format has exactly one parser, a push parser fed
+the decrypted plaintext in order: at ingest it yields the :class:`ShardSummary` that
 :func:`check_summary` judges (the receipt's verdict), at training the same parser over the
-same committed bytes fills the arrays the trainer reads. Every problem of the schema check is reported at once; nothing here ever unpickles or
+same committed bytes fills the arrays the trainer reads. Parquet's footer is at the end of the
+file, so its parser reads the shard at ``finish`` by random access to the same pieces it was
+fed (a :class:`PieceSource`), each checked against the digest it recorded as it was fed.
+Every problem of the schema check is reported at once; nothing here ever unpickles or
 evaluates input, and no message quotes a value of the data.
 """
 
@@ -174,20 +178,40 @@ def _check_format(fmt: str, schema: Mapping[str, Any]) -> None:
         raise ShardError(f"format {fmt!r} is not allowed by the policy ({list(schema['formats'])})")
 
 
+class PieceSource(Protocol):
+    """Random access to a plaintext in the pieces it was fed to a parser, in order (at ingest
+    and training: the stored chunks, each decrypted and authenticated again when read)."""
+
+    def piece(self, index: int) -> bytes:
+        """Piece ``index`` (0-based) again; :class:`ShardError` if it cannot be read."""
+        ...
+
+
 class ShardParser(Protocol):
     """A push parser: the plaintext in order through :meth:`feed`, then :meth:`finish`.
 
     Each raises :class:`ShardError` on the first problem (and again on every later call);
     ``finish`` returns the summary that :func:`check_summary` judges. Given ``out`` (training),
-    the parser writes the shard's values into it as they stream.
+    the parser writes the shard's values into it as they stream. A parser that needs random
+    access (``random_access``) reads the pieces again at ``finish`` through the source given
+    to :meth:`attach`.
     """
 
+    random_access: bool
+
     def feed(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def attach(self, source: PieceSource) -> None: ...
 
     def finish(self) -> ShardSummary: ...
 
     @property
     def error(self) -> ShardError | None: ...
+
+
+class ShardChangedError(ShardError):
+    """A piece read again is not the one that was fed (the stored bytes changed meanwhile):
+    the host's doing, named at rest."""
 
 
 class LatchingParser:
@@ -197,6 +221,12 @@ class LatchingParser:
 
     _error: ShardError | None = None
     _summary: ShardSummary | None = None
+    #: Whether :meth:`finish` reads the pieces again (through :meth:`attach`'s source).
+    random_access = False
+
+    def attach(self, source: PieceSource) -> None:
+        """The pieces fed so far, for random access at :meth:`finish` (streaming parsers
+        need none)."""
 
     @property
     def error(self) -> ShardError | None:
@@ -239,6 +269,10 @@ def open_parser(
         from cctrain_enclave.npzstream import NpzParser
 
         return NpzParser(schema, out=out)
+    if fmt == "parquet":
+        from cctrain_enclave.parquetstream import ParquetParser
+
+        return ParquetParser(schema, out=out)
     from cctrain_enclave.csvstream import CsvParser
 
     return CsvParser(schema, out=out)
@@ -258,10 +292,21 @@ def empty_arrays(rows: int, schema: Mapping[str, Any]) -> ShardArrays:
     )
 
 
+class MemoryPieces:
+    """The pieces of an in-memory plaintext, cut every ``block`` bytes (tools and tests)."""
+
+    def __init__(self, data: bytes, block: int) -> None:
+        self._data, self._block = memoryview(data), block
+
+    def piece(self, index: int) -> bytes:
+        return bytes(self._data[index * self._block : (index + 1) * self._block])
+
+
 def _feed_all(parser: ShardParser, data: bytes, block: int) -> ShardSummary:
     view = memoryview(data)
     for start in range(0, len(view), block):
         parser.feed(view[start : start + block])
+    parser.attach(MemoryPieces(data, block))
     return parser.finish()
 
 
