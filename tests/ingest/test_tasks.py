@@ -384,3 +384,75 @@ def test_a_parquet_chunk_changed_between_the_two_reads_is_the_hosts_fault(
             app.store.load_dataset(shards, app.policy.data)
         assert info.value.at_rest
         assert "altered at rest" in str(info.value)
+
+
+class _Drop(Exception):
+    pass
+
+
+def test_a_parquet_upload_resumes_and_reads_its_resumed_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a dropped connection the enclave re-reads the durable prefix (feeding the parser
+    each chunk's digest again); the structure read at the end covers old and new chunks."""
+    import time
+
+    import cctrain_enclave.ingest as ingest
+    from cctrain.errors import ProtocolError
+    from cctrain.v1 import enclave_pb2 as pb
+
+    monkeypatch.setattr(ingest, "ACK_EVERY_BYTES", 64 << 10)
+    c = make_consortium(
+        tmp_path / "c",
+        providers=("hospital-a",),
+        data=_data(["parquet"], {"num_classes": 2}),
+        training=CLASSIFICATION,
+        start={"auto_start": False},
+    )
+    x = np.random.default_rng(40).normal(size=(32_000, 4))
+    y = (x[:, 0] > 0).astype(np.int64)
+    cols = {f: x[:, j] for j, f in enumerate(FEATURES)}
+    path = _parquet(tmp_path / "big.parquet", cols | {"target": y},
+                    compression="none", row_group_size=8000)  # fmt: skip
+    chunk = 64 << 10
+    assert path.stat().st_size > 12 * chunk
+    with running_enclave(c, tmp_path / "state") as (address, app):
+        owner = _session(DataOwner, address, c, "hospital-a")
+        state = tmp_path / "owner-state"
+
+        def drop_midway(sent: int, total: int) -> None:
+            if sent < 8 * chunk:
+                return
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                progress = app.store.partial_progress("hospital-a", "big")
+                if progress is not None and progress[1] >= 2:
+                    break
+                time.sleep(0.01)
+            raise _Drop
+
+        with owner:
+            with pytest.raises((_Drop, ProtocolError)):
+                owner.upload(path, chunk_size=chunk, progress=drop_midway, state_dir=state)
+            # Wait until the enclave noticed the drop: its acknowledged prefix stops moving.
+            deadline, previous = time.time() + 10, None
+            while time.time() < deadline:
+                status = owner.unary("UploadStatus", pb.UploadStatusRequest(shard_id="big"))
+                partial = status.state == pb.UploadStatusResponse.PARTIAL
+                if partial and previous == status.next_index:
+                    break
+                previous = status.next_index if partial else None
+                time.sleep(0.2)
+            assert status.state == pb.UploadStatusResponse.PARTIAL
+            starts: list[int] = []
+            receipt = owner.upload(
+                path,
+                chunk_size=chunk,
+                progress=lambda sent, total: starts.append(sent) if not starts else None,
+                state_dir=state,
+            )
+        assert starts[0] > 0  # resumed, not restarted
+        assert receipt.rows == 32_000
+        got = app.store.load_dataset(tuple(app.state.view.shards), app.policy.data)
+    np.testing.assert_array_equal(got.features, x.astype(np.float32))
+    np.testing.assert_array_equal(got.labels, y)
