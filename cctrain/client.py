@@ -127,7 +127,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
     ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
 ]
-SHARD_FORMATS = {".npz": "npz", ".csv": "csv"}
+SHARD_FORMATS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet"}
 #: What a session that attested a locked enclave may still call: the attested HPKE key is
 #: that start's unlock key, so nothing may be sealed to it but a state-key share.
 SERVED_WHILE_LOCKED = frozenset({"Attest", "GetStatus", "GetJournal", "Unlock"})
@@ -636,14 +636,15 @@ NPZ_MEMBERS = frozenset({"features.npy", "labels.npy"})
 
 
 def check_shard_file(path: str | Path) -> str:
-    """The shard's format (``npz`` or ``csv``) after the checks that need no policy: a
-    supported extension, a readable regular file, and for NPZ a zip of exactly ``features``
-    and ``labels``. Raise :class:`ShardError` before anything is sent. The enclave checks
-    the content against the policy's schema."""
+    """The shard's format (``npz``, ``csv`` or ``parquet``) after the checks that need no
+    policy: a supported extension, a readable regular file, for NPZ a zip of exactly
+    ``features`` and ``labels``, for Parquet the ``PAR1`` magic at both ends (read without
+    pyarrow: the SDK only streams the file's bytes). Raise :class:`ShardError` before
+    anything is sent. The enclave checks the content against the policy's schema."""
     path = Path(path)
     fmt = SHARD_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ShardError(f"{path}: unsupported shard format (use .npz or .csv)")
+        raise ShardError(f"{path}: unsupported shard format (use .npz, .csv or .parquet)")
     if not path.is_file():
         raise ShardError(f"{path}: no such shard file")
     try:
@@ -655,6 +656,14 @@ def check_shard_file(path: str | Path) -> str:
                     f"{path}: an NPZ shard holds exactly 'features' and 'labels', "
                     f"this one {sorted(n.removesuffix('.npy') for n in names)}"
                 )
+        elif fmt == "parquet":
+            with open(path, "rb") as fh:
+                head = fh.read(4)
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(size - 4, 0))
+                tail = fh.read(4)
+            if size < 12 or head != b"PAR1" or tail != b"PAR1":
+                raise ShardError(f"{path} is not a Parquet file (no 'PAR1' magic at both ends)")
         else:
             with open(path, "rb"):
                 pass

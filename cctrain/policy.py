@@ -12,6 +12,7 @@ import datetime as _dt
 import hashlib
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,19 @@ PAYLOAD_TYPES = {
     "json": "application/vnd.cctrain.policy+json",
 }
 ROLES = frozenset({"data_provider", "model_provider", "recipient"})
-SHARD_FORMATS = frozenset({"npz", "csv"})
+SHARD_FORMATS = frozenset({"npz", "csv", "parquet"})
 FEATURE_DTYPES = frozenset({"float32", "float64"})
+#: ``training.task``: what the labels are and what the model minimises (see
+#: :func:`_check_labels`): class indices or vocabulary labels (cross-entropy), or float
+#: targets (squared error).
+TASKS = ("classification", "regression")
+#: ``data.labels.vocabulary``: at most this many labels, each at most this many characters.
+MAX_VOCABULARY = 4096
+MAX_LABEL_CHARS = 256
+#: ``data.parquet.max_row_group_bytes``: the default and the most a policy may allow (one row
+#: group is decoded at a time; this bounds what that takes).
+DEFAULT_MAX_ROW_GROUP_BYTES = 128 << 20
+MAX_ROW_GROUP_BYTES = 1 << 30
 MODELS = frozenset({"logreg", "mlp", "cnn", "custom", "package"})
 #: ``training.model.max_bytes`` default for a model package (sources + initial weights).
 DEFAULT_PACKAGE_MAX_BYTES = 256 << 20
@@ -46,24 +58,24 @@ RELEASABLE_METRICS = frozenset(
     {
         "train_loss",
         "train_accuracy",
+        "train_mse",
         "train_mae",
         "steps",
         "samples",
         "val_loss",
         "val_accuracy",
+        "val_mse",
         "val_mae",
     }
 )
 #: Metrics computed on the validation rows (``[validation]``), at every epoch's end.
-VALIDATION_METRICS = frozenset({"val_loss", "val_accuracy", "val_mae"})
-#: Metrics of one task only (``loss`` is the cross-entropy, or the squared error).
+VALIDATION_METRICS = frozenset({"val_loss", "val_accuracy", "val_mse", "val_mae"})
+#: The metrics only one task computes (``*_loss`` is the task's loss: cross-entropy, or the
+#: squared error, which ``*_mse`` repeats under its own name).
 TASK_METRICS = {
     "classification": frozenset({"train_accuracy", "val_accuracy"}),
-    "regression": frozenset({"train_mae", "val_mae"}),
+    "regression": frozenset({"train_mse", "train_mae", "val_mse", "val_mae"}),
 }
-TASKS = frozenset({"classification", "regression"})
-MAX_VOCABULARY = 10_000
-MAX_LABEL_CHARS = 256
 #: What a DP run can release outside its guarantee, each only if ``release.non_private`` names
 #: it: metrics computed exactly on the pooled private data (``samples``, the sum of the secret
 #: Poisson batch sizes, included), and the per-step loss ``cctrain watch`` streams. ``steps``
@@ -72,11 +84,13 @@ NON_PRIVATE_OUTPUTS = frozenset(
     {
         "train_loss",
         "train_accuracy",
+        "train_mse",
         "train_mae",
         "samples",
         "progress_loss",
         "val_loss",
         "val_accuracy",
+        "val_mse",
         "val_mae",
         # When training stopped: under early stopping, a function of the validation rows.
         "early_stopping",
@@ -179,6 +193,17 @@ class Policy:
         """The party whose package the policy pins (it must upload it before training)."""
         pkg = self.model_package
         return str(pkg["provider"]) if pkg is not None else None
+
+    @property
+    def task(self) -> str:
+        """``training.task``: ``classification`` or ``regression``."""
+        return str(self.training["task"])
+
+    @property
+    def num_outputs(self) -> int:
+        """The model's outputs: one per class (``num_classes`` or the vocabulary's size), or
+        one for a regression target."""
+        return num_outputs(self.data)
 
     def reference_for(self, platform: str) -> Mapping[str, Any]:
         ref: Mapping[str, Any] = self.attestation.get("reference", {}).get(platform, {})
@@ -385,7 +410,7 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
         doc,
         "data",
         required=("features", "labels", "max_rows", "max_bytes"),
-        optional=("formats", "min_rows", "csv"),
+        optional=("formats", "min_rows", "csv", "parquet"),
     )
     formats = c.str_list(t.setdefault("formats", ["npz", "csv"]), "data.formats")
     for f in formats:
@@ -402,7 +427,7 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
         )
     if "dtype" in ft:
         c.choice(ft["dtype"], "data.features.dtype", FEATURE_DTYPES)
-    _check_labels(c, t.get("labels", {}))
+    # data.labels depends on training.task: checked by _check_labels, after the training table.
     for key in ("max_rows", "max_bytes"):
         if key in t:
             c.positive_int(t[key], f"data.{key}")
@@ -424,46 +449,103 @@ def _check_data(c: _Checker, doc: Any) -> dict[str, Any]:
         c.add("data.formats", "csv shards need 1-D features; use npz for shaped features")
     _check_csv_columns(c, csv, shape)
     t["csv"] = csv
+    if "parquet" in formats or "parquet" in t:
+        t["parquet"] = _check_parquet(c, t.get("parquet", {}), shape)
     return t
 
 
-def _check_labels(c: _Checker, doc: Any) -> None:
-    """``{ num_classes = k }`` (int labels), ``{ vocabulary = [...] }`` (string labels, each
-    mapped to its index) or ``{ dtype = "float32" }`` (regression targets)."""
-    lt = c.table(doc, "data.labels", optional=("num_classes", "vocabulary", "dtype"))
-    given = [k for k in ("num_classes", "vocabulary", "dtype") if k in lt]
-    if len(given) != 1:
+def _check_parquet(c: _Checker, doc: Any, shape: Any) -> dict[str, Any]:
+    """``data.parquet``: the named, typed columns of a Parquet shard (``label_column``,
+    ``feature_columns``, ``ignore_extra_columns``: as in ``data.csv``) and the bound on one
+    row group, which is all a shard's reader decodes at a time."""
+    t = c.table(
+        doc,
+        "data.parquet",
+        optional=("label_column", "feature_columns", "ignore_extra_columns", "max_row_group_bytes"),
+    )
+    t.setdefault("label_column", "label")
+    c.typed(t["label_column"], "data.parquet.label_column", str, "a column name")
+    if isinstance(t["label_column"], str) and not t["label_column"]:
+        c.add("data.parquet.label_column", "must not be empty")
+    if isinstance(shape, list) and len(shape) != 1:
+        c.add("data.formats", "parquet shards need 1-D features; use npz for shaped features")
+    _check_csv_columns(c, t, shape, table="data.parquet")
+    mb = t.setdefault("max_row_group_bytes", DEFAULT_MAX_ROW_GROUP_BYTES)
+    if c.typed(mb, "data.parquet.max_row_group_bytes", int, "an integer") and not (
+        1 <= mb <= MAX_ROW_GROUP_BYTES
+    ):
         c.add(
-            "data.labels",
-            "give exactly one of num_classes (int labels), vocabulary (string labels) or "
-            f"dtype (regression targets), got {given or 'none'}",
+            "data.parquet.max_row_group_bytes",
+            f"must be in [1, {MAX_ROW_GROUP_BYTES}], got {mb}",
         )
-    nc = lt.get("num_classes")
-    if "num_classes" in lt and c.typed(nc, "data.labels.num_classes", int, "an integer ≥ 2"):
-        if isinstance(nc, int) and nc < 2:
-            c.add("data.labels.num_classes", f"must be ≥ 2, got {nc}")
-    if "vocabulary" in lt:
-        vocab = c.str_list(lt["vocabulary"], "data.labels.vocabulary")
-        if "vocabulary" in lt and isinstance(lt["vocabulary"], list) and len(vocab) < 2:
-            c.add("data.labels.vocabulary", "must name at least 2 labels")
-        if len(vocab) > MAX_VOCABULARY:
-            c.add("data.labels.vocabulary", f"more than {MAX_VOCABULARY} labels")
-        bad = [v for v in vocab if not v or len(v) > MAX_LABEL_CHARS or v != v.strip()]
-        if bad:
+    return t
+
+
+def _check_labels(c: _Checker, data: dict[str, Any], task: Any) -> None:
+    """``data.labels``, which the task decides:
+
+    * classification: ``{ num_classes = k }`` (integer labels in ``[0, k)``) or
+      ``{ vocabulary = ["benign", "malignant"] }`` (text labels, each mapped to its index);
+    * regression: ``{ dtype = "float32" }`` (the default): float targets, which train as
+      float32 (a shard may hold float32 or float64; each must be finite in float32).
+    """
+    if "labels" not in data:
+        return  # reported missing already
+    path = "data.labels"
+    lt = c.table(data["labels"], path, optional=("num_classes", "vocabulary", "dtype"))
+    if task == "regression":
+        for key in ("num_classes", "vocabulary"):
+            if key in lt:
+                c.add(f"{path}.{key}", 'a regression (training.task = "regression") has no classes')
+        dtype = lt.setdefault("dtype", "float32")
+        if dtype != "float32":
             c.add(
-                "data.labels.vocabulary",
-                f"labels must be non-empty, at most {MAX_LABEL_CHARS} characters, without "
-                f"leading or trailing spaces: {bad[:3]}",
+                f"{path}.dtype",
+                f"got {dtype!r}, want 'float32' (targets train as float32; a shard may hold "
+                "float32 or float64)",
             )
-        twice = sorted({v for v in vocab if vocab.count(v) > 1})
-        if twice:
-            c.add("data.labels.vocabulary", f"labels {twice[:5]} more than once")
-    if "dtype" in lt:
-        c.choice(lt["dtype"], "data.labels.dtype", FEATURE_DTYPES)
+    elif task == "classification":
+        if "dtype" in lt:
+            c.add(f"{path}.dtype", 'float targets need training.task = "regression"')
+        if ("num_classes" in lt) == ("vocabulary" in lt):
+            c.add(
+                path, "give exactly one of num_classes (integer labels) or vocabulary (text labels)"
+            )
+        nc: Any = lt.get("num_classes")
+        if "num_classes" in lt and c.typed(nc, f"{path}.num_classes", int, "an integer ≥ 2"):
+            if nc < 2:
+                c.add(f"{path}.num_classes", f"must be ≥ 2, got {nc}")
+        if "vocabulary" in lt:
+            _check_vocabulary(c, lt["vocabulary"], f"{path}.vocabulary")
+    data["labels"] = lt
+
+
+def _check_vocabulary(c: _Checker, value: Any, path: str) -> None:
+    """Labels as text: distinct, non-empty, at most MAX_LABEL_CHARS characters each, no control
+    characters (a NUL is the padding of a fixed-width string) and no surrounding spaces (a
+    label must read the same in every format)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        c.add(path, "must be a list of strings")
+        return
+    if len(value) < 2:
+        c.add(path, f"must name at least 2 labels, got {len(value)}")
+    if len(value) > MAX_VOCABULARY:
+        c.add(path, f"names {len(value)} labels, at most {MAX_VOCABULARY} are allowed")
+    for i, v in enumerate(value[:MAX_VOCABULARY]):
+        if not v:
+            c.add(f"{path}[{i}]", "must not be empty")
+        elif len(v) > MAX_LABEL_CHARS:
+            c.add(f"{path}[{i}]", f"{len(v)} characters, at most {MAX_LABEL_CHARS}")
+        elif v != v.strip() or any(unicodedata.category(ch) == "Cc" for ch in v):
+            c.add(f"{path}[{i}]", f"{v!r}: no control characters, no leading or trailing space")
+    twice = sorted({v for v in value if value.count(v) > 1})
+    if twice:
+        c.add(path, f"names {twice[:5]} more than once")
 
 
 def num_outputs(data: Mapping[str, Any]) -> int:
-    """The model's outputs: one per class, or one for a regression target."""
+    """The model's outputs under the validated ``data`` table: one per class, or one for a
+    regression target."""
     labels = data["labels"]
     if "vocabulary" in labels:
         return len(labels["vocabulary"])
@@ -481,20 +563,19 @@ def gpu_allowed(policy: Policy) -> bool:
     return bool(policy.attestation.get("gpu", "forbidden") != "forbidden")
 
 
-def is_regression(data: Mapping[str, Any]) -> bool:
-    return "dtype" in data["labels"]
-
-
-def _check_csv_columns(c: _Checker, csv: dict[str, Any], shape: Any) -> None:
-    """``feature_columns``: the CSV columns that are the features, in the schema's order
-    (matched by header name); ``ignore_extra_columns``: whether other columns are allowed."""
+def _check_csv_columns(
+    c: _Checker, csv: dict[str, Any], shape: Any, *, table: str = "data.csv"
+) -> None:
+    """``feature_columns``: the columns that are the features, in the schema's order
+    (matched by name); ``ignore_extra_columns``: whether other columns are allowed. The same
+    keys mean the same for CSV (``data.csv``) and Parquet (``data.parquet``)."""
     if "ignore_extra_columns" in csv:
-        c.typed(csv["ignore_extra_columns"], "data.csv.ignore_extra_columns", bool, "true or false")
+        c.typed(csv["ignore_extra_columns"], f"{table}.ignore_extra_columns", bool, "true or false")
         if "feature_columns" not in csv:
-            c.add("data.csv.ignore_extra_columns", "applies only with data.csv.feature_columns")
+            c.add(f"{table}.ignore_extra_columns", f"applies only with {table}.feature_columns")
     if "feature_columns" not in csv:
         return
-    path, names = "data.csv.feature_columns", csv["feature_columns"]
+    path, names = f"{table}.feature_columns", csv["feature_columns"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         c.add(path, f"must be a non-empty list of column names, got {names!r}")
         return
@@ -505,7 +586,7 @@ def _check_csv_columns(c: _Checker, csv: dict[str, Any], shape: Any) -> None:
         c.add(path, f"names {twice} more than once")
     label = csv.get("label_column")
     if label in names:
-        c.add(path, f"includes the label column {label!r} (data.csv.label_column)")
+        c.add(path, f"includes the label column {label!r} ({table}.label_column)")
     if isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int):
         if len(names) != shape[0]:
             c.add(path, f"names {len(names)} columns, data.features.shape wants {shape[0]}")
@@ -521,7 +602,7 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
     t.setdefault("device", "cpu")
     c.choice(t["device"], "training.device", frozenset({"auto", "cpu", "cuda"}))
     t.setdefault("task", "classification")
-    c.choice(t["task"], "training.task", TASKS)
+    c.choice(t["task"], "training.task", frozenset(TASKS))
     t.setdefault("seed", 0)
     c.typed(t["seed"], "training.seed", int, "an integer")
     m = c.table(
@@ -600,24 +681,6 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
             c.positive_int(t[key], f"training.{key}")
     t["model"], t["optimizer"] = m, o
     return t
-
-
-def _check_task(
-    c: _Checker, training: Mapping[str, Any], data: Mapping[str, Any], release: Mapping[str, Any]
-) -> None:
-    """The task and the labels agree, and the released metrics are the task's."""
-    labels = data.get("labels")
-    task = training.get("task")
-    if not isinstance(labels, Mapping) or task not in TASKS:
-        return
-    if task == "regression" and "dtype" not in labels:
-        c.add("data.labels", 'training.task = "regression" needs float targets: dtype = "float32"')
-    if task == "classification" and "dtype" in labels:
-        c.add("data.labels.dtype", 'float targets need training.task = "regression"')
-    other = "regression" if task == "classification" else "classification"
-    for m in release.get("metrics") or ():
-        if m in TASK_METRICS[other]:
-            c.add("release.metrics", f"{m!r} is a {other} metric; the task is {task}")
 
 
 def _check_schedule(c: _Checker, t: dict[str, Any], model: Mapping[str, Any]) -> None:
@@ -893,7 +956,30 @@ def _check_state(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any]:
     return t
 
 
-EARLY_STOPPING_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_mae": "min"}
+EARLY_STOPPING_METRICS = {
+    "val_loss": "min",
+    "val_accuracy": "max",
+    "val_mse": "min",
+    "val_mae": "min",
+}
+
+
+def _check_task_metrics(
+    c: _Checker, task: Any, release: Mapping[str, Any], validation: Mapping[str, Any]
+) -> None:
+    """Released metrics and the early-stopping metric must be ones the task computes."""
+    if task not in TASK_METRICS:
+        return
+    foreign = set().union(*(m for t, m in TASK_METRICS.items() if t != task))
+    for m in release.get("metrics") or ():
+        if m in foreign:
+            c.add("release.metrics", f"{m!r} is not a metric of training.task = {task!r}")
+    es = validation.get("early_stopping")
+    if isinstance(es, Mapping) and es.get("metric") in foreign:
+        c.add(
+            "validation.early_stopping.metric",
+            f"{es['metric']!r} is not a metric of training.task = {task!r}",
+        )
 
 
 def _check_validation(
@@ -1065,6 +1151,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
     simulated_only = list(att.get("platforms", [])) == ["simulated"]
     data = _check_data(c, top.get("data", {}))
     training = _check_training(c, top.get("training", {}))
+    _check_labels(c, data, training.get("task"))
     privacy = _check_privacy(c, top.get("privacy", {}), simulated_only=simulated_only)
     providers = [p.id for p in parties if p.is_provider]
     if parties and not providers:
@@ -1078,7 +1165,6 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
         )
     start = _check_start(c, top.get("start", {}), providers)
     release = _check_release(c, top.get("release", {}), parties)
-    _check_task(c, training, data, release)
     limits = _check_limits(c, top.get("limits", {}), data)
     for key, what in (
         ("shards_per_provider", "the start entry and the manifest list every shard"),
@@ -1093,6 +1179,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
             )
     state = _check_state(c, top.get("state", {}), parties)
     validation = _check_validation(c, top.get("validation", {}), providers, release, privacy)
+    _check_task_metrics(c, training.get("task"), release, validation)
     if privacy.get("enabled") is True:
         opted_in = set(release.get("non_private") or ())
         for m in release.get("metrics") or ():

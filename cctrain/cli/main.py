@@ -488,7 +488,7 @@ def upload(
     receipt_out: Path | None,
     progress: bool | None,
 ) -> None:
-    """Attest the enclave, then stream SHARD (.npz or .csv) encrypted to it; verify the receipt."""
+    """Attest the enclave, then stream SHARD (.npz, .csv or .parquet) encrypted to it; verify the receipt."""
     from cctrain.client import DataOwner, check_shard_file
     from cctrain.memory import dataset_key
 

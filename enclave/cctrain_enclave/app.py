@@ -48,10 +48,12 @@ log = logging.getLogger("cctrain.enclave")
 TRAINER_MODULES = ("torch", "opacus", "safetensors", "cctrain_enclave.trainer")
 
 
-def require_trainer() -> None:
+def require_trainer(*, formats: tuple[str, ...] = ()) -> None:
     """Refuse to start without a trainer that imports: such an enclave would accept every
-    upload and then fail (or hang) at the start of training, after every party uploaded."""
-    for name in TRAINER_MODULES:
+    upload and then fail (or hang) at the start of training, after every party uploaded.
+    Nor without the reader of a shard format the policy allows (pyarrow for Parquet)."""
+    extra = ("pyarrow", "pyarrow.parquet", "pyarrow.compute") if "parquet" in formats else ()
+    for name in (*TRAINER_MODULES, *extra):
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a broken install raises more than ImportError
@@ -243,7 +245,7 @@ class EnclaveApp:
     def _check_training_plan(self, provider: EvidenceProvider) -> None:
         """Build the model and train an epoch on synthetic rows before accepting any data:
         a plan that cannot run is refused now, not after every party uploaded."""
-        require_trainer()
+        require_trainer(formats=tuple(self.policy.data["formats"]))
         from cctrain_enclave.trainer.precheck import check_training_plan
 
         problems = check_training_plan(

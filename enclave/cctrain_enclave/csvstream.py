@@ -16,7 +16,9 @@ What it accepts:
   those columns and the label (others are refused unless ``data.csv.ignore_extra_columns``);
 * rows with as many fields as the header; a field may be quoted (``""`` for a quote) but not
   span lines; features are decimal numbers (``inf``/``nan`` are read, then refused as not
-  finite), labels decimal integers; at most ``data.max_rows`` rows.
+  finite); labels are what ``data.labels`` says: decimal integers (``num_classes``), text
+  that is one of ``vocabulary`` exactly (spaces and tabs around it aside), or decimal numbers
+  (regression targets, refused unless finite in float32); at most ``data.max_rows`` rows.
 
 Errors are :class:`~cctrain.errors.ShardError` naming lines and columns, never values.
 """
@@ -36,11 +38,13 @@ import numpy as np
 
 from cctrain.errors import ShardError
 from cctrain_enclave.shards import (
+    TEXT_LABELS,
     LatchingParser,
     ShardArrays,
     ShardSummary,
     feature_shape,
     finite_for_training,
+    label_kind,
 )
 
 #: The longest line accepted, in characters (a constant bound on what one line holds).
@@ -83,11 +87,8 @@ class CsvParser(LatchingParser):
         self._width = math.prod(self._shape)
         self._dtype = np.dtype(schema["features"]["dtype"])
         self._max_rows = int(schema["max_rows"])
-        labels = schema["labels"]
-        #: "int" (class indices), "vocab" (text mapped by data.labels.vocabulary) or
-        #: "float" (regression targets).
-        self._kind = "vocab" if "vocabulary" in labels else "float" if "dtype" in labels else "int"
-        self._vocab = {v: i for i, v in enumerate(labels.get("vocabulary") or ())}
+        self._kind = label_kind(schema)
+        self._vocabulary = {v: i for i, v in enumerate(schema["labels"].get("vocabulary") or ())}
         self._labels_finite = True
         self._out = out
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
@@ -183,16 +184,16 @@ class CsvParser(LatchingParser):
             if len(row) != self._columns:
                 raise ShardError(f"csv line {n}: {len(row)} fields, header has {self._columns}")
             label = row[self._label_at]
-            if self._kind == "vocab":
-                if label not in self._vocab:
+            if self._kind == "vocabulary":
+                if label.strip(" \t") not in self._vocabulary:
                     raise ShardError(
-                        f"csv line {n}: the label column {self._label!r} holds a value that "
+                        f"csv line {n}: the label column {self._label!r} holds a label that "
                         "is not in data.labels.vocabulary"
                     )
-            elif self._kind == "float":
+            elif self._kind == "target":
                 if number(label) is None:
                     raise ShardError(
-                        f"csv line {n}: the target column {self._label!r} is not a number"
+                        f"csv line {n}: the label column {self._label!r} is not a number"
                     )
             elif integer(label) is None:
                 raise ShardError(
@@ -205,18 +206,18 @@ class CsvParser(LatchingParser):
             labels.append(label)
         if labels:
             x = np.array(feats, dtype=np.float64).reshape(len(labels), *self._shape)
-            if self._kind == "vocab":
-                y = np.array([self._vocab[v] for v in labels], dtype=np.int64)
-            elif self._kind == "float":
-                y = np.array(labels, dtype=np.float64)
-            else:
-                try:
-                    y = np.array([int(v) for v in labels], dtype=np.int64)
-                except (OverflowError, ValueError):  # ValueError: beyond int()'s digit limit
-                    raise ShardError(
-                        "csv shard has a label outside the 64-bit integer range"
-                    ) from None
-            self._rows_done(x, y)
+            self._rows_done(x, self._label_values(labels))
+
+    def _label_values(self, labels: list[str]) -> np.ndarray:
+        """The labels of checked rows: class indices (int64) or targets (float64)."""
+        if self._kind == "vocabulary":
+            return np.array([self._vocabulary[v.strip(" \t")] for v in labels], dtype=np.int64)
+        if self._kind == "target":
+            return np.array(labels, dtype=np.float64)
+        try:
+            return np.array([int(v) for v in labels], dtype=np.int64)
+        except (OverflowError, ValueError):  # ValueError: beyond int()'s digit limit
+            raise ShardError("csv shard has a label outside the 64-bit integer range") from None
 
     def _plain_grid(self, body: str) -> bool:
         """The fast path for the common block: unquoted numbers only, every line a full row.
@@ -225,10 +226,11 @@ class CsvParser(LatchingParser):
         characters are those of decimal numbers, ``inf`` and ``nan`` (where the conversion
         succeeds exactly when the line-by-line pattern matches), every line has the header's
         number of fields, and every conversion succeeds. Anything else, every error
-        included, is left to the line-by-line path, which names the line.
+        included, is left to the line-by-line path, which names the line. Text labels
+        (a vocabulary) always take that path: "1" there is a label, not an index.
         """
-        if self._kind == "vocab":
-            return False  # labels are text: the line-by-line path maps them
+        if self._kind == "vocabulary":
+            return False
         if not body or body[0] == "\n" or "\n\n" in body or _PLAIN.fullmatch(body) is None:
             return False
         lines = body.split("\n")
@@ -245,7 +247,7 @@ class CsvParser(LatchingParser):
                 x[:, j] = np.array(fields[i::columns], dtype=np.float64)
             y = np.array(
                 fields[self._label_at :: columns],
-                dtype=np.float64 if self._kind == "float" else np.int64,
+                dtype=np.float64 if self._kind == "target" else np.int64,
             )
         except (ValueError, OverflowError):
             return False
@@ -312,16 +314,15 @@ class CsvParser(LatchingParser):
         if self._rows > self._max_rows:
             raise ShardError(f"csv shard has more than max_rows = {self._max_rows} rows")
         self._finite = self._finite and finite_for_training(x)
-        if self._kind == "float":
+        if self._kind == "target":
             self._labels_finite = self._labels_finite and finite_for_training(y)
         else:
             lo, hi = int(y.min()), int(y.max())
             self._lo = lo if self._lo is None else min(self._lo, lo)
             self._hi = hi if self._hi is None else max(self._hi, hi)
         if self._out is not None:
-            with np.errstate(over="ignore"):  # beyond float32: refused as not finite
+            with np.errstate(over="ignore", invalid="ignore"):  # refused as not finite
                 self._out.features[start : self._rows] = x
-            with np.errstate(over="ignore"):
                 self._out.labels[start : self._rows] = y
 
     def _result(self) -> ShardSummary:
@@ -334,7 +335,11 @@ class CsvParser(LatchingParser):
             features_shape=(rows, *self._shape),
             features_dtype=self._dtype,
             labels_shape=(rows,),
-            labels_dtype=np.dtype(np.float64 if self._kind == "float" else np.int64),
+            labels_dtype={
+                "index": np.dtype(np.int64),
+                "target": np.dtype(np.float64),
+                "vocabulary": TEXT_LABELS,
+            }[self._kind],
             label_min=self._lo,
             label_max=self._hi,
             finite=self._finite,

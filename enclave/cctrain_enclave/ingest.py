@@ -13,6 +13,10 @@ Design (see DESIGN.md, protocol step 2):
   resumes from the last ack never skips a chunk the enclave lost.
 * Any rejection deletes every byte of the upload; a lost connection keeps the
   acknowledged prefix for resumption (until ``PARTIAL_TTL_S``).
+* A format whose structure is at its end (Parquet) cannot be judged chunk by chunk:
+  its parser records each chunk's SHA-256 as it streams, and once the commitment matched
+  reads the file by random access to the stored chunks (:class:`StoredPieces`), each
+  decrypted, authenticated and compared with that digest again.
 * Only after the whole plaintext matches the signed commitment and the schema
   is the ciphertext moved (one rename) to ``shards/<header sha256>.ct`` and the
   shard journaled (:meth:`EnclaveState.accept_shard`), which signs the receipt.
@@ -63,7 +67,9 @@ from cctrain_enclave.errors import Refusal, StoredShardError
 from cctrain_enclave.package import PACKAGE_FORMAT_NAME, PACKAGE_SHARD_ID, PackageParser
 from cctrain_enclave.quotas import Holding, accepted_holdings, check_provider_limits
 from cctrain_enclave.shards import (
+    PieceSource,
     ShardArrays,
+    ShardChangedError,
     ShardParser,
     ShardSummary,
     checked_rows,
@@ -139,6 +145,33 @@ def read_committed(
             f"{what} does not match the plaintext commitment of its signed header "
             "(re-encrypted at rest)"
         )
+
+
+class StoredPieces:
+    """Random access to a stored shard's plaintext, chunk by chunk (a parser's
+    :class:`~cctrain_enclave.shards.PieceSource`): chunk i is read from the ciphertext file,
+    authenticated under its index and last flag, and handed over. That the chunk is the one
+    the committed pass hashed, the parser checks against the digest it recorded then: the
+    host owns the file and could change it between two reads."""
+
+    def __init__(self, path: Path, header: ParsedHeader, key: bytes, *, what: str) -> None:
+        self._path, self._header, self._what = path, header, what
+        self._opener = StreamOpener(key, header.msg.nonce_prefix, header.sha256)
+
+    def piece(self, index: int) -> bytes:
+        header = self._header
+        if not 0 <= index < header.chunk_count:
+            raise ShardError(f"{self._what}: no chunk {index}")
+        try:
+            with open(self._path, "rb") as fh:
+                fh.seek(header.chunk_offset(index))
+                ct = fh.read(header.chunk_plain_size(index) + TAG_SIZE)
+        except OSError:
+            raise ShardChangedError(f"{self._what} cannot be read (altered at rest)") from None
+        pt = self._opener.open(index, ct, last=index == header.chunk_count - 1)
+        if pt is None:
+            raise ShardChangedError(f"{self._what} does not authenticate (altered at rest)")
+        return pt
 
 
 class ShardStore:
@@ -327,6 +360,16 @@ class ShardStore:
             what="its stored ciphertext",
         )
 
+    def accepted_pieces(self, shard: AcceptedShard) -> PieceSource:
+        """Random access to an accepted shard's chunks (for a parser that reads it again,
+        checking each chunk against what :meth:`read_accepted` fed it)."""
+        return StoredPieces(
+            self.paths.shard_ciphertext(shard.header_sha256),
+            ParsedHeader(shard.header_raw, shard.header, shard.header_sha256),
+            self.data_key(shard.header),
+            what="its stored ciphertext",
+        )
+
     def load_dataset(
         self, shards: tuple[AcceptedShard, ...], schema: Mapping[str, Any]
     ) -> ShardArrays:
@@ -356,8 +399,11 @@ class ShardStore:
                 self.read_accepted(shard, check.feed)
             except (ShardError, OSError) as exc:
                 raise fail(exc, at_rest=True) from None
+            check.attach(self.accepted_pieces(shard))
             try:
                 rows = checked_rows(check.finish(), schema)
+            except ShardChangedError as exc:  # a chunk read again is not the committed one
+                raise fail(exc, at_rest=True) from None
             except ShardError as exc:
                 raise fail(exc, at_rest=False) from None
             if rows != shard.rows:  # the parsers enforce it already; a second line of defence
@@ -456,6 +502,11 @@ class _StreamingCheck:
     @property
     def error(self) -> ShardError | None:
         return self._parser.error
+
+    def attach(self, source: PieceSource) -> None:
+        """Random access for a parser that reads the shard again at finish (Parquet)."""
+        if getattr(self._parser, "random_access", False):
+            self._parser.attach(source)
 
     def finish(self) -> ShardSummary:
         return self._parser.finish()
@@ -747,6 +798,11 @@ class UploadSession:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+        # A format whose structure is at its end (Parquet) is read now, by random access to
+        # the chunks just stored, each checked against the digest of the one received.
+        self.check.attach(
+            StoredPieces(self.dir / "chunks.bin", self.header, self.key, what="the upload")
+        )
         try:
             rows = self._validate()
         except ShardError as exc:

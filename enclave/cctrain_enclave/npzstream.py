@@ -20,7 +20,10 @@ trailing data, no comment (the hiding place of a second end record), no data des
 no encryption. Members are stored or deflated; a deflated member is inflated only up to the
 size its headers declare, which must be what its npy header declares and within the schema's
 bound (no zip bombs). npy headers must be in numpy's own layout with a plain numeric dtype
-(never objects: nothing is ever unpickled); ``fortran_order`` is honoured.
+(never objects: nothing is ever unpickled); ``fortran_order`` is honoured. Under a
+``data.labels.vocabulary`` the labels are fixed-width unicode (``<U``/``>U``, at most
+:data:`~cctrain.policy.MAX_LABEL_CHARS` characters): each is matched by its code points
+(never decoded) against the vocabulary and streamed as its index.
 
 Errors are :class:`~cctrain.errors.ShardError` naming structure only (members, offsets,
 sizes, fields), never a value of the data.
@@ -39,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from cctrain.errors import ShardError
+from cctrain.policy import MAX_LABEL_CHARS
 from cctrain_enclave.shards import (
     NPZ_MEMBERS,
     LatchingParser,
@@ -79,6 +83,8 @@ _NPY_HEADER = re.compile(
     rf"'shape': \((?P<shape>|{_NUMBER},|{_NUMBER}(?:, {_NUMBER}){{1,31}})\), \}} *\n"
 )
 _DESCR = re.compile(r"(?P<order>[<>|])(?P<kind>[biuf])(?P<size>[1248])")
+#: Fixed-width unicode (UCS-4 code points, NUL-padded): text labels under a vocabulary.
+_TEXT_DESCR = re.compile(r"(?P<order>[<>])U(?P<chars>[1-9][0-9]{0,2})")
 
 
 def _name(raw: bytes) -> str:
@@ -105,7 +111,42 @@ class _Member:
 def member_bound(name: str, schema: Mapping[str, Any]) -> int:
     """The most bytes a member may declare (and inflate to) under the schema."""
     per_row = math.prod(feature_shape(schema)) if name == "features.npy" else 1
-    return int(schema["max_rows"]) * per_row * _MAX_ITEMSIZE + _MAX_NPY_HEADER + 16
+    item = _MAX_ITEMSIZE
+    if name == "labels.npy" and "vocabulary" in schema["labels"]:
+        item = 4 * MAX_LABEL_CHARS
+    return int(schema["max_rows"]) * per_row * item + _MAX_NPY_HEADER + 16
+
+
+class Vocabulary:
+    """Text labels to their indices, compared as code points: a value is never decoded (a
+    hostile array may hold any 32-bit values) and never quoted."""
+
+    def __init__(self, labels: Any) -> None:
+        self._labels = [str(v) for v in labels]
+        self._tables: dict[int, dict[bytes, int]] = {}
+
+    def _table(self, width: int) -> dict[bytes, int]:
+        """Each label that fits ``width`` characters, as NUL-padded little-endian UCS-4."""
+        if width not in self._tables:
+            self._tables[width] = {
+                np.array(v, dtype=f"<U{width}").tobytes(): i
+                for i, v in enumerate(self._labels)
+                if len(v) <= width
+            }
+        return self._tables[width]
+
+    def indices(self, data: memoryview, dtype: np.dtype[Any]) -> np.ndarray | None:
+        """The index of every label in ``data`` (values of ``dtype``, ``<U``/``>U``), or None
+        when one is not in the vocabulary."""
+        width = dtype.itemsize // 4
+        points = np.frombuffer(data, dtype=np.dtype("u4").newbyteorder(dtype.byteorder))
+        rows = np.ascontiguousarray(points.astype("<u4").reshape(-1, width))
+        unique, inverse = np.unique(rows.view(f"V{4 * width}").ravel(), return_inverse=True)
+        table = self._table(width)
+        ids = np.array([table.get(u.tobytes(), -1) for u in unique], dtype=np.int64)
+        if (ids < 0).any():
+            return None
+        return ids[inverse.ravel()]
 
 
 class _Fill:
@@ -125,10 +166,17 @@ class _Fill:
 class _MemberReader:
     """One member's bytes: inflate (bounded), CRC, npy header, values."""
 
-    def __init__(self, member: _Member, dest: np.ndarray | None, rows: int | None) -> None:
+    def __init__(
+        self,
+        member: _Member,
+        dest: np.ndarray | None,
+        rows: int | None,
+        vocabulary: Vocabulary | None = None,
+    ) -> None:
         self.m = member
         self.dest = dest
         self.rows = rows
+        self.vocabulary = vocabulary  # labels.npy under data.labels.vocabulary
         self.inflater = zlib.decompressobj(-15) if member.method == _DEFLATED else None
         self.crc = 0
         self.plain = 0  # uncompressed bytes seen
@@ -245,7 +293,10 @@ class _MemberReader:
         if descr.lstrip("<>|=").startswith("O"):
             raise _fail(f"member {name!r} holds Python objects (pickle is never allowed)")
         d = _DESCR.fullmatch(descr)
-        if (
+        unicode = _TEXT_DESCR.fullmatch(descr)
+        if unicode is not None:
+            self._check_text(descr, int(unicode["chars"]))
+        elif (
             d is None
             or (d["order"] == "|") != (d["size"] == "1")
             or (d["kind"] == "b" and d["size"] != "1")
@@ -266,6 +317,19 @@ class _MemberReader:
             self._check_destination()
             self.fill = _Fill(self.dest, match["fortran"] == "True")
 
+    def _check_text(self, descr: str, chars: int) -> None:
+        name = self.m.name
+        if self.vocabulary is None:
+            raise _fail(
+                f"member {name!r} has dtype {descr!r}: only plain numbers are accepted "
+                "(text only as the labels of a data.labels.vocabulary)"
+            )
+        if chars > MAX_LABEL_CHARS:
+            raise _fail(
+                f"member {name!r} holds text {chars} characters wide, more than the "
+                f"{MAX_LABEL_CHARS} a label may have"
+            )
+
     def _check_destination(self) -> None:
         """At training the arrays were sized from the receipt: the member must fit exactly."""
         assert self.dest is not None and self.dtype is not None
@@ -274,7 +338,9 @@ class _MemberReader:
                 f"npz member {self.m.name!r} has shape {self.shape}, the receipt's "
                 f"{self.rows} rows want {tuple(self.dest.shape)}"
             )
-        if self.dtype.kind not in "iuf":
+        if self.dtype.kind not in "iuf" and not (
+            self.dtype.kind == "U" and self.vocabulary is not None
+        ):
             raise ShardError(f"npz member {self.m.name!r} has dtype {self.dtype}")
 
     def _values(self, data: memoryview) -> None:
@@ -296,14 +362,22 @@ class _MemberReader:
 
     def _block(self, data: memoryview) -> None:
         assert self.dtype is not None
-        values = np.frombuffer(data, dtype=self.dtype)
+        values: np.ndarray = np.frombuffer(data, dtype=self.dtype)
         if self.done + values.size > self.count:
             raise _fail(f"member {self.m.name!r} has data beyond its array")
-        if self.m.name == "features.npy":
+        if self.dtype.kind == "U":
+            assert self.vocabulary is not None  # checked with the npy header
+            ids = self.vocabulary.indices(data, self.dtype)
+            if ids is None:
+                raise ShardError(
+                    f"npz member {self.m.name!r} holds a label that is not in "
+                    "data.labels.vocabulary"
+                )
+            values = ids
+        if self.m.name == "features.npy" or self.dtype.kind == "f":
+            # Features, or regression targets (a classification refuses float labels).
             self.finite = self.finite and finite_for_training(values)
-        elif self.dtype.kind == "f":  # regression targets (a classification refuses the dtype)
-            self.finite = self.finite and finite_for_training(values)
-        elif self.dtype.kind in "iu" and values.size:
+        elif values.size:
             lo, hi = int(values.min()), int(values.max())
             self.lo = lo if self.lo is None else min(self.lo, lo)
             self.hi = hi if self.hi is None else max(self.hi, hi)
@@ -323,6 +397,8 @@ class NpzParser(LatchingParser):
 
     def __init__(self, schema: Mapping[str, Any], *, out: ShardArrays | None = None) -> None:
         self._bounds = {n: member_bound(n, schema) for n in NPZ_MEMBERS}
+        vocabulary = schema["labels"].get("vocabulary")
+        self._vocabulary = Vocabulary(vocabulary) if vocabulary else None
         self._out = out
         self._at = 0  # stream offset of the next byte not yet consumed
         self._record_at = 0  # stream offset of the record being gathered
@@ -483,7 +559,12 @@ class NpzParser(LatchingParser):
         dest = None
         if self._out is not None:
             dest = self._out.features if name == "features.npy" else self._out.labels
-        self._reader = _MemberReader(member, dest, self._out.rows if self._out else None)
+        self._reader = _MemberReader(
+            member,
+            dest,
+            self._out.rows if self._out else None,
+            self._vocabulary if name == "labels.npy" else None,
+        )
         self._readers[name] = self._reader
         self._hold.clear()
         self._state, self._left = "data", csize

@@ -26,7 +26,7 @@ from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.crypto.keys import x25519_public
 from cctrain.errors import ShardError
 from cctrain.journal import MANIFEST_TYPE, AcceptedShard, RunState
-from cctrain.policy import gpu_allowed, non_private_outputs, num_outputs, thaw
+from cctrain.policy import gpu_allowed, non_private_outputs, thaw
 from cctrain.protocol import MANIFEST_SIG_TAG
 from cctrain.release import (
     b64,
@@ -155,6 +155,7 @@ class RunController:
         stage = "loading the trainer"
         try:
             from cctrain_enclave.trainer import BlobCheckpoints, TrainingStopped, train
+            from cctrain_enclave.trainer.objective import objective_for
         except Exception as exc:  # noqa: BLE001 - an enclave without its trainer fails the run
             self._fail(stage, exc)
             return
@@ -171,7 +172,7 @@ class RunController:
                 dataset.labels,
                 validation=held_out,
                 early_stopping=thaw(policy.validation.get("early_stopping")),
-                num_classes=num_outputs(policy.data),
+                objective=objective_for(policy.task, num_outputs=policy.num_outputs),
                 training=thaw(policy.training),
                 privacy=thaw(policy.privacy),
                 simulated_platform=self.ctx.provider.platform == "simulated",
@@ -277,7 +278,7 @@ class RunController:
             report_data_for(identity, policy_digest=policy.digest, nonce=release_nonce(model_sha))
         )
         allowed = set(policy.release["metrics"])
-        outputs = num_outputs(policy.data)
+        outputs = policy.num_outputs
         assert view.uploads_closed is not None
         manifest_doc = {
             "type": MANIFEST_TYPE,

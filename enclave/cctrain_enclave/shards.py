@@ -1,20 +1,23 @@
 """Shards: what a parsed shard is, and the one check of it against the policy's data schema.
 
 Safe formats only: NPZ (members ``features`` and ``labels``, nothing else, never
-unpickled; :mod:`cctrain_enclave.npzstream`) and CSV with a header row
-(:mod:`cctrain_enclave.csvstream`). Each format has exactly one parser, a push parser fed the
-decrypted plaintext in order: at ingest it yields the :class:`ShardSummary` that
+unpickled; :mod:`cctrain_enclave.npzstream`), CSV with a header row
+(:mod:`cctrain_enclave.csvstream`) and Parquet with named, typed, flat columns
+(:mod:`cctrain_enclave.parquetstream`). Each format has exactly one parser, a push parser fed
+the decrypted plaintext in order: at ingest it yields the :class:`ShardSummary` that
 :func:`check_summary` judges (the receipt's verdict), at training the same parser over the
-same committed bytes fills the arrays the trainer reads. Every problem of the schema check is
-reported at once; nothing here ever unpickles or evaluates input, and no message quotes a value
-of the data.
+same committed bytes fills the arrays the trainer reads. Parquet's footer is at the end of the
+file, so its parser reads the shard at ``finish`` by random access to the same pieces it was
+fed (a :class:`PieceSource`), each checked against the digest it recorded as it was fed.
+Every problem of the schema check is reported at once; nothing here ever unpickles or
+evaluates input, and no message quotes a value of the data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -37,6 +40,31 @@ def feature_shape(schema: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(int(d) for d in schema["features"]["shape"])
 
 
+#: What a shard's labels are under ``data.labels``: class indices (``num_classes``), text
+#: mapped to its index in ``vocabulary``, or float regression targets (``dtype``).
+LabelKind = Literal["index", "vocabulary", "target"]
+
+
+def label_kind(schema: Mapping[str, Any]) -> LabelKind:
+    labels = schema["labels"]
+    if "vocabulary" in labels:
+        return "vocabulary"
+    if "dtype" in labels:
+        return "target"
+    return "index"
+
+
+def num_label_classes(schema: Mapping[str, Any]) -> int:
+    """The classes of a classification schema (``num_classes`` or the vocabulary's size)."""
+    labels = schema["labels"]
+    return len(labels["vocabulary"]) if "vocabulary" in labels else int(labels["num_classes"])
+
+
+#: The dtype of text labels in a summary where the format has no dtype of its own (CSV,
+#: Parquet): what the schema check compares against.
+TEXT_LABELS = np.dtype(np.str_)
+
+
 @dataclass(frozen=True)
 class ShardSummary:
     """What the schema constrains, gathered from arrays or streamed from an NPZ."""
@@ -48,7 +76,7 @@ class ShardSummary:
     label_min: int | None
     label_max: int | None
     finite: bool
-    #: Regression targets: every one finite once converted to float32.
+    #: Float labels (regression targets): every one finite once converted to float32.
     labels_finite: bool = True
 
     @property
@@ -97,16 +125,7 @@ def check_summary(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]
         problems.append(f"features.shape: got {tuple(fshape[1:])} per row, want {want_shape}")
     if len(yshape) != 1:
         problems.append(f"labels.shape: got {yshape}, want (rows,)")
-    regression = "dtype" in schema["labels"]
-    if regression:
-        if summary.labels_dtype.kind not in "iuf":
-            problems.append(f"labels.dtype: got {summary.labels_dtype}, want numbers (targets)")
-        elif not summary.labels_finite:
-            problems.append(
-                "labels: a regression target is NaN or infinite, or beyond the float32 range"
-            )
-    elif not np.issubdtype(summary.labels_dtype, np.integer):
-        problems.append(f"labels.dtype: got {summary.labels_dtype}, want an integer type")
+    problems += _label_problems(summary, schema)
     if fshape and yshape and fshape[0] != yshape[0]:
         problems.append(f"rows: features has {fshape[0]}, labels has {yshape[0]}")
     n = summary.rows
@@ -114,20 +133,39 @@ def check_summary(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]
         problems.append(f"rows: got {n}, want at least {schema['min_rows']}")
     if n > int(schema["max_rows"]):
         problems.append(f"rows: got {n}, want at most {schema['max_rows']}")
-    if not regression and summary.label_min is not None and summary.label_max is not None:
-        labels = schema["labels"]
-        k = len(labels["vocabulary"]) if "vocabulary" in labels else int(labels["num_classes"])
-        if summary.label_min < 0 or summary.label_max >= k:
-            problems.append(
-                f"labels: values in [{summary.label_min}, {summary.label_max}], "
-                f"want within [0, {k - 1}]"
-            )
     if not summary.finite:
         problems.append(
             "features: contains NaN or infinity, or values beyond the float32 range that "
             "training converts to infinity"
         )
     return problems
+
+
+def _label_problems(summary: ShardSummary, schema: Mapping[str, Any]) -> list[str]:
+    """The labels' dtype and values against ``data.labels`` (see :func:`label_kind`)."""
+    dtype, kind = summary.labels_dtype, label_kind(schema)
+    if kind == "target":
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+            return [f"labels.dtype: got {dtype}, want float32 or float64 (regression targets)"]
+        if not summary.labels_finite:
+            return [
+                "labels: a regression target is NaN or infinite, or beyond the float32 range "
+                "that training converts to infinity"
+            ]
+        return []
+    if kind == "vocabulary":
+        if dtype.kind != "U":
+            return [f"labels.dtype: got {dtype}, want text labels (data.labels.vocabulary)"]
+    elif not np.issubdtype(dtype, np.integer):
+        return [f"labels.dtype: got {dtype}, want an integer type"]
+    k = num_label_classes(schema)
+    if summary.label_min is not None and summary.label_max is not None:
+        if summary.label_min < 0 or summary.label_max >= k:
+            return [
+                f"labels: values in [{summary.label_min}, {summary.label_max}], "
+                f"want within [0, {k - 1}]"
+            ]
+    return []
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -140,20 +178,40 @@ def _check_format(fmt: str, schema: Mapping[str, Any]) -> None:
         raise ShardError(f"format {fmt!r} is not allowed by the policy ({list(schema['formats'])})")
 
 
+class PieceSource(Protocol):
+    """Random access to a plaintext in the pieces it was fed to a parser, in order (at ingest
+    and training: the stored chunks, each decrypted and authenticated again when read)."""
+
+    def piece(self, index: int) -> bytes:
+        """Piece ``index`` (0-based) again; :class:`ShardError` if it cannot be read."""
+        ...
+
+
 class ShardParser(Protocol):
     """A push parser: the plaintext in order through :meth:`feed`, then :meth:`finish`.
 
     Each raises :class:`ShardError` on the first problem (and again on every later call);
     ``finish`` returns the summary that :func:`check_summary` judges. Given ``out`` (training),
-    the parser writes the shard's values into it as they stream.
+    the parser writes the shard's values into it as they stream. A parser that needs random
+    access (``random_access``) reads the pieces again at ``finish`` through the source given
+    to :meth:`attach`.
     """
 
+    random_access: bool
+
     def feed(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def attach(self, source: PieceSource) -> None: ...
 
     def finish(self) -> ShardSummary: ...
 
     @property
     def error(self) -> ShardError | None: ...
+
+
+class ShardChangedError(ShardError):
+    """A piece read again is not the one that was fed (the stored bytes changed meanwhile):
+    the host's doing, named at rest."""
 
 
 class LatchingParser:
@@ -163,6 +221,12 @@ class LatchingParser:
 
     _error: ShardError | None = None
     _summary: ShardSummary | None = None
+    #: Whether :meth:`finish` reads the pieces again (through :meth:`attach`'s source).
+    random_access = False
+
+    def attach(self, source: PieceSource) -> None:
+        """The pieces fed so far, for random access at :meth:`finish` (streaming parsers
+        need none)."""
 
     @property
     def error(self) -> ShardError | None:
@@ -205,6 +269,10 @@ def open_parser(
         from cctrain_enclave.npzstream import NpzParser
 
         return NpzParser(schema, out=out)
+    if fmt == "parquet":
+        from cctrain_enclave.parquetstream import ParquetParser
+
+        return ParquetParser(schema, out=out)
     from cctrain_enclave.csvstream import CsvParser
 
     return CsvParser(schema, out=out)
@@ -218,17 +286,27 @@ def checked_rows(summary: ShardSummary, schema: Mapping[str, Any]) -> int:
 
 def empty_arrays(rows: int, schema: Mapping[str, Any]) -> ShardArrays:
     """Arrays in the training dtypes for ``rows`` rows, for a parser to fill."""
-    regression = "dtype" in schema["labels"]
     return ShardArrays(
         np.empty((rows, *feature_shape(schema)), dtype=TRAINING_DTYPE),
-        np.empty(rows, dtype=TRAINING_DTYPE if regression else np.int64),
+        np.empty(rows, dtype=TRAINING_DTYPE if label_kind(schema) == "target" else np.int64),
     )
+
+
+class MemoryPieces:
+    """The pieces of an in-memory plaintext, cut every ``block`` bytes (tools and tests)."""
+
+    def __init__(self, data: bytes, block: int) -> None:
+        self._data, self._block = memoryview(data), block
+
+    def piece(self, index: int) -> bytes:
+        return bytes(self._data[index * self._block : (index + 1) * self._block])
 
 
 def _feed_all(parser: ShardParser, data: bytes, block: int) -> ShardSummary:
     view = memoryview(data)
     for start in range(0, len(view), block):
         parser.feed(view[start : start + block])
+    parser.attach(MemoryPieces(data, block))
     return parser.finish()
 
 

@@ -16,6 +16,7 @@ from .models import (
     register_model,
 )
 from .noise import AesCtrGaussian
+from .objective import Objective, classification, objective_for, regression
 from .train import (
     ProgressEvent,
     TrainingRandomness,
@@ -34,6 +35,7 @@ __all__ = [
     "Checkpointer",
     "CustomModelHashMismatch",
     "FastClipUnsupported",
+    "Objective",
     "PrivacyLedger",
     "ProgressEvent",
     "TrainingRandomness",
@@ -41,9 +43,12 @@ __all__ = [
     "TrainingStopped",
     "build_builtin_model",
     "build_model_from_spec",
+    "classification",
     "load_custom_model",
+    "objective_for",
     "plan_privacy",
     "register_model",
+    "regression",
     "train",
     "validate_dp_config",
 ]

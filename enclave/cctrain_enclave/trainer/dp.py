@@ -41,8 +41,7 @@ from cctrain.errors import PolicyError
 
 from .fastclip import LinearClipper, fast_clip_runtime_reasons, fast_clip_unsupported_reasons
 from .noise import NOISE_SOURCES, GaussianSource
-from .objective import TaskLoss
-from .objective import loss as task_loss
+from .objective import CROSS_ENTROPY, Objective, ObjectiveCriterion, classification
 
 __all__ = [
     "ACCOUNTANTS",
@@ -71,16 +70,15 @@ def _is_number(value: Any) -> bool:
 
 
 def synthetic_batch(
-    feature_shape: tuple[int, ...], num_classes: int, rows: int = 8, *, regression: bool = False
+    feature_shape: tuple[int, ...], targets: int | Objective, rows: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed batch of random features and targets (class indices, or floats for a
-    regression): what the model checks run on, so that no decision about a run (such as its
-    gradient mode) depends on the private data."""
+    """A fixed batch of random features and targets (of the objective, or class indices for
+    ``targets`` classes): what the model checks run on, so that no decision about a run (such
+    as its gradient mode) depends on the private data."""
+    objective = classification(targets) if isinstance(targets, int) else targets
     generator = torch.Generator().manual_seed(20261201)
     x = torch.randn((rows, *feature_shape), generator=generator)
-    if regression:
-        return x, torch.randn(rows, generator=generator)
-    return x, torch.arange(rows) % num_classes
+    return x, objective.synthetic_targets(rows, generator)
 
 
 def _on_a_copy(model: nn.Module, check: Callable[[nn.Module], list[str]]) -> list[str]:
@@ -102,11 +100,13 @@ def validate_dp_config(
     num_rows: int | None,
     simulated_platform: bool,
     example: tuple[torch.Tensor, torch.Tensor] | None = None,
+    objective: Objective = CROSS_ENTROPY,
 ) -> list[str]:
     """Every reason this model + config cannot be trained with DP (empty list: it can).
 
     ``num_rows=None`` (before any upload) skips the checks that need the data's size;
-    ``example`` (a :func:`synthetic_batch`) enables the checks that run the model.
+    ``example`` (a :func:`synthetic_batch`) enables the checks that run the model, whose
+    per-sample losses are ``objective``'s.
     """
     if not privacy.get("enabled", False):
         return []
@@ -150,11 +150,16 @@ def validate_dp_config(
     elif mode == "fast":
         reasons = fast_clip_unsupported_reasons(model)
         if not reasons and example is not None:
-            reasons = _on_a_copy(model, lambda m: fast_clip_runtime_reasons(m, *example))
+            reasons = _on_a_copy(
+                model, lambda m: fast_clip_runtime_reasons(m, *example, objective=objective)
+            )
         problems += [f"grad_sample_mode 'fast': {r}" for r in reasons]
     if example is not None and not problems and (mode == "auto" or mode in GRAD_SAMPLE_MODES):
         problems += clipping_problems(
-            model, resolve_grad_sample_mode(model, mode, example), example
+            model,
+            resolve_grad_sample_mode(model, mode, example, objective=objective),
+            example,
+            objective=objective,
         )
     # Poisson sampling is what the accountants assume; anything else voids the guarantee.
     if privacy.get("poisson_sampling", True) is not True:
@@ -249,11 +254,16 @@ class _ZeroNoise:
 
 
 def clipping_problems(
-    model: nn.Module, mode: str, example: tuple[torch.Tensor, torch.Tensor]
+    model: nn.Module,
+    mode: str,
+    example: tuple[torch.Tensor, torch.Tensor],
+    *,
+    objective: Objective = CROSS_ENTROPY,
 ) -> list[str]:
     """Whether ``mode`` computes the clipped per-sample gradient sum of ``model`` correctly,
-    checked on a synthetic batch against the definition: one backward per sample, each
-    gradient clipped to norm C (half their median, so clipping is active), then summed.
+    checked on a synthetic batch against the definition: one backward per sample (of the
+    objective's loss on that row alone), each gradient clipped to norm C (half their median,
+    so clipping is active), then summed. A loss that mixes the rows of a batch fails it too.
 
     Neither Opacus's validator nor any mode notices a parameter used outside its layer
     (``F.linear(h, emb.weight)``: 26% off in hooks, 4% in ghost), or a model that mixes
@@ -271,7 +281,7 @@ def clipping_problems(
         params = [p for p in m.parameters() if p.requires_grad]
         per_sample = []
         for i in range(len(x)):
-            loss = task_loss(m(x[i : i + 1]), y[i : i + 1])
+            loss = objective.loss(m(x[i : i + 1]), y[i : i + 1])
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             per_sample.append(
                 [
@@ -301,7 +311,7 @@ def clipping_problems(
             expected_batch_size=1.0,
         )
         optimizer = torch.optim.SGD(params, lr=0.0)
-        engine = GRAD_SAMPLE_MODES[mode](m, optimizer, plan, _ZeroNoise())
+        engine = GRAD_SAMPLE_MODES[mode](m, optimizer, plan, _ZeroNoise(), objective=objective)
         try:
             engine.step(x, y)
         finally:
@@ -314,8 +324,8 @@ def clipping_problems(
             return [
                 f"grad_sample_mode {mode!r} clips this model's per-sample gradients wrongly "
                 f"(relative error {relative:.2g} on a synthetic batch): a parameter is used "
-                "outside its layer (e.g. F.linear(h, emb.weight)), the model mixes the "
-                "samples of a batch, or its forward draws randomness other than nn.Dropout"
+                "outside its layer (e.g. F.linear(h, emb.weight)), the model or its loss "
+                "mixes the samples of a batch, or its forward draws randomness other than nn.Dropout"
             ]
         return []
 
@@ -326,6 +336,8 @@ def resolve_grad_sample_mode(
     model: nn.Module,
     requested: str,
     example: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    objective: Objective = CROSS_ENTROPY,
 ) -> str:
     """``auto``: the fastest mode that is exact for this model: fast, then ghost, then hooks.
 
@@ -340,7 +352,7 @@ def resolve_grad_sample_mode(
     for mode in ("fast", "ghost", "hooks"):
         if mode == "fast" and fast_clip_unsupported_reasons(model):
             continue
-        if example is None or not clipping_problems(model, mode, example):
+        if example is None or not clipping_problems(model, mode, example, objective=objective):
             return mode
     return "hooks"
 
@@ -355,6 +367,7 @@ def plan_privacy(
     steps_per_epoch: int,
     simulated_platform: bool,
     example: tuple[torch.Tensor, torch.Tensor] | None = None,
+    objective: Objective = CROSS_ENTROPY,
 ) -> DpPlan:
     """Validate (refusing with every problem at once), then calibrate the noise."""
     problems = validate_dp_config(
@@ -364,6 +377,7 @@ def plan_privacy(
         num_rows=num_rows,
         simulated_platform=simulated_platform,
         example=example,
+        objective=objective,
     )
     if problems:
         raise PolicyError("DP training refused", problems=problems)
@@ -388,7 +402,7 @@ def plan_privacy(
         delta=float(privacy["delta"]),
         noise_source=privacy.get("noise_source", "csprng"),
         grad_sample_mode=resolve_grad_sample_mode(
-            model, privacy.get("grad_sample_mode", "auto"), example
+            model, privacy.get("grad_sample_mode", "auto"), example, objective=objective
         ),
         expected_batch_size=num_rows / steps_per_epoch,
     )
@@ -583,11 +597,14 @@ class _EngineBase:
         optimizer: torch.optim.Optimizer,
         plan: DpPlan,
         noise: GaussianSource,
+        *,
+        objective: Objective = CROSS_ENTROPY,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.plan = plan
         self.noise = noise
+        self.objective = objective
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.noise_draws = NoisePrefetcher(
             noise, self.params, std=plan.noise_multiplier * plan.max_grad_norm
@@ -619,8 +636,10 @@ class FastLinearEngine(_EngineBase):
         optimizer: torch.optim.Optimizer,
         plan: DpPlan,
         noise: GaussianSource,
+        *,
+        objective: Objective = CROSS_ENTROPY,
     ) -> None:
-        super().__init__(model, optimizer, plan, noise)
+        super().__init__(model, optimizer, plan, noise, objective=objective)
         self.clipper = LinearClipper(model)
 
     def clipped_sums(
@@ -628,7 +647,7 @@ class FastLinearEngine(_EngineBase):
     ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         with self.clipper.capture():
             logits = self.model(x)
-        loss = task_loss(logits, y, reduction="sum")
+        loss = self.objective.loss(logits, y, "sum")
         grads = dict(
             (id(p), g)
             for p, g in self.clipper.clipped_gradient_sum(
@@ -656,7 +675,7 @@ class _OpacusEngine(_EngineBase):
     dp_optimizer: Any
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return task_loss(out, y)
+        return self.objective.loss(out, y, "mean")
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if len(x) == 0:
@@ -681,8 +700,10 @@ class OpacusHooksEngine(_OpacusEngine):
         optimizer: torch.optim.Optimizer,
         plan: DpPlan,
         noise: GaussianSource,
+        *,
+        objective: Objective = CROSS_ENTROPY,
     ) -> None:
-        super().__init__(model, optimizer, plan, noise)
+        super().__init__(model, optimizer, plan, noise, objective=objective)
         self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         self.dp_optimizer = SourceNoiseDPOptimizer(
             optimizer,
@@ -703,8 +724,10 @@ class OpacusGhostEngine(_OpacusEngine):
         optimizer: torch.optim.Optimizer,
         plan: DpPlan,
         noise: GaussianSource,
+        *,
+        objective: Objective = CROSS_ENTROPY,
     ) -> None:
-        super().__init__(model, optimizer, plan, noise)
+        super().__init__(model, optimizer, plan, noise, objective=objective)
         self.gsm = GradSampleModuleFastGradientClipping(
             model, batch_first=True, loss_reduction="mean", max_grad_norm=plan.max_grad_norm
         )
@@ -717,7 +740,7 @@ class OpacusGhostEngine(_OpacusEngine):
         )
         self.dp_optimizer.noise = self.noise_draws
         self.criterion = DPLossFastGradientClipping(
-            self.gsm, self.dp_optimizer, TaskLoss(reduction="mean"), "mean"
+            self.gsm, self.dp_optimizer, ObjectiveCriterion(self.objective, "mean"), "mean"
         )
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -725,7 +748,17 @@ class OpacusGhostEngine(_OpacusEngine):
         return loss
 
 
-EngineFactory = Callable[[nn.Module, torch.optim.Optimizer, DpPlan, GaussianSource], DpStepEngine]
+class EngineFactory(Protocol):
+    def __call__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        plan: DpPlan,
+        noise: GaussianSource,
+        *,
+        objective: Objective = ...,
+    ) -> DpStepEngine: ...
+
 
 GRAD_SAMPLE_MODES: dict[str, EngineFactory] = {
     "fast": FastLinearEngine,

@@ -25,7 +25,7 @@ from torch import nn
 
 from cctrain.errors import CctrainError
 
-from .objective import loss as task_loss
+from .objective import CROSS_ENTROPY, Objective
 
 __all__ = [
     "FastClipUnsupported",
@@ -71,9 +71,15 @@ def fast_clip_unsupported_reasons(model: nn.Module) -> list[str]:
     return reasons
 
 
-def fast_clip_runtime_reasons(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
-    """Why the fast path gets ``model``'s gradients wrong on the batch ``(x, y)``; empty when it
-    gets them right.
+def fast_clip_runtime_reasons(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    objective: Objective = CROSS_ENTROPY,
+) -> list[str]:
+    """Why the fast path gets ``model``'s gradients wrong on the batch ``(x, y)`` under the
+    objective's loss; empty when it gets them right.
 
     One forward pass; the fast path's unclipped per-sample sum must equal autograd's gradient
     of the summed loss for every parameter. It differs when a Linear layer runs twice, when its
@@ -88,7 +94,7 @@ def fast_clip_runtime_reasons(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     try:
         with clipper.capture():
             logits = model(x)
-        loss = task_loss(logits, y, reduction="sum")
+        loss = objective.loss(logits, y, "sum")
         true = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         fast = {id(p): g for p, g in clipper.clipped_gradient_sum(loss, max_grad_norm=math.inf)}
     except FastClipUnsupported as exc:

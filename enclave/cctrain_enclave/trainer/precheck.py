@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from cctrain.errors import CctrainError, PolicyError
-from cctrain.policy import Policy, gpu_allowed, is_regression, num_outputs, thaw
+from cctrain.policy import Policy, gpu_allowed, thaw
 
 from .dp import synthetic_batch, validate_dp_config
+from .objective import objective_for
 from .train import _model_spec, _training_problems, build_model_from_spec, resolve_device, train
 
 __all__ = ["check_training_plan"]
@@ -54,8 +55,6 @@ def check_training_plan(
     privacy: dict[str, Any] = thaw(policy.privacy)
     data: Mapping[str, Any] = policy.data
     shape = tuple(int(d) for d in data["features"]["shape"])
-    classes = num_outputs(data)
-    regression = is_regression(data)
     problems = _training_problems(training)
     if problems:
         return problems
@@ -63,6 +62,8 @@ def check_training_plan(
         resolve_device(str(training.get("device", "cpu")), allow_gpu=gpu_allowed(policy))
     except CctrainError as exc:
         return [str(exc)]
+    objective = objective_for(str(training["task"]), num_outputs=policy.num_outputs)
+    classes = objective.num_outputs
     if training["model"]["name"] == "package" and model_package is None:
         return []
     with torch.random.fork_rng(devices=[]):
@@ -77,7 +78,7 @@ def check_training_plan(
             )
         except Exception as exc:  # noqa: BLE001 - model code may raise anything
             return [f"building the model failed: {p}" for p in _describe(exc)]
-    example = synthetic_batch(shape, classes, regression=regression)
+    example = synthetic_batch(shape, objective)
     if privacy.get("enabled"):
         problems = validate_dp_config(
             model,
@@ -86,6 +87,7 @@ def check_training_plan(
             num_rows=None,
             simulated_platform=simulated_platform,
             example=example,
+            objective=objective,
         )
         if problems:
             return problems
@@ -99,16 +101,12 @@ def check_training_plan(
         dry_privacy = privacy | {"delta": 1e-3, "target_epsilon": 1.0}
     generator = torch.Generator().manual_seed(7)
     features = torch.randn((_DRY_ROWS, *shape), generator=generator).numpy()
-    labels = (
-        torch.randn(_DRY_ROWS, generator=generator).numpy()
-        if regression
-        else (np.arange(_DRY_ROWS) % classes).astype(np.int64)
-    )
+    labels = objective.synthetic_targets(_DRY_ROWS, generator).numpy()
     try:
         train(
             features.astype(np.float32),
             labels,
-            num_classes=classes,
+            objective=objective,
             training=dry_training,
             privacy=dry_privacy,
             simulated_platform=simulated_platform,

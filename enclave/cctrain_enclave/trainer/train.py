@@ -39,8 +39,7 @@ from .dp import (
 from .guard import StateGuard
 from .models import MODEL_BUILDERS, build_builtin_model, load_custom_model
 from .noise import NOISE_SOURCES, AesCtrGaussian, GaussianSource
-from .objective import evaluate_batch
-from .objective import loss as task_loss
+from .objective import Objective, objective_for
 from .sampling import (
     BatchPlanner,
     SecretPoissonBatches,
@@ -60,16 +59,22 @@ __all__ = [
 ]
 
 _CHECKPOINT_FORMAT = 2
-_EVAL_CHUNK = 4096
+#: ``training.task`` values the trainer knows (the policy checks the same list).
+TASKS = ("classification", "regression")
 
 
 class _ValidationTracker:
     """Scores the held-out rows at each epoch's end; decides early stopping; checkpointed."""
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, early_stopping: Mapping[str, Any] | None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        early_stopping: Mapping[str, Any] | None,
+        objective: Objective,
     ) -> None:
         self.x, self.y = x, y
+        self.objective = objective
         self.rule = dict(early_stopping) if early_stopping else None
         self.best: float | None = None
         self.bad_epochs = 0
@@ -77,7 +82,7 @@ class _ValidationTracker:
         self.stopped_at: int | None = None
 
     def _score(self, model: nn.Module) -> dict[str, float]:
-        return {f"val_{k}": v for k, v in _evaluate(model, self.x, self.y).items()}
+        return {f"val_{k}": v for k, v in self.objective.evaluate(model, self.x, self.y).items()}
 
     def after_epoch(self, model: nn.Module, epochs_done: int) -> bool:
         """True when training should stop now."""
@@ -294,33 +299,19 @@ def build_model_from_spec(
     return build_builtin_model(model_spec["name"], feature_shape, num_classes, params)
 
 
-TASKS = ("classification", "regression")
-
-
-def _check_data(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, task: str = "classification"
-) -> None:
-    """The arrays match the task: int64 classes in [0, num_classes), or float32 targets."""
+def _check_data(features: np.ndarray, labels: np.ndarray, objective: Objective) -> None:
     problems: list[str] = []
     if features.dtype != np.float32 or features.ndim < 2:
         problems.append(
             f"features must be float32 shaped (N, ...), got {features.dtype} {features.shape}"
         )
-    want = np.float32 if task == "regression" else np.int64
-    if labels.dtype != want or labels.ndim != 1:
-        problems.append(
-            f"{'targets' if task == 'regression' else 'labels'} must be {np.dtype(want)} "
-            f"shaped (N,), got {labels.dtype} {labels.shape}"
-        )
+    target_problems = objective.target_problems(labels)
+    if target_problems:
+        problems += target_problems
     elif len(labels) != len(features):
         problems.append(f"{len(features)} feature rows but {len(labels)} labels")
     elif len(labels) == 0:
         problems.append("no rows to train on")
-    elif task == "regression":
-        if not np.isfinite(labels).all():
-            problems.append("targets must be finite")
-    elif labels.min() < 0 or labels.max() >= num_classes:
-        problems.append(f"labels must lie in [0, {num_classes})")
     if problems:
         raise ShardError("training data invalid: " + "; ".join(problems))
 
@@ -346,37 +337,25 @@ def _config_digest(
 
 
 class _PlainStep:
-    """One ordinary (non-private) optimisation step: the reference PyTorch loop."""
+    """One ordinary (non-private) optimisation step: the reference PyTorch loop, minimising
+    the mean of the objective's per-sample losses over the batch."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective
+    ) -> None:
         self.model = model
         self.optimizer = optimizer
+        self.objective = objective
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = task_loss(self.model(x), y)
+        loss = self.objective.loss(self.model(x), y, "mean")
         loss.backward()
         self.optimizer.step()
         return loss.detach() * len(x)
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-@torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Mean over the rows of the task's metrics: ``loss`` and ``accuracy`` (classification)
-    or ``loss`` (the squared error) and ``mae`` (regression)."""
-    model.eval()
-    sums: dict[str, float] = {}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    for xs, ys in zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK), strict=True):
-        xs, ys = xs.to(device), ys.to(device)
-        for k, v in evaluate_batch(model(xs), ys).items():
-            sums[k] = sums.get(k, 0.0) + v
-    model.train()
-    names = {"abs_error": "mae"}
-    return {names.get(k, k): v / len(y) for k, v in sums.items()}
 
 
 def _dp_parts(
@@ -416,7 +395,8 @@ def train(
     features: np.ndarray,
     labels: np.ndarray,
     *,
-    num_classes: int,
+    num_classes: int | None = None,
+    objective: Objective | None = None,
     training: dict[str, Any],
     privacy: dict[str, Any],
     simulated_platform: bool,
@@ -439,6 +419,11 @@ def train(
     the certificate says so. Under DP the release holds only what the DP step trained plus
     tensors still at their initial value (:mod:`.guard`); anything else refuses the release.
 
+    ``objective`` is what the model minimises and the metrics it reports (by default the
+    built-in one of ``training.task``: cross-entropy over ``num_classes`` classes, or the
+    squared error of a regression); ``labels`` are its targets (int64 class indices or
+    float32 values).
+
     ``validation`` (arrays with ``features`` and ``labels``, held out of training) is scored
     at every epoch's end; ``early_stopping`` (``metric``, ``patience``, ``min_delta``) stops
     after ``patience`` epochs without an improvement of more than ``min_delta``.
@@ -454,15 +439,21 @@ def train(
             "unknown model",
             problems=[f"model {training['model']['name']!r} is neither built in nor 'custom'"],
         )
-    task = str(training.get("task", "classification"))
-    _check_data(features, labels, num_classes, task)
+    if objective is None:
+        task = str(training.get("task", "classification"))
+        if task == "classification" and num_classes is None:
+            raise PolicyError("training config invalid", problems=["num_classes is missing"])
+        objective = objective_for(task, num_outputs=num_classes or 1)
+    num_classes = objective.num_outputs
+    _check_data(features, labels, objective)
     tracker = None
     if validation is not None:
-        _check_data(validation.features, validation.labels, num_classes, task)
+        _check_data(validation.features, validation.labels, objective)
         tracker = _ValidationTracker(
             torch.from_numpy(validation.features),
             torch.from_numpy(validation.labels),
             early_stopping,
+            objective,
         )
     device = resolve_device(str(training.get("device", "cpu")), allow_gpu=allow_gpu)
     x_all = torch.from_numpy(features)
@@ -518,9 +509,8 @@ def train(
                 sample_rate=sample_rate,
                 steps_per_epoch=steps_per_epoch,
                 simulated_platform=simulated_platform,
-                example=synthetic_batch(
-                    tuple(features.shape[1:]), num_classes, regression=task == "regression"
-                ),
+                example=synthetic_batch(tuple(features.shape[1:]), objective),
+                objective=objective,
             )
             planner, noise = _dp_parts(
                 plan,
@@ -566,9 +556,11 @@ def train(
 
         engine: DpStepEngine | _PlainStep
         if plan is not None and noise is not None:
-            engine = GRAD_SAMPLE_MODES[plan.grad_sample_mode](model, optimizer, plan, noise)
+            engine = GRAD_SAMPLE_MODES[plan.grad_sample_mode](
+                model, optimizer, plan, noise, objective=objective
+            )
         else:
-            engine = _PlainStep(model, optimizer)
+            engine = _PlainStep(model, optimizer, objective)
         if guard is not None:
             guard.attach(optimizer)
 
@@ -676,7 +668,7 @@ def train(
 
         if guard is not None:
             guard.begin_release()
-        train_scores = _evaluate(model, x_all, y_all)
+        train_scores = objective.evaluate(model, x_all, y_all)
         if guard is not None:
             guard.check_release()
 
