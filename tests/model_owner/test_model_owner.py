@@ -81,20 +81,25 @@ def make_package(**extra_files: str) -> bytes:
     return build_package({"plan.py": PLAN, "layers.py": LAYERS, **extra_files}, initial_weights())
 
 
-def owner_consortium(root: Path, package: bytes, **overrides: Any) -> Consortium:
-    keys = {pid: PartyKeys.generate(pid) for pid in (*HOSPITALS, OWNER)}
-    parties = [
-        {"id": pid, "roles": ["data_provider"], "signing_key": keys[pid].signing_public}
-        for pid in HOSPITALS
-    ]
-    parties.append(
+def _parties(keys: dict[str, PartyKeys]) -> list[dict[str, Any]]:
+    """The hospitals (data) and the model owner (package; the recipient)."""
+    return [
+        *(
+            {"id": pid, "roles": ["data_provider"], "signing_key": keys[pid].signing_public}
+            for pid in HOSPITALS
+        ),
         {
             "id": OWNER,
             "roles": ["model_provider", "recipient"],
             "signing_key": keys[OWNER].signing_public,
             "hpke_key": keys[OWNER].hpke_public,
-        }
-    )
+        },
+    ]
+
+
+def owner_consortium(root: Path, package: bytes, **overrides: Any) -> Consortium:
+    keys = {pid: PartyKeys.generate(pid) for pid in (*HOSPITALS, OWNER)}
+    parties = _parties(keys)
     doc: dict[str, Any] = {
         "version": 1,
         "name": "model-owner-test",
@@ -423,18 +428,7 @@ def test_policy_rules_for_packages() -> None:
 
 
 def _policy_doc(keys: dict[str, PartyKeys], package: bytes) -> dict[str, Any]:
-    parties = [
-        {"id": pid, "roles": ["data_provider"], "signing_key": keys[pid].signing_public}
-        for pid in HOSPITALS
-    ]
-    parties.append(
-        {
-            "id": OWNER,
-            "roles": ["model_provider", "recipient"],
-            "signing_key": keys[OWNER].signing_public,
-            "hpke_key": keys[OWNER].hpke_public,
-        }
-    )
+    parties = _parties(keys)
     return {
         "version": 1,
         "name": "p",
