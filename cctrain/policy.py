@@ -555,12 +555,16 @@ def num_outputs(data: Mapping[str, Any]) -> int:
 
 
 def gpu_allowed(policy: Policy) -> bool:
-    """Whether training may use a GPU: one the policy attests (``attestation.gpu`` optional or
-    required), or any on a simulated-only policy (which protects nothing anyway). With
-    ``attestation.gpu = "forbidden"``, ``training.device = "auto"`` means the CPU."""
+    """Whether training may put data on a GPU: only one every party's verification required
+    to be attested (``attestation.gpu = "required"``: each GPU's evidence verified and bound
+    to the CPU evidence), or any on a simulated-only policy (which protects nothing anyway).
+
+    A GPU outside the TEE sees the rows and the gradients in clear. ``"optional"`` lets a
+    party accept an enclave that shows no GPU evidence, so under it (as under ``"forbidden"``)
+    ``training.device = "auto"`` means the CPU, and ``"cuda"`` is a policy error."""
     if list(policy.attestation.get("platforms", ())) == ["simulated"]:
         return True
-    return bool(policy.attestation.get("gpu", "forbidden") != "forbidden")
+    return bool(policy.attestation.get("gpu", "forbidden") == "required")
 
 
 def _check_csv_columns(
@@ -1160,8 +1164,9 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
     if training.get("device") == "cuda" and not simulated_only and att.get("gpu") != "required":
         c.add(
             "training.device",
-            'a GPU outside the TEE sees the data and the gradients in clear: "cuda" needs '
-            'attestation.gpu = "required" (every GPU attested, bound to the CPU evidence)',
+            f"got 'cuda' with attestation.gpu = {att.get('gpu', 'forbidden')!r}, want "
+            "attestation.gpu = 'required': a GPU outside the TEE sees the data and the "
+            "gradients in clear, so every GPU must be attested and bound to the CPU evidence",
         )
     start = _check_start(c, top.get("start", {}), providers)
     release = _check_release(c, top.get("release", {}), parties)

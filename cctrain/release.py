@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cctrain.attestation.base import Evidence, VerifiedClaims
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for
-from cctrain.attestation.pipeline import verify_for_policy
+from cctrain.attestation.pipeline import verify_for_policy, verify_gpus_for_policy
 from cctrain.crypto import hpke
 from cctrain.dpcheck import release_problems
 from cctrain.errors import AttestationError, ReleaseError
@@ -125,6 +125,8 @@ class VerifiedRelease:
     #: Who approved this manifest (each signature checked); empty until a release record
     #: was verified with :func:`verify_release_record`.
     approved_by: tuple[str, ...] = ()
+    #: The verified claims of the GPUs the manifest's evidence names (``attestation.gpu``).
+    gpu_claims: tuple[VerifiedClaims, ...] = ()
 
     @property
     def model_sha256(self) -> bytes:
@@ -191,6 +193,7 @@ def verify_manifest(
         raise ReleaseError(f"the release's evidence does not hold: {exc}") from None
     if doc.get("evidence_sha256") != evidence_digest(evidence).hex():
         raise ReleaseError("manifest evidence digest does not match its evidence")
+    gpus = verify_release_gpus(doc, claims, policy, now=now)
     # Compared as JSON text: in Python, true == 1 and 1.0 == 1.
     if json.dumps(doc.get("release_rule"), sort_keys=True) != json.dumps(
         release_rule(policy), sort_keys=True
@@ -207,7 +210,43 @@ def verify_manifest(
         raise ReleaseError(
             "the manifest's privacy claims disagree with the policy: " + "; ".join(problems)
         )
-    return VerifiedRelease(doc, hashlib.sha256(manifest).digest(), claims)
+    return VerifiedRelease(doc, hashlib.sha256(manifest).digest(), claims, gpu_claims=gpus)
+
+
+def verify_release_gpus(
+    doc: Mapping[str, Any],
+    cpu: VerifiedClaims,
+    policy: Policy,
+    *,
+    now: _dt.datetime | None = None,
+) -> tuple[VerifiedClaims, ...]:
+    """The GPUs of a manifest (``gpu_evidence``, ``gpu_evidence_sha256``), against the policy's
+    ``attestation.gpu`` and bound to the release's verified CPU ``claims`` as Attest binds
+    them; and a ``training_device`` on CUDA, off the simulated platform, only with at least one
+    verified GPU: a GPU outside the TEE would have seen the data in clear."""
+    try:
+        raw = doc.get("gpu_evidence", [])
+        digests = doc.get("gpu_evidence_sha256", [])
+        if not isinstance(raw, list) or not isinstance(digests, list):
+            raise TypeError("gpu_evidence and gpu_evidence_sha256 must be lists")
+        evidence = [evidence_from_json(e) for e in raw]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReleaseError(f"manifest is malformed: {exc}") from None
+    if digests != [evidence_digest(e).hex() for e in evidence]:
+        raise ReleaseError("manifest GPU evidence digests do not match its GPU evidence")
+    try:
+        gpus = tuple(verify_gpus_for_policy(cpu, evidence, policy, now=now))
+    except AttestationError as exc:
+        raise ReleaseError(f"the release's GPU evidence does not hold: {exc}") from None
+    device = doc.get("training_device", "cpu")
+    if not isinstance(device, str):
+        raise ReleaseError(f"manifest is malformed: training_device {device!r} is not a string")
+    if device.startswith("cuda") and cpu.platform != "simulated" and not gpus:
+        raise ReleaseError(
+            f"training_device: got {device!r} with no verified GPU evidence, want an attested "
+            "GPU (a GPU outside the TEE sees the data and the gradients in clear)"
+        )
+    return gpus
 
 
 def release_rule(policy: Policy) -> dict[str, Any]:
@@ -256,7 +295,11 @@ def verify_release_record(
     if missing:
         raise ReleaseError(f"approval required from {', '.join(missing)} is missing")
     return VerifiedRelease(
-        release.manifest, release.manifest_sha256, release.claims, tuple(approved)
+        release.manifest,
+        release.manifest_sha256,
+        release.claims,
+        tuple(approved),
+        gpu_claims=release.gpu_claims,
     )
 
 

@@ -152,6 +152,11 @@ def policy_check(policy_file: Path, model_source: Path | None, model_package: Pa
     if problems:
         fail(str(PolicyError("the policy's training plan cannot run", problems)), FAILED)
     click.echo("training plan: ok (model built, one epoch trained on synthetic rows)")
+    if p.training.get("device", "cpu") != "cpu":
+        click.echo(
+            f"training.device = {p.training['device']!r}: checked here on the CPU; the enclave "
+            "checks its GPU when it starts (and refuses to start without one for 'cuda')"
+        )
 
 
 @policy.command("sign")

@@ -30,7 +30,7 @@ import grpc
 from cctrain.attestation.binding import spki_sha256
 from cctrain.errors import CctrainError, InputError, NoSealingKeyError, PolicyError
 from cctrain.journal import RunState
-from cctrain.policy import SignedPolicy
+from cctrain.policy import SignedPolicy, gpu_allowed
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal, StateDirectoryError, TrainerUnavailableError
 from cctrain_enclave.ingest import ShardStore
@@ -243,15 +243,24 @@ class EnclaveApp:
         return self._locked.unlock_public, self._locked.view.signing_public_key, True
 
     def _check_training_plan(self, provider: EvidenceProvider) -> None:
-        """Build the model and train an epoch on synthetic rows before accepting any data:
-        a plan that cannot run is refused now, not after every party uploaded."""
+        """Build the model and train an epoch on synthetic rows, on the policy's
+        ``training.device``, before accepting any data: a plan that cannot run here (a CUDA
+        device this machine lacks, first) is refused now, not after every party uploaded."""
         require_trainer(formats=tuple(self.policy.data["formats"]))
         from cctrain_enclave.trainer.precheck import check_training_plan
+        from cctrain_enclave.trainer.train import TrainingDeviceError, resolve_device
 
+        try:
+            device = resolve_device(
+                str(self.policy.training.get("device", "cpu")), allow_gpu=gpu_allowed(self.policy)
+            )
+        except TrainingDeviceError as exc:
+            raise TrainingDeviceError(f"refusing to start: {exc}") from None
         problems = check_training_plan(
             self.policy,
             custom_model_source=self.custom_model_source,
             simulated_platform=provider.platform == "simulated",
+            device=device.type,
         )
         if problems:
             raise PolicyError("the policy's training plan cannot run; refusing to start", problems)

@@ -22,7 +22,9 @@ from typing import Any
 
 import grpc
 
+from cctrain.attestation.base import Evidence
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for
+from cctrain.attestation.nvidia_gpu.composite import gpu_nonce
 from cctrain.crypto.keys import x25519_public
 from cctrain.errors import ShardError
 from cctrain.journal import MANIFEST_TYPE, AcceptedShard, RunState
@@ -274,9 +276,11 @@ class RunController:
             signing_public_key=state.keys.signing_public,
             tls_spki_sha256=self.ctx.tls_spki_sha256,
         )
-        evidence = self.ctx.provider.get_evidence(
-            report_data_for(identity, policy_digest=policy.digest, nonce=release_nonce(model_sha))
+        report_data = report_data_for(
+            identity, policy_digest=policy.digest, nonce=release_nonce(model_sha)
         )
+        evidence = self.ctx.provider.get_evidence(report_data)
+        gpus = self._gpu_evidence(report_data)
         allowed = set(policy.release["metrics"])
         outputs = policy.num_outputs
         assert view.uploads_closed is not None
@@ -300,7 +304,8 @@ class RunController:
             "model": result.model_spec
             | {"feature_shape": list(policy.data["features"]["shape"]), "num_outputs": outputs},
             "weights_format": "safetensors",
-            "training_device": getattr(result, "device", "cpu"),
+            # "cpu", or "cuda:0 NVIDIA H200": which must then be one of the attested GPUs.
+            "training_device": result.device,
             "receipts": [
                 {"body": b64(s.receipt.body), "signature": b64(s.receipt.signature)}
                 for s in view.training_shards
@@ -315,12 +320,26 @@ class RunController:
             "recipients": list(policy.recipients),
             "release_rule": release_rule(policy),
         }
+        if gpus:  # bound to this release's CPU evidence as Attest binds them (gpu_nonce)
+            manifest_doc["gpu_evidence"] = [evidence_to_json(g) for g in gpus]
+            manifest_doc["gpu_evidence_sha256"] = [evidence_digest(g).hex() for g in gpus]
         manifest = canonical_json(manifest_doc)
         manifest_sha = hashlib.sha256(manifest).digest()
         signature = state.keys.signing.sign(MANIFEST_SIG_TAG + manifest)
         self._write_sealed_weights(weights, manifest_sha)
         del weights, tensors
         state.record_manifest(manifest, signature)
+
+    def _gpu_evidence(self, report_data: bytes) -> list[Evidence]:
+        """The GPUs' evidence, each signing the nonce derived from the release evidence's
+        report_data, when the policy lets GPUs in and the platform's provider attests them
+        (as Attest gives it to every party); none otherwise."""
+        provider: Any = self.ctx.provider
+        if self.policy.attestation.get("gpu") == "forbidden" or not hasattr(
+            provider, "gpu_evidence"
+        ):
+            return []
+        return list(provider.gpu_evidence(gpu_nonce(report_data)))
 
     def _write_sealed_weights(self, weights: bytes, manifest_sha: bytes) -> None:
         """Per recipient, the weights sealed to it, bound to the manifest (before it is

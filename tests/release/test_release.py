@@ -63,6 +63,7 @@ def test_recipient_fetches_verified_model(released: Any) -> None:
     assert len(m["receipts"]) == 3
     assert set(m["metrics"]) == {"train_loss"}  # only what the policy releases
     assert hashlib.sha256(model.weights).hexdigest() == m["model_sha256"]
+    assert m["training_device"] == "cpu" and "gpu_evidence" not in m  # the default device
     sd = model.state_dict()
     assert sd["1.weight"].shape == (2, 4)
     # The recipient rebuilds the built-in architecture from the signed manifest alone.

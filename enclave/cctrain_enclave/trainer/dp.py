@@ -82,10 +82,12 @@ def synthetic_batch(
 
 
 def _on_a_copy(model: nn.Module, check: Callable[[nn.Module], list[str]]) -> list[str]:
-    """Run ``check`` on a deep copy (its forward may touch buffers or consume RNG)."""
+    """Run ``check`` on a deep copy (its forward may touch buffers or consume RNG), on the
+    CPU: the checks run on CPU synthetic batches, so a model trained on a GPU gets the same
+    verdicts (and the same ``auto`` gradient mode) as on the CPU."""
     with torch.random.fork_rng(devices=[]):
         try:
-            return check(copy.deepcopy(model))
+            return check(copy.deepcopy(model).cpu())
         except Exception as exc:  # noqa: BLE001 - a model that cannot run its forward
             return [
                 f"the model's forward pass on a synthetic batch failed: {type(exc).__name__}: {exc}"

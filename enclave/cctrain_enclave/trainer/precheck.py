@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from cctrain.errors import CctrainError, PolicyError
-from cctrain.policy import Policy, gpu_allowed, thaw
+from cctrain.policy import Policy, thaw
 
 from .dp import synthetic_batch, validate_dp_config
 from .objective import objective_for
-from .train import _model_spec, _training_problems, build_model_from_spec, resolve_device, train
+from .train import _model_spec, _training_problems, build_model_from_spec, train
 
 __all__ = ["check_training_plan"]
 
@@ -45,11 +45,17 @@ def check_training_plan(
     custom_model_source: bytes | None,
     simulated_platform: bool,
     model_package: bytes | None = None,
+    device: str = "cpu",
 ) -> list[str]:
     """Every reason the policy's model and training cannot run (empty list: they can).
 
     A model package arrives only after the enclave started: without ``model_package`` its
     model is not checked (the model owner runs this check with it: ``cctrain model check``).
+
+    ``device`` ("cpu" or "cuda") is where the epoch on synthetic rows runs: the enclave passes
+    the ``training.device`` it resolved at start (:func:`.train.resolve_device`, which refuses
+    a device this machine lacks); ``cctrain policy check``, on a signer's machine that need
+    not have the enclave's GPU, checks the plan on the CPU.
     """
     training: dict[str, Any] = thaw(policy.training)
     privacy: dict[str, Any] = thaw(policy.privacy)
@@ -58,10 +64,6 @@ def check_training_plan(
     problems = _training_problems(training)
     if problems:
         return problems
-    try:
-        resolve_device(str(training.get("device", "cpu")), allow_gpu=gpu_allowed(policy))
-    except CctrainError as exc:
-        return [str(exc)]
     objective = objective_for(str(training["task"]), num_outputs=policy.num_outputs)
     classes = objective.num_outputs
     if training["model"]["name"] == "package" and model_package is None:
@@ -92,7 +94,7 @@ def check_training_plan(
         if problems:
             return problems
     # One epoch of the real trainer on synthetic rows: what fails at step 1 fails here.
-    dry_training = training | {"batch_size": _DRY_BATCH, "epochs": 1}
+    dry_training = training | {"batch_size": _DRY_BATCH, "epochs": 1, "device": device}
     dry_privacy = privacy
     if privacy.get("enabled"):
         # ε and δ of the dry run only set the noise (large noise calibrates fastest); the
@@ -114,7 +116,6 @@ def check_training_plan(
             progress=None,
             custom_model_source=custom_model_source,
             model_package=model_package,
-            allow_gpu=gpu_allowed(policy),
         )
     except CctrainError as exc:
         if str(exc).startswith("training diverged"):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cctrain.errors import CctrainError, PolicyError, ShardError
+from cctrain.errors import CctrainError, InputError, PolicyError, ShardError
 
 from .checkpoint import Checkpointer, CheckpointError
 from .dp import (
@@ -51,10 +51,13 @@ from .sampling import (
 __all__ = [
     "OPTIMIZERS",
     "ProgressEvent",
+    "TrainingDeviceError",
     "TrainingRandomness",
     "TrainingResult",
     "TrainingStopped",
     "build_model_from_spec",
+    "describe_device",
+    "resolve_device",
     "train",
 ]
 
@@ -146,34 +149,81 @@ class TrainingResult:
 DEVICES = ("auto", "cpu", "cuda")
 
 
+class TrainingDeviceError(InputError):
+    """``training.device`` names a device this machine lacks, or one the policy does not let
+    the data reach: a setup problem, refused when the enclave starts."""
+
+
+def _why_no_cuda() -> str:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
+
+
 def resolve_device(requested: str, *, allow_gpu: bool = True) -> torch.device:
-    """``training.device`` on this machine: ``auto`` is CUDA when present (and allowed);
-    ``cuda`` without a CUDA device is refused, never silently trained on the CPU."""
+    """``training.device`` on this machine. ``cpu``: the CPU. ``auto``: the current CUDA
+    device when there is one and ``allow_gpu`` (:func:`cctrain.policy.gpu_allowed`), else the
+    CPU. ``cuda``: the current CUDA device, refused (never silently the CPU) where there is
+    none or where GPUs are not allowed."""
     if requested not in DEVICES:
         raise PolicyError(
             "training config invalid",
-            problems=[f"training.device must be one of {', '.join(DEVICES)}, got {requested!r}"],
+            problems=[f"training.device: got {requested!r}, want one of {', '.join(DEVICES)}"],
         )
     if requested == "cpu" or (requested == "auto" and not allow_gpu):
         return torch.device("cpu")
+    if requested == "cuda" and not allow_gpu:
+        raise TrainingDeviceError(
+            "training.device: got 'cuda', but the policy lets no GPU see the data here "
+            "(attestation.gpu must be 'required' off the simulated platform)"
+        )
     if torch.cuda.is_available():
-        if requested == "cuda" and not allow_gpu:
-            raise CctrainError(
-                'training.device = "cuda" but GPUs are not allowed here (attestation.gpu)'
-            )
         return torch.device("cuda", torch.cuda.current_device())
     if requested == "cuda":
-        raise CctrainError(
-            'training.device = "cuda", but this machine has no CUDA device (torch '
-            f"{torch.__version__}, cuda available: no): refusing to train on the CPU instead"
+        raise TrainingDeviceError(
+            "training.device: got 'cuda', want a CUDA device, but this machine has none "
+            f"({_why_no_cuda()}); refusing to train on the CPU instead"
         )
     return torch.device("cpu")
 
 
 def describe_device(device: torch.device) -> str:
+    """How the manifest names it: ``cpu``, or ``cuda:0 NVIDIA H200``."""
     if device.type == "cuda":
         return f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
     return "cpu"
+
+
+def _rng_devices(device: torch.device) -> dict[str, Any]:
+    """``fork_rng`` arguments that also fork the CUDA generator the model's dropout draws
+    from on a GPU (seeded by ``torch.manual_seed`` like the CPU's), so that training leaves
+    the process's generators as it found them."""
+    if device.type == "cuda":
+        return {"devices": [device.index], "device_type": "cuda"}
+    return {"devices": []}
+
+
+def _to_cpu(value: Any) -> Any:
+    """A checkpoint's tensors as CPU copies: it loads on any machine (``auto`` may resume a
+    GPU run on the CPU), and the device they came from is decided by the policy, not the file."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor, *, pinned: bool) -> torch.Tensor:
+    """The rows ``idx`` of ``x``. For a GPU they are gathered straight into page-locked memory
+    (torch's caching host allocator: reused, and not handed out again before the copy from
+    it finished), so the copy to the device is asynchronous. Indexing a pinned tensor would
+    not do: its result is ordinary pageable memory."""
+    if not pinned:
+        return x[idx]
+    out = torch.empty((len(idx), *x.shape[1:]), dtype=x.dtype, pin_memory=True)
+    return torch.index_select(x, 0, idx, out=out)
 
 
 @dataclass(frozen=True)
@@ -427,6 +477,14 @@ def train(
     ``validation`` (arrays with ``features`` and ``labels``, held out of training) is scored
     at every epoch's end; ``early_stopping`` (``metric``, ``patience``, ``min_delta``) stops
     after ``patience`` epochs without an improvement of more than ``min_delta``.
+
+    ``training.device`` (:func:`resolve_device`; ``allow_gpu`` is the policy's
+    :func:`cctrain.policy.gpu_allowed`): the model, the optimiser, each batch, the DP step
+    (per-sample clipping, the noise added) and the evaluation run there; the sampler's
+    indices and the CSPRNG noise are drawn on the CPU, the noise copied to the device, and no
+    gradient comes back to host memory during a step. Checkpoints hold CPU copies and load
+    onto the device; the returned weights are CPU tensors. On the CPU nothing changes: the
+    same operations as before devices existed, bit for bit.
     """
     problems = _training_problems(training)
     if problems:
@@ -456,17 +514,19 @@ def train(
             objective,
         )
     device = resolve_device(str(training.get("device", "cpu")), allow_gpu=allow_gpu)
+    on_gpu = device.type != "cpu"
+    # The rows stay in host memory (a GPU holds only the batch it trains on); the sampler's
+    # indices are drawn on the CPU, each batch gathered there and copied to the device.
     x_all = torch.from_numpy(features)
     y_all = torch.from_numpy(labels)
-    if device.type == "cuda":  # batches are gathered on the host, copied asynchronously
-        x_all, y_all = x_all.pin_memory(), y_all.pin_memory()
     num_rows = len(labels)
     seed = int(training.get("seed", 0))
     model_spec = _model_spec(training)
     digest = _config_digest(training, privacy, features, num_classes)
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(**_rng_devices(device)):
         torch.manual_seed(seed)
+        # Built on the CPU (the same initial weights on every device), then moved.
         model = build_model_from_spec(
             model_spec,
             features.shape[1:],
@@ -537,9 +597,11 @@ def train(
         if saved is not None:
             if saved.get("format") != _CHECKPOINT_FORMAT or saved.get("config_digest") != digest:
                 raise CheckpointError("checkpoint belongs to a different training run or format")
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
+            model.load_state_dict(saved["model"])  # copied onto the model's device
+            optimizer.load_state_dict(saved["optimizer"])  # state moved to its parameters'
             torch.set_rng_state(saved["torch_rng"])
+            if on_gpu and saved.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(saved["cuda_rng"], device)
             planner.load_state(saved["planner_rng"])
             if noise is not None:
                 noise.load_state(saved["noise_rng"])
@@ -571,23 +633,26 @@ def train(
             if ledger is not None:  # the enclave journals the ε each checkpoint reaches
                 eps = ledger.epsilon_cheap()
                 eps = ledger.epsilon() if eps is None else eps
+            state = {
+                "format": _CHECKPOINT_FORMAT,
+                "config_digest": digest,
+                "epoch": epoch_,
+                "step_in_epoch": step_,
+                "global_step": global_step,
+                "samples": samples,
+                "stopped_early": stopped_early,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "planner_rng": planner_state,
+                "noise_rng": noise.state() if noise is not None else None,
+                "accountant_history": ledger.history() if ledger is not None else [],
+                "validation": tracker.state() if tracker is not None else None,
+            }
+            if on_gpu:
+                state = _to_cpu(state) | {"cuda_rng": torch.cuda.get_rng_state(device)}
             checkpoint.save(
-                {
-                    "format": _CHECKPOINT_FORMAT,
-                    "config_digest": digest,
-                    "epoch": epoch_,
-                    "step_in_epoch": step_,
-                    "global_step": global_step,
-                    "samples": samples,
-                    "stopped_early": stopped_early,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "planner_rng": planner_state,
-                    "noise_rng": noise.state() if noise is not None else None,
-                    "accountant_history": ledger.history() if ledger is not None else [],
-                    "validation": tracker.state() if tracker is not None else None,
-                },
+                state,
                 step=global_step,
                 epsilon=eps,
             )
@@ -611,13 +676,13 @@ def train(
                             group["lr"] = base * factor
                     xb, yb = apply_augment(
                         hooks,
-                        x_all[idx],
-                        y_all[idx],
+                        _gather(x_all, idx, pinned=on_gpu),
+                        _gather(y_all, idx, pinned=on_gpu),
                         seed=seed,
                         step=global_step,
                         per_row=dp_enabled,
                     )
-                    if device.type != "cpu":
+                    if on_gpu:
                         xb = xb.to(device, non_blocking=True)
                         yb = yb.to(device, non_blocking=True)
                     if guard is not None:
