@@ -51,6 +51,13 @@ DEFAULT_PACKAGE_MAX_BYTES = 256 << 20
 MAX_PACKAGE_BYTES = 16 << 30
 OPTIMIZERS = frozenset({"sgd", "adam", "adamw", "package"})
 LR_SCHEDULES = frozenset({"constant", "cosine", "linear", "step", "package"})
+#: ``training.loss``: the task's own loss, or the model package's per-sample ``loss``.
+LOSSES = frozenset({"task", "package"})
+#: At most this many ``training.metrics`` (a package's own metrics): each is computed on every
+#: training row and, with validation, on every held-out row.
+MAX_PACKAGE_METRICS = 16
+#: Names the built-in objectives use (a package metric may not shadow them).
+BUILTIN_METRIC_NAMES = frozenset({"loss", "accuracy", "mse", "mae"})
 ACCOUNTANTS = frozenset({"rdp", "prv"})
 NOISE_SOURCES = frozenset({"csprng", "insecure-fast"})
 GRAD_SAMPLE_MODES = frozenset({"auto", "hooks", "ghost", "fast"})
@@ -601,7 +608,7 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
         doc,
         "training",
         required=("model", "optimizer", "epochs", "batch_size"),
-        optional=("task", "seed", "lr_schedule", "device"),
+        optional=("task", "seed", "lr_schedule", "device", "loss", "metrics"),
     )
     t.setdefault("device", "cpu")
     c.choice(t["device"], "training.device", frozenset({"auto", "cpu", "cuda"}))
@@ -678,6 +685,7 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
     if "params" in o and o.get("name") != "package":
         c.add("training.optimizer.params", "applies only to name = 'package'")
     _check_schedule(c, t, m)
+    _check_package_objective(c, t, m)
     if "lr" in o:
         c.number(o["lr"], "training.optimizer.lr", lambda v: v > 0, "a positive number")
     for key in ("epochs", "batch_size"):
@@ -685,6 +693,52 @@ def _check_training(c: _Checker, doc: Any) -> dict[str, Any]:
             c.positive_int(t[key], f"training.{key}")
     t["model"], t["optimizer"] = m, o
     return t
+
+
+def _check_package_objective(c: _Checker, t: dict[str, Any], model: Mapping[str, Any]) -> None:
+    """``training.loss = "package"`` and ``training.metrics = { name = "max" | "min" }``: the
+    package's per-sample loss and its own metrics (named here, so every party signs what can
+    be released and which way early stopping reads them)."""
+    t.setdefault("loss", "task")
+    c.choice(t["loss"], "training.loss", LOSSES)
+    if t["loss"] == "package" and model.get("name") != "package":
+        c.add("training.loss", "'package' needs training.model.name = 'package'")
+    metrics = t.setdefault("metrics", {})
+    if not isinstance(metrics, Mapping):
+        c.add("training.metrics", "must be a table of metric name = 'max' | 'min'")
+        t["metrics"] = {}
+        return
+    if metrics and model.get("name") != "package":
+        c.add("training.metrics", "a package's own metrics need training.model.name = 'package'")
+    if len(metrics) > MAX_PACKAGE_METRICS:
+        c.add("training.metrics", f"at most {MAX_PACKAGE_METRICS} metrics, got {len(metrics)}")
+    for name, direction in metrics.items():
+        path = f"training.metrics.{name}"
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+            c.add(path, "a metric name is lowercase letters, digits and _ (at most 32)")
+        elif name in BUILTIN_METRIC_NAMES:
+            c.add(path, f"{name!r} is a built-in metric: name the package's own another way")
+        if direction not in ("max", "min"):
+            c.add(path, f"got {direction!r}, want 'max' (larger is better) or 'min'")
+
+
+def package_metrics(training: Mapping[str, Any]) -> dict[str, str]:
+    """The package's own metrics the policy names, each with its direction ('max' | 'min')."""
+    return {str(k): str(v) for k, v in (training.get("metrics") or {}).items()}
+
+
+def metric_direction(training: Mapping[str, Any], metric: str) -> str:
+    """'max' when a larger ``metric`` (``val_accuracy``, a package's ``val_f1``) is better."""
+    if metric in EARLY_STOPPING_METRICS:
+        return EARLY_STOPPING_METRICS[metric]
+    return package_metrics(training)[metric.removeprefix("val_").removeprefix("train_")]
+
+
+def _package_metric_outputs(training: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """(every releasable name of the package's metrics, those computed on validation rows)."""
+    names = package_metrics(training)
+    val = {f"val_{n}" for n in names}
+    return {f"train_{n}" for n in names} | val, val
 
 
 def _check_schedule(c: _Checker, t: dict[str, Any], model: Mapping[str, Any]) -> None:
@@ -889,7 +943,9 @@ def _check_start(c: _Checker, doc: Any, providers: list[str]) -> dict[str, Any]:
     return t
 
 
-def _check_release(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any]:
+def _check_release(
+    c: _Checker, doc: Any, parties: list[Party], training: Mapping[str, Any]
+) -> dict[str, Any]:
     t = c.table(
         doc,
         "release",
@@ -906,10 +962,11 @@ def _check_release(c: _Checker, doc: Any, parties: list[Party]) -> dict[str, Any
             c.add("release.recipients", f"{pid!r} is not a party of this policy")
         elif not p.is_recipient:
             c.add("release.recipients", f"{pid!r} does not have the 'recipient' role")
+    own, _ = _package_metric_outputs(training)
     for m in c.str_list(t.setdefault("metrics", []), "release.metrics"):
-        c.choice(m, "release.metrics", RELEASABLE_METRICS)
+        c.choice(m, "release.metrics", RELEASABLE_METRICS | own)
     for m in c.str_list(t.setdefault("non_private", []), "release.non_private"):
-        c.choice(m, "release.non_private", NON_PRIVATE_OUTPUTS)
+        c.choice(m, "release.non_private", NON_PRIVATE_OUTPUTS | own)
     for pid in c.str_list(
         t.setdefault("approvals_required_from", []), "release.approvals_required_from"
     ):
@@ -992,6 +1049,7 @@ def _check_validation(
     providers: list[str],
     release: Mapping[str, Any],
     privacy: Mapping[str, Any],
+    training: Mapping[str, Any],
 ) -> dict[str, Any]:
     """``[validation]``: rows held out of training, scored at every epoch's end.
 
@@ -1003,8 +1061,9 @@ def _check_validation(
     """
     t = c.table(doc, "validation", optional=("fraction", "parties", "early_stopping"))
     metrics = set(release.get("metrics") or ())
+    _, own_val = _package_metric_outputs(training)
     if not t:
-        for m in sorted(metrics & VALIDATION_METRICS):
+        for m in sorted(metrics & (VALIDATION_METRICS | own_val)):
             c.add("release.metrics", f"{m!r} needs a [validation] table (no rows are held out)")
         return t
     if ("fraction" in t) == ("parties" in t):
@@ -1029,7 +1088,9 @@ def _check_validation(
         )
         if "metric" in es:
             c.choice(
-                es["metric"], "validation.early_stopping.metric", frozenset(EARLY_STOPPING_METRICS)
+                es["metric"],
+                "validation.early_stopping.metric",
+                frozenset(EARLY_STOPPING_METRICS) | own_val,
             )
         c.positive_int(es.setdefault("patience", 3), "validation.early_stopping.patience")
         c.number(
@@ -1076,7 +1137,8 @@ def non_private_outputs(policy: Policy) -> list[str]:
     metrics = list(policy.release["metrics"])
     opted = set(policy.release.get("non_private", ()))
     if policy.privacy.get("enabled") is True:
-        out = [m for m in metrics if m in NON_PRIVATE_OUTPUTS and m in opted]
+        own, _ = _package_metric_outputs(policy.training)
+        out = [m for m in metrics if m in NON_PRIVATE_OUTPUTS | own and m in opted]
         if "progress_loss" in opted:
             out.append("progress_loss")
         if "early_stopping" in policy.validation:
@@ -1169,7 +1231,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
             "gradients in clear, so every GPU must be attested and bound to the CPU evidence",
         )
     start = _check_start(c, top.get("start", {}), providers)
-    release = _check_release(c, top.get("release", {}), parties)
+    release = _check_release(c, top.get("release", {}), parties, training)
     limits = _check_limits(c, top.get("limits", {}), data)
     for key, what in (
         ("shards_per_provider", "the start entry and the manifest list every shard"),
@@ -1183,12 +1245,15 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
                 f"{what}, and the journal must stay small enough to replay at every start",
             )
     state = _check_state(c, top.get("state", {}), parties)
-    validation = _check_validation(c, top.get("validation", {}), providers, release, privacy)
+    validation = _check_validation(
+        c, top.get("validation", {}), providers, release, privacy, training
+    )
     _check_task_metrics(c, training.get("task"), release, validation)
     if privacy.get("enabled") is True:
         opted_in = set(release.get("non_private") or ())
+        own, _ = _package_metric_outputs(training)
         for m in release.get("metrics") or ():
-            if m in NON_PRIVATE_OUTPUTS and m not in opted_in:
+            if m in NON_PRIVATE_OUTPUTS | own and m not in opted_in:
                 c.add(
                     "release.metrics",
                     f"{m!r} is computed exactly on the private data, outside the DP guarantee: "

@@ -36,7 +36,13 @@ def test_model_owner_demo_runs(tmp_path: Path) -> None:
     rows = json.loads((work / "results.json").read_text())
     joint = rows[-1]
     assert joint["model"] == "joint, in the enclave"
-    assert set(joint["metrics"]) == {"train_accuracy", "val_accuracy", "val_loss", "steps"}
+    assert set(joint["metrics"]) == {
+        "train_accuracy",
+        "val_accuracy",
+        "val_loss",
+        "val_brier",
+        "steps",
+    }
     assert joint["accuracy"] >= max(r["accuracy"] for r in rows[1:-1])
     # The package never reached the enclave's disk in plain text.
     marker = b"the model owner's secret"  # not in the source: take a line that is

@@ -218,3 +218,147 @@ def test_policy_rules_for_schedules_and_package_hooks() -> None:
         lr_schedule={"name": "step", "step_size": 2, "min_lr_ratio": 0.1}
     )
     assert "must be one of" in _policy_problems(lr_schedule={"name": "exponential"})
+
+
+# --------------------------------------------------------------------------- loss and metrics
+
+CE_LOSS = "\ndef loss(outputs, targets):\n    return torch.nn.functional.cross_entropy(outputs, targets, reduction='none')\n"
+BRIER = (
+    "\ndef metrics(outputs, targets):\n"
+    "    p = outputs.softmax(1)\n"
+    "    onehot = torch.nn.functional.one_hot(targets, p.shape[1]).to(p.dtype)\n"
+    "    return {'brier': (p - onehot).square().sum(1)}\n"
+)
+
+
+def test_package_loss_is_what_training_minimises() -> None:
+    """The package's per-sample cross-entropy trains what the task's fused one does (to
+    float rounding); twice that loss at half the rate is the same SGD run."""
+    task, _ = run(BASE)
+    own, _ = run(BASE + CE_LOSS, loss="package")
+    double = BASE + CE_LOSS.replace("return ", "return 2 * ")
+    twice, _ = run(double, loss="package", optimizer={"name": "sgd", "lr": 0.25})
+    for k in task.state_dict:
+        assert torch.allclose(task.state_dict[k], own.state_dict[k], atol=1e-6), k
+        assert torch.allclose(own.state_dict[k], twice.state_dict[k], atol=1e-6), k
+    assert own.model_spec["hooks"] == ["loss"]
+    assert math.isclose(own.metrics["train_loss"], task.metrics["train_loss"], rel_tol=1e-5)
+    # Defined but not asked for: the task's loss trains, and the hook is not listed as used.
+    unused, _ = run(double)
+    assert "hooks" not in unused.model_spec
+    for k in task.state_dict:
+        assert torch.equal(task.state_dict[k], unused.state_dict[k]), k
+
+
+def test_under_dp_the_package_loss_sees_one_row_at_a_time() -> None:
+    """A loss that mixes the rows of its batch cannot under DP: it is called per row, so
+    row i's loss, and the gradient clipped for it, is a function of row i alone."""
+    src = BASE + (
+        "\nSIZES = set()\n"
+        "def loss(outputs, targets):\n"
+        "    SIZES.add(len(outputs))\n"
+        "    per_row = torch.nn.functional.cross_entropy(outputs, targets, reduction='none')\n"
+        "    return per_row + outputs.mean()  # the batch's mean: mixes rows when it can\n"
+    )
+    result, package = run(src, dp=True, loss="package")
+    assert plan_module(package).SIZES == {1}
+    assert result.dp_certificate is not None
+    _, package2 = run(src + "\n# no DP\n", loss="package")
+    assert max(plan_module(package2).SIZES) > 1
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("return torch.nn.functional.cross_entropy(outputs, targets)", r"shape \(16,\): got \(\)"),
+        ("return (outputs.argmax(1) == targets)", "floating-point"),
+        ("return 1.0", "got float"),
+    ],
+)
+def test_a_package_loss_of_the_wrong_shape_is_refused(body: str, match: str) -> None:
+    src = BASE + f"\ndef loss(outputs, targets):\n    {body}\n"
+    with pytest.raises(CctrainError, match=match):
+        run(src, loss="package")
+
+
+def test_asked_for_but_not_defined_is_an_error() -> None:
+    with pytest.raises(CctrainError, match="defines no loss"):
+        run(BASE, loss="package")
+    with pytest.raises(CctrainError, match="defines no metrics"):
+        run(BASE, metrics={"brier": "min"})
+
+
+def test_package_metrics_are_computed_on_the_released_model() -> None:
+    result, package = run(BASE + BRIER, metrics={"brier": "min"})
+    model = plan_module(package).build_model((4,), 2)
+    model.load_state_dict(result.state_dict)
+    x, y = data()
+    with torch.no_grad():
+        p = model(torch.from_numpy(x)).softmax(1)
+    want = float((p - torch.nn.functional.one_hot(torch.from_numpy(y), 2)).square().sum(1).mean())
+    assert math.isclose(result.metrics["train_brier"], want, rel_tol=1e-6)
+    assert result.model_spec["hooks"] == ["metrics"]
+    wrong = BASE + BRIER.replace("'brier'", "'other'")
+    with pytest.raises(
+        CctrainError, match=r"exactly training.metrics \['brier'\]: got \['other'\]"
+    ):
+        run(wrong, metrics={"brier": "min"})
+
+
+def test_early_stopping_reads_a_package_metric_the_way_the_policy_says() -> None:
+    """The Brier score falls as this model learns: read as 'min' training runs every epoch;
+    read as 'max' (larger is better) it never improves on the first, and stops after
+    ``patience`` epochs."""
+    from cctrain_enclave.shards import ShardArrays
+
+    x, y = data(96)
+    val = ShardArrays(x[64:], y[64:])
+    kwargs: dict[str, Any] = {"epochs": 6, "metrics": {"brier": "min"}}
+    rule = {"metric": "val_brier", "patience": 2, "min_delta": 0.0}
+
+    def fit(direction: str) -> Any:
+        package = build_package({"plan.py": BASE + BRIER})
+        cfg = (
+            {
+                "model": {
+                    "name": "package",
+                    "package_sha256": hashlib.sha256(package).hexdigest(),
+                    "module": "plan",
+                    "entry": "build_model",
+                    "params": {},
+                },
+                "optimizer": {"name": "sgd", "lr": 0.5},
+                "batch_size": 16,
+                "seed": 3,
+            }
+            | kwargs
+            | {"metrics": {"brier": direction}}
+        )
+        return train(
+            x[:64],
+            y[:64],
+            num_classes=2,
+            training=cfg,
+            privacy={"enabled": False},
+            simulated_platform=True,
+            checkpoint=None,
+            progress=None,
+            model_package=package,
+            validation=val,
+            early_stopping=rule,
+        )
+
+    falling, rising = fit("min"), fit("max")
+    assert "val_brier" in falling.metrics
+    assert "stopped_at_epoch" not in falling.metrics
+    assert rising.metrics["stopped_at_epoch"] == 3
+
+
+def test_policy_rules_for_package_loss_and_metrics() -> None:
+    assert "'package' needs training.model.name = 'package'" in _policy_problems(loss="package")
+    assert "need training.model.name = 'package'" in _policy_problems(metrics={"brier": "min"})
+    assert "must be one of" in _policy_problems(loss="focal")
+    problems = _policy_problems(metrics={"Brier": "min", "accuracy": "max", "f1": "up"})
+    assert "training.metrics.Brier: a metric name is lowercase" in problems
+    assert "training.metrics.accuracy: 'accuracy' is a built-in metric" in problems
+    assert "training.metrics.f1: got 'up', want 'max'" in problems

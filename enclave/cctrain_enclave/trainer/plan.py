@@ -22,11 +22,15 @@ from torch import nn
 
 from cctrain.errors import CctrainError, PolicyError
 from cctrain.package import PackageError
+from cctrain.policy import package_metrics
 from cctrain_enclave.package import LoadedPackage, initial_weights, load_package
+
+from .objective import Objective
 
 __all__ = [
     "PlanHooks",
     "apply_augment",
+    "plan_objective",
     "build_package_model",
     "load_plan_hooks",
     "load_plan_package",
@@ -107,29 +111,150 @@ class PlanHooks:
     * ``augment(features, targets, generator) -> (features, targets)``: a per-sample
       transform of each training batch (under DP the enclave calls it one row at a time, so
       rows cannot mix whatever the code does); ``generator`` is a ``torch.Generator`` the
-      enclave seeds from the public seed and the step.
+      enclave seeds from the public seed and the step;
+    * ``loss(outputs, targets) -> Tensor`` of shape ``(B,)``, one loss per row, used when
+      ``training.loss = "package"`` (under DP called one row at a time, as ``augment``);
+    * ``metrics(outputs, targets) -> {name: Tensor (B,)}``, exactly the names
+      ``training.metrics`` lists, each averaged over the rows it is computed on.
     """
 
     configure_optimizer: Callable[..., Any] | None = None
     lr_multiplier: Callable[[int, int], float] | None = None
     augment: Callable[..., Any] | None = None
+    loss: Callable[[torch.Tensor, torch.Tensor], Any] | None = None
+    metrics: Callable[[torch.Tensor, torch.Tensor], Any] | None = None
 
     @property
     def names(self) -> list[str]:
-        return [n for n in ("configure_optimizer", "lr_multiplier", "augment") if getattr(self, n)]
+        return [n for n in _HOOKS if getattr(self, n)]
 
 
-def load_plan_hooks(data: bytes | None, spec: Mapping[str, Any]) -> PlanHooks:
-    """The hooks of a package's plan module (none for a built-in or custom model)."""
+_HOOKS = ("configure_optimizer", "lr_multiplier", "augment", "loss", "metrics")
+
+
+def load_plan_hooks(
+    data: bytes | None, spec: Mapping[str, Any], training: Mapping[str, Any] | None = None
+) -> PlanHooks:
+    """The hooks of a package's plan module (none for a built-in or custom model).
+
+    ``loss`` and ``metrics`` are taken only when the policy's ``training`` asks for them
+    (``training.loss = "package"``, ``training.metrics``): the manifest's ``model.hooks`` lists
+    what the run used. Asked for but not defined is an error here, not a silent default."""
     if spec.get("name") != "package" or data is None:
         return PlanHooks()
     module = load_plan_package(data, spec).module(str(spec["module"]))
 
-    def hook(name: str) -> Callable[..., Any] | None:
+    def hook(name: str, wanted: bool = True) -> Callable[..., Any] | None:
+        if not wanted:
+            return None
         fn = getattr(module, name, None)
         return fn if callable(fn) else None
 
-    return PlanHooks(hook("configure_optimizer"), hook("lr_multiplier"), hook("augment"))
+    training = training or {}
+    wants_loss = training.get("loss", "task") == "package"
+    wants_metrics = bool(package_metrics(training))
+    hooks = PlanHooks(
+        hook("configure_optimizer"),
+        hook("lr_multiplier"),
+        hook("augment"),
+        hook("loss", wants_loss),
+        hook("metrics", wants_metrics),
+    )
+    for name, wanted, what in (
+        ("loss", wants_loss, "training.loss is 'package'"),
+        ("metrics", wants_metrics, "training.metrics names the package's metrics"),
+    ):
+        if wanted and getattr(hooks, name) is None:
+            raise CctrainError(
+                f"{what}, but the package's plan defines no {name}(outputs, targets)"
+            )
+    return hooks
+
+
+def plan_objective(
+    base: Objective, hooks: PlanHooks, training: Mapping[str, Any], *, per_row: bool
+) -> Objective:
+    """The task's objective with the package's loss and metrics in it (``base`` itself when
+    the policy uses neither).
+
+    The package's loss replaces the task's (no fused kernel: its per-sample values are the
+    definition); under DP (``per_row``) it is called on one row at a time, so the loss of
+    row i is a function of row i alone whatever the code does, which is what per-sample
+    clipping bounds. Its metrics join the task's; the trainer reports them as ``train_*``
+    and ``val_*``."""
+    if hooks.loss is None and hooks.metrics is None:
+        return base
+    per_sample = base.per_sample
+    fused = base.fused
+    if hooks.loss is not None:
+        loss_fn = hooks.loss
+        fused = None
+
+        def per_sample(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            if not per_row:
+                return _loss_checked(loss_fn, outputs, targets)
+            return torch.cat(
+                [
+                    _loss_checked(loss_fn, outputs[i : i + 1], targets[i : i + 1])
+                    for i in range(outputs.shape[0])
+                ]
+            )
+
+    metrics = dict(base.metrics)
+    if hooks.metrics is not None:
+        names = sorted(package_metrics(training))
+        metric_fn = hooks.metrics
+        for name in names:
+            metrics[name] = _metric_picker(metric_fn, name, names)
+    return Objective(
+        task=base.task,
+        num_outputs=base.num_outputs,
+        target_dtype=base.target_dtype,
+        per_sample=per_sample,
+        metrics=metrics,
+        fused=fused,
+    )
+
+
+def _loss_checked(
+    fn: Callable[..., Any], outputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    out = fn(outputs, targets)
+    if (
+        not isinstance(out, torch.Tensor)
+        or out.shape != (outputs.shape[0],)
+        or not out.is_floating_point()
+    ):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise CctrainError(
+            f"the package's loss must return one floating-point loss per row, shape "
+            f"({outputs.shape[0]},): got {got}"
+        )
+    return out
+
+
+def _metric_picker(
+    fn: Callable[..., Any], name: str, names: Sequence[str]
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One metric of the package's ``metrics`` hook, its result checked."""
+
+    def metric(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        out = fn(outputs, targets)
+        if not isinstance(out, Mapping) or sorted(out) != list(names):
+            got = sorted(out) if isinstance(out, Mapping) else type(out).__name__
+            raise CctrainError(
+                f"the package's metrics must return exactly training.metrics {list(names)}: "
+                f"got {got}"
+            )
+        value = out[name]
+        if not isinstance(value, torch.Tensor) or value.shape != (outputs.shape[0],):
+            raise CctrainError(
+                f"the package's metric {name!r} must be one value per row, shape "
+                f"({outputs.shape[0]},)"
+            )
+        return value.to(torch.float64)
+
+    return metric
 
 
 def apply_augment(

@@ -80,6 +80,14 @@ def check_training_plan(
             )
         except Exception as exc:  # noqa: BLE001 - model code may raise anything
             return [f"building the model failed: {p}" for p in _describe(exc)]
+    if model_package is not None:  # the package's loss and metrics, as training will use them
+        from .plan import load_plan_hooks, plan_objective
+
+        try:
+            hooks = load_plan_hooks(model_package, _model_spec(training), training)
+        except CctrainError as exc:
+            return [str(exc)]
+        objective = plan_objective(objective, hooks, training, per_row=bool(privacy.get("enabled")))
     example = synthetic_batch(shape, objective)
     if privacy.get("enabled"):
         problems = validate_dp_config(

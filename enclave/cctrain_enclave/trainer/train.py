@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from cctrain.errors import CctrainError, InputError, PolicyError, ShardError
+from cctrain.policy import metric_direction
 
 from .checkpoint import Checkpointer, CheckpointError
 from .dp import (
@@ -75,10 +76,13 @@ class _ValidationTracker:
         y: torch.Tensor,
         early_stopping: Mapping[str, Any] | None,
         objective: Objective,
+        *,
+        maximize: bool = False,
     ) -> None:
         self.x, self.y = x, y
         self.objective = objective
         self.rule = dict(early_stopping) if early_stopping else None
+        self.maximize = maximize
         self.best: float | None = None
         self.bad_epochs = 0
         self.last: dict[str, float] | None = None
@@ -93,7 +97,7 @@ class _ValidationTracker:
         if self.rule is None:
             return False
         value = self.last[self.rule["metric"]]
-        sign = 1.0 if self.rule["metric"] == "val_accuracy" else -1.0  # +1: larger is better
+        sign = 1.0 if self.maximize else -1.0  # +1: larger is better
         if self.best is None or sign * (value - self.best) > float(self.rule["min_delta"]):
             self.best, self.bad_epochs = value, 0
             return False
@@ -504,15 +508,8 @@ def train(
         objective = objective_for(task, num_outputs=num_classes or 1)
     num_classes = objective.num_outputs
     _check_data(features, labels, objective)
-    tracker = None
     if validation is not None:
         _check_data(validation.features, validation.labels, objective)
-        tracker = _ValidationTracker(
-            torch.from_numpy(validation.features),
-            torch.from_numpy(validation.labels),
-            early_stopping,
-            objective,
-        )
     device = resolve_device(str(training.get("device", "cpu")), allow_gpu=allow_gpu)
     on_gpu = device.type != "cpu"
     # The rows stay in host memory (a GPU holds only the batch it trains on); the sampler's
@@ -536,10 +533,22 @@ def train(
         )
         model.to(device)
         model.train()
-        from .plan import apply_augment, load_plan_hooks, package_optimizer
+        from .plan import apply_augment, load_plan_hooks, package_optimizer, plan_objective
         from .schedule import build_schedule
 
-        hooks = load_plan_hooks(model_package, model_spec)
+        hooks = load_plan_hooks(model_package, model_spec, training)
+        dp_enabled = bool(privacy.get("enabled", False))
+        objective = plan_objective(objective, hooks, training, per_row=dp_enabled)
+        tracker = None
+        if validation is not None:
+            tracker = _ValidationTracker(
+                torch.from_numpy(validation.features),
+                torch.from_numpy(validation.labels),
+                early_stopping,
+                objective,
+                maximize=early_stopping is not None
+                and metric_direction(training, str(early_stopping["metric"])) == "max",
+            )
         opt_cfg = dict(training["optimizer"])
         if opt_cfg["name"] == "package":
             optimizer = package_optimizer(hooks, model.parameters(), opt_cfg)
@@ -551,7 +560,6 @@ def train(
         schedule = build_schedule(training.get("lr_schedule"), hooks.lr_multiplier)
         scheduled = training.get("lr_schedule", {}).get("name", "constant") != "constant"
 
-        dp_enabled = bool(privacy.get("enabled", False))
         planner: BatchPlanner
         ledger: PrivacyLedger | None = None
         noise: GaussianSource | None = None
