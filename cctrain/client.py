@@ -47,7 +47,7 @@ from cctrain.consent import DeletionReceipt, verify_deletion_receipt
 from cctrain.crypto import hpke
 from cctrain.crypto.keys import PartyKeys
 from cctrain.crypto.stream import NONCE_PREFIX_SIZE, StreamSealer
-from cctrain.dpcheck import weights_problems
+from cctrain.dpcheck import CertifiedTensors, certified_tensors, weights_problems
 from cctrain.errors import (
     AttestationError,
     AuthenticationError,
@@ -1152,6 +1152,14 @@ class FetchedModel:
     @property
     def manifest(self) -> dict[str, Any]:
         return self.release.manifest
+
+    @property
+    def dp_tensors(self) -> CertifiedTensors | None:
+        """The tensors the DP certificate covers and those released at their initial value
+        (None without DP): listed in the manifest, or, for a model package, sealed in the
+        weights and checked against the certificate's commitment when they were opened."""
+        cert = self.release.dp_certificate
+        return None if cert is None else certified_tensors(cert, self.weights)
 
     def state_dict(self, framework: str = "numpy") -> dict[str, Any]:
         """The weights as arrays: ``"numpy"`` (no torch needed) or ``"pt"`` for torch tensors."""

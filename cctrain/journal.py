@@ -102,8 +102,9 @@ JOURNAL_VERSION = 1
 STATE_FORMAT = 2
 ZERO_HASH = bytes(32)
 GENESIS_NONCE_TAG = b"cctrain/journal-genesis/v1\x00"
-#: v3: non_private_outputs, certificate covers/sampling; v4: release_rule.
-MANIFEST_TYPE = "cctrain-release-manifest/v4"
+#: v3: non_private_outputs, certificate covers/sampling; v4: release_rule; v5: certificate
+#: tensor_names ("listed", or "sealed" in the weights for a model package).
+MANIFEST_TYPE = "cctrain-release-manifest/v5"
 #: The longest entry the enclave writes or reads (the genesis and manifest entries carry
 #: evidence, which for TDX includes collateral): anything longer is not a journal. Well
 #: below the gRPC message limit, so that any entry fits one GetJournal page.

@@ -734,13 +734,17 @@ def release_fetch(
     click.echo(
         f"verified and unsealed: {out_dir / 'model.safetensors'} (sha256 {model.manifest['model_sha256']})"
     )
-    _privacy_summary(model.manifest, r.policy)
+    _privacy_summary(model.manifest, r.policy, weights=model.weights)
 
 
-def _privacy_summary(manifest: dict[str, Any], policy: Any) -> None:
+def _privacy_summary(
+    manifest: dict[str, Any], policy: Any, *, weights: bytes | None = None
+) -> None:
     """What the release's privacy claims are (already checked against the policy), ε
-    recomputed independently where dp-accounting is installed, and what DP does not cover."""
-    from cctrain.dpcheck import recompute_epsilon
+    recomputed independently where dp-accounting is installed, and what DP does not cover.
+    ``weights``: the unsealed (already checked) weights, where a sealed certificate's
+    tensor names are."""
+    from cctrain.dpcheck import SEALED, certified_tensors, recompute_epsilon
     from cctrain.errors import ReleaseError
 
     cert = manifest.get("dp_certificate")
@@ -754,12 +758,19 @@ def _privacy_summary(manifest: dict[str, Any], policy: Any) -> None:
         f"{cert['steps']} steps, clip {cert['max_grad_norm']:g}; noise {cert['noise_source']}, "
         f"batches {cert['sampling']}): agrees with the policy"
     )
-    click.echo(f"    covers: {', '.join(cert['covers'])}")
-    if cert["unchanged_from_initialisation"]:
+    if cert.get("tensor_names") == SEALED and weights is None:
         click.echo(
-            "    released at their initial value: "
-            + ", ".join(cert["unchanged_from_initialisation"])
+            "    covers: the model package's tensors, named only inside the sealed weights "
+            f"(commitment {cert['tensor_names_sha256'][:16]}…; recipients check them)"
         )
+    else:
+        tensors = certified_tensors(cert, weights)
+        click.echo(f"    covers: {', '.join(tensors.covers)}")
+        if tensors.unchanged_from_initialisation:
+            click.echo(
+                "    released at their initial value: "
+                + ", ".join(tensors.unchanged_from_initialisation)
+            )
     again = recompute_epsilon(cert)
     if again is None:
         click.echo("    ε not recomputed independently (pip install dp-accounting to do so)")
@@ -830,7 +841,7 @@ def release_verify(
         f"release verified and unsealed: model sha256 {model.manifest['model_sha256']}; "
         f"approved by {', '.join(model.release.approved_by) or 'nobody (none required)'}"
     )
-    _privacy_summary(model.manifest, sp.policy)
+    _privacy_summary(model.manifest, sp.policy, weights=model.weights)
 
 
 # --------------------------------------------------------------------------- audit

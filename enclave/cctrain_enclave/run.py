@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import secrets
 import threading
 import traceback
 from collections.abc import Iterator
@@ -26,6 +27,13 @@ from cctrain.attestation.base import Evidence
 from cctrain.attestation.binding import EnclaveIdentity, report_data_for
 from cctrain.attestation.nvidia_gpu.composite import gpu_nonce
 from cctrain.crypto.keys import x25519_public
+from cctrain.dpcheck import (
+    SALT_BYTES,
+    SEALED,
+    TENSOR_NAMES_METADATA,
+    seal_tensor_names,
+    tensor_names_form,
+)
 from cctrain.errors import ShardError
 from cctrain.journal import MANIFEST_TYPE, AcceptedShard, RunState
 from cctrain.policy import gpu_allowed, non_private_outputs, thaw
@@ -269,7 +277,15 @@ class RunController:
         state, policy = self.state, self.policy
         view = state.view
         tensors = {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()}
-        weights = save(tensors, metadata={"model": json.dumps(result.model_spec, sort_keys=True)})
+        metadata = {"model": json.dumps(result.model_spec, sort_keys=True)}
+        certificate = result.dp_certificate
+        if certificate is not None and tensor_names_form(policy) == SEALED:
+            # A package's tensor names are its owner's: the journaled manifest (host disk,
+            # every party) carries only a salted commitment; the names go to recipients.
+            certificate, metadata[TENSOR_NAMES_METADATA] = seal_tensor_names(
+                certificate, salt=secrets.token_bytes(SALT_BYTES)
+            )
+        weights = save(tensors, metadata=metadata)
         model_sha = hashlib.sha256(weights).digest()
         identity = EnclaveIdentity(
             hpke_public_key=state.keys.hpke_public,
@@ -313,7 +329,7 @@ class RunController:
             "uploads_closed": b64(view.uploads_closed.raw),
             "journal": {"seq": view.head.seq + 1, "prev_sha256": view.head.sha256.hex()},
             "training": thaw(policy.training),
-            "dp_certificate": result.dp_certificate,
+            "dp_certificate": certificate,
             "metrics": {k: v for k, v in result.metrics.items() if k in allowed},
             # Everything released outside the DP guarantee (without DP: everything).
             "non_private_outputs": self._non_private,

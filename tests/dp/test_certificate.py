@@ -25,6 +25,7 @@ from cctrain.release import canonical_json, verify_manifest
 from tests.consortium import RECIPIENT, Consortium, make_consortium, running_enclave
 from tests.state.conftest import session, upload_all, wait_phase
 
+_NAME_KEYS = ("covers", "unchanged_from_initialisation")
 PRIVACY = {"enabled": True, "target_epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0}
 RELEASE = {
     "recipients": [RECIPIENT],
@@ -91,6 +92,9 @@ EDITS = {
     "epsilon": (_cert("epsilon", 3.5), "ε"),
     "mode": (_cert("grad_sample_mode", "magic"), "grad_sample_mode"),
     "covers": (_cert("covers", []), "covers"),
+    # A built-in model's names are public: listed, never sealed (nor left unsaid).
+    "names-sealed": (_cert("tensor_names", "sealed"), "tensor_names: got 'sealed', want 'listed'"),
+    "names-form": (_cert("tensor_names", None), "tensor_names: got None"),
     "no-cert": (lambda d: d.__setitem__("dp_certificate", None), "certificate is missing"),
     "hidden-output": (
         lambda d: d.__setitem__("non_private_outputs", ["train_accuracy"]),
@@ -158,3 +162,51 @@ def test_released_tensors_must_be_exactly_those_the_certificate_accounts_for(
     extra = weights_problems(cert, safetensors([*cert["covers"], "leak"]))
     assert extra and "unaccounted ['leak']" in extra[0]
     assert weights_problems(cert, b"not safetensors") != []
+
+
+def test_sealing_the_names_keeps_every_check_and_hides_them_behind_a_salt(
+    released: Released,
+) -> None:
+    """The sealed form of the real certificate: no names left in it, a commitment that
+    depends on the salt (so guessing common names and hashing them tells nothing), and the
+    weights carrying the names pass the same per-tensor check."""
+    import os
+
+    from cctrain.dpcheck import (
+        SALT_BYTES,
+        TENSOR_NAMES_METADATA,
+        certified_tensors,
+        seal_tensor_names,
+        weights_problems,
+    )
+
+    listed = released.manifest["dp_certificate"]
+    salt = bytes(range(SALT_BYTES))
+    cert, meta = seal_tensor_names(listed, salt=salt)
+    assert "covers" not in cert and "unchanged_from_initialisation" not in cert
+    assert cert["tensor_names"] == "sealed" and "1.weight" not in json.dumps(cert)
+    other, _ = seal_tensor_names(listed, salt=os.urandom(SALT_BYTES))
+    assert other["tensor_names_sha256"] != cert["tensor_names_sha256"]
+    assert {k: v for k, v in cert.items() if not k.startswith("tensor_names")} == {
+        k: v for k, v in listed.items() if k not in ("tensor_names", *_NAME_KEYS)
+    }
+
+    def weights(names: list[str], metadata: dict[str, str]) -> bytes:
+        header = json.dumps(
+            {"__metadata__": metadata}
+            | {
+                n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]}
+                for i, n in enumerate(names)
+            }
+        )
+        return len(header).to_bytes(8, "little") + header.encode() + bytes(4 * len(names))
+
+    names = [*listed["covers"], *listed["unchanged_from_initialisation"]]
+    good = weights(names, {TENSOR_NAMES_METADATA: meta})
+    assert weights_problems(cert, good) == []
+    assert certified_tensors(cert, good).covers == tuple(listed["covers"])
+    with pytest.raises(ValueError, match="sealed in its weights"):
+        certified_tensors(cert, None)
+    assert "commits to" in weights_problems(other, good)[0]
+    assert "carry no dp_tensor_names" in weights_problems(cert, weights(names, {}))[0]
+    assert weights_problems(cert, good[:40]) == ["the released weights are not a safetensors file"]

@@ -16,11 +16,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,13 @@ from cctrain.package import (
     build_package,
     read_package,
 )
-from cctrain.protocol import HEADER_SIG_TAG, HEADER_VERSION, RECEIPT_SIG_TAG, RECEIPT_VERSION
+from cctrain.protocol import (
+    HEADER_SIG_TAG,
+    HEADER_VERSION,
+    MANIFEST_SIG_TAG,
+    RECEIPT_SIG_TAG,
+    RECEIPT_VERSION,
+)
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 from tests.consortium import Consortium, make_consortium, running_enclave
@@ -375,32 +383,258 @@ def test_a_journal_rolled_back_before_the_package_is_refused_by_the_model_owner(
                 mo.upload_package(tmp_path / "model.pkg", state_dir=tmp_path / OWNER)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the DP certificate in the manifest (journaled in plain text, on the host's "
-    "disk and served to every party by GetJournal) names every tensor of the package's model",
-)
-def test_the_host_never_sees_the_packages_tensor_names(tmp_path: Path) -> None:
+# --------------------------------------------------------------------------- the tensor names
+
+#: A hidden width that no policy value has: the shapes it gives ([13, 4], [2, 13]) must not
+#: leak either.
+HIDDEN = 13
+SHAPES = ([HIDDEN, 4], [HIDDEN], [2, HIDDEN])
+
+
+@pytest.fixture(scope="module")
+def sealed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One DP run of a package whose module, and so its tensors, carry the marker: the model
+    owner (the only recipient) fetches it; a hospital reads what every party may read."""
+    tmp = tmp_path_factory.mktemp("sealed-names")
     layers = LAYERS.replace("self.body =", f"self.{MARKER} =").replace(
         "self.body(", f"self.{MARKER}("
     )
-    package = build_package({"plan.py": PLAN, "layers.py": layers})
-    (tmp_path / "model.pkg").write_bytes(package)
+    plan = PLAN.replace("hidden=8", f"hidden={HIDDEN}")
+    package = build_package({"plan.py": plan, "layers.py": layers})
+    (tmp / "model.pkg").write_bytes(package)
     c = owner_consortium(
-        tmp_path / "c",
+        tmp / "c",
         package,
         privacy=DP,
         release={"recipients": [OWNER], "metrics": ["steps"]},
     )
-    with running_enclave(c, tmp_path / "state") as (address, _):
-        upload_data(address, c, tmp_path)
-        with session(ModelOwner, address, c, OWNER) as mo:
-            mo.upload_package(tmp_path / "model.pkg", state_dir=tmp_path / OWNER)
-            assert mo.wait_for_phase(("released",), timeout=120) == "released"
-            assert f"{MARKER}.0.weight" in mo.fetch_model().state_dict()  # the owner's own
-    for path in (tmp_path / "state").rglob("*"):
-        if path.is_file():
-            assert MARKER.encode() not in path.read_bytes(), path.name
+    capture = _Capture()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.DEBUG)
+    try:
+        with running_enclave(c, tmp / "state") as (address, app):
+            upload_data(address, c, tmp)
+            with session(ModelOwner, address, c, OWNER) as mo:
+                mo.upload_package(tmp / "model.pkg", state_dir=tmp / OWNER)
+                assert mo.wait_for_phase(("released",), timeout=120) == "released"
+                model = mo.fetch_model(save_to=tmp / "release.json")
+            with session(DataOwner, address, c, "hospital-a") as a:
+                seen = a.status().SerializeToString() + b"".join(r.raw for r in a.journal())
+                verified = a.release_manifest()  # a party that is not a recipient
+            key = app.state.keys.signing
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(old_level)
+    yield {
+        "tmp": tmp,
+        "c": c,
+        "model": model,
+        "seen": seen,
+        "verified": verified,
+        "logs": "\n".join(capture.lines).encode(),
+        "sign": lambda m: key.sign(MANIFEST_SIG_TAG + m),
+    }
+
+
+def _lists(doc: Any) -> Iterator[list[Any]]:
+    if isinstance(doc, list):
+        yield doc
+    for value in doc.values() if isinstance(doc, dict) else doc if isinstance(doc, list) else ():
+        yield from _lists(value)
+
+
+def test_the_host_never_sees_the_packages_tensor_names(sealed_run: dict[str, Any]) -> None:
+    """Not in any file of the state directory (the journal, with the manifest, included), not
+    in the log, not in what any party reads (status, manifest, GetJournal); and no shape of
+    the package's tensors in the manifest."""
+    forms = [MARKER.encode(), MARKER.encode().hex().encode()]
+    files = [p for p in (sealed_run["tmp"] / "state").rglob("*") if p.is_file()]
+    assert any(p.name == "journal.log" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for form in forms:
+            assert form not in data, path.name
+    assert sealed_run["logs"], "no log records captured: the check would prove nothing"
+    for form in forms:
+        assert form not in sealed_run["logs"] and form not in sealed_run["seen"]
+    manifest = sealed_run["verified"].manifest
+    assert MARKER not in json.dumps(manifest)
+    assert not [shape for shape in _lists(manifest) if shape in SHAPES]
+
+
+def test_the_certificate_commits_to_names_only_the_recipients_read(
+    sealed_run: dict[str, Any],
+) -> None:
+    cert = sealed_run["verified"].dp_certificate
+    assert cert["tensor_names"] == "sealed"
+    assert "covers" not in cert and "unchanged_from_initialisation" not in cert
+    assert len(cert["tensor_names_sha256"]) == 64
+    model = sealed_run["model"]
+    assert model.dp_tensors.covers == tuple(
+        sorted(f"{MARKER}.{i}.{p}" for i in (0, 2) for p in ("bias", "weight"))
+    )
+    assert model.dp_tensors.unchanged_from_initialisation == ("marker",)
+    assert f"{MARKER}.0.weight" in model.state_dict()
+
+
+def _split(weights: bytes) -> tuple[dict[str, Any], bytes]:
+    (n,) = struct.unpack("<Q", weights[:8])
+    return json.loads(weights[8 : 8 + n]), weights[8 + n :]
+
+
+def _joined(header: dict[str, Any], buffer: bytes) -> bytes:
+    return _join(json.dumps(header), buffer)
+
+
+def _names_meta(header: dict[str, Any]) -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads(header["__metadata__"]["dp_tensor_names"])
+    return meta
+
+
+def _set_meta(header: dict[str, Any], meta: dict[str, Any]) -> None:
+    header["__metadata__"]["dp_tensor_names"] = json.dumps(meta)
+
+
+def _rename(header: dict[str, Any], buffer: bytes) -> bytes:
+    """Rename a covered tensor in the weights and in the sealed names alike."""
+    old, new = f"{MARKER}.0.bias", f"{MARKER}.0.renamed"
+    header[new] = header.pop(old)
+    meta = _names_meta(header)
+    meta["covers"] = sorted(new if n == old else n for n in meta["covers"])
+    _set_meta(header, meta)
+    return _joined(header, buffer)
+
+
+def _relabel(header: dict[str, Any], buffer: bytes) -> bytes:
+    """Move the frozen buffer into the covered list (weights unchanged)."""
+    meta = _names_meta(header)
+    meta["covers"] = sorted([*meta["covers"], "marker"])
+    meta["unchanged_from_initialisation"] = []
+    _set_meta(header, meta)
+    return _joined(header, buffer)
+
+
+def _extra(header: dict[str, Any], buffer: bytes) -> bytes:
+    header["extra"] = {"dtype": "F32", "shape": [1], "data_offsets": [len(buffer), len(buffer) + 4]}
+    return _joined(header, buffer + bytes(4))
+
+
+def _dropped(header: dict[str, Any], buffer: bytes) -> bytes:
+    tensors = safetensors_torch.load(_joined(header, buffer))
+    del tensors["marker"]
+    out: bytes = safetensors_torch.save(tensors, metadata=header["__metadata__"])
+    return out
+
+
+def _no_names(header: dict[str, Any], buffer: bytes) -> bytes:
+    del header["__metadata__"]["dp_tensor_names"]
+    return _joined(header, buffer)
+
+
+def _salt(header: dict[str, Any], buffer: bytes) -> bytes:
+    meta = _names_meta(header)
+    meta["salt"] = ("0" if meta["salt"][0] != "0" else "1") + meta["salt"][1:]
+    _set_meta(header, meta)
+    return _joined(header, buffer)
+
+
+TAMPERED = {
+    "renamed-in-weights-and-names": (_rename, "commits to"),
+    "names-relabelled": (_relabel, "commits to"),
+    "one-extra-tensor": (_extra, "unaccounted ['extra']"),
+    "one-tensor-dropped": (_dropped, "missing ['marker']"),
+    "names-removed": (_no_names, "carry no dp_tensor_names"),
+    "salt-changed": (_salt, "commits to"),
+}
+
+
+def test_the_real_weights_match_their_sealed_certificate(sealed_run: dict[str, Any]) -> None:
+    from cctrain.dpcheck import weights_problems
+
+    model = sealed_run["model"]
+    assert weights_problems(model.release.dp_certificate, model.weights) == []
+
+
+@pytest.mark.parametrize("tamper", sorted(TAMPERED))
+def test_weights_that_disagree_with_the_sealed_certificate_are_refused(
+    sealed_run: dict[str, Any], tamper: str
+) -> None:
+    """Real released weights, edited: each refused by the recipient's check for its reason."""
+    from cctrain.dpcheck import weights_problems
+
+    model = sealed_run["model"]
+    edit, why = TAMPERED[tamper]
+    weights = edit(*_split(model.weights))
+    safetensors_torch.load(weights)  # still a well-formed safetensors file
+    problems = weights_problems(model.release.dp_certificate, weights)
+    assert len(problems) == 1 and why in problems[0], problems
+
+
+def test_a_flipped_commitment_is_refused(sealed_run: dict[str, Any]) -> None:
+    from cctrain.dpcheck import weights_problems
+
+    model = sealed_run["model"]
+    cert = dict(model.release.dp_certificate)
+    digest = cert["tensor_names_sha256"]
+    cert["tensor_names_sha256"] = ("0" if digest[0] != "0" else "1") + digest[1:]
+    problems = weights_problems(cert, model.weights)
+    assert len(problems) == 1 and "commits to (tensor_names_sha256)" in problems[0]
+
+
+def _resigned(sealed_run: dict[str, Any], cert: dict[str, Any]) -> Any:
+    from cctrain.release import canonical_json, verify_manifest
+
+    doc = copy.deepcopy(sealed_run["verified"].manifest) | {"dp_certificate": cert}
+    raw = canonical_json(doc)
+    return verify_manifest(
+        raw, sealed_run["sign"](raw), policy=sealed_run["c"].signed.policy, allow_simulated=True
+    )
+
+
+def test_a_package_certificate_must_be_sealed(sealed_run: dict[str, Any]) -> None:
+    """Signed by the enclave's own key, so only the privacy check can catch it: a package
+    run's certificate that lists its names, or lists them beside the commitment, or carries a
+    malformed commitment, is refused by every verifier."""
+    from cctrain.errors import ReleaseError
+
+    sealed = dict(sealed_run["verified"].dp_certificate)
+    tensors = sealed_run["model"].dp_tensors
+    names = {
+        "covers": list(tensors.covers),
+        "unchanged_from_initialisation": list(tensors.unchanged_from_initialisation),
+    }
+    listed = {k: v for k, v in sealed.items() if k != "tensor_names_sha256"}
+    cases = [
+        (listed | names | {"tensor_names": "listed"}, "tensor_names: got 'listed', want 'sealed'"),
+        (sealed | names, "lists tensor names in plain text"),
+        (sealed | {"tensor_names_sha256": "AB" * 32}, "tensor_names_sha256: got"),
+        ({k: v for k, v in sealed.items() if k != "tensor_names"}, "tensor_names: got None"),
+    ]
+    _resigned(sealed_run, sealed)  # the unedited certificate verifies
+    for cert, why in cases:
+        with pytest.raises(ReleaseError, match="privacy claims disagree") as info:
+            _resigned(sealed_run, cert)
+        assert why in str(info.value)
+
+
+def test_release_verify_shows_the_names_to_the_recipient_only(sealed_run: dict[str, Any]) -> None:
+    from click.testing import CliRunner
+
+    from cctrain.cli.main import main
+
+    c, bundle = sealed_run["c"], str(sealed_run["tmp"] / "release.json")
+    key_file, _ = c.keys[OWNER].save(sealed_run["tmp"] / "keys")
+    args = ["release", "verify", bundle, "--policy", str(c.policy_path), "--allow-simulated"]
+    anyone = CliRunner().invoke(main, args)
+    assert anyone.exit_code == 0, anyone.output
+    assert "named only inside the sealed weights" in anyone.output
+    assert MARKER not in anyone.output
+    owner = CliRunner().invoke(main, [*args, "--key", str(key_file)])
+    assert owner.exit_code == 0, owner.output
+    assert f"covers: {MARKER}.0.bias, {MARKER}.0.weight" in owner.output
+    assert "released at their initial value: marker" in owner.output
 
 
 # --------------------------------------------------------------------------- the package format

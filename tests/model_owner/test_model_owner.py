@@ -479,13 +479,16 @@ def test_dp_training_of_a_package(tmp_path: Path) -> None:
             assert mo.wait_for_phase(("released", "failed"), timeout=180) == "released"
             model = mo.fetch_model()
     cert = model.manifest["dp_certificate"]
-    assert sorted(cert["covers"]) == [
+    # The names are the model owner's: sealed in the weights, which its SDK opened and checked.
+    assert cert["tensor_names"] == "sealed" and "covers" not in cert
+    assert model.dp_tensors is not None
+    assert model.dp_tensors.covers == (
         "body.0.bias",
         "body.0.weight",
         "body.2.bias",
         "body.2.weight",
-    ]
-    assert cert["unchanged_from_initialisation"] == ["marker"]
+    )
+    assert model.dp_tensors.unchanged_from_initialisation == ("marker",)
     assert cert["epsilon"] <= 8.0
     assert model.state_dict()["marker"].tobytes() == TENSOR_MARKER
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cctrain.dpcheck import LISTED
 from cctrain.errors import CctrainError, InputError, PolicyError, ShardError
 from cctrain.policy import metric_direction
 
@@ -766,7 +767,9 @@ def train(
             "grad_sample_mode": plan.grad_sample_mode,
             "stopped_early": stopped_early,
             # What the guarantee covers in the weights, and what is released because it is
-            # still the value the public seed built (checked bit for bit).
+            # still the value the public seed built (checked bit for bit). The release seals
+            # these names into the weights for a model owner's package (dpcheck).
+            "tensor_names": LISTED,
             "covers": guard.trainable,
             "unchanged_from_initialisation": guard.frozen,
         }
