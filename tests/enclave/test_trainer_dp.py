@@ -29,13 +29,7 @@ from tests.enclave.cliptruth import assert_same_sums, fast_clipped_sum, opacus_c
 ROWS = 512
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on this 2-core VM make small ops much slower; restore afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(shape=(12,), rows=ROWS, classes=3, seed=0):

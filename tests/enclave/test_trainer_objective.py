@@ -18,12 +18,7 @@ from tests.enclave.cliptruth import assert_same_sums, fast_clipped_sum, opacus_c
 ROWS = 512
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _regression_data(rows: int = ROWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
