@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +19,25 @@ RECIPIENT = "research-lab"
 
 
 def policy_document(
-    keys: dict[str, PartyKeys], *, hpke_for_all: bool = False, **overrides: Any
+    keys: dict[str, PartyKeys],
+    *,
+    hpke_for_all: bool = False,
+    recipient: str = RECIPIENT,
+    recipient_roles: Sequence[str] = ("recipient",),
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """``hpke_for_all``: every party lists its HPKE key (a consortium-held state key needs
-    one per party), not only the recipient."""
+    """Every party of ``keys`` is a data provider but ``recipient``, which has
+    ``recipient_roles`` (a model owner: ``("model_provider", "recipient")``) and is the one
+    the release goes to. ``hpke_for_all``: every party lists its HPKE key (a consortium-held
+    state key needs one per party), not only the recipient."""
     parties = []
     for pid, k in keys.items():
         entry: dict[str, Any] = {
             "id": pid,
-            "roles": ["recipient"] if pid == RECIPIENT else ["data_provider"],
+            "roles": list(recipient_roles) if pid == recipient else ["data_provider"],
             "signing_key": k.signing_public,
         }
-        if pid == RECIPIENT or hpke_for_all:
+        if pid == recipient or hpke_for_all:
             entry["hpke_key"] = k.hpke_public
         parties.append(entry)
     doc: dict[str, Any] = {
@@ -55,13 +62,13 @@ def policy_document(
             "batch_size": 16,
         },
         "privacy": {"enabled": False},
-        "release": {"recipients": [RECIPIENT], "metrics": ["train_loss"]},
+        "release": {"recipients": [recipient], "metrics": ["train_loss"]},
     }
     for key, value in overrides.items():
         doc[key] = value
     if doc["privacy"].get("enabled") and "release" not in overrides:
         # Under DP the exact training loss is a non-private output: not released by default.
-        doc["release"] = {"recipients": [RECIPIENT], "metrics": ["steps"]}
+        doc["release"] = {"recipients": [recipient], "metrics": ["steps"]}
     return doc
 
 
@@ -82,13 +89,21 @@ def make_consortium(
     sign_all: bool = True,
     providers: tuple[str, ...] = PROVIDERS,
     hpke_for_all: bool = False,
+    recipient: str = RECIPIENT,
+    recipient_roles: Sequence[str] = ("recipient",),
     **overrides: Any,
 ) -> Consortium:
-    """``providers``: the data providers (the recipient is always a party too)."""
-    keys = {pid: PartyKeys.generate(pid) for pid in (*providers, RECIPIENT)}
-    raw = json.dumps(
-        policy_document(keys, hpke_for_all=hpke_for_all, **overrides), indent=2
-    ).encode()
+    """``providers``: the data providers (``recipient`` is always a party too, the last one;
+    see :func:`policy_document`)."""
+    keys = {pid: PartyKeys.generate(pid) for pid in (*providers, recipient)}
+    doc = policy_document(
+        keys,
+        hpke_for_all=hpke_for_all,
+        recipient=recipient,
+        recipient_roles=recipient_roles,
+        **overrides,
+    )
+    raw = json.dumps(doc, indent=2).encode()
     signed = SignedPolicy.new(parse_policy(raw, "json"))
     env = signed.envelope
     for pid, k in keys.items():

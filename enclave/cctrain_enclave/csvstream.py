@@ -29,7 +29,6 @@ import codecs
 import csv
 import math
 import re
-from collections import Counter
 from collections.abc import Mapping
 from itertools import repeat
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from cctrain.errors import ShardError
+from cctrain_enclave.columns import feature_positions, repeated_name_problems
 from cctrain_enclave.shards import (
     TEXT_LABELS,
     LatchingParser,
@@ -59,13 +59,6 @@ _INTEGER = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*")
 #: The characters of unquoted numeric rows (see ``CsvParser._plain_grid``).
 _PLAIN = re.compile(r"[0-9+\-.eE, \t\nINFATYinfaty]*")
 _BOM = "\ufeff"
-
-
-def _names(names: list[str]) -> str:
-    """Column names for an error message (the header is structure, but keep it short)."""
-    shown = [n if len(n) <= 40 else n[:40] + "…" for n in names[:10]]
-    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
-    return f"{shown}{more}"
 
 
 class CsvParser(LatchingParser):
@@ -272,38 +265,18 @@ class CsvParser(LatchingParser):
     def _read_header(self, names: list[str]) -> None:
         if not self._has_header:
             raise ShardError("csv shards without a header row are not supported")
-        problems: list[str] = []
-        counts = Counter(names)
-        twice = sorted(n for n, k in counts.items() if k > 1)
-        if twice:
-            problems.append(f"names the columns {_names(twice)} more than once")
-        label = self._label
-        if label not in counts:
-            problems.append(f"has no label column {label!r}")
-        if self._wanted is not None:
-            wanted = set(self._wanted)
-            missing = [c for c in self._wanted if c not in counts]
-            extra = [c for c in names if c != label and c not in wanted]
-            if missing:
-                problems.append(
-                    f"lacks the feature columns {_names(missing)} (data.csv.feature_columns)"
-                )
-            if extra and not self._ignore_extra:
-                problems.append(
-                    f"has columns the policy does not name: {_names(extra)} "
-                    "(data.csv.ignore_extra_columns = true ignores them)"
-                )
-            at = [names.index(c) for c in self._wanted if c in counts]
-        else:
-            at = [i for i, c in enumerate(names) if c != label]
-            if len(at) != self._width:
-                problems.append(
-                    f"has {len(at)} feature columns (all but {label!r}), "
-                    f"data.features.shape wants {self._width}"
-                )
+        at, problems = feature_positions(
+            names,
+            label=self._label,
+            wanted=self._wanted,
+            ignore_extra=self._ignore_extra,
+            width=self._width,
+            table="data.csv",
+        )
+        problems = repeated_name_problems(names) + problems
         if problems:
             raise ShardError("csv header " + "; ".join(problems))
-        self._columns, self._label_at, self._feature_at = len(names), names.index(label), at
+        self._columns, self._label_at, self._feature_at = len(names), names.index(self._label), at
 
     def _rows_done(self, x: np.ndarray, y: np.ndarray) -> None:
         k = len(y)

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from cctrain.errors import ShardError
+from cctrain_enclave.columns import feature_positions, repeated_name_problems
 from cctrain_enclave.shards import (
     TEXT_LABELS,
     LatchingParser,
@@ -76,12 +77,6 @@ _CELL = 8
 
 def _fail(msg: str) -> ShardError:
     return ShardError(f"not a valid parquet shard: {msg}")
-
-
-def _names(names: list[str]) -> str:
-    shown = [n if len(n) <= 40 else n[:40] + "…" for n in names[:10]]
-    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
-    return f"{shown}{more}"
 
 
 # --------------------------------------------------------------------------- the pieces
@@ -516,39 +511,23 @@ class ParquetParser(LatchingParser):
         names: list[str] = list(arrow.names)
         if len(names) > MAX_COLUMNS:
             raise _fail(f"{len(names)} columns, at most {MAX_COLUMNS}")
-        problems: list[str] = []
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            problems.append(f"names the columns {_names(twice)} more than once")
+        problems = repeated_name_problems(names)
         if len(pf.schema) != len(names):
             problems.append(
                 f"has nested columns ({len(pf.schema)} leaf columns for {len(names)} "
                 "fields): only flat columns are accepted"
             )
         label = self._label
-        if label not in names:
-            problems.append(f"has no label column {label!r}")
-        if self._wanted is not None:
-            wanted = set(self._wanted)
-            missing = [c for c in self._wanted if c not in names]
-            extra = [c for c in names if c != label and c not in wanted]
-            if missing:
-                problems.append(
-                    f"lacks the feature columns {_names(missing)} (data.parquet.feature_columns)"
-                )
-            if extra and not self._ignore_extra:
-                problems.append(
-                    f"has columns the policy does not name: {_names(extra)} "
-                    "(data.parquet.ignore_extra_columns = true ignores them)"
-                )
-            features = list(self._wanted)
-        else:
-            features = [c for c in names if c != label]
-            if len(features) != self._width:
-                problems.append(
-                    f"has {len(features)} feature columns (all but {label!r}), "
-                    f"data.features.shape wants {self._width}"
-                )
+        at, column_problems = feature_positions(
+            names,
+            label=label,
+            wanted=self._wanted,
+            ignore_extra=self._ignore_extra,
+            width=self._width,
+            table="data.parquet",
+        )
+        problems += column_problems
+        features = [names[i] for i in at]
         if problems:
             raise ShardError("parquet schema " + "; ".join(problems))
         for i, name in enumerate(names):

@@ -15,47 +15,45 @@ Every party is its own process and talks to the enclave only over gRPC+TLS:
   6. a referee scores every model on the same held-out test set: the owner's pretrained
      model, each hospital fine-tuning it alone, and the joint model
 
-Run it with ``./dev demo model-owner`` (which sets up the virtual environment first).
+Run it with ``./dev demo model-owner`` (which sets up the virtual environment first). What both
+demos share (running the CLI as each party, the enclave, the table) is in ``examples/_demo.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import json
-import os
 import shutil
-import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # this demo's data, the demos' _demo
+from _demo import (  # noqa: E402
+    accuracy,
+    arguments,
+    cctrain,
+    fetch_release,
+    fill_policy,
+    fresh_workdir,
+    keygen,
+    local_enclave,
+    print_accuracy_table,
+    say,
+    session,
+    sign_by_every_party,
+    upload_in_parallel,
+    watch,
+    write_results,
+)
 from data import LABELS, DemoData, load_demo_data, write_csv  # noqa: E402
-
-from cctrain.local import LocalEnclave  # noqa: E402
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
 OWNER = "model-owner"
 PARTIES = (*HOSPITALS, OWNER)
-BIN = Path(sys.executable).parent
-
-
-def cctrain(*args: str, cwd: Path, check: bool = True, home: Path | None = None) -> Any:
-    env = dict(os.environ, CCTRAIN_HOME=str(home)) if home is not None else None
-    proc = subprocess.run(
-        [str(BIN / "cctrain"), *args], cwd=cwd, text=True, capture_output=True, env=env
-    )
-    if check and proc.returncode != 0:
-        raise SystemExit(f"cctrain {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
-    return proc
-
-
-def say(msg: str) -> None:
-    print(f"\033[1m==> {msg}\033[0m", flush=True)
 
 
 # --------------------------------------------------------------------------- the model owner
@@ -91,45 +89,20 @@ def pretrain(data: DemoData, plan_dir: Path, seed: int = 5) -> None:
 
 
 def write_policy(work: Path, *, measurement: str, package_sha: str, data: DemoData) -> Path:
-    text = (HERE / "policy.toml.in").read_text()
-    for pid in PARTIES:
-        pub = json.loads((work / pid / f"{pid}.pub.json").read_text())
-        text = text.replace(f"@{pid}.signing@", pub["signing_key"])
-        text = text.replace(f"@{pid}.hpke@", pub["hpke_key"])
-    expires = (_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=7)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
     values = {
         "@NAME_SUFFIX@": "",
-        "@EXPIRES@": expires,
         "@MEASUREMENT@": measurement,
         "@PACKAGE_SHA256@": package_sha,
         "@FEATURE_COLUMNS@": json.dumps(list(data.feature_names)),
     }
-    for k, v in values.items():
-        text = text.replace(k, v)
     path = work / "policy.toml"
-    path.write_text(text)
+    path.write_text(fill_policy(HERE / "policy.toml.in", work, PARTIES, values))
     return path
-
-
-def session(pid: str, work: Path, address: str, envelope: Path) -> tuple[str, ...]:
-    return (
-        "--enclave",
-        address,
-        "--policy",
-        str(envelope),
-        "--key",
-        str(work / pid / f"{pid}.key"),
-        "--allow-simulated",
-    )
 
 
 def run(work: Path, data: DemoData) -> dict[str, Any]:
     say("each party creates its keys")
-    for pid in PARTIES:
-        (work / pid).mkdir()
-        cctrain("keygen", pid, "--out", str(work / pid), cwd=work)
+    keygen(work, PARTIES)
     for pid, split in data.hospitals.items():
         write_csv(work / pid / f"{pid}.csv", split, data.feature_names)
         counts = {name: int((split.y == i).sum()) for i, name in enumerate(LABELS)}
@@ -154,49 +127,19 @@ def run(work: Path, data: DemoData) -> dict[str, Any]:
     policy = write_policy(work, measurement=measurement, package_sha=built["sha256"], data=data)
     envelope = work / "policy.signed.json"
     say("every party signs the policy; the model owner checks its package against it")
-    for pid in PARTIES:
-        cctrain(
-            "policy",
-            "sign",
-            str(policy),
-            "--key",
-            f"{pid}/{pid}.key",
-            "--envelope",
-            str(envelope),
-            cwd=work,
-        )
+    sign_by_every_party(work, policy, envelope, PARTIES)
     check = cctrain("policy", "check", str(policy), "--model-package", str(package), cwd=work)
     print("    " + check.stdout.strip().splitlines()[-1])
 
-    say("the enclave starts (simulated TEE)")
-    enclave = LocalEnclave(
-        policy=envelope, state_dir=work / "enclave-state", log=work / "enclave.log"
-    )
-    address = enclave.start()
-    try:
+    with local_enclave(work, envelope) as enclave:
+        address = enclave.address
         say(f"the hospitals attest the enclave at {address} and upload their exports")
-        procs = [
-            subprocess.Popen(
-                [
-                    str(BIN / "cctrain"),
-                    "upload",
-                    str(work / pid / f"{pid}.csv"),
-                    *session(pid, work, address, envelope),
-                    "--no-progress",
-                ],
-                cwd=work / pid,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(os.environ, CCTRAIN_HOME=str(work / pid / ".cctrain")),
-            )
-            for pid in HOSPITALS
-        ]
-        for pid, proc in zip(HOSPITALS, procs, strict=True):
-            out, err = proc.communicate(timeout=300)
-            if proc.returncode != 0:
-                raise SystemExit(f"upload by {pid} failed:\n{out}{err}")
-            print(f"    {pid}: {out.strip()}")
+        upload_in_parallel(
+            work,
+            HOSPITALS,
+            lambda pid: (str(work / pid / f"{pid}.csv"), *session(pid, work, address, envelope)),
+            echo=True,
+        )
         status = json.loads(
             cctrain(
                 "status",
@@ -221,24 +164,12 @@ def run(work: Path, data: DemoData) -> dict[str, Any]:
         print(f"    {out.stdout.strip()}")
 
         say("the enclave trains the owner's model on the hospitals' rows")
-        watch = cctrain(
-            "watch", *session(OWNER, work, address, envelope), "--format", "json", cwd=work
-        )
-        events = [json.loads(line) for line in watch.stdout.splitlines() if line.strip()]
+        events = watch(work, session(OWNER, work, address, envelope))
         print(f"    phase: {events[-1]['phase']} {events[-1]['detail']}")
 
         say("only the model owner fetches the trained weights")
         release_dir = work / OWNER / "release"
-        out = cctrain(
-            "release",
-            "fetch",
-            *session(OWNER, work, address, envelope),
-            "--out",
-            str(release_dir),
-            cwd=work,
-        )
-        for line in out.stdout.splitlines():
-            print(f"    {line}")
+        fetch_release(work, session(OWNER, work, address, envelope), release_dir)
         refused = cctrain(
             "release",
             "fetch",
@@ -253,8 +184,6 @@ def run(work: Path, data: DemoData) -> dict[str, Any]:
         )
         if refused.returncode == 0:
             raise SystemExit("a hospital fetched the model owner's weights")
-    finally:
-        enclave.stop()
     return {"release": release_dir, "package": package, "policy": policy}
 
 
@@ -264,7 +193,6 @@ def run(work: Path, data: DemoData) -> dict[str, Any]:
 def evaluate(data: DemoData, result: dict[str, Any]) -> list[dict[str, Any]]:
     """Every model on the same held-out patients: the owner's pretrained model, each hospital
     fine-tuning it alone (the same plan, in the same trainer), and the joint model."""
-    import torch
     from safetensors.torch import load_file
 
     from cctrain.policy import load_policy_file, thaw
@@ -276,13 +204,6 @@ def evaluate(data: DemoData, result: dict[str, Any]) -> list[dict[str, Any]]:
     early = thaw(policy.validation.get("early_stopping"))
     manifest = json.loads((Path(result["release"]) / "manifest.json").read_text())
     spec = manifest["model"]
-    x_test = torch.from_numpy(data.test.x)
-    y_test = data.test.y
-
-    def accuracy(model: Any) -> float:
-        model.eval()
-        with torch.no_grad():
-            return float((model(x_test).argmax(1).numpy() == y_test).mean())
 
     rows: list[dict[str, Any]] = []
     start = build_model_from_spec(spec, (30,), 2, model_package=package)
@@ -290,7 +211,7 @@ def evaluate(data: DemoData, result: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "model": "model owner's pretrained model",
             "rows": len(data.owner.y),
-            "accuracy": accuracy(start),
+            "accuracy": accuracy(start, data.test.x, data.test.y),
         }
     )
     for pid, split in data.hospitals.items():
@@ -317,7 +238,7 @@ def evaluate(data: DemoData, result: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "model": f"{pid} alone (fine-tuned)",
                 "rows": len(split.y),
-                "accuracy": accuracy(model),
+                "accuracy": accuracy(model, data.test.x, data.test.y),
                 "metrics": {k: v for k, v in trained.metrics.items() if k.startswith("val_")},
             }
         )
@@ -327,45 +248,38 @@ def evaluate(data: DemoData, result: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "model": "joint, in the enclave",
             "rows": sum(len(s.y) for s in data.hospitals.values()),
-            "accuracy": accuracy(joint),
+            "accuracy": accuracy(joint, data.test.x, data.test.y),
             "metrics": manifest["metrics"],
         }
     )
     return rows
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _released_with(r: Mapping[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in r.get("metrics", {}).items()
+    )
 
-    table = Table(title="held-out test accuracy (breast cancer, 114 patients)")
-    table.add_column("model")
-    table.add_column("training rows", justify="right")
-    table.add_column("accuracy", justify="right")
-    table.add_column("released with it", justify="left")
-    for r in rows:
-        metrics = ", ".join(
-            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in r.get("metrics", {}).items()
-        )
-        table.add_row(r["model"], str(r["rows"]), f"{r['accuracy']:.3f}", metrics)
-    Console().print(table)
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print_accuracy_table(
+        "held-out test accuracy (breast cancer, 114 patients)",
+        rows,
+        last_column="released with it",
+        last_cell=_released_with,
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", type=Path, default=Path("demo-run-model-owner"))
-    args = ap.parse_args()
-    work = args.workdir.resolve()
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    args = arguments(__doc__, workdir="demo-run-model-owner").parse_args()
+    work = fresh_workdir(args.workdir)
     data = load_demo_data()
     result = run(work, data)
     say("a referee scores every model on the same held-out patients")
     rows = evaluate(data, result)
     print_table(rows)
-    (work / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_results(work, rows)
     joint = rows[-1]["accuracy"]
     best_alone = max(r["accuracy"] for r in rows[1:-1])
     if joint < best_alone:

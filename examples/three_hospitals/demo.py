@@ -15,43 +15,44 @@ Every party is its own process and talks to the enclave only over gRPC+TLS:
      each checkpoint's ε, the release        (cctrain audit)
   7. every model is scored on the same held-out test set
 
-Run it with ``./dev demo`` (which sets up the virtual environment first).
+Run it with ``./dev demo`` (which sets up the virtual environment first). What both demos
+share (running the CLI as each party, the enclave, the table) is in ``examples/_demo.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import json
-import os
-import shutil
-import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # this demo's data, the demos' _demo
+from _demo import (  # noqa: E402
+    accuracy,
+    arguments,
+    cctrain,
+    fetch_release,
+    fill_policy,
+    fresh_workdir,
+    keygen,
+    local_enclave,
+    print_accuracy_table,
+    say,
+    session,
+    sign_by_every_party,
+    upload_in_parallel,
+    watch,
+    write_results,
+)
 from data import NUM_CLASSES, load_demo_data  # noqa: E402
-
-from cctrain.local import LocalEnclave  # noqa: E402
 
 PARTIES = ("hospital-a", "hospital-b", "hospital-c", "research-lab")
 PROVIDERS = PARTIES[:3]
 RECIPIENT = "research-lab"
-BIN = Path(sys.executable).parent
-
-
-def cctrain(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(BIN / "cctrain"), *args], cwd=cwd, text=True, capture_output=True)
-    if check and proc.returncode != 0:
-        raise SystemExit(f"cctrain {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
-    return proc
-
-
-def say(msg: str) -> None:
-    print(f"\033[1m==> {msg}\033[0m", flush=True)
 
 
 def release_values(dp: bool) -> dict[str, str]:
@@ -70,23 +71,14 @@ def release_values(dp: bool) -> dict[str, str]:
 
 
 def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str) -> Path:
-    text = (HERE / "policy.toml.in").read_text()
-    for pid in PARTIES:
-        pub = json.loads((work / pid / f"{pid}.pub.json").read_text())
-        text = text.replace(f"@{pid}.signing@", pub["signing_key"])
-        text = text.replace(f"@{pid}.hpke@", pub["hpke_key"])
     privacy = (
         "enabled = true\ntarget_epsilon = 8.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n"
         'accountant = "rdp"\nnoise_source = "csprng"'
         if dp
         else "enabled = false"
     )
-    expires = (_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=7)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
     values = {
         "@NAME_SUFFIX@": suffix,
-        "@EXPIRES@": expires,
         "@MEASUREMENT@": measurement,
         "@PRIVACY@": privacy,
         # With momentum 0.9 the effective step is ~10x lr: 0.5 cost the DP model 12 points.
@@ -95,10 +87,8 @@ def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str) -> Path
         "@BATCH@": "128" if dp else "32",
         **release_values(dp),
     }
-    for k, v in values.items():
-        text = text.replace(k, v)
     path = work / f"policy{suffix}.toml"
-    path.write_text(text)
+    path.write_text(fill_policy(HERE / "policy.toml.in", work, PARTIES, values))
     return path
 
 
@@ -107,60 +97,25 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
     policy = write_policy(work, dp=dp, measurement=measurement, suffix=suffix)
     envelope = work / f"policy{suffix}.signed.json"
     say(f"every party signs {policy.name}")
-    for pid in PARTIES:
-        cctrain(
-            "policy",
-            "sign",
-            str(policy),
-            "--key",
-            f"{pid}/{pid}.key",
-            "--envelope",
-            str(envelope),
-            cwd=work,
-        )
+    sign_by_every_party(work, policy, envelope, PARTIES)
     verify = json.loads(
         cctrain("policy", "verify", str(envelope), "--format", "json", cwd=work).stdout
     )
     print(f"    policy digest {verify['digest']} signed by {', '.join(verify['signed'])}")
 
-    say("the enclave starts (simulated TEE)")
-    enclave = LocalEnclave(
-        policy=envelope,
-        state_dir=work / f"enclave-state{suffix}",
-        log=work / f"enclave{suffix}.log",
-    )
-    address = enclave.start()
-    try:
+    with local_enclave(work, envelope, suffix=suffix) as enclave:
+        address = enclave.address
         say(f"three hospitals attest the enclave at {address} and upload in parallel")
-        uploads = [
-            subprocess.Popen(
-                [
-                    str(BIN / "cctrain"),
-                    "upload",
-                    f"{pid}.npz",
-                    "--enclave",
-                    address,
-                    "--policy",
-                    str(envelope),
-                    "--key",
-                    f"{pid}.key",
-                    "--allow-simulated",
-                    "--receipt-out",
-                    f"receipt{suffix}.json",
-                    "--no-progress",
-                ],
-                cwd=work / pid,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(os.environ, CCTRAIN_HOME=str(work / pid / ".cctrain")),
-            )
-            for pid in PROVIDERS
-        ]
-        for pid, proc in zip(PROVIDERS, uploads, strict=True):
-            out, err = proc.communicate(timeout=300)
-            if proc.returncode != 0:
-                raise SystemExit(f"upload by {pid} failed:\n{out}{err}")
+        upload_in_parallel(
+            work,
+            PROVIDERS,
+            lambda pid: (
+                f"{pid}.npz",
+                *session(pid, work, address, envelope),
+                "--receipt-out",
+                f"receipt{suffix}.json",
+            ),
+        )
         receipts = {
             pid: json.loads((work / pid / f"receipt{suffix}.json").read_text()) for pid in PROVIDERS
         }
@@ -177,20 +132,7 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
             "every provider has a receipt: the start rule holds, the enclave trains "
             "(hospital-a watches with `cctrain watch`)"
         )
-        watch = cctrain(
-            "watch",
-            "--enclave",
-            address,
-            "--policy",
-            str(envelope),
-            "--key",
-            "hospital-a/hospital-a.key",
-            "--allow-simulated",
-            "--format",
-            "json",
-            cwd=work,
-        )
-        events = [json.loads(line) for line in watch.stdout.splitlines() if line.strip()]
+        events = watch(work, session("hospital-a", work, address, envelope))
         steps = [e for e in events if e["total_steps"]]
         if steps:
             last = steps[-1]
@@ -203,33 +145,16 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
         print(f"    phase: {events[-1]['phase']} {events[-1]['detail']}")
 
         say("the recipient fetches, verifies and unseals the model (`cctrain release fetch`)")
-        out = cctrain(
-            "release",
-            "fetch",
-            "--enclave",
-            address,
-            "--policy",
-            str(envelope),
-            "--key",
-            f"{RECIPIENT}/{RECIPIENT}.key",
-            "--allow-simulated",
-            "--out",
-            str(work / RECIPIENT / f"release{suffix}"),
-            cwd=work,
+        fetch_release(
+            work,
+            session(RECIPIENT, work, address, envelope),
+            work / RECIPIENT / f"release{suffix}",
         )
-        for line in out.stdout.splitlines():
-            print(f"    {line}")
 
         say("hospital-b audits the enclave's journal offline (`cctrain audit`)")
         audit = cctrain(
             "audit",
-            "--enclave",
-            address,
-            "--policy",
-            str(envelope),
-            "--key",
-            "hospital-b/hospital-b.key",
-            "--allow-simulated",
+            *session("hospital-b", work, address, envelope),
             "--save",
             str(work / "hospital-b" / f"journal{suffix}.bin"),
             "--format",
@@ -250,24 +175,16 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
             "receipts": receipts,
             "release": work / RECIPIENT / f"release{suffix}",
         }
-    finally:
-        enclave.stop()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", type=Path, default=Path("demo-run"))
+    ap = arguments(__doc__, workdir="demo-run")
     ap.add_argument("--no-dp", action="store_true", help="skip the DP consortium")
     args = ap.parse_args()
-    work = args.workdir.resolve()
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work = fresh_workdir(args.workdir)
 
     say("each party creates its keys")
-    for pid in PARTIES:
-        (work / pid).mkdir()
-        cctrain("keygen", pid, "--out", str(work / pid), cwd=work)
+    keygen(work, PARTIES)
     data = load_demo_data()
     for pid, (x, y) in data.shards.items():
         np.savez(work / pid / f"{pid}.npz", features=x, labels=y)
@@ -286,7 +203,7 @@ def main() -> None:
     say("scoring every model on the same held-out test set")
     rows = evaluate(data, releases)
     print_table(rows)
-    (work / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_results(work, rows)
     best_single = max(r["accuracy"] for r in rows if r["model"].startswith("hospital"))
     joint = next(r["accuracy"] for r in rows if r["model"] == "joint (no DP)")
     if joint <= best_single:
@@ -306,14 +223,6 @@ def main() -> None:
         f"done: the joint model beats the best single hospital ({joint:.3f} > {best_single:.3f}); "
         f"everything is in {work}"
     )
-
-
-def _accuracy(model: object, x: np.ndarray, y: np.ndarray) -> float:
-    import torch
-
-    with torch.no_grad():
-        pred = model(torch.from_numpy(x)).argmax(dim=1).numpy()  # type: ignore[operator]
-    return float((pred == y).mean())
 
 
 def evaluate(data: object, releases: dict[bool, Path]) -> list[dict[str, object]]:
@@ -354,7 +263,7 @@ def evaluate(data: object, releases: dict[bool, Path]) -> list[dict[str, object]
             {
                 "model": f"{pid} alone",
                 "rows": int(len(y)),
-                "accuracy": _accuracy(model, x_test, y_test),
+                "accuracy": accuracy(model, x_test, y_test),
                 "epsilon": None,
             }
         )
@@ -368,7 +277,7 @@ def evaluate(data: object, releases: dict[bool, Path]) -> list[dict[str, object]
             {
                 "model": "joint (DP)" if dp else "joint (no DP)",
                 "rows": sum(int(len(v[1])) for v in data.shards.values()),  # type: ignore[attr-defined]
-                "accuracy": _accuracy(model, x_test, y_test),
+                "accuracy": accuracy(model, x_test, y_test),
                 "epsilon": round(cert["epsilon"], 3) if cert else None,
                 "delta": cert["delta"] if cert else None,
                 "outside_dp": manifest["non_private_outputs"] if cert else None,
@@ -378,21 +287,20 @@ def evaluate(data: object, releases: dict[bool, Path]) -> list[dict[str, object]
     return rows
 
 
-def print_table(rows: list[dict[str, object]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _privacy(r: Mapping[str, Any]) -> str:
+    if r.get("epsilon") is None:
+        return "none"
+    return f"ε = {r['epsilon']}, δ = {r['delta']:g}"
 
-    table = Table(title="held-out test accuracy (digits, 360 images)")
-    table.add_column("model")
-    table.add_column("training rows", justify="right")
-    table.add_column("accuracy", justify="right")
-    table.add_column("privacy", justify="right")
-    for r in rows:
-        privacy = (
-            f"ε = {r['epsilon']}, δ = {r['delta']:g}" if r.get("epsilon") is not None else "none"
-        )
-        table.add_row(str(r["model"]), str(r["rows"]), f"{r['accuracy']:.3f}", privacy)
-    Console().print(table)
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    print_accuracy_table(
+        "held-out test accuracy (digits, 360 images)",
+        rows,
+        last_column="privacy",
+        last_cell=_privacy,
+        justify="right",
+    )
     for r in rows:
         if r.get("outside_dp"):
             metrics = ", ".join(

@@ -247,6 +247,41 @@ def test_missing_and_duplicate_columns() -> None:
     refused(parquet(pa.table(base | {"d": base["a"]})), "has 4 feature columns", SCHEMA)
 
 
+@pytest.mark.parametrize(
+    ("names", "named"),
+    [
+        (["a", "b", "label"], True),  # a feature column missing
+        (["a", "b", "c", "site", "label"], True),  # one the policy does not name
+        (["a", "b", "c", "a", "label"], True),  # a repeated name
+        (["a", "b", "c"], False),  # no label
+        (["a", "b", "c", "d", "label"], False),  # one feature too many
+        (["b", "a"], True),  # several problems at once
+    ],
+)
+def test_csv_and_parquet_resolve_columns_alike(names: list[str], named: bool) -> None:
+    """The same columns under the same options: the same refusal, word for word, from the
+    CSV header as from the Parquet schema (one resolution of names for both formats)."""
+    from cctrain_enclave.csvstream import CsvParser
+
+    options: dict[str, Any] = {"label_column": "label"}
+    if named:
+        options["feature_columns"] = ["a", "b", "c"]
+    parquet_schema = {**SCHEMA, "parquet": PARQUET | options}
+    csv_schema = {**SCHEMA, "formats": ("csv",), "csv": {"header": True, **options}}
+    arrays = [pa.array(np.arange(4, dtype=np.float64) + i) for i in range(len(names))]
+    got_parquet = refused(parquet(pa.Table.from_arrays(arrays, names=names)), "", parquet_schema)
+    p = CsvParser(csv_schema)
+    with pytest.raises(ShardError) as info:
+        p.feed((",".join(names) + "\n" + ",".join("1" for _ in names) + "\n").encode())
+        p.finish()
+    got_csv = str(info.value)
+    assert got_parquet.startswith("parquet schema "), got_parquet
+    assert got_csv.startswith("csv header "), got_csv
+    assert got_parquet.removeprefix("parquet schema ") == got_csv.removeprefix(
+        "csv header "
+    ).replace("data.csv.", "data.parquet."), (got_parquet, got_csv)
+
+
 def test_nulls_nan_and_values_beyond_float32() -> None:
     n = 30
     for column in ("a", "c", "label"):

@@ -26,13 +26,7 @@ from cctrain_enclave.trainer import (
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on this 2-core VM make small ops much slower; restore afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _store(directory: Path, key: bytes, every: int = 3) -> CheckpointStore:

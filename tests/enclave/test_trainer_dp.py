@@ -11,8 +11,6 @@ from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 from opacus.accountants import create_accountant
-from opacus.grad_sample import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from cctrain.errors import PolicyError
@@ -26,17 +24,12 @@ from cctrain_enclave.trainer import (
 from cctrain_enclave.trainer import dp as dp_module
 from cctrain_enclave.trainer.dp import plan_privacy, resolve_grad_sample_mode
 from cctrain_enclave.trainer.fastclip import FastClipUnsupported, LinearClipper
+from tests.enclave.cliptruth import assert_same_sums, fast_clipped_sum, opacus_clipped_sum
 
 ROWS = 512
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on this 2-core VM make small ops much slower; restore afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(shape=(12,), rows=ROWS, classes=3, seed=0):
@@ -248,21 +241,8 @@ def test_the_budget_is_never_exceeded(monkeypatch):
 # --------------------------------------------------------------------------- clipping paths
 
 
-def _opacus_clipped_sum(model, x, y, max_grad_norm):
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        noise_multiplier=0.0,
-        max_grad_norm=max_grad_norm,
-        expected_batch_size=len(x),
-        loss_reduction="sum",
-    )
-    loss = F.cross_entropy(gsm(x), y, reduction="sum")
-    loss.backward()
-    opt.clip_and_accumulate()
-    sums = [p.summed_grad.detach().clone() for p in model.parameters()]
-    gsm._close()
-    return sums
+def _cross_entropy(logits, y):
+    return F.cross_entropy(logits, y, reduction="sum")
 
 
 @pytest.mark.parametrize("max_grad_norm", [0.05, 1.0, 100.0])
@@ -271,19 +251,9 @@ def test_fast_clipping_equals_opacus(max_grad_norm):
     model = build_builtin_model("mlp", (12,), 3, {"hidden": [16, 8]})
     x = torch.randn(40, 12) * torch.linspace(0.1, 5, 40).unsqueeze(1)  # some clipped, some not
     y = torch.randint(0, 3, (40,))
-    expected = _opacus_clipped_sum(model, x, y, max_grad_norm)
-    clipper = LinearClipper(model)
-    with clipper.capture():
-        logits = model(x)
-    got = dict(
-        (id(p), g)
-        for p, g in clipper.clipped_gradient_sum(
-            F.cross_entropy(logits, y, reduction="sum"), max_grad_norm=max_grad_norm
-        )
-    )
-    clipper.close()
-    for p, e in zip(model.parameters(), expected, strict=True):
-        torch.testing.assert_close(got[id(p)], e, atol=1e-5, rtol=1e-5)
+    expected = opacus_clipped_sum(model, x, y, max_grad_norm, _cross_entropy)
+    got = fast_clipped_sum(model, x, y, max_grad_norm, _cross_entropy)
+    assert_same_sums(model, got, expected)
 
 
 class _SequenceModel(nn.Module):
@@ -301,18 +271,9 @@ def test_fast_clipping_equals_opacus_on_sequence_inputs():
     model = _SequenceModel()
     x = torch.randn(20, 7, 6) * 3
     y = torch.randint(0, 3, (20,))
-    expected = _opacus_clipped_sum(model, x, y, 0.5)
-    clipper = LinearClipper(model)
-    with clipper.capture():
-        logits = model(x)
-    got = dict(
-        (id(p), g)
-        for p, g in clipper.clipped_gradient_sum(
-            F.cross_entropy(logits, y, reduction="sum"), max_grad_norm=0.5
-        )
-    )
-    for p, e in zip(model.parameters(), expected, strict=True):
-        torch.testing.assert_close(got[id(p)], e, atol=1e-5, rtol=1e-5)
+    expected = opacus_clipped_sum(model, x, y, 0.5, _cross_entropy)
+    got = fast_clipped_sum(model, x, y, 0.5, _cross_entropy)
+    assert_same_sums(model, got, expected)
 
 
 def test_fast_clipping_refuses_what_it_cannot_clip():

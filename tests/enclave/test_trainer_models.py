@@ -19,14 +19,7 @@ from cctrain_enclave.trainer import (
     train,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on this 2-core VM make small ops much slower; restore afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(shape: tuple[int, ...], rows: int = 256, classes: int = 3):

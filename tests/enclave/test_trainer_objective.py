@@ -7,25 +7,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from opacus.grad_sample import GradSampleModule
-from opacus.optimizers import DPOptimizer
 
 from cctrain.errors import CctrainError, ShardError
 from cctrain_enclave.trainer import TrainingRandomness, build_builtin_model, train
 from cctrain_enclave.trainer import dp as dp_module
 from cctrain_enclave.trainer.dp import clipping_problems, synthetic_batch, validate_dp_config
-from cctrain_enclave.trainer.fastclip import LinearClipper
 from cctrain_enclave.trainer.objective import Objective, classification, regression
+from tests.enclave.cliptruth import assert_same_sums, fast_clipped_sum, opacus_clipped_sum
 
 ROWS = 512
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _regression_data(rows: int = ROWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -147,23 +140,9 @@ def _two_output_regression() -> Objective:
 # --------------------------------------------------------------------------- DP clipping
 
 
-def _opacus_clipped_sum(model, x, y, max_grad_norm):
-    """Opacus's hooks-mode clipped per-sample gradient sum of the squared error (reference)."""
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        noise_multiplier=0.0,
-        max_grad_norm=max_grad_norm,
-        expected_batch_size=len(x),
-        loss_reduction="sum",
-    )
-    loss = F.mse_loss(gsm(x).reshape(-1), y, reduction="sum")
-    loss.backward()
-    opt.clip_and_accumulate()
-    sums = [p.summed_grad.detach().clone() for p in model.parameters()]
-    gsm._close()
-    model.zero_grad(set_to_none=True)
-    return sums
+def _squared_error(outputs, y):
+    """The squared error, written out apart from the objective under test (the reference)."""
+    return F.mse_loss(outputs.reshape(-1), y, reduction="sum")
 
 
 def _batch():
@@ -178,19 +157,11 @@ def test_fast_clipping_of_the_squared_error_equals_opacus(max_grad_norm):
     torch.manual_seed(0)
     model = build_builtin_model("mlp", (12,), 1, {"hidden": [16, 8]})
     x, y = _batch()
-    expected = _opacus_clipped_sum(model, x, y, max_grad_norm)
-    clipper = LinearClipper(model)
-    with clipper.capture():
-        out = model(x)
-    got = dict(
-        (id(p), g)
-        for p, g in clipper.clipped_gradient_sum(
-            regression().loss(out, y, "sum"), max_grad_norm=max_grad_norm
-        )
+    expected = opacus_clipped_sum(model, x, y, max_grad_norm, _squared_error)
+    got = fast_clipped_sum(
+        model, x, y, max_grad_norm, lambda out, target: regression().loss(out, target, "sum")
     )
-    clipper.close()
-    for p, e in zip(model.parameters(), expected, strict=True):
-        torch.testing.assert_close(got[id(p)], e, atol=1e-5, rtol=1e-5)
+    assert_same_sums(model, got, expected)
 
 
 @pytest.mark.parametrize("mode", ["fast", "hooks", "ghost"])
@@ -201,7 +172,7 @@ def test_every_engine_clips_the_squared_error_as_opacus_does(mode):
     model = build_builtin_model("mlp", (12,), 1, {"hidden": [16, 8]})
     x, y = _batch()
     clip = 0.5
-    expected = _opacus_clipped_sum(model, x, y, clip)
+    expected = opacus_clipped_sum(model, x, y, clip, _squared_error)
     with torch.no_grad():
         summed_loss = float(F.mse_loss(model(x).reshape(-1), y, reduction="sum"))
     plan = dp_module.DpPlan(

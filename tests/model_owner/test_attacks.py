@@ -209,7 +209,6 @@ def test_the_verifier_refuses_package_entries_the_enclave_would_not_write(
 ) -> None:
     package = make_package()
     c = owner_consortium(tmp_path / "c", package)
-    policy = c.signed.policy
     # A package from a data provider (its own signed header).
     f = _Forger(c)
     f.shard("hospital-a", PACKAGE_SHARD_ID, fmt=UPLOAD_FORMAT, content=package, rows=0)
@@ -242,22 +241,7 @@ def test_the_verifier_refuses_package_entries_the_enclave_would_not_write(
     f = _Forger(c)
     for pid in HOSPITALS:
         f.shard(pid, "s")
-    shards = replay(f.records, policy).shards
-    f._append(
-        jpb.JournalEntry(
-            uploads_closed=jpb.UploadsClosed(
-                shards=[
-                    jpb.ShardRef(
-                        party_id=s.party_id,
-                        shard_id=s.shard_id,
-                        header_sha256=s.header_sha256,
-                        accepted_seq=s.seq,
-                    )
-                    for s in shards
-                ]
-            )
-        )
-    )
+    f.close()  # uploads closed over the hospitals' shards alone
     _refused(f, c, r"no shard from model-owner \(the model package\)")
     # A package under a policy that takes none.
     other = make_consortium(tmp_path / "other")

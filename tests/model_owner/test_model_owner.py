@@ -22,10 +22,9 @@ import pytest
 from cctrain.client import DataOwner, ModelOwner, Recipient, SimulatedEvidenceWarning
 from cctrain.crypto.keys import PartyKeys
 from cctrain.errors import PermissionDeniedError, PolicyError, UploadRejectedError
-from cctrain.measure import code_measurement
 from cctrain.package import PACKAGE_SHARD_ID, UPLOAD_FORMAT, build_package, package_sha256
-from cctrain.policy import SignedPolicy, parse_policy
-from tests.consortium import Consortium, running_enclave
+from cctrain.policy import parse_policy
+from tests.consortium import Consortium, make_consortium, policy_document, running_enclave
 from tests.ingest.conftest import write_shard
 
 torch = pytest.importorskip("torch")
@@ -81,62 +80,34 @@ def make_package(**extra_files: str) -> bytes:
     return build_package({"plan.py": PLAN, "layers.py": LAYERS, **extra_files}, initial_weights())
 
 
-def _parties(keys: dict[str, PartyKeys]) -> list[dict[str, Any]]:
-    """The hospitals (data) and the model owner (package; the recipient)."""
-    return [
-        *(
-            {"id": pid, "roles": ["data_provider"], "signing_key": keys[pid].signing_public}
-            for pid in HOSPITALS
-        ),
-        {
-            "id": OWNER,
-            "roles": ["model_provider", "recipient"],
-            "signing_key": keys[OWNER].signing_public,
-            "hpke_key": keys[OWNER].hpke_public,
+#: The model owner's roles: it provides the package and is the only recipient.
+OWNER_ROLES = ("model_provider", "recipient")
+
+
+def package_training(package: bytes) -> dict[str, Any]:
+    """``training``: the model is the owner's package, pinned by its hash."""
+    return {
+        "model": {
+            "name": "package",
+            "provider": OWNER,
+            "package_sha256": package_sha256(package),
+            "params": {"hidden": 8},
         },
-    ]
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "epochs": 2,
+        "batch_size": 16,
+    }
 
 
 def owner_consortium(root: Path, package: bytes, **overrides: Any) -> Consortium:
-    keys = {pid: PartyKeys.generate(pid) for pid in (*HOSPITALS, OWNER)}
-    parties = _parties(keys)
-    doc: dict[str, Any] = {
-        "version": 1,
-        "name": "model-owner-test",
-        "parties": parties,
-        "attestation": {
-            "platforms": ["simulated"],
-            "allow_simulated": True,
-            "reference": {"simulated": {"measurements": [code_measurement().hex()]}},
-        },
-        "data": {
-            "features": {"shape": [4], "dtype": "float32"},
-            "labels": {"num_classes": 2},
-            "max_rows": 100_000,
-            "max_bytes": 8 << 20,
-        },
-        "training": {
-            "model": {
-                "name": "package",
-                "provider": OWNER,
-                "package_sha256": package_sha256(package),
-                "params": {"hidden": 8},
-            },
-            "optimizer": {"name": "sgd", "lr": 0.1},
-            "epochs": 2,
-            "batch_size": 16,
-        },
-        "privacy": {"enabled": False},
-        "release": {"recipients": [OWNER], "metrics": ["train_accuracy"]},
-    }
-    doc.update(overrides)
-    signed = SignedPolicy.new(parse_policy(json.dumps(doc, indent=2).encode(), "json"))
-    env = signed.envelope
-    for pid, k in keys.items():
-        env = env.sign(pid, k.signing_key)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "policy.signed.json").write_text(env.to_json())
-    return Consortium(root, keys, SignedPolicy(env, signed.policy))
+    """The hospitals (data) and the model owner (package; the recipient), training
+    ``package``: the consortium builder's policy with these parties and this model."""
+    overrides.setdefault("name", "model-owner-test")
+    overrides.setdefault("training", package_training(package))
+    overrides.setdefault("release", {"recipients": [OWNER], "metrics": ["train_accuracy"]})
+    return make_consortium(
+        root, providers=HOSPITALS, recipient=OWNER, recipient_roles=OWNER_ROLES, **overrides
+    )
 
 
 def session(cls: Any, address: str, c: Consortium, party: str) -> Any:
@@ -399,7 +370,12 @@ def test_policy_rules_for_packages() -> None:
     package = make_package()
 
     def problems(mutate: Any) -> str:
-        c_doc = _policy_doc(keys, package)
+        c_doc = policy_document(
+            keys,
+            recipient=OWNER,
+            recipient_roles=OWNER_ROLES,
+            training=package_training(package),
+        )
         mutate(c_doc)
         with pytest.raises(PolicyError) as err:
             parse_policy(json.dumps(c_doc).encode(), "json")
@@ -425,34 +401,6 @@ def test_policy_rules_for_packages() -> None:
             ),
         )
     )
-
-
-def _policy_doc(keys: dict[str, PartyKeys], package: bytes) -> dict[str, Any]:
-    parties = _parties(keys)
-    return {
-        "version": 1,
-        "name": "p",
-        "parties": parties,
-        "attestation": {"platforms": ["simulated"], "allow_simulated": True},
-        "data": {
-            "features": {"shape": [4], "dtype": "float32"},
-            "labels": {"num_classes": 2},
-            "max_rows": 1000,
-            "max_bytes": 1 << 20,
-        },
-        "training": {
-            "model": {
-                "name": "package",
-                "provider": OWNER,
-                "package_sha256": package_sha256(package),
-            },
-            "optimizer": {"name": "sgd", "lr": 0.1},
-            "epochs": 1,
-            "batch_size": 8,
-        },
-        "privacy": {"enabled": False},
-        "release": {"recipients": [OWNER]},
-    }
 
 
 def test_dp_training_of_a_package(tmp_path: Path) -> None:

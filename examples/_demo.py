@@ -1,0 +1,209 @@
+"""What the demos share: each party running the ``cctrain`` CLI as its own process, the
+consortium's keys and signatures, the local enclave, parallel uploads, the referee's table.
+
+This is the demos' plumbing, not part of cctrain: a real party runs the same ``cctrain``
+commands by hand or from its own scripts (or uses the Python SDK, ``cctrain.client``). Each
+demo (``python examples/<demo>/demo.py``) puts this folder on ``sys.path`` to import it; to
+copy a demo elsewhere, copy this file next to its folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from cctrain.local import LocalEnclave
+
+#: The virtual environment's scripts, where ``cctrain`` is installed next to this Python.
+BIN = Path(sys.executable).parent
+
+
+def say(msg: str) -> None:
+    print(f"\033[1m==> {msg}\033[0m", flush=True)
+
+
+def cctrain(
+    *args: str, cwd: Path, check: bool = True, home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cctrain ARGS`` in ``cwd`` (``home``: the party's ``CCTRAIN_HOME``); unless
+    ``check=False``, a failure ends the demo with the command's output."""
+    env = dict(os.environ, CCTRAIN_HOME=str(home)) if home is not None else None
+    proc = subprocess.run(
+        [str(BIN / "cctrain"), *args], cwd=cwd, text=True, capture_output=True, env=env
+    )
+    if check and proc.returncode != 0:
+        raise SystemExit(f"cctrain {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def arguments(doc: str | None, *, workdir: str) -> argparse.ArgumentParser:
+    """The demo's command line: ``--workdir`` (default ``workdir``), described by the first
+    line of its docstring."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path(workdir))
+    return ap
+
+
+def fresh_workdir(path: Path) -> Path:
+    """``path``, absolute and empty (a previous run's files are removed)."""
+    work = path.resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return work
+
+
+def keygen(work: Path, parties: Iterable[str]) -> None:
+    """Each party's keys in its own folder, ``work/<party>/<party>.key`` and ``.pub.json``."""
+    for pid in parties:
+        (work / pid).mkdir()
+        cctrain("keygen", pid, "--out", str(work / pid), cwd=work)
+
+
+def fill_policy(
+    template: Path, work: Path, parties: Iterable[str], values: Mapping[str, str]
+) -> str:
+    """The policy template's text with every party's public keys (``@<party>.signing@``,
+    ``@<party>.hpke@``), an expiry a week from now (``@EXPIRES@``) and ``values``."""
+    text = template.read_text()
+    for pid in parties:
+        pub = json.loads((work / pid / f"{pid}.pub.json").read_text())
+        text = text.replace(f"@{pid}.signing@", pub["signing_key"])
+        text = text.replace(f"@{pid}.hpke@", pub["hpke_key"])
+    expires = (_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=7)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    for k, v in {"@EXPIRES@": expires, **values}.items():
+        text = text.replace(k, v)
+    return text
+
+
+def sign_by_every_party(work: Path, policy: Path, envelope: Path, parties: Iterable[str]) -> None:
+    """Every party signs ``policy`` with its own key, each adding its signature to
+    ``envelope``."""
+    for pid in parties:
+        cctrain(
+            "policy",
+            "sign",
+            str(policy),
+            "--key",
+            f"{pid}/{pid}.key",
+            "--envelope",
+            str(envelope),
+            cwd=work,
+        )
+
+
+def local_enclave(work: Path, envelope: Path, *, suffix: str = "") -> LocalEnclave:
+    """The enclave on the simulated TEE, as a local process (``with ... as enclave``), its
+    state and log in ``work``."""
+    say("the enclave starts (simulated TEE)")
+    return LocalEnclave(
+        policy=envelope,
+        state_dir=work / f"enclave-state{suffix}",
+        log=work / f"enclave{suffix}.log",
+    )
+
+
+def session(pid: str, work: Path, address: str, envelope: Path) -> tuple[str, ...]:
+    """The options that make a command ``pid``'s, against the attested enclave."""
+    return (
+        "--enclave",
+        address,
+        "--policy",
+        str(envelope),
+        "--key",
+        str(work / pid / f"{pid}.key"),
+        "--allow-simulated",
+    )
+
+
+def upload_in_parallel(
+    work: Path,
+    providers: Sequence[str],
+    args: Callable[[str], Sequence[str]],
+    *,
+    echo: bool = False,
+) -> None:
+    """Every provider runs ``cctrain upload ARGS(pid) --no-progress`` at once, each in its
+    own folder with its own ``CCTRAIN_HOME``; ``echo`` prints what each says."""
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "cctrain"), "upload", *args(pid), "--no-progress"],
+            cwd=work / pid,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, CCTRAIN_HOME=str(work / pid / ".cctrain")),
+        )
+        for pid in providers
+    ]
+    for pid, proc in zip(providers, procs, strict=True):
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            raise SystemExit(f"upload by {pid} failed:\n{out}{err}")
+        if echo:
+            print(f"    {pid}: {out.strip()}")
+
+
+def watch(work: Path, party: Sequence[str]) -> list[dict[str, Any]]:
+    """``cctrain watch`` until training ends: the progress events, in order (``party``: a
+    :func:`session`)."""
+    out = cctrain("watch", *party, "--format", "json", cwd=work).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def fetch_release(work: Path, party: Sequence[str], out: Path) -> None:
+    """``cctrain release fetch`` into ``out``, printing what it verified."""
+    fetched = cctrain("release", "fetch", *party, "--out", str(out), cwd=work)
+    for line in fetched.stdout.splitlines():
+        print(f"    {line}")
+
+
+# --------------------------------------------------------------------------- the referee
+
+
+def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """The share of rows of ``x`` whose predicted class (``argmax``) is ``y``."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)).argmax(dim=1).numpy()
+    return float((pred == y).mean())
+
+
+def print_accuracy_table(
+    title: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    last_column: str,
+    last_cell: Callable[[Mapping[str, Any]], str],
+    justify: Literal["left", "right"] = "left",
+) -> None:
+    """One line a model: its name, training rows, accuracy and ``last_cell(row)``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("model")
+    table.add_column("training rows", justify="right")
+    table.add_column("accuracy", justify="right")
+    table.add_column(last_column, justify=justify)
+    for r in rows:
+        table.add_row(str(r["model"]), str(r["rows"]), f"{r['accuracy']:.3f}", last_cell(r))
+    Console().print(table)
+
+
+def write_results(work: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    (work / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
