@@ -18,15 +18,16 @@ from cctrain.client import ModelOwner
 from cctrain.crypto.keys import PartyKeys
 from cctrain.errors import PolicyError
 from cctrain.policy import parse_policy
-from tests.consortium import running_enclave
+from tests.consortium import policy_document, running_enclave
 from tests.model_owner.test_model_owner import (
     HOSPITALS,
     LAYERS,
     OWNER,
+    OWNER_ROLES,
     PLAN,
-    _policy_doc,
     initial_weights,
     owner_consortium,
+    package_training,
     session,
     upload_data,
 )
@@ -99,7 +100,14 @@ def test_package_loss_and_metrics_under_dp(tmp_path: Path) -> None:
 
 def _problems(mutate: Any) -> str:
     keys = {pid: PartyKeys.generate(pid) for pid in (*HOSPITALS, OWNER)}
-    doc = _policy_doc(keys, build_package({"plan.py": PLAN, "layers.py": LAYERS}))
+    package = build_package({"plan.py": PLAN, "layers.py": LAYERS})
+    doc = policy_document(
+        keys,
+        recipient=OWNER,
+        recipient_roles=OWNER_ROLES,
+        training=package_training(package),
+        release={"recipients": [OWNER]},
+    )
     mutate(doc)
     with pytest.raises(PolicyError) as err:
         parse_policy(json.dumps(doc).encode(), "json")
