@@ -166,6 +166,11 @@ class Policy:
     #: Held-out rows (``{}``: none): ``fraction`` or ``parties``, optional ``early_stopping``
     #: (see :func:`_check_validation`).
     validation: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: The enclave ranks training runs on (see :func:`_check_cluster`): ``ranks`` (1: one
+    #: enclave), ``timeout_s``, optional ``measurements`` of the ranks other than 0.
+    cluster: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({"ranks": 1, "timeout_s": 300})
+    )
 
     @property
     def max_releases(self) -> int:
@@ -1111,6 +1116,46 @@ def _check_validation(
     return t
 
 
+MAX_RANKS = 64
+
+
+def _check_cluster(
+    c: _Checker,
+    doc: Any,
+    att: Mapping[str, Any],
+    training: Mapping[str, Any],
+    privacy: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``[cluster]``: ``ranks`` enclaves train data-parallel (rank 0 serves the parties and
+    ingests; the others get their rows from it over attested, encrypted links);
+    ``measurements``: the launch measurements accepted for ranks 1.. (default: rank 0's,
+    ``attestation.reference``); ``timeout_s``: how long a rank waits for the others."""
+    t = c.table(doc, "cluster", optional=("ranks", "measurements", "timeout_s"))
+    ranks = t.setdefault("ranks", 1)
+    if c.typed(ranks, "cluster.ranks", int, "an integer") and not 1 <= ranks <= MAX_RANKS:
+        c.add("cluster.ranks", f"must be in [1, {MAX_RANKS}], got {ranks}")
+    timeout = t.setdefault("timeout_s", 300)
+    c.number(timeout, "cluster.timeout_s", lambda v: 1 <= v <= 86_400, "in [1, 86400] seconds")
+    if "measurements" in t:
+        ms = c.str_list(t["measurements"], "cluster.measurements")
+        for m in ms:
+            if not re.fullmatch(r"(?:[0-9a-f]{2})+", m):
+                c.add("cluster.measurements", f"{m!r} is not lowercase hex")
+        if not ms:
+            c.add("cluster.measurements", "must name at least one measurement (or leave it out)")
+    if isinstance(ranks, int) and ranks > 1:
+        if training.get("device", "cpu") != "cpu":
+            c.add("cluster.ranks", "more than one rank trains on the CPU only (training.device)")
+        mode = privacy.get("grad_sample_mode", "auto")
+        if privacy.get("enabled") is True and mode not in ("auto", "fast"):
+            c.add(
+                "cluster.ranks",
+                f"more than one rank clips per-sample gradients with grad_sample_mode 'fast' "
+                f"only, got {mode!r}",
+            )
+    return t
+
+
 def split_rows(policy: Policy, party_rows: Sequence[tuple[str, int]]) -> tuple[int, int]:
     """(training rows, validation rows) of a run on shards with these (party, rows): what the
     trainer splits and every verifier recomputes (the DP certificate's sample rate rests on
@@ -1186,7 +1231,15 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
             "privacy",
             "release",
         ),
-        optional=("expires", "start", "signature_threshold", "limits", "state", "validation"),
+        optional=(
+            "expires",
+            "start",
+            "signature_threshold",
+            "limits",
+            "state",
+            "validation",
+            "cluster",
+        ),
     )
     if top.get("version") != 1:
         c.add("version", f"must be 1, got {top.get('version')!r}")
@@ -1268,6 +1321,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
         total_rows = data["max_rows"] * max(len(providers), 1)
         if training["batch_size"] > total_rows:
             c.add("training.batch_size", f"{training['batch_size']} exceeds the most rows possible")
+    cluster = _check_cluster(c, top.get("cluster", {}), att, training, privacy)
     if c.problems:
         raise PolicyError("invalid policy", c.problems)
     return Policy(
@@ -1286,6 +1340,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
         limits=_freeze(limits),
         state=_freeze(state),
         validation=_freeze(validation),
+        cluster=_freeze(cluster),
     )
 
 

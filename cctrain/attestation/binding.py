@@ -55,3 +55,27 @@ def report_data_for(identity: EnclaveIdentity, *, policy_digest: bytes, nonce: b
     ):
         h.update(_lp(part))
     return h.digest()
+
+
+CLUSTER_REPORT_DATA_TAG = b"cctrain/cluster-report-data/v1"
+
+
+def cluster_report_data(
+    *, policy_digest: bytes, joint_nonce: bytes, rank: int, link_public_key: bytes
+) -> bytes:
+    """report_data of a rank's evidence to the other ranks of a cluster (DESIGN.md,
+    "Scale-out"): SHA-512(tag ‖ length-prefixed: policy digest, joint nonce, rank, the rank's
+    X25519 link key). The joint nonce hashes every rank's own nonce, so each verifier's
+    freshness is in every piece of evidence; the link key is the one the per-link keys are
+    derived from, so a host between two ranks cannot put its own key in the middle."""
+    if len(joint_nonce) != NONCE_SIZE:
+        raise ValueError(f"joint nonce must be {NONCE_SIZE} bytes, got {len(joint_nonce)}")
+    if len(link_public_key) != 32:
+        raise ValueError(
+            f"link key must be a raw X25519 key (32 bytes), got {len(link_public_key)}"
+        )
+    h = hashlib.sha512()
+    h.update(CLUSTER_REPORT_DATA_TAG)
+    for part in (policy_digest, joint_nonce, struct.pack(">I", rank), link_public_key):
+        h.update(_lp(part))
+    return h.digest()

@@ -106,3 +106,70 @@ def serve_cmd(
         reflection=reflection,
         sealing=not no_sealing_key,
     )
+
+
+def worker_command(
+    *, policy_file: Path, rank: int, rendezvous: str, platform: str, state_dir: Path | None
+) -> str:
+    """A cluster worker's run (``cctrain-enclave worker``): attest to every rank, follow rank
+    0's steps until the run ends. Returns how it ended."""
+    from cctrain.policy import SignedPolicy
+    from cctrain_enclave.cluster.handshake import form_cluster, open_rendezvous
+    from cctrain_enclave.cluster.parallel import follow
+    from cctrain_enclave.providers.detect import detect_provider
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    signed = SignedPolicy.load(policy_file)
+    signed.require_complete()
+    policy = signed.policy
+    world = int(policy.cluster["ranks"])
+    if world < 2:
+        raise click.UsageError("the policy's [cluster] has one rank: there are no workers")
+    if not 1 <= rank < world:
+        raise click.UsageError(f"--rank must be in [1, {world - 1}] for this policy")
+    provider = detect_provider(platform, state_dir=state_dir)
+    if provider.platform not in policy.attestation["platforms"]:
+        raise click.UsageError(
+            f"this worker runs on {provider.platform!r}, which the policy does not accept"
+        )
+    host, _, port = rendezvous.rpartition(":")
+    store = open_rendezvous(policy, rank=rank, host=host, port=int(port))
+    session = form_cluster(policy=policy, provider=provider, rank=rank, store=store, host=host)
+    try:
+        return follow(session)
+    finally:
+        session.close()
+
+
+@main.command("worker")
+@click.option(
+    "--policy", "policy_file", required=True, type=click.Path(exists=True, path_type=Path)
+)
+@click.option("--rank", required=True, type=click.IntRange(1, 63))
+@click.option(
+    "--rendezvous",
+    required=True,
+    metavar="HOST:PORT",
+    help="Rank 0's cluster rendezvous (its `serve --cluster-listen`).",
+)
+@click.option("--platform", default="auto", show_default=True, type=click.Choice(list(PLATFORMS)))
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="Simulated platform only: where its simulated chip key lives (workers keep no run state).",
+)
+def worker_cmd(
+    policy_file: Path, rank: int, rendezvous: str, platform: str, state_dir: Path | None
+) -> None:
+    """Join rank 0's cluster as rank RANK: attest to every rank, then train its share of each
+    step. Keeps no state: a restarted cluster resumes from rank 0's checkpoint."""
+    ended = worker_command(
+        policy_file=policy_file,
+        rank=rank,
+        rendezvous=rendezvous,
+        platform=platform,
+        state_dir=state_dir,
+    )
+    click.echo(f"rank {rank}: run {ended}")

@@ -611,6 +611,9 @@ class _EngineBase:
         self.noise_draws = NoisePrefetcher(
             noise, self.params, std=plan.noise_multiplier * plan.max_grad_norm
         )
+        #: A cluster's rank 0 (:meth:`.cluster.parallel.Coordinator.collect`): adds the other
+        #: ranks' clipped sums of the same step to this rank's, before the noise.
+        self.combine: Callable[..., Any] | None = None
 
     def _apply(self, sums: list[torch.Tensor | None]) -> None:
         """grad = (clipped sum + noise) / expected batch size, then the wrapped optimiser steps."""
@@ -659,6 +662,13 @@ class FastLinearEngine(_EngineBase):
         return [grads.get(id(p)) for p in self.params], loss.detach()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.combine is not None:  # rank 0 of a cluster: every rank's sums, then the noise
+            sums, loss = (
+                self.clipped_sums(x, y) if len(x) else ([None] * len(self.params), torch.zeros(()))
+            )
+            sums, loss = self.combine(sums, loss)
+            self._apply(sums)
+            return loss
         if len(x) == 0:
             return self._noise_only_step()
         sums, loss = self.clipped_sums(x, y)

@@ -34,6 +34,7 @@ from .dp import (
     GRAD_SAMPLE_MODES,
     DpPlan,
     DpStepEngine,
+    FastLinearEngine,
     PrivacyLedger,
     plan_privacy,
     synthetic_batch,
@@ -402,12 +403,29 @@ class _PlainStep:
         self.optimizer = optimizer
         self.objective = objective
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    #: A cluster's rank 0 (:meth:`.cluster.parallel.Coordinator.collect`): adds the other
+    #: ranks' gradients of the same step to this rank's.
+    combine: Callable[..., Any] | None = None
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, batch: int | None = None) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.objective.loss(self.model(x), y, "mean")
-        loss.backward()
+        if self.combine is None:
+            loss = self.objective.loss(self.model(x), y, "mean")
+            loss.backward()
+            self.optimizer.step()
+            return loss.detach() * len(x)
+        # This rank's rows of a ``batch``-row global batch: its share of the batch's mean.
+        n = float(batch if batch is not None else len(x))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        loss = torch.zeros(())
+        if len(x):
+            loss = self.objective.loss(self.model(x), y, "sum") / n
+            loss.backward()
+        total, loss_sum = self.combine([p.grad for p in params], loss.detach() * n)
+        for p, g in zip(params, total, strict=True):
+            p.grad = g
         self.optimizer.step()
-        return loss.detach() * len(x)
+        return loss_sum
 
     def close(self) -> None:
         """Nothing to release."""
@@ -465,6 +483,7 @@ def train(
     validation: Any = None,
     early_stopping: Mapping[str, Any] | None = None,
     allow_gpu: bool = True,
+    cluster: Any = None,
 ) -> TrainingResult:
     """Train the policy's model on ``features``/``labels`` and return weights + DP certificate.
 
@@ -634,6 +653,27 @@ def train(
             engine = _PlainStep(model, optimizer, objective)
         if guard is not None:
             guard.attach(optimizer)
+        if cluster is not None:
+            # Data-parallel over the cluster's ranks (.cluster.parallel): this is rank 0.
+            if plan is not None and not isinstance(engine, FastLinearEngine):
+                raise PolicyError(
+                    "more than one rank needs the fast per-sample clipping path",
+                    problems=[f"grad_sample_mode resolved to {plan.grad_sample_mode!r}"],
+                )
+            cluster.start(
+                features=features,
+                labels=labels,
+                model=model,
+                plan={
+                    "training": training,
+                    "privacy": privacy,
+                    "task": objective.task,
+                    "num_outputs": objective.num_outputs,
+                },
+                model_package=model_package,
+                custom_model_source=custom_model_source,
+            )
+            engine.combine = cluster.collect
 
         def save(epoch_: int, step_: int, planner_state: dict[str, Any]) -> None:
             if checkpoint is None:
@@ -666,6 +706,7 @@ def train(
                 epsilon=eps,
             )
 
+        finished = False
         try:
             while epoch < epochs and not stopped_early:
                 epoch_start_state = planner.state()
@@ -679,14 +720,15 @@ def train(
                         stopped_early = True
                         break
                     idx = batches[i - first]
+                    own = idx if cluster is None else cluster.dispatch(global_step, idx)
                     if scheduled:
                         factor = schedule(global_step, total_steps)
                         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                             group["lr"] = base * factor
                     xb, yb = apply_augment(
                         hooks,
-                        _gather(x_all, idx, pinned=on_gpu),
-                        _gather(y_all, idx, pinned=on_gpu),
+                        _gather(x_all, own, pinned=on_gpu),
+                        _gather(y_all, own, pinned=on_gpu),
                         seed=seed,
                         step=global_step,
                         per_row=dp_enabled,
@@ -696,7 +738,11 @@ def train(
                         yb = yb.to(device, non_blocking=True)
                     if guard is not None:
                         guard.begin_step()
-                    loss_sum = engine.step(xb, yb)
+                    loss_sum = (
+                        engine.step(xb, yb, batch=len(idx))
+                        if isinstance(engine, _PlainStep)
+                        else engine.step(xb, yb)
+                    )
                     if guard is not None:
                         guard.end_step()
                     if ledger is not None:
@@ -735,7 +781,10 @@ def train(
             if stopped_early:
                 # Recorded so a restart does not try the refused step again.
                 save(epochs, 0, planner.state())
+            finished = True
         finally:
+            if cluster is not None:
+                cluster.finish("done" if finished else "stopped")
             engine.close()
             if guard is not None:
                 guard.detach()
