@@ -194,6 +194,7 @@ def verify_manifest(
     if doc.get("evidence_sha256") != evidence_digest(evidence).hex():
         raise ReleaseError("manifest evidence digest does not match its evidence")
     gpus = verify_release_gpus(doc, claims, policy, now=now)
+    verify_release_cluster(doc, claims, policy, now=now)
     # Compared as JSON text: in Python, true == 1 and 1.0 == 1.
     if json.dumps(doc.get("release_rule"), sort_keys=True) != json.dumps(
         release_rule(policy), sort_keys=True
@@ -247,6 +248,73 @@ def verify_release_gpus(
             "GPU (a GPU outside the TEE sees the data and the gradients in clear)"
         )
     return gpus
+
+
+def verify_release_cluster(
+    doc: Mapping[str, Any],
+    release: VerifiedClaims,
+    policy: Policy,
+    *,
+    now: _dt.datetime | None = None,
+) -> tuple[VerifiedClaims, ...]:
+    """The ranks that trained (``cluster``): with ``[cluster] ranks = N > 1`` the manifest
+    lists every rank 0..N-1 once, each rank's evidence verifies against the policy's reference
+    for that rank and binds the policy, the cluster's joint nonce and the rank's link key
+    (:func:`cctrain.attestation.binding.cluster_report_data`), rank 0 is the enclave that
+    signed the release (same platform and measurement), and a DP certificate lists the same
+    evidence digests. One rank: no ``cluster`` entry."""
+    from cctrain.attestation.cluster import verify_rank_evidence
+
+    world = int(policy.cluster["ranks"])
+    entry = doc.get("cluster")
+    if world == 1:
+        if entry is not None:
+            raise ReleaseError("the manifest lists cluster ranks, but the policy has one rank")
+        return ()
+    try:
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"the policy trains on {world} ranks: cluster is missing")
+        joint = bytes.fromhex(entry["joint_nonce"])
+        members = entry["members"]
+        if entry["ranks"] != world or [m["rank"] for m in members] != list(range(world)):
+            raise ValueError(f"cluster must list ranks 0..{world - 1} once each, in order")
+        parsed = [
+            (
+                int(m["rank"]),
+                bytes.fromhex(m["link_public_key"]),
+                evidence_from_json(m["evidence"]),
+                m["evidence_sha256"],
+            )
+            for m in members
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReleaseError(f"manifest is malformed: {exc}") from None
+    verified = []
+    for rank, link_key, evidence, digest in parsed:
+        if digest != evidence_digest(evidence).hex():
+            raise ReleaseError(f"cluster rank {rank}: evidence digest does not match its evidence")
+        if evidence.platform == "simulated" and release.platform != "simulated":
+            raise ReleaseError(f"cluster rank {rank}: simulated evidence in a hardware release")
+        try:
+            claims = verify_rank_evidence(
+                evidence,
+                policy,
+                rank=rank,
+                joint_nonce=joint,
+                link_public_key=link_key,
+                now=now,
+            )
+        except (AttestationError, ValueError) as exc:
+            raise ReleaseError(f"cluster rank {rank}'s evidence does not hold: {exc}") from None
+        verified.append(claims)
+    if (verified[0].platform, verified[0].measurement) != (release.platform, release.measurement):
+        raise ReleaseError("cluster rank 0 is not the enclave that signed the release")
+    cert = doc.get("dp_certificate")
+    if isinstance(cert, Mapping) and cert.get("rank_evidence_sha256") != [p[3] for p in parsed]:
+        raise ReleaseError(
+            "the DP certificate's rank_evidence_sha256 does not list the cluster's evidence"
+        )
+    return tuple(verified)
 
 
 def release_rule(policy: Policy) -> dict[str, Any]:

@@ -77,6 +77,9 @@ class AppConfig:
     #: False: the simulated platform has no sealing key, as TDX has none (``serve
     #: --no-sealing-key``), so the code path of a TDX enclave runs without TDX hardware.
     sealing: bool = True
+    #: Rank 0 of a cluster (``[cluster] ranks > 1``): where it serves the rendezvous the
+    #: other ranks join (``serve --cluster-listen HOST:PORT``; port 0: any free one).
+    cluster_listen: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class EnclaveApp:
         self._check_gpus(provider)
         self.custom_model_source = self._load_custom_model_source(config.model_source)
         self._check_training_plan(provider)
+        self.cluster_store = self._open_rendezvous(config)
         self.tls = TlsIdentity.generate(list(config.hosts))
         self._tls_spki = spki_sha256(self.tls.cert)
         #: Serialises Unlock and shutdown: the keyed parts are built at most once.
@@ -154,12 +158,45 @@ class EnclaveApp:
         else:
             self._open_parts(opening)
 
+    def _open_rendezvous(self, config: AppConfig) -> Any:
+        """Rank 0's rendezvous store, when the policy trains on several ranks (untrusted: it
+        carries only hellos and evidence, see :mod:`cctrain_enclave.cluster.handshake`)."""
+        ranks = int(self.policy.cluster["ranks"])
+        if ranks == 1:
+            if config.cluster_listen is not None:
+                raise PolicyError("--cluster-listen given, but the policy's [cluster] has one rank")
+            return None
+        if config.cluster_listen is None:
+            raise PolicyError(
+                f"the policy trains on {ranks} ranks: serve rank 0 with --cluster-listen "
+                "HOST:PORT, where the other ranks (cctrain-enclave worker) join"
+            )
+        from cctrain_enclave.cluster.handshake import open_rendezvous
+
+        host, port = config.cluster_listen
+        return open_rendezvous(self.policy, rank=0, host=host, port=port)
+
+    @property
+    def cluster_address(self) -> str | None:
+        """``host:port`` of the rendezvous rank 0 serves (None: one rank)."""
+        if self.cluster_store is None or self.config.cluster_listen is None:
+            return None
+        return f"{self.config.cluster_listen[0]}:{self.cluster_store.port}"
+
     def _open_parts(self, state: EnclaveState) -> None:
         """Build what needs the keys (resuming training or the release), then publish it."""
         store = ShardStore(state.paths, state.keys.hpke, self.policy)
         store.recover(collecting=state.view.phase == "collecting")
         run = RunController(
-            state, store, RunContext(self.provider, self._tls_spki, self.custom_model_source)
+            state,
+            store,
+            RunContext(
+                self.provider,
+                self._tls_spki,
+                self.custom_model_source,
+                cluster_store=self.cluster_store,
+                cluster_host=self.config.cluster_listen[0] if self.config.cluster_listen else None,
+            ),
         )
         self._opened = _Opened(state, store, run)  # one assignment: all of it or none
 

@@ -31,6 +31,7 @@ def serve_command(
     model_source: Path | None,
     reflection: bool = False,
     sealing: bool = True,
+    cluster_listen: str | None = None,
 ) -> None:
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.limits import ServerLimits
@@ -47,8 +48,16 @@ def serve_command(
         hosts=hosts,
         model_source=model_source,
         sealing=sealing,
+        cluster_listen=_host_port(cluster_listen) if cluster_listen else None,
     )
     serve(config, port=port, limits=ServerLimits(reflection=reflection))
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{text!r}: want HOST:PORT")
+    return host, int(port)
 
 
 @click.group(cls=CommandGroup)
@@ -82,6 +91,12 @@ def main() -> None:
     help="Simulated platform only: run without a sealing key, as on TDX (the policy then "
     'needs [state] key = "consortium").',
 )
+@click.option(
+    "--cluster-listen",
+    metavar="HOST:PORT",
+    help="Rank 0 of a [cluster] policy: serve the rendezvous the other ranks join there "
+    "(port 0: any free port, printed and written to endpoint.json).",
+)
 def serve_cmd(
     policy_file: Path,
     state_dir: Path,
@@ -91,6 +106,7 @@ def serve_cmd(
     model_source: Path | None,
     reflection: bool,
     no_sealing_key: bool,
+    cluster_listen: str | None,
 ) -> None:
     """Serve the signed policy over gRPC+TLS until SIGTERM.
 
@@ -105,6 +121,7 @@ def serve_cmd(
         model_source=model_source,
         reflection=reflection,
         sealing=not no_sealing_key,
+        cluster_listen=cluster_listen,
     )
 
 
@@ -134,8 +151,8 @@ def worker_command(
         raise click.UsageError(
             f"this worker runs on {provider.platform!r}, which the policy does not accept"
         )
-    host, _, port = rendezvous.rpartition(":")
-    store = open_rendezvous(policy, rank=rank, host=host, port=int(port))
+    host, port = _host_port(rendezvous)
+    store = open_rendezvous(policy, rank=rank, host=host, port=port)
     session = form_cluster(policy=policy, provider=provider, rank=rank, store=store, host=host)
     try:
         return follow(session)

@@ -126,6 +126,10 @@ def serve(
     server, bound, app = create_server(config, port=port, limits=limits)
     server.start()
     endpoint = {"address": f"{config.hosts[0]}:{bound}", "policy_digest": app.policy.digest.hex()}
+    if app.cluster_address is not None:
+        endpoint["cluster_rendezvous"] = app.cluster_address
+        log.info("cluster rendezvous for the other ranks on %s", app.cluster_address)
+        print(f"cluster rendezvous on {app.cluster_address}", flush=True)
     atomic_write(config.state_dir / "endpoint.json", (json.dumps(endpoint) + "\n").encode())
     log.info(
         "cctrain enclave serving policy %s on %s (TLS)",

@@ -28,9 +28,8 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -38,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cctrain.attestation.base import Evidence
 from cctrain.attestation.binding import NONCE_SIZE, cluster_report_data
-from cctrain.attestation.pipeline import verify_for_policy
+from cctrain.attestation.cluster import verify_rank_evidence
 from cctrain.errors import AttestationError, CctrainError
 from cctrain.policy import Policy
 from cctrain.v1 import enclave_pb2 as pb
@@ -71,22 +70,22 @@ class ClusterMember:
     platform: str
     measurement: bytes
     link_public_key: bytes
-    evidence: bytes  # the serialized cctrain.v1.Evidence
+    evidence: Evidence
 
     @property
     def evidence_sha256(self) -> str:
-        return hashlib.sha256(self.evidence).hexdigest()
+        from cctrain.release import evidence_digest
+
+        return evidence_digest(self.evidence).hex()
 
     def describe(self) -> dict[str, Any]:
-        import base64
+        from cctrain.release import evidence_to_json
 
         return {
             "rank": self.rank,
-            "platform": self.platform,
-            "measurement": self.measurement.hex(),
             "link_public_key": self.link_public_key.hex(),
+            "evidence": evidence_to_json(self.evidence),
             "evidence_sha256": self.evidence_sha256,
-            "evidence": base64.b64encode(self.evidence).decode(),
         }
 
 
@@ -115,27 +114,6 @@ class ClusterSession:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-class _RankReference:
-    """The policy as the attestation pipeline reads it, for one rank: rank 0 is held to
-    ``attestation.reference`` (what every party accepted at Attest); the others to
-    ``cluster.measurements`` when the policy gives them."""
-
-    def __init__(self, policy: Policy, rank: int) -> None:
-        self._policy = policy
-        self._rank = rank
-
-    @property
-    def attestation(self) -> Mapping[str, Any]:
-        return self._policy.attestation
-
-    def reference_for(self, platform: str) -> Mapping[str, Any]:
-        ref = dict(self._policy.reference_for(platform))
-        workers = self._policy.cluster.get("measurements")
-        if self._rank != 0 and workers:
-            ref["measurements"] = list(workers)
-        return MappingProxyType(ref)
 
 
 def joint_nonce_of(policy_digest: bytes, hellos: Sequence[bytes]) -> bytes:
@@ -241,30 +219,20 @@ def form_cluster(
     own = evidence_to_pb(evidence).SerializeToString()
     store.set(f"evidence/{rank}", own)
     members: list[ClusterMember] = []
-    allow_simulated = bool(policy.attestation.get("allow_simulated"))
     for r in range(world):
         raw = own if r == rank else _store_get(store, f"evidence/{r}", f"rank {r} sent no evidence")
         try:
             msg = pb.Evidence()
             msg.ParseFromString(raw)
             ev: Evidence = evidence_from_pb(msg)
-            claims = verify_for_policy(
-                ev,
-                _RankReference(policy, r),
-                expected_report_data=cluster_report_data(
-                    policy_digest=policy_digest,
-                    joint_nonce=joint,
-                    rank=r,
-                    link_public_key=keys[r],
-                ),
-                now=now,
-                allow_simulated=allow_simulated,
+            claims = verify_rank_evidence(
+                ev, policy, rank=r, joint_nonce=joint, link_public_key=keys[r], now=now
             )
         except (AttestationError, ValueError) as exc:
             raise ClusterError(f"rank {r}'s evidence is refused: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and kin: bad input
             raise ClusterError(f"rank {r}'s evidence cannot be parsed: {exc}") from None
-        members.append(ClusterMember(r, claims.platform, claims.measurement, keys[r], raw))
+        members.append(ClusterMember(r, claims.platform, claims.measurement, keys[r], ev))
     link_keys: dict[int, LinkKeys] = {
         r: derive_link_keys(
             private, keys[r], me=rank, peer=r, joint_nonce=joint, policy_digest=policy_digest
