@@ -136,13 +136,15 @@ def running_enclave(
     model_source: Path | None = None,
     limits: Any = None,
     sealing: bool = True,
+    cluster_listen: tuple[str, int] | None = None,
 ) -> Iterator[tuple[str, Any]]:
     """A real gRPC+TLS enclave server on a loopback port chosen by the OS.
 
     ``clock`` is the host's clock, which the host owns (tests move it to play the host);
     ``model_source`` is the custom model's source file, when the policy pins one;
     ``limits`` the server's :class:`~cctrain_enclave.limits.ServerLimits`; ``sealing=False``
-    a simulated platform without a sealing key (as TDX).
+    a simulated platform without a sealing key (as TDX); ``cluster_listen`` rank 0's
+    rendezvous for a ``[cluster]`` policy (``app.cluster_address`` is where workers join).
     """
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.server import create_server
@@ -154,6 +156,7 @@ def running_enclave(
         clock=clock,
         model_source=model_source,
         sealing=sealing,
+        cluster_listen=cluster_listen,
     )
     server, port, app = create_server(config, port=0, limits=limits)
     server.start()

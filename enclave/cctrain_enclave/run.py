@@ -48,6 +48,8 @@ from cctrain.release import (
     seal_weights,
 )
 from cctrain.v1 import enclave_pb2 as pb
+from cctrain_enclave.cluster.handshake import ClusterError
+from cctrain_enclave.cluster.links import LinkError
 from cctrain_enclave.errors import Refusal, StoredShardError
 from cctrain_enclave.ingest import ShardStore
 from cctrain_enclave.package import PackageParser
@@ -79,6 +81,9 @@ class RunContext:
     provider: EvidenceProvider
     tls_spki_sha256: bytes
     custom_model_source: bytes | None
+    #: Rank 0 of a cluster: the rendezvous store it serves, and its host.
+    cluster_store: Any = None
+    cluster_host: str | None = None
 
 
 class RunController:
@@ -169,6 +174,7 @@ class RunController:
         except Exception as exc:  # noqa: BLE001 - an enclave without its trainer fails the run
             self._fail(stage, exc)
             return
+        coordinator = None
         try:
             model_package = None
             if state.view.model_package is not None:
@@ -176,6 +182,9 @@ class RunController:
                 model_package = self._read_package(state.view.model_package)
             stage = "loading the shards"
             dataset, held_out = self._datasets(state.view.data_shards)
+            if int(policy.cluster["ranks"]) > 1:
+                stage = "forming the cluster"
+                coordinator = self._form_cluster()
             stage = "training"
             result = train(
                 dataset.features,
@@ -192,18 +201,50 @@ class RunController:
                 model_package=model_package,
                 allow_gpu=gpu_allowed(policy),
                 stop=self._stop,
+                cluster=coordinator,
             )
             stage = "building the release"
-            self._build_release(result)
+            self._build_release(
+                result, cluster=coordinator.session.describe() if coordinator else None
+            )
             checkpoints.clear()  # plaintext training state is no longer needed
         except TrainingStopped:
             log.info("training stopped for shutdown; it resumes from its checkpoint on restart")
+        except (ClusterError, LinkError) as exc:
+            # A rank that went away, or a link message that did not authenticate: the run
+            # is not failed (the host could fail any run that way); it waits, at its last
+            # checkpoint, for the enclave and every rank to be restarted.
+            log.warning(
+                "training paused at %s: %s; it resumes from its last checkpoint when rank 0 "
+                "and every other rank are restarted",
+                stage,
+                exc,
+            )
         except Refusal as exc:  # the policy expired at a checkpoint or at the release
             log.warning("training ended: %s", exc.log_text)
         except BaseException as exc:  # noqa: BLE001 - every failure ends the run, with a safe message
             # BaseException: the model's code may raise SystemExit (argparse at import does),
             # on which a thread dies silently and the run would stay "training" forever.
             self._fail(stage, exc)
+        finally:
+            if coordinator is not None:
+                coordinator.session.close()
+
+    def _form_cluster(self) -> Any:
+        """Rank 0's side of the cluster: every rank attested, the links keyed."""
+        from cctrain_enclave.cluster.handshake import form_cluster
+        from cctrain_enclave.cluster.parallel import Coordinator
+
+        assert self.ctx.cluster_store is not None and self.ctx.cluster_host is not None
+        log.info("waiting for the cluster's %d ranks", int(self.policy.cluster["ranks"]))
+        session = form_cluster(
+            policy=self.policy,
+            provider=self.ctx.provider,
+            rank=0,
+            store=self.ctx.cluster_store,
+            host=self.ctx.cluster_host,
+        )
+        return Coordinator(session)
 
     def _datasets(self, shards: tuple[AcceptedShard, ...]) -> tuple[Any, Any]:
         """The training rows and the held-out validation rows (None without [validation]),
@@ -271,7 +312,7 @@ class RunController:
         return f"{detail} — for you: {mine}" if mine else detail
 
     # -- release
-    def _build_release(self, result: Any) -> None:
+    def _build_release(self, result: Any, *, cluster: dict[str, Any] | None = None) -> None:
         from safetensors.torch import save
 
         state, policy = self.state, self.policy
@@ -336,6 +377,8 @@ class RunController:
             "recipients": list(policy.recipients),
             "release_rule": release_rule(policy),
         }
+        if cluster is not None:  # every rank that trained, its evidence re-verifiable
+            manifest_doc["cluster"] = cluster
         if gpus:  # bound to this release's CPU evidence as Attest binds them (gpu_nonce)
             manifest_doc["gpu_evidence"] = [evidence_to_json(g) for g in gpus]
             manifest_doc["gpu_evidence_sha256"] = [evidence_digest(g).hex() for g in gpus]

@@ -143,6 +143,11 @@ def _parse_hello(raw: bytes, rank: int, policy_digest: bytes) -> tuple[bytes, by
     return nonce, key
 
 
+def _line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
 def _store_get(store: Any, key: str, what: str) -> bytes:
     try:
         return bytes(store.get(key))
@@ -201,6 +206,15 @@ def form_cluster(
         sort_keys=True,
     ).encode()
     store.set(f"hello/{rank}", hello)
+    if rank != 0:  # a worker may start long before rank 0 starts training: it waits
+        while True:
+            try:
+                store.wait(["hello/0"], timeout)
+                break
+            except RuntimeError as exc:
+                if "timeout" not in str(exc).lower() and "timed out" not in str(exc).lower():
+                    raise ClusterError(f"rank 0's rendezvous went away: {_line(exc)}") from None
+                log.info("rank %d: waiting for rank 0 to start training", rank)
     hellos = [
         hello if r == rank else _store_get(store, f"hello/{r}", f"rank {r} did not join")
         for r in range(world)

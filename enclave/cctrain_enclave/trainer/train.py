@@ -822,6 +822,10 @@ def train(
             "covers": guard.trainable,
             "unchanged_from_initialisation": guard.frozen,
         }
+        if cluster is not None:  # every rank whose sums went into the mechanism
+            certificate["rank_evidence_sha256"] = [
+                m.evidence_sha256 for m in cluster.session.members
+            ]
     state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     metrics: dict[str, float | int] = {
         **{f"train_{k}": v for k, v in train_scores.items()},
