@@ -87,3 +87,32 @@ def test_partition_covers_every_row_once() -> None:
             parts = partition(n, w)
             assert parts[0][0] == 0 and parts[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
+
+
+def test_a_cluster_plan_that_cannot_clip_fast_is_refused_before_any_data(tmp_path: Path) -> None:
+    """The registry CNN needs Opacus's clipping, which a cluster does not run: the plan check
+    (the enclave's at start, `cctrain policy check`'s) says so, not a failure after uploads."""
+    from cctrain_enclave.trainer.precheck import check_training_plan
+
+    c = make_consortium(
+        tmp_path / "c",
+        data={
+            "formats": ["npz"],
+            "features": {"shape": [1, 8, 8], "dtype": "float32"},
+            "labels": {"num_classes": 2},
+            "max_rows": 1000,
+            "max_bytes": 1 << 20,
+        },
+        training={
+            "model": {"name": "cnn"},
+            "optimizer": {"name": "sgd", "lr": 0.1},
+            "epochs": 1,
+            "batch_size": 16,
+        },
+        privacy=DP | {"grad_sample_mode": "auto"},
+        cluster={"ranks": 2},
+    )
+    problems = check_training_plan(
+        c.signed.policy, custom_model_source=None, simulated_platform=True
+    )
+    assert len(problems) == 1 and "needs cctrain's fast per-sample clipping" in problems[0]

@@ -101,6 +101,18 @@ def check_training_plan(
         )
         if problems:
             return problems
+        ranks = int(policy.cluster["ranks"])
+        if ranks > 1:
+            from .dp import resolve_grad_sample_mode
+
+            mode = resolve_grad_sample_mode(
+                model, str(privacy.get("grad_sample_mode", "auto")), example, objective=objective
+            )
+            if mode != "fast":
+                return [
+                    f"cluster.ranks = {ranks} needs cctrain's fast per-sample clipping (Linear "
+                    f"layers), but this model's grad_sample_mode resolves to {mode!r}"
+                ]
     # One epoch of the real trainer on synthetic rows: what fails at step 1 fails here.
     dry_training = training | {"batch_size": _DRY_BATCH, "epochs": 1, "device": device}
     dry_privacy = privacy
