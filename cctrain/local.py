@@ -41,6 +41,8 @@ class LocalEnclave:
         self.env = dict(env) if env is not None else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
+        #: ``host:port`` of rank 0's cluster rendezvous (``--cluster-listen``), else None.
+        self.cluster_rendezvous: str | None = None
         self.startup_s = 0.0
 
     def start(self, *, timeout: float = 120.0) -> str:
@@ -61,7 +63,9 @@ class LocalEnclave:
                 self.kill()
                 raise CctrainError(f"the enclave did not start within {timeout:.0f} s")
             time.sleep(0.02)
-        self.address = str(json.loads(endpoint.read_text())["address"])
+        doc = json.loads(endpoint.read_text())
+        self.address = str(doc["address"])
+        self.cluster_rendezvous = doc.get("cluster_rendezvous")
         self.startup_s = time.perf_counter() - t0
         return self.address
 
@@ -94,6 +98,75 @@ class LocalEnclave:
         return self.proc.returncode
 
     def __enter__(self) -> LocalEnclave:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalWorker:
+    """A cluster worker as a local child process: ``cctrain-enclave worker --rank R``.
+
+    ``with LocalWorker(policy=..., rank=1, rendezvous=enclave.cluster_rendezvous, ...)``;
+    :meth:`wait` returns its exit status once the run ended (it exits by itself then)."""
+
+    def __init__(
+        self,
+        *,
+        policy: Path,
+        rank: int,
+        rendezvous: str,
+        state_dir: Path,
+        log: Path,
+        platform: str = "simulated",
+        env: Mapping[str, str] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.log = Path(log)
+        self.state_dir = Path(state_dir)
+        self.argv = [
+            python, "-m", "cctrain_enclave", "worker", "--policy", str(policy),
+            "--rank", str(rank), "--rendezvous", rendezvous, "--platform", platform,
+            "--state-dir", str(self.state_dir),
+        ]  # fmt: skip
+        self.env = dict(env) if env is not None else None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env
+            )
+
+    def wait(self, *, timeout: float = 120.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise CctrainError(
+                f"cluster worker did not end within {timeout:.0f} s:\n"
+                f"{self.log.read_text()[-2000:]}"
+            ) from None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> LocalWorker:
         self.start()
         return self
 
