@@ -90,7 +90,11 @@ def _policy(root: Path, ranks: int, training: dict[str, Any], privacy: dict[str,
             "%Y-%m-%dT%H:%M:%SZ"
         ),
         "parties": [
-            {"id": "site-1", "roles": ["data_provider"], "signing_key": keys["site-1"].signing_public},
+            {
+                "id": "site-1",
+                "roles": ["data_provider"],
+                "signing_key": keys["site-1"].signing_public,
+            },
             {
                 "id": "lab",
                 "roles": ["recipient"],
@@ -208,11 +212,11 @@ def _run(
     return seconds, result
 
 
-def run(*, quick: bool, repeats: int) -> dict[str, Any]:
+def run(*, quick: bool, repeats: int, rows: int | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    rows = 4_000 if quick else 20_000
+    rows = rows or (4_000 if quick else 20_000)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows, 64)).astype(np.float32)
     y = (x[:, :10].argmax(1)).astype(np.int64)

@@ -37,6 +37,7 @@ TARGETS = {
     "train_dp_mlp_ratio": 0.5,
     "snp_cached_ms": 5.0,
     "dcap_collateral_cached_ms": 20.0,
+    "cluster_sealed_over_plain": 1.5,
 }
 
 
@@ -75,6 +76,7 @@ def _section(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def run_suite(quick: bool, *, flower: bool | None) -> dict[str, Any]:
     import bench_attestation
+    import bench_cluster
     import bench_e2e
     import bench_ingest
     import bench_training
@@ -103,6 +105,9 @@ def run_suite(quick: bool, *, flower: bool | None) -> dict[str, Any]:
         return sizes
 
     results["ingest"] = _section("ingest", ingest)
+    results["cluster"] = _section(
+        "cluster", lambda: bench_cluster.run(quick=quick, repeats=1 if quick else 3)
+    )
     results["e2e"] = _section(
         "end to end",
         lambda: bench_e2e.run(
@@ -184,6 +189,16 @@ def target_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     _yes(res["steady_ratio"] >= TARGETS["train_dp_mlp_ratio"]),
                 )
             )
+    cl = r.get("cluster", {})
+    if "sealed_over_plain_links" in cl:
+        rows.append(
+            (
+                "cluster (2 ranks): DP step over sealed links / plain links",
+                f"{cl['sealed_over_plain_links']:.2f}×",
+                "≤ 1.5×",
+                _yes(cl["sealed_over_plain_links"] <= TARGETS["cluster_sealed_over_plain"]),
+            )
+        )
     att = r.get("attestation", {}).get("rows", {})
     if "sev-snp" in att:
         ms = att["sev-snp"]["cached"]["median_ms"]
@@ -244,6 +259,21 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
         out.append(
             f"| {res['size_mib']} MiB | {res['owners']} | {res['cctrain_mbps']:.0f} | {res['plain_mbps']:.0f} | {res['ratio']:.2f} | {res['enclave_peak_rss_bytes'] / 2**20:.0f} MiB ({res['rss_over_shard']:.2f}×) | {fair} |"
         )
+    cl = r.get("cluster", {})
+    if "samples_per_s" in cl:
+        out += [
+            "",
+            f"## Cluster (DP, {cl['rows']} rows, loopback ranks)",
+            "",
+            "| ranks | samples/s | vs 1 rank | max abs param diff vs 1 rank |",
+            "|---|---:|---:|---:|",
+        ]
+        for k, v in cl["samples_per_s"].items():
+            d = cl["max_param_diff_to_one_rank"].get(k)
+            out.append(
+                f"| {k} | {v:.0f} | {cl['ratio_to_one_rank'][k]:.2f}× | "
+                f"{'–' if d is None else f'{d:.1e}'} |"
+            )
     tr = r.get("training", {})
     out += [
         "",

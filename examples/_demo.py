@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cctrain.local import LocalEnclave
+from cctrain.local import LocalEnclave, LocalWorker
 
 #: The virtual environment's scripts, where ``cctrain`` is installed next to this Python.
 BIN = Path(sys.executable).parent
@@ -104,15 +104,45 @@ def sign_by_every_party(work: Path, policy: Path, envelope: Path, parties: Itera
         )
 
 
-def local_enclave(work: Path, envelope: Path, *, suffix: str = "") -> LocalEnclave:
+def local_enclave(work: Path, envelope: Path, *, suffix: str = "", ranks: int = 1) -> LocalEnclave:
     """The enclave on the simulated TEE, as a local process (``with ... as enclave``), its
-    state and log in ``work``."""
-    say("the enclave starts (simulated TEE)")
+    state and log in ``work``. ``ranks > 1``: it is rank 0 of a cluster, serving the
+    rendezvous the workers (:func:`cluster_workers`) join."""
+    say(
+        "the enclave starts (simulated TEE)"
+        if ranks == 1
+        else f"the enclave starts as rank 0 of {ranks} (simulated TEE, --cluster-listen)"
+    )
     return LocalEnclave(
         policy=envelope,
         state_dir=work / f"enclave-state{suffix}",
         log=work / f"enclave{suffix}.log",
+        extra_args=("--cluster-listen", "127.0.0.1:0") if ranks > 1 else (),
     )
+
+
+def cluster_workers(
+    work: Path, envelope: Path, enclave: LocalEnclave, ranks: int, *, suffix: str = ""
+) -> list[LocalWorker]:
+    """Ranks 1..ranks-1, each its own `cctrain-enclave worker` process, started (they wait
+    for rank 0 to start training, then attest to every rank)."""
+    workers = []
+    for r in range(1, ranks):
+        assert enclave.cluster_rendezvous is not None
+        w = LocalWorker(
+            policy=envelope,
+            rank=r,
+            rendezvous=enclave.cluster_rendezvous,
+            state_dir=work / f"rank{r}-state{suffix}",
+            log=work / f"rank{r}{suffix}.log",
+        )
+        w.start()
+        workers.append(w)
+    if workers:
+        say(
+            f"{len(workers)} worker rank(s) join rank 0's rendezvous at {enclave.cluster_rendezvous}"
+        )
+    return workers
 
 
 def session(pid: str, work: Path, address: str, envelope: Path) -> tuple[str, ...]:

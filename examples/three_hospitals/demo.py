@@ -35,6 +35,7 @@ from _demo import (  # noqa: E402
     accuracy,
     arguments,
     cctrain,
+    cluster_workers,
     fetch_release,
     fill_policy,
     fresh_workdir,
@@ -70,7 +71,7 @@ def release_values(dp: bool) -> dict[str, str]:
     }
 
 
-def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str) -> Path:
+def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str, ranks: int = 1) -> Path:
     privacy = (
         "enabled = true\ntarget_epsilon = 8.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n"
         'accountant = "rdp"\nnoise_source = "csprng"'
@@ -88,13 +89,18 @@ def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str) -> Path
         **release_values(dp),
     }
     path = work / f"policy{suffix}.toml"
-    path.write_text(fill_policy(HERE / "policy.toml.in", work, PARTIES, values))
+    text = fill_policy(HERE / "policy.toml.in", work, PARTIES, values)
+    if ranks > 1:  # data-parallel on several attested enclave ranks (docs/cluster.md)
+        text += f"\n[cluster]\nranks = {ranks}\n"
+    path.write_text(text)
     return path
 
 
-def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> dict[str, object]:
+def run_consortium(
+    work: Path, *, dp: bool, measurement: str, data: object, ranks: int = 1
+) -> dict[str, object]:
     suffix = "-dp" if dp else ""
-    policy = write_policy(work, dp=dp, measurement=measurement, suffix=suffix)
+    policy = write_policy(work, dp=dp, measurement=measurement, suffix=suffix, ranks=ranks)
     envelope = work / f"policy{suffix}.signed.json"
     say(f"every party signs {policy.name}")
     sign_by_every_party(work, policy, envelope, PARTIES)
@@ -103,8 +109,9 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
     )
     print(f"    policy digest {verify['digest']} signed by {', '.join(verify['signed'])}")
 
-    with local_enclave(work, envelope, suffix=suffix) as enclave:
+    with local_enclave(work, envelope, suffix=suffix, ranks=ranks) as enclave:
         address = enclave.address
+        workers = cluster_workers(work, envelope, enclave, ranks, suffix=suffix)
         say(f"three hospitals attest the enclave at {address} and upload in parallel")
         upload_in_parallel(
             work,
@@ -151,6 +158,21 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
             work / RECIPIENT / f"release{suffix}",
         )
 
+        if workers:
+            for w in workers:
+                if w.wait() != 0:
+                    raise SystemExit(f"a worker rank failed: see {w.log}")
+            manifest = json.loads(
+                (work / RECIPIENT / f"release{suffix}" / "manifest.json").read_text()
+            )
+            members = manifest["cluster"]["members"]
+            print(
+                f"    trained on {len(members)} ranks; the release manifest lists "
+                f"{len(members)} rank evidences ("
+                + ", ".join(f"rank {m['rank']} {m['evidence_sha256'][:12]}…" for m in members)
+                + "), each re-verified by the recipient"
+            )
+
         say("hospital-b audits the enclave's journal offline (`cctrain audit`)")
         audit = cctrain(
             "audit",
@@ -180,6 +202,12 @@ def run_consortium(work: Path, *, dp: bool, measurement: str, data: object) -> d
 def main() -> None:
     ap = arguments(__doc__, workdir="demo-run")
     ap.add_argument("--no-dp", action="store_true", help="skip the DP consortium")
+    ap.add_argument(
+        "--ranks",
+        type=int,
+        default=1,
+        help="train on this many attested enclave ranks, each its own process (docs/cluster.md)",
+    )
     args = ap.parse_args()
     work = fresh_workdir(args.workdir)
 
@@ -197,7 +225,7 @@ def main() -> None:
     runs = [False] if args.no_dp else [False, True]
     releases = {}
     for dp in runs:
-        result = run_consortium(work, dp=dp, measurement=measurement, data=data)
+        result = run_consortium(work, dp=dp, measurement=measurement, data=data, ranks=args.ranks)
         releases[dp] = result["release"]
 
     say("scoring every model on the same held-out test set")
