@@ -142,28 +142,39 @@ def _run(
     *,
     plain_links: bool,
     tmp: Path,
-) -> tuple[float, Any]:
-    """(seconds of train() itself, its result) on ``ranks`` ranks."""
+) -> tuple[float, float, Any]:
+    """(seconds of train() itself, steady seconds per step, its result) on ``ranks`` ranks.
+    Steady: between the first and the last step's progress event (setup, noise calibration
+    and the workers' rows excluded)."""
     import cctrain_enclave.cluster.handshake as handshake
+    from cctrain.policy import thaw
     from cctrain_enclave.cluster.parallel import Coordinator
     from cctrain_enclave.providers.simulated import SimulatedProvider
     from cctrain_enclave.trainer.train import TrainingRandomness, train
 
     randomness = TrainingRandomness.fixed_for_tests(1)
+    # Every rank trains the signed policy's own (normalised) plan.
+    policy, path = _policy(tmp / f"p{ranks}{plain_links}", ranks, training, privacy)
+    marks: list[tuple[int, float]] = []
     common = dict(
         num_classes=10,
-        training=training,
-        privacy=privacy,
+        training=thaw(policy.training),
+        privacy=thaw(policy.privacy),
         simulated_platform=True,
         checkpoint=None,
-        progress=None,
+        progress=lambda ev: marks.append((ev.step, time.perf_counter())),
+        progress_every=1,
         randomness=randomness,
     )
+
+    def per_step() -> float:
+        (s0, t0), (s1, t1) = marks[0], marks[-1]
+        return (t1 - t0) / max(s1 - s0, 1)
+
     if ranks == 1:
         t0 = time.perf_counter()
         result = train(x, y, **common)  # type: ignore[arg-type]
-        return time.perf_counter() - t0, result
-    policy, path = _policy(tmp / f"p{ranks}{plain_links}", ranks, training, privacy)
+        return time.perf_counter() - t0, per_step(), result
     store = handshake.open_rendezvous(policy, rank=0, host="127.0.0.1", port=0)
     procs = []
     for r in range(1, ranks):
@@ -209,10 +220,12 @@ def _run(
         session.close()
         for p in procs:
             p.wait(timeout=60)
-    return seconds, result
+    return seconds, per_step(), result
 
 
-def run(*, quick: bool, repeats: int, rows: int | None = None) -> dict[str, Any]:
+def run(
+    *, quick: bool, repeats: int, rows: int | None = None, hidden: tuple[int, ...] = (128, 128)
+) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
@@ -221,7 +234,7 @@ def run(*, quick: bool, repeats: int, rows: int | None = None) -> dict[str, Any]
     x = rng.normal(size=(rows, 64)).astype(np.float32)
     y = (x[:, :10].argmax(1)).astype(np.int64)
     training = {
-        "model": {"name": "mlp", "params": {"hidden": [128, 128]}},
+        "model": {"name": "mlp", "params": {"hidden": list(hidden)}},
         "optimizer": {"name": "sgd", "lr": 0.1},
         "epochs": 1 if quick else 2,
         "batch_size": 256,
@@ -238,20 +251,27 @@ def run(*, quick: bool, repeats: int, rows: int | None = None) -> dict[str, Any]
     }
     configs = [(1, False), (2, False), (2, True), (3, False)]
     times: dict[str, list[float]] = {f"{r}{'-plain' if p else ''}": [] for r, p in configs}
+    steps: dict[str, list[float]] = {k: [] for k in times}
     params: dict[str, Any] = {}
     samples = 0
     with tempfile.TemporaryDirectory(prefix="cctrain-bench-cluster-") as d:
         for rep in range(repeats):
             for ranks, plain in configs:  # interleaved: drift hits every configuration alike
                 key = f"{ranks}{'-plain' if plain else ''}"
-                seconds, result = _run(
+                seconds, step_s, result = _run(
                     x, y, training, privacy, ranks, plain_links=plain, tmp=Path(d) / f"{rep}{key}"
                 )
                 times[key].append(seconds)
+                steps[key].append(step_s)
                 samples = int(result.metrics["samples"])
                 params[key] = result.state_dict
-                print(f"  {key:>8} ranks: {seconds:6.2f} s", flush=True)
+                print(
+                    f"  {key:>8} ranks: {seconds:6.2f} s end to end, "
+                    f"{step_s * 1e3:6.1f} ms per step",
+                    flush=True,
+                )
     med = {k: statistics.median(v) for k, v in times.items()}
+    step = {k: statistics.median(v) for k, v in steps.items()}
     diff = {
         k: max(float((params[k][n] - params["1"][n]).abs().max()) for n in params["1"])
         for k in params
@@ -259,10 +279,14 @@ def run(*, quick: bool, repeats: int, rows: int | None = None) -> dict[str, Any]
     }
     out = {
         "rows": rows,
+        "hidden": list(hidden),
         "samples": samples,
         "samples_per_s": {k: samples / v for k, v in med.items()},
         "ratio_to_one_rank": {k: med["1"] / v for k, v in med.items()},
-        "sealed_over_plain_links": med["2"] / med["2-plain"],
+        "step_ms": {k: v * 1e3 for k, v in step.items()},
+        "steady_ratio_to_one_rank": {k: step["1"] / v for k, v in step.items()},
+        # The DP step over sealed links against plain links (steady, per step).
+        "sealed_over_plain_links": step["2"] / step["2-plain"],
         "max_param_diff_to_one_rank": diff,
         "target_link_ratio": TARGET_LINK_RATIO,
         "machine": machine_info(),
@@ -273,19 +297,22 @@ def run(*, quick: bool, repeats: int, rows: int | None = None) -> dict[str, Any]
 
 def report(out: dict[str, Any]) -> str:
     lines = [
-        f"DP training, {out['rows']} rows, MLP 64-128-128-10, fast clipping (medians)",
-        "ranks       samples/s   vs 1 rank   max |Δparam| vs 1 rank",
+        f"DP training, {out['rows']} rows, MLP 64-{'-'.join(map(str, out['hidden']))}-10, "
+        "fast clipping (medians)",
+        "ranks      samples/s e2e  vs 1 rank   ms/step steady  vs 1 rank   max |Δparam| vs 1",
     ]
     for k, v in out["samples_per_s"].items():
         d = out["max_param_diff_to_one_rank"].get(k)
         lines.append(
-            f"{k:<10} {v:10.0f}   {out['ratio_to_one_rank'][k]:8.2f}x   "
+            f"{k:<10} {v:13.0f}  {out['ratio_to_one_rank'][k]:8.2f}x   "
+            f"{out['step_ms'][k]:14.1f}  {out['steady_ratio_to_one_rank'][k]:8.2f}x   "
             f"{'—' if d is None else f'{d:.1e}'}"
         )
     ratio = out["sealed_over_plain_links"]
     verdict = "met" if out["link_target_met"] else "missed"
     lines.append(
-        f"sealed / plain links (2 ranks): {ratio:.2f}x  (target <= {TARGET_LINK_RATIO}x: {verdict})"
+        f"DP step over sealed / plain links (2 ranks, steady): {ratio:.2f}x  "
+        f"(target <= {TARGET_LINK_RATIO}x: {verdict})"
     )
     return "\n".join(lines)
 
@@ -294,9 +321,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4k rows, one epoch")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--hidden", type=int, nargs="+", default=[128, 128], help="the MLP's hidden widths"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     args = parser.parse_args()
-    out = run(quick=args.quick, repeats=args.repeats)
+    out = run(quick=args.quick, repeats=args.repeats, hidden=tuple(args.hidden))
     print(report(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -20,3 +20,4 @@ def test_cluster_benchmark_smallest_config() -> None:
     assert set(out["samples_per_s"]) == {"1", "2", "2-plain", "3"}
     assert all(d < 1e-4 for d in out["max_param_diff_to_one_rank"].values())
     assert "sealed / plain links" in bench_cluster.report(out)
+    assert set(out["step_ms"]) == set(out["samples_per_s"])

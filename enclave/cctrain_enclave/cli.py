@@ -146,6 +146,8 @@ def worker_command(
         raise click.UsageError("the policy's [cluster] has one rank: there are no workers")
     if not 1 <= rank < world:
         raise click.UsageError(f"--rank must be in [1, {world - 1}] for this policy")
+    import cctrain_enclave.trainer  # noqa: F401 - torch and Opacus now, not mid-handshake
+
     provider = detect_provider(platform, state_dir=state_dir)
     if provider.platform not in policy.attestation["platforms"]:
         raise click.UsageError(
@@ -155,7 +157,7 @@ def worker_command(
     store = open_rendezvous(policy, rank=rank, host=host, port=port)
     session = form_cluster(policy=policy, provider=provider, rank=rank, store=store, host=host)
     try:
-        return follow(session)
+        return follow(session, policy)
     finally:
         session.close()
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cctrain.policy import thaw
 from tests.cluster.conftest import cluster
 from tests.consortium import make_consortium
 
@@ -41,14 +42,16 @@ def _data(rows: int = 400) -> tuple[np.ndarray, np.ndarray]:
     return x, (x[:, 0] - x[:, 2] > 0).astype(np.int64)
 
 
-def _train(privacy: dict[str, Any], cluster_: Any = None) -> Any:
+def _train(policy: Any, cluster_: Any = None) -> Any:
+    """The policy's own (normalised) plan: what rank 0 sends and every worker checks against
+    its own signed copy."""
     x, y = _data()
     return train(
         x,
         y,
         num_classes=2,
-        training=TRAINING,
-        privacy=privacy,
+        training=thaw(policy.training),
+        privacy=thaw(policy.privacy),
         simulated_platform=True,
         checkpoint=None,
         progress=None,
@@ -66,12 +69,12 @@ def test_multi_rank_training_equals_one_rank(
         tmp_path / "c", training=TRAINING, privacy=privacy, cluster={"ranks": ranks}
     )
     with cluster(c.signed.policy, c.policy_path, tmp_path) as (session, procs):
-        multi = _train(privacy, Coordinator(session))
+        multi = _train(c.signed.policy, Coordinator(session))
     for p in procs:
         out = p.output  # type: ignore[attr-defined]
         assert p.returncode == 0, out[-2000:]
         assert "run done" in out
-    single = _train(privacy)
+    single = _train(c.signed.policy)
     assert multi.metrics["steps"] == single.metrics["steps"] > 0
     assert multi.metrics["samples"] == single.metrics["samples"]
     for k, v in single.state_dict.items():

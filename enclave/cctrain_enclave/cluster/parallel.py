@@ -27,6 +27,7 @@ stops the run (:class:`.links.LinkError`); it resumes from the last checkpoint o
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from cctrain.errors import CctrainError
+from cctrain.policy import Policy, thaw
 
 from .handshake import ClusterSession
 from .links import LinkError
@@ -81,6 +83,8 @@ class Coordinator:
         self.ranges: list[tuple[int, int]] = []
         self._params: list[nn.Parameter] = []
         self._sent = False
+        #: Seconds :meth:`start` took (rows and plan to every worker, their model built).
+        self.setup_seconds = 0.0
 
     # ---- setup
     def start(
@@ -94,6 +98,7 @@ class Coordinator:
         custom_model_source: bytes | None,
     ) -> tuple[int, int]:
         """Send every worker its rows and the plan; returns rank 0's own row range."""
+        t0 = time.perf_counter()
         self.ranges = partition(len(labels), self.session.world_size)
         self._params = [p for p in model.parameters() if p.requires_grad]
         for r in self.workers:
@@ -118,6 +123,7 @@ class Coordinator:
             if meta.get("error"):
                 raise CctrainError(f"rank {r} cannot train this plan: {meta['error']}")
         log.info("cluster: %d workers hold their rows", len(self.workers))
+        self.setup_seconds = time.perf_counter() - t0
         return self.ranges[0]
 
     # ---- steps
@@ -173,16 +179,21 @@ class Coordinator:
 # --------------------------------------------------------------------------- workers
 
 
-def follow(session: ClusterSession) -> str:
-    """A worker's whole run: receive the plan and rows, compute its part of every step until
-    rank 0 says it ended. Returns how it ended ("done" or "stopped")."""
+def follow(session: ClusterSession, policy: Policy) -> str:
+    """A worker's whole run: receive its rows (and the model package) from rank 0, compute
+    its part of every step until rank 0 says it ended. Returns how it ended ("done" or
+    "stopped"). The plan is the worker's own signed ``policy``'s, not what rank 0 says (the
+    package is checked against the policy's pin before any of its code runs)."""
     from cctrain_enclave.trainer.objective import objective_for
     from cctrain_enclave.trainer.plan import apply_augment, load_plan_hooks, plan_objective
     from cctrain_enclave.trainer.train import _model_spec, build_model_from_spec
 
     links = session.links
     meta, blobs = links.recv_msg(0, "setup")
-    training, privacy = meta["training"], meta["privacy"]
+    training, privacy = thaw(policy.training), thaw(policy.privacy)
+    if meta.get("training") != training or meta.get("privacy") != privacy:
+        links.send_msg(0, "ready", {"error": "rank 0's plan is not this rank's signed policy"})
+        raise LinkError("rank 0 sent a training plan other than the signed policy's")
     package = blobs[0].tobytes() or None
     custom = blobs[1].tobytes() or None
     rows = int(meta["rows"])
@@ -199,7 +210,7 @@ def follow(session: ClusterSession) -> str:
     dp = bool(privacy.get("enabled"))
     try:
         spec = _model_spec(training)
-        objective = objective_for(str(meta["task"]), num_outputs=int(meta["num_outputs"]))
+        objective = objective_for(policy.task, num_outputs=policy.num_outputs)
         torch.manual_seed(int(training.get("seed", 0)))
         model = build_model_from_spec(
             spec,
