@@ -48,16 +48,9 @@ def serve_command(
         hosts=hosts,
         model_source=model_source,
         sealing=sealing,
-        cluster_listen=_host_port(cluster_listen) if cluster_listen else None,
+        cluster_listen=parse_rendezvous(cluster_listen, any_port=True) if cluster_listen else None,
     )
     serve(config, port=port, limits=ServerLimits(reflection=reflection))
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(f"{text!r}: want HOST:PORT")
-    return host, int(port)
 
 
 @click.group(cls=CommandGroup)
@@ -125,6 +118,19 @@ def serve_cmd(
     )
 
 
+def parse_rendezvous(value: str, *, any_port: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address) as (host, port); a clear usage
+    error for anything else. ``any_port``: port 0 (any free one) is allowed, for rank 0's
+    ``--cluster-listen``."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    low = 0 if any_port else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) <= 65535:
+        raise click.BadParameter(f"got {value!r}, want HOST:PORT with a port in [{low}, 65535]")
+    return host, int(port)
+
+
 def worker_command(
     *, policy_file: Path, rank: int, rendezvous: str, platform: str, state_dir: Path | None
 ) -> str:
@@ -138,6 +144,7 @@ def worker_command(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    host, port = parse_rendezvous(rendezvous)
     signed = SignedPolicy.load(policy_file)
     signed.require_complete()
     policy = signed.policy
@@ -153,7 +160,6 @@ def worker_command(
         raise click.UsageError(
             f"this worker runs on {provider.platform!r}, which the policy does not accept"
         )
-    host, port = _host_port(rendezvous)
     store = open_rendezvous(policy, rank=rank, host=host, port=port)
     session = form_cluster(policy=policy, provider=provider, rank=rank, store=store, host=host)
     try:
@@ -172,6 +178,7 @@ def worker_command(
     required=True,
     metavar="HOST:PORT",
     help="Rank 0's cluster rendezvous (its `serve --cluster-listen`).",
+    callback=lambda _ctx, _param, value: parse_rendezvous(value) and value,
 )
 @click.option("--platform", default="auto", show_default=True, type=click.Choice(list(PLATFORMS)))
 @click.option(

@@ -23,6 +23,7 @@ Messages are a JSON header plus raw arrays (:func:`pack` / :func:`unpack`): no p
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ LINK_INFO = b"cctrain/link/v1"
 DEFAULT_MAX_FRAME = 256 << 20
 #: dtypes a link message may carry.
 _DTYPES = frozenset({"float32", "float64", "int64", "int32", "uint8", "bool", "float16"})
+#: numpy's own limit on an array's dimensions.
+_MAX_DIMS = 32
 
 
 class LinkError(CctrainError):
@@ -247,11 +250,19 @@ def unpack(data: bytes) -> tuple[dict[str, Any], list[np.ndarray]]:
         offset = 4 + n
         arrays = []
         for spec in specs:
-            dtype = np.dtype(spec["dtype"]) if spec["dtype"] in _DTYPES else None
-            shape = tuple(int(d) for d in spec["shape"])
-            if dtype is None or any(d < 0 for d in shape):
-                raise ValueError(f"bad array spec {spec!r}")
-            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            name, shape = spec["dtype"], spec["shape"]
+            # A shape is a list of non-negative ints (not bools, floats or a string), and
+            # its size is counted exactly: a header cannot overflow it or ask for memory.
+            if (
+                not isinstance(name, str)
+                or name not in _DTYPES
+                or not isinstance(shape, list)
+                or len(shape) > _MAX_DIMS
+                or not all(type(d) is int and d >= 0 for d in shape)
+            ):
+                raise ValueError(f"bad array spec {spec!r}"[:200])
+            dtype = np.dtype(name)
+            size = math.prod(shape) * dtype.itemsize
             if offset + size > len(data):
                 raise ValueError("arrays overrun the message")
             arrays.append(
@@ -262,6 +273,6 @@ def unpack(data: bytes) -> tuple[dict[str, Any], list[np.ndarray]]:
             offset += size
         if offset != len(data):
             raise ValueError("trailing bytes after the arrays")
-    except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, struct.error) as exc:
         raise LinkError(f"malformed link message: {exc}") from None
     return meta, arrays

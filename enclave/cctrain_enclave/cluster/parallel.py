@@ -85,6 +85,15 @@ class Coordinator:
         self._sent = False
         #: Seconds :meth:`start` took (rows and plan to every worker, their model built).
         self.setup_seconds = 0.0
+        #: Workers rank 0 still owes a read (their "ready" or this step's sums), or whose
+        #: link failed: they are not waiting for a message, so :meth:`finish` skips them
+        #: (gloo's send would block until the timeout); they end when the group closes.
+        self._owing: set[int] = set(self.workers)
+        #: Under DP, C (privacy.max_grad_norm): a worker's clipped sum over n rows has norm at
+        #: most n*C, checked on every reply, so even a faulty rank cannot exceed the
+        #: sensitivity the noise is calibrated to.
+        self._clip: float | None = None
+        self._rows_in_step: dict[int, int] = {}
 
     # ---- setup
     def start(
@@ -97,9 +106,37 @@ class Coordinator:
         model_package: bytes | None,
         custom_model_source: bytes | None,
     ) -> tuple[int, int]:
-        """Send every worker its rows and the plan; returns rank 0's own row range."""
+        """Send every worker its rows and the plan; returns rank 0's own row range. On any
+        failure the workers that are ready are told the run stopped."""
         t0 = time.perf_counter()
+        try:
+            return self._start(
+                features=features,
+                labels=labels,
+                model=model,
+                plan=plan,
+                model_package=model_package,
+                custom_model_source=custom_model_source,
+            )
+        except BaseException:
+            self.finish("stopped")
+            raise
+        finally:
+            self.setup_seconds = time.perf_counter() - t0
+
+    def _start(
+        self,
+        *,
+        features: np.ndarray,
+        labels: np.ndarray,
+        model: nn.Module,
+        plan: Mapping[str, Any],
+        model_package: bytes | None,
+        custom_model_source: bytes | None,
+    ) -> tuple[int, int]:
         self.ranges = partition(len(labels), self.session.world_size)
+        privacy = plan.get("privacy") or {}
+        self._clip = float(privacy["max_grad_norm"]) if privacy.get("enabled") else None
         self._params = [p for p in model.parameters() if p.requires_grad]
         for r in self.workers:
             lo, hi = self.ranges[r]
@@ -122,8 +159,8 @@ class Coordinator:
             meta, _ = self.links.recv_msg(r, "ready")
             if meta.get("error"):
                 raise CctrainError(f"rank {r} cannot train this plan: {meta['error']}")
+            self._owing.discard(r)
         log.info("cluster: %d workers hold their rows", len(self.workers))
-        self.setup_seconds = time.perf_counter() - t0
         return self.ranges[0]
 
     # ---- steps
@@ -140,6 +177,8 @@ class Coordinator:
                 {"op": "step", "step": step, "batch": len(idx)},
                 [local.numpy().astype(np.int64), params],
             )
+            self._owing.add(r)
+            self._rows_in_step[r] = len(local)
         lo, hi = self.ranges[0]
         mine = idx[(idx >= lo) & (idx < hi)]
         self._sent = True
@@ -160,16 +199,36 @@ class Coordinator:
                 raise CctrainError(f"rank {r} failed its step: {meta['error']}")
             if len(arrays) != 1:
                 raise LinkError(f"rank {r} sent {len(arrays)} arrays for its sums")
+            their_loss = meta.get("loss")
+            if isinstance(their_loss, bool) or not isinstance(their_loss, int | float):
+                raise LinkError(f"rank {r} sent no loss with its sums")
             if not meta.get("empty"):
-                for i, theirs in enumerate(_unflat(arrays[0], self._params)):
+                flat = arrays[0]
+                if not np.isfinite(flat).all():
+                    raise CctrainError(f"rank {r} sent non-finite gradient sums")
+                if self._clip is not None:
+                    bound = self._clip * self._rows_in_step.get(r, 0)
+                    norm = float(np.linalg.norm(flat.astype(np.float64)))
+                    if norm > bound * (1 + 1e-4) + 1e-6:
+                        raise CctrainError(
+                            f"rank {r}'s clipped sum has norm {norm:.6g} over "
+                            f"{self._rows_in_step.get(r, 0)} rows, more than the bound "
+                            f"{bound:.6g} the DP noise is calibrated to"
+                        )
+                for i, theirs in enumerate(_unflat(flat, self._params)):
                     own = total[i]
                     total[i] = theirs if own is None else own.add_(theirs.to(own.device))
-            loss += float(meta["loss"])
+            loss += float(their_loss)
+            self._owing.discard(r)
         return total, loss
 
     def finish(self, reason: str = "done") -> None:
-        """Tell every worker the run ended (best effort: a worker that went away is gone)."""
+        """Tell every worker that waits for a message that the run ended (best effort: a
+        worker that went away is gone; one rank 0 owes a read, or whose link failed, learns
+        it when the process group closes)."""
         for r in self.workers:
+            if r in self._owing:
+                continue
             try:
                 self.links.send_msg(r, "step", {"op": reason})
             except LinkError:
