@@ -18,6 +18,17 @@ pytest.importorskip("torch")
 from cctrain.policy import Policy  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
+#: DP for cluster tests: the secure noise, cctrain's fast clipping (the one a cluster runs).
+DP = {
+    "enabled": True,
+    "target_epsilon": 4.0,
+    "delta": 1e-5,
+    "max_grad_norm": 1.0,
+    "accountant": "rdp",
+    "noise_source": "csprng",
+    "grad_sample_mode": "fast",
+}
+
 
 def worker_argv(policy_path: Path, rank: int, port: int, state_dir: Path) -> list[str]:
     return [

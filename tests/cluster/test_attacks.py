@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from cctrain.policy import thaw
-from tests.cluster.conftest import _env, worker_argv
+from tests.cluster.conftest import DP, _env, worker_argv
 from tests.consortium import Consortium, make_consortium
 
 torch = pytest.importorskip("torch")
@@ -34,15 +34,6 @@ from cctrain_enclave.cluster.parallel import Coordinator  # noqa: E402
 from cctrain_enclave.providers.simulated import SimulatedProvider  # noqa: E402
 from cctrain_enclave.trainer.train import TrainingRandomness, train  # noqa: E402
 
-DP = {
-    "enabled": True,
-    "target_epsilon": 4.0,
-    "delta": 1e-5,
-    "max_grad_norm": 1.0,
-    "accountant": "rdp",
-    "noise_source": "csprng",
-    "grad_sample_mode": "fast",
-}
 PLAIN = {"enabled": False}
 TRAINING = {
     "model": {"name": "mlp", "params": {"hidden": [8]}},

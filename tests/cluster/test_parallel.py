@@ -11,22 +11,13 @@ import numpy as np
 import pytest
 
 from cctrain.policy import thaw
-from tests.cluster.conftest import cluster
+from tests.cluster.conftest import DP, cluster
 from tests.consortium import make_consortium
 
 torch = pytest.importorskip("torch")
 from cctrain_enclave.cluster.parallel import Coordinator, partition  # noqa: E402
 from cctrain_enclave.trainer.train import TrainingRandomness, train  # noqa: E402
 
-DP = {
-    "enabled": True,
-    "target_epsilon": 4.0,
-    "delta": 1e-5,
-    "max_grad_norm": 1.0,
-    "accountant": "rdp",
-    "noise_source": "csprng",
-    "grad_sample_mode": "fast",
-}
 TRAINING = {
     "model": {"name": "mlp", "params": {"hidden": [16]}},
     "optimizer": {"name": "sgd", "lr": 0.2},

@@ -12,21 +12,13 @@ import pytest
 
 from cctrain.errors import CctrainError
 from cctrain.policy import thaw
-from tests.cluster.conftest import cluster
+from tests.cluster.conftest import DP, cluster
 from tests.consortium import make_consortium
 
 torch = pytest.importorskip("torch")
 from cctrain_enclave.cluster.parallel import Coordinator  # noqa: E402
 from cctrain_enclave.trainer.train import TrainingRandomness, train  # noqa: E402
 
-DP = {
-    "enabled": True,
-    "target_epsilon": 4.0,
-    "delta": 1e-5,
-    "max_grad_norm": 1.0,
-    "noise_source": "csprng",
-    "grad_sample_mode": "fast",
-}
 #: The worker's clipping, made wrong: its sums scaled (the bound) or poisoned (finiteness).
 ROGUE = """
 import sys

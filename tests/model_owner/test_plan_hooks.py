@@ -36,7 +36,11 @@ def data(rows: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return x, (x[:, 0] > 0).astype(np.int64)
 
 
-def run(source: str, *, dp: bool = False, **training: Any) -> Any:
+def run(
+    source: str, *, dp: bool = False, train_kwargs: dict[str, Any] | None = None, **training: Any
+) -> Any:
+    """``train`` on :func:`data` with the package ``source``; ``training`` overrides the plan,
+    ``train_kwargs`` are passed to ``train`` (validation rows, early stopping)."""
     package = build_package({"plan.py": source})
     cfg = {
         "model": {
@@ -75,6 +79,7 @@ def run(source: str, *, dp: bool = False, **training: Any) -> Any:
         checkpoint=None,
         progress=None,
         model_package=package,
+        **(train_kwargs or {}),
     ), package
 
 
@@ -311,42 +316,15 @@ def test_early_stopping_reads_a_package_metric_the_way_the_policy_says() -> None
     ``patience`` epochs."""
     from cctrain_enclave.shards import ShardArrays
 
-    x, y = data(96)
-    val = ShardArrays(x[64:], y[64:])
-    kwargs: dict[str, Any] = {"epochs": 6, "metrics": {"brier": "min"}}
-    rule = {"metric": "val_brier", "patience": 2, "min_delta": 0.0}
+    x, y = data(96)  # its first 64 rows are data(): the training rows of run()
+    early = {
+        "validation": ShardArrays(x[64:], y[64:]),
+        "early_stopping": {"metric": "val_brier", "patience": 2, "min_delta": 0.0},
+    }
 
     def fit(direction: str) -> Any:
-        package = build_package({"plan.py": BASE + BRIER})
-        cfg = (
-            {
-                "model": {
-                    "name": "package",
-                    "package_sha256": hashlib.sha256(package).hexdigest(),
-                    "module": "plan",
-                    "entry": "build_model",
-                    "params": {},
-                },
-                "optimizer": {"name": "sgd", "lr": 0.5},
-                "batch_size": 16,
-                "seed": 3,
-            }
-            | kwargs
-            | {"metrics": {"brier": direction}}
-        )
-        return train(
-            x[:64],
-            y[:64],
-            num_classes=2,
-            training=cfg,
-            privacy={"enabled": False},
-            simulated_platform=True,
-            checkpoint=None,
-            progress=None,
-            model_package=package,
-            validation=val,
-            early_stopping=rule,
-        )
+        result, _ = run(BASE + BRIER, epochs=6, metrics={"brier": direction}, train_kwargs=early)
+        return result
 
     falling, rising = fit("min"), fit("max")
     assert "val_brier" in falling.metrics

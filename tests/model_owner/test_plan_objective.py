@@ -33,7 +33,7 @@ from tests.model_owner.test_model_owner import (
 )
 
 torch = pytest.importorskip("torch")
-from cctrain.package import build_package, package_sha256  # noqa: E402
+from cctrain.package import build_package  # noqa: E402
 
 OBJECTIVE = '''
 
@@ -62,16 +62,7 @@ OWN_METRICS = ["train_brier", "val_brier"]
 def test_package_loss_and_metrics_under_dp(tmp_path: Path) -> None:
     package = build_package({"plan.py": PLAN + OBJECTIVE, "layers.py": LAYERS}, initial_weights())
     (tmp_path / "model.pkg").write_bytes(package)
-    training = {
-        "model": {
-            "name": "package",
-            "provider": OWNER,
-            "package_sha256": package_sha256(package),
-            "params": {"hidden": 8},
-        },
-        "optimizer": {"name": "sgd", "lr": 0.1},
-        "batch_size": 16,
-    }
+    training = package_training(package)
     c = owner_consortium(
         tmp_path / "c",
         package,
