@@ -230,6 +230,7 @@ class AttestedEnclave:
 
     @property
     def evidence_sha256(self) -> bytes:
+        """SHA-256 of the verified evidence (what a receipt and the journal name)."""
         return evidence_digest(self.evidence)
 
 
@@ -371,6 +372,7 @@ class EnclaveSession:
 
     # -- request authentication
     def metadata(self, method: str, body: bytes) -> list[tuple[str, Any]]:
+        """The signed request metadata for ``method`` with this serialized ``body`` (party id, time, nonce, signature)."""
         t = int(self._clock() * 1000)
         nonce = os.urandom(16)
         body_sha256 = sha256(body)
@@ -406,6 +408,7 @@ class EnclaveSession:
             raise EnclaveLockedError(LOCKED_SESSION, code="FAILED_PRECONDITION")
 
     def unary(self, method: str, request: Any, *, timeout: float = 60.0) -> Any:
+        """Call the unary RPC ``method`` with ``request``, signed; gRPC errors become cctrain errors."""
         if method not in SERVED_WHILE_LOCKED:
             self._require_unlocked()
         body = request.SerializeToString()
@@ -417,6 +420,7 @@ class EnclaveSession:
             raise map_rpc_error(exc) from None
 
     def close(self) -> None:
+        """Close the channel (also on leaving a ``with`` block)."""
         self._channel.close()
         self.memory.close()
 
@@ -427,6 +431,7 @@ class EnclaveSession:
         self.close()
 
     def status(self) -> pb.GetStatusResponse:
+        """The enclave's phase, detail, receipts so far and what is still missing."""
         resp: pb.GetStatusResponse = self.unary("GetStatus", pb.GetStatusRequest())
         return resp
 
@@ -459,6 +464,7 @@ class EnclaveSession:
             raise map_rpc_error(exc) from None
 
     def wait_for_phase(self, phases: tuple[str, ...], *, timeout: float = 3600) -> str:
+        """Block until the run reaches one of ``phases`` (or ``timeout`` seconds pass); return it."""
         deadline = time.monotonic() + timeout
         while True:
             phase = self.status().phase
@@ -1124,6 +1130,7 @@ class DataOwner(EnclaveSession):
         return resp.phase
 
     def receipts(self) -> list[Receipt]:
+        """The verified receipts this session received, in upload order."""
         resp = self.unary("ListReceipts", pb.ListReceiptsRequest())
         return [
             verify_receipt(
@@ -1151,6 +1158,7 @@ class FetchedModel:
 
     @property
     def manifest(self) -> dict[str, Any]:
+        """The verified release manifest (metrics, DP certificate, receipts, evidence)."""
         return self.release.manifest
 
     @property
@@ -1210,6 +1218,7 @@ class Recipient(EnclaveSession):
     """A recipient named by the policy: fetches, verifies and unseals the released model."""
 
     def fetch_release(self) -> pb.FetchReleaseResponse:
+        """Fetch the sealed release (manifest, its signature, the release record, the sealed weights); verified by :func:`open_release`."""
         self._require_unlocked()
         resp: pb.FetchReleaseResponse = self.unary("FetchRelease", pb.FetchReleaseRequest())
         return resp
@@ -1323,6 +1332,7 @@ class ReleaseBundle:
 
     @classmethod
     def from_response(cls, resp: pb.FetchReleaseResponse) -> ReleaseBundle:
+        """The bundle of a FetchRelease response."""
         return cls(
             bytes(resp.manifest),
             bytes(resp.manifest_signature),
@@ -1359,6 +1369,8 @@ def open_release(
     allow_simulated: bool,
     now: _dt.datetime | None = None,
 ) -> FetchedModel:
+    """:func:`verify_release`, then unseal the weights with this recipient's ``keys`` and
+    check them against the manifest (hash, and the DP certificate's tensors)."""
     release = verify_release(bundle, policy=policy, allow_simulated=allow_simulated, now=now)
     if keys.party_id not in release.manifest.get("recipients", []):
         raise ReleaseError(f"{keys.party_id!r} is not a recipient named in the manifest")

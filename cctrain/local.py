@@ -71,10 +71,12 @@ class LocalEnclave:
 
     @property
     def pid(self) -> int:
+        """The enclave process's id."""
         assert self.proc is not None
         return self.proc.pid
 
     def running(self) -> bool:
+        """Whether the enclave process is still alive."""
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
@@ -139,6 +141,7 @@ class LocalWorker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start the worker process (it joins rank 0 and waits for training)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
@@ -146,6 +149,7 @@ class LocalWorker:
             )
 
     def wait(self, *, timeout: float = 120.0) -> int:
+        """Wait for the worker to end (it does once the run ended); its exit status."""
         assert self.proc is not None
         try:
             return self.proc.wait(timeout=timeout)
@@ -158,6 +162,7 @@ class LocalWorker:
             ) from None
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

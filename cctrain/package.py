@@ -111,9 +111,11 @@ class PackageInfo:
 
     @property
     def total_size(self) -> int:
+        """Bytes of every tensor together."""
         return 8 + self.header_size + self.buffer_size
 
     def summary(self) -> dict[str, Any]:
+        """What `cctrain model inspect` prints: modules, tensor count and size, the hash."""
         return {
             "format": PACKAGE_FORMAT,
             "files": {name: len(src.encode()) for name, src in sorted(self.files.items())},

@@ -146,6 +146,9 @@ class Party:
 
 @dataclass(frozen=True)
 class Policy:
+    """A parsed, checked policy (:func:`parse_policy`): every section normalised, frozen.
+    ``raw`` is the exact bytes the parties sign; ``digest`` their SHA-256."""
+
     raw: bytes
     format: str
     name: str
@@ -174,13 +177,16 @@ class Policy:
 
     @property
     def max_releases(self) -> int:
+        """How many releases this policy allows (``release.max_releases``)."""
         return int(self.release["max_releases"])
 
     @property
     def digest(self) -> bytes:
+        """SHA-256 of the policy's exact bytes: what evidence, receipts and manifests bind."""
         return hashlib.sha256(self.raw).digest()
 
     def party(self, party_id: str) -> Party | None:
+        """The party with this id, or None."""
         for p in self.parties:
             if p.id == party_id:
                 return p
@@ -188,10 +194,12 @@ class Policy:
 
     @property
     def providers(self) -> list[str]:
+        """The data providers' ids."""
         return [p.id for p in self.parties if p.is_provider]
 
     @property
     def recipients(self) -> list[str]:
+        """The parties the weights are sealed to."""
         return list(self.release["recipients"])
 
     @property
@@ -218,6 +226,7 @@ class Policy:
         return num_outputs(self.data)
 
     def reference_for(self, platform: str) -> Mapping[str, Any]:
+        """``attestation.reference`` for ``platform`` (measurements, TCB statuses, ...)."""
         ref: Mapping[str, Any] = self.attestation.get("reference", {}).get(platform, {})
         return ref
 
@@ -1345,6 +1354,7 @@ def parse_policy(raw: bytes, fmt: str) -> Policy:
 
 
 def load_policy_file(path: str | Path) -> Policy:
+    """:func:`parse_policy` of a file: TOML when it ends in ``.toml``, else JSON."""
     path = Path(path)
     fmt = "toml" if path.suffix == ".toml" else "json"
     try:
@@ -1377,14 +1387,17 @@ class SignedPolicy:
 
     @property
     def digest(self) -> bytes:
+        """The signed policy's digest (:attr:`Policy.digest`)."""
         return self.policy.digest
 
     @classmethod
     def new(cls, policy: Policy) -> SignedPolicy:
+        """An envelope over ``policy`` with no signature yet."""
         return cls(Envelope(PAYLOAD_TYPES[policy.format], policy.raw), policy)
 
     @classmethod
     def from_envelope(cls, envelope: Envelope) -> SignedPolicy:
+        """Parse the policy inside ``envelope`` (signatures are checked by :meth:`require_complete`)."""
         fmt = next((f for f, t in PAYLOAD_TYPES.items() if t == envelope.payload_type), None)
         if fmt is None:
             raise PolicyFileError(
@@ -1407,6 +1420,7 @@ class SignedPolicy:
             raise PolicyFileError(f"{path} is not a signed policy{hint}: {exc}") from None
 
     def status(self) -> SignatureStatus:
+        """Who signed, who has not, and whether the threshold is met."""
         signed, invalid = [], []
         for keyid in self.envelope.signatures:
             party = self.policy.party(keyid)

@@ -1,4 +1,4 @@
-"""docs/cli-reference.md is what the commands say about themselves, regenerated."""
+"""docs/cli-reference.md and docs/python-api.md are what the code says about itself, regenerated."""
 
 from __future__ import annotations
 
@@ -22,3 +22,13 @@ def test_every_command_has_help() -> None:
         name = section.splitlines()[0]
         body = section.split("```", 2)[2].strip()
         assert body, f"{name} has no help text"
+
+
+def test_the_python_api_reference_is_current() -> None:
+    from cctrain.apiref import render as render_api
+
+    committed = (REPO / "docs" / "python-api.md").read_text()
+    assert committed == render_api(), (
+        "docs/python-api.md is stale: python -m cctrain.apiref > docs/python-api.md"
+    )
+    assert "(no docstring)" not in committed
