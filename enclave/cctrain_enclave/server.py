@@ -150,6 +150,8 @@ def serve(
         endpoint["cluster_rendezvous"] = app.cluster_address
         log.info("cluster rendezvous for the other ranks on %s", app.cluster_address)
         print(f"cluster rendezvous on {app.cluster_address}", flush=True)
+    if metrics is not None:
+        endpoint["metrics"] = f"{metrics.host}:{metrics.port}"
     atomic_write(config.state_dir / "endpoint.json", (json.dumps(endpoint) + "\n").encode())
     event(
         "serving",

@@ -128,3 +128,38 @@ def test_json_log_lines_never_carry_an_exception_text() -> None:
     assert line["event"] == "log" and line["level"] == "ERROR"
     assert line["fields"] == {"message": "upload failed", "exception": "ValueError"}
     assert "93" not in json.dumps(line)
+
+
+def test_serve_logs_json_lines_and_serves_metrics_on_the_port_it_was_given(
+    tmp_path: Path,
+) -> None:
+    """The real command: ``--log-format json`` writes nothing on stderr that is not one JSON
+    object per line, and ``--metrics-port 0`` serves the metrics (endpoint.json says where)."""
+    from cctrain.local import LocalEnclave
+
+    c = make_consortium(tmp_path / "c")
+    log = tmp_path / "enclave.log"
+    enclave = LocalEnclave(
+        policy=c.policy_path,
+        state_dir=tmp_path / "state",
+        log=log,
+        extra_args=("--log-format", "json", "--metrics-port", "0"),
+    )
+    enclave.start(timeout=120)
+    try:
+        endpoint = json.loads((tmp_path / "state" / "endpoint.json").read_text())
+        port = int(endpoint["metrics"].rpartition(":")[2])
+        assert phase_of(scrape(port)) == ["collecting"]
+        assert health_check(enclave.address) == SERVING
+        assert rpcs(scrape(port), "/Check") >= 1
+    finally:
+        assert enclave.stop(grace_s=30) == 0
+    lines = log.read_text().splitlines()
+    printed = [ln for ln in lines if ln.startswith(("listening on ", "metrics on http://"))]
+    assert len(printed) == 2, lines
+    objects = [json.loads(ln) for ln in lines if ln not in printed]
+    assert all(set(o) == {"ts", "level", "event", "logger", "fields"} for o in objects)
+    events = [o["event"] for o in objects]
+    assert "serving" in events and events[-1] == "stopped", events
+    serving = objects[events.index("serving")]["fields"]
+    assert serving["metrics"] == endpoint["metrics"] and serving["platform"] == "simulated"
