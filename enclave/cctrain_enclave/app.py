@@ -35,6 +35,7 @@ from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal, StateDirectoryError, TrainerUnavailableError
 from cctrain_enclave.ingest import ShardStore
 from cctrain_enclave.keys import TlsIdentity
+from cctrain_enclave.metrics import RunObserver
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.run import RunContext, RunController
 from cctrain_enclave.state import EnclaveState, checked_consent, unusable
@@ -94,6 +95,8 @@ class _Opened:
 class EnclaveApp:
     def __init__(self, config: AppConfig, provider: EvidenceProvider) -> None:
         self.config = config
+        #: Lifecycle events, metrics and health (:mod:`cctrain_enclave.metrics`).
+        self.observer = RunObserver()
         state_dir = config.state_dir
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -153,8 +156,10 @@ class EnclaveApp:
             tls_spki_sha256=self._tls_spki,
             clock=config.clock,
         )
+        self.observer.metrics.cluster_ranks.set(int(self.policy.cluster["ranks"]))
         if isinstance(opening, LockedState):
             self._locked = opening
+            self.observer.locked(opening.view)
         else:
             self._open_parts(opening)
 
@@ -187,6 +192,8 @@ class EnclaveApp:
         """Build what needs the keys (resuming training or the release), then publish it."""
         store = ShardStore(state.paths, state.keys.hpke, self.policy)
         store.recover(collecting=state.view.phase == "collecting")
+        self.observer.opened(state.view)
+        state.subscribe(self.observer)
         run = RunController(
             state,
             store,
@@ -196,6 +203,7 @@ class EnclaveApp:
                 self.custom_model_source,
                 cluster_store=self.cluster_store,
                 cluster_host=self.config.cluster_listen[0] if self.config.cluster_listen else None,
+                observer=self.observer,
             ),
         )
         self._opened = _Opened(state, store, run)  # one assignment: all of it or none

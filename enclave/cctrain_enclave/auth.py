@@ -99,8 +99,12 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         tls_spki_sha256: bytes,
         clock_ms: Callable[[], int] | None = None,
         limits: ServerLimits | None = None,
+        health: Callable[[], int] | None = None,
     ) -> None:
         self._policy = policy
+        #: The serving status Health.Check answers (a HealthCheckResponse.ServingStatus):
+        #: the run's (:class:`cctrain_enclave.metrics.RunObserver`); SERVING without one.
+        self._health = health or (lambda: 1)
         self._keys: dict[str, Ed25519PublicKey] = {
             p.id: ed25519_public(p.signing_key) for p in policy.parties
         }
@@ -205,7 +209,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             give = self._take([("health", lim.health)])
             if isinstance(give, str):
                 return _refusal_handler(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, give)
-            return _health_check_handler(handler, give)
+            return _health_check_handler(handler, give, self._health)
         if method.startswith(UNAUTHENTICATED_PREFIXES):
             give = self._take([("open_streams", lim.open_streams)])
             if isinstance(give, str):
@@ -299,12 +303,14 @@ HEALTH_READ_S = 0.5
 HEALTH_SERVICES = frozenset({"", "cctrain.v1.Enclave", "grpc.health.v1.Health"})
 
 
-def _health_check_handler(handler: Any, give: Callable[[], None]) -> Any:
-    """``Health.Check``: SERVING for the server and its services, NOT_FOUND for others (as
-    the health protocol says), answered within ``HEALTH_READ_S`` whatever the caller sends."""
+def _health_check_handler(
+    handler: Any, give: Callable[[], None], status: Callable[[], int] = lambda: 1
+) -> Any:
+    """``Health.Check``: the run's status (``status()``: SERVING, or NOT_SERVING while the
+    state is locked or once the run failed) for the server and its services, NOT_FOUND for
+    others (as the health protocol says), answered within ``HEALTH_READ_S`` whatever the
+    caller sends."""
     from grpc_health.v1 import health_pb2
-
-    serving = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
     def check(requests: Any, context: grpc.ServicerContext) -> Any:
         try:
@@ -316,7 +322,7 @@ def _health_check_handler(handler: Any, give: Callable[[], None]) -> Any:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED)
                 if service not in HEALTH_SERVICES:
                     context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
-            return serving.SerializeToString()
+            return health_pb2.HealthCheckResponse(status=status()).SerializeToString()
         finally:
             give()
 

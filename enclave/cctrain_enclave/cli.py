@@ -32,14 +32,16 @@ def serve_command(
     reflection: bool = False,
     sealing: bool = True,
     cluster_listen: str | None = None,
+    log_format: str = "text",
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int | None = None,
 ) -> None:
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.limits import ServerLimits
+    from cctrain_enclave.metrics import configure_logging
     from cctrain_enclave.server import serve
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_format)
     hosts = (host,) + tuple(h for h in ("127.0.0.1", "localhost") if h != host)
     config = AppConfig(
         policy_path=policy_file,
@@ -50,7 +52,13 @@ def serve_command(
         sealing=sealing,
         cluster_listen=parse_rendezvous(cluster_listen, any_port=True) if cluster_listen else None,
     )
-    serve(config, port=port, limits=ServerLimits(reflection=reflection))
+    serve(
+        config,
+        port=port,
+        limits=ServerLimits(reflection=reflection),
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+    )
 
 
 @click.group(cls=CommandGroup)
@@ -90,6 +98,24 @@ def main() -> None:
     help="Rank 0 of a [cluster] policy: serve the rendezvous the other ranks join there "
     "(port 0: any free port, printed and written to endpoint.json).",
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="Logs on stderr: text lines, or one JSON object a line (ts, level, event, fields).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics over plain HTTP on this port (docs/operations.md).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Where --metrics-port listens.",
+)
 def serve_cmd(
     policy_file: Path,
     state_dir: Path,
@@ -100,6 +126,9 @@ def serve_cmd(
     reflection: bool,
     no_sealing_key: bool,
     cluster_listen: str | None,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Serve the signed policy over gRPC+TLS until SIGTERM.
 
@@ -115,6 +144,9 @@ def serve_cmd(
         reflection=reflection,
         sealing=not no_sealing_key,
         cluster_listen=cluster_listen,
+        log_format=log_format,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
 
 

@@ -84,6 +84,8 @@ class RunContext:
     #: Rank 0 of a cluster: the rendezvous store it serves, and its host.
     cluster_store: Any = None
     cluster_host: str | None = None
+    #: Lifecycle events and metrics (:class:`cctrain_enclave.metrics.RunObserver`).
+    observer: Any = None
 
 
 class RunController:
@@ -151,6 +153,10 @@ class RunController:
         # The training loss is computed exactly on the pooled private data, outside any DP
         # guarantee: it streams only if the policy lists it as a non-private output.
         loss = float(ev.loss) if self._stream_loss else math.nan
+        if self.ctx.observer is not None:
+            self.ctx.observer.progress(
+                step=int(ev.step), total_steps=int(ev.total_steps), epsilon=ev.epsilon
+            )
         with self._cond:
             self._events.append(
                 pb.TrainingEvent(
@@ -211,6 +217,8 @@ class RunController:
         except TrainingStopped:
             log.info("training stopped for shutdown; it resumes from its checkpoint on restart")
         except (ClusterError, LinkError) as exc:
+            if self.ctx.observer is not None:
+                self.ctx.observer.cluster_paused(stage)
             # A rank that went away, or a link message that did not authenticate: the run
             # is not failed (the host could fail any run that way); it waits, at its last
             # checkpoint, for the enclave and every rank to be restarted.
@@ -244,6 +252,8 @@ class RunController:
             store=self.ctx.cluster_store,
             host=self.ctx.cluster_host,
         )
+        if self.ctx.observer is not None:
+            self.ctx.observer.cluster_formed(int(self.policy.cluster["ranks"]))
         return Coordinator(session)
 
     def _datasets(self, shards: tuple[AcceptedShard, ...]) -> tuple[Any, Any]:

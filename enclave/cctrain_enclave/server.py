@@ -21,6 +21,7 @@ from cctrain.v1 import enclave_pb2, enclave_pb2_grpc
 from cctrain_enclave.app import AppConfig, EnclaveApp
 from cctrain_enclave.auth import AuthInterceptor
 from cctrain_enclave.limits import ServerLimits
+from cctrain_enclave.metrics import MetricsInterceptor, MetricsServer, event
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.service import EnclaveServicer
 from cctrain_enclave.state import atomic_write, unusable
@@ -81,20 +82,26 @@ def create_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="cctrain-rpc"),
         interceptors=[
+            MetricsInterceptor(app.observer.metrics),  # first: it sees auth's refusals too
             AuthInterceptor(
                 app.policy,
                 tls_spki_sha256=spki_sha256(app.tls.cert),
                 clock_ms=lambda: int(config.clock() * 1000),
                 limits=limits,
-            )
+                health=lambda: app.observer.health,
+            ),
         ],
         options=GRPC_OPTIONS + limits.grpc_options(),
     )
     enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveServicer(app, limits), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    def set_health(status: int) -> None:  # Watch streams it; Check asks the observer
+        for name in (SERVICE_NAME, ""):
+            health_servicer.set(name, status)  # type: ignore[arg-type]
+
+    app.observer.on_health(set_health)
     if limits.reflection:
         reflection.enable_server_reflection(
             (
@@ -121,22 +128,41 @@ def serve(
     port: int = 0,
     grace_s: float = 10.0,
     limits: ServerLimits | None = None,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT; then stop accepting, let RPCs finish for ``grace_s``."""
+    """Run until SIGTERM/SIGINT; then stop accepting, let RPCs finish for ``grace_s``.
+
+    ``metrics_port``: serve the Prometheus metrics on ``metrics_host:metrics_port``."""
+    if metrics_port is not None:
+        check_listen_address(metrics_host, metrics_port)
     server, bound, app = create_server(config, port=port, limits=limits)
+    metrics = None
+    if metrics_port is not None:
+        try:
+            metrics = MetricsServer(app.observer.metrics, metrics_host, metrics_port)
+        except BaseException:
+            app.shutdown()
+            raise
     server.start()
     endpoint = {"address": f"{config.hosts[0]}:{bound}", "policy_digest": app.policy.digest.hex()}
     if app.cluster_address is not None:
         endpoint["cluster_rendezvous"] = app.cluster_address
         log.info("cluster rendezvous for the other ranks on %s", app.cluster_address)
         print(f"cluster rendezvous on {app.cluster_address}", flush=True)
+    if metrics is not None:
+        endpoint["metrics"] = f"{metrics.host}:{metrics.port}"
     atomic_write(config.state_dir / "endpoint.json", (json.dumps(endpoint) + "\n").encode())
-    log.info(
-        "cctrain enclave serving policy %s on %s (TLS)",
-        app.policy.digest.hex(),
-        endpoint["address"],
+    event(
+        "serving",
+        address=endpoint["address"],
+        policy_digest=app.policy.digest.hex(),
+        platform=config.platform,
+        metrics=f"{metrics.host}:{metrics.port}" if metrics else "off",
     )
     print(f"listening on {endpoint['address']}", flush=True)
+    if metrics is not None:
+        print(f"metrics on http://{metrics.host}:{metrics.port}/metrics", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -146,6 +172,10 @@ def serve(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stop.wait()
+    event("stopping", grace_s=grace_s)
     server.stop(grace_s).wait()
     app.shutdown()
+    if metrics is not None:
+        metrics.close()
     (config.state_dir / "endpoint.json").unlink(missing_ok=True)
+    event("stopped")

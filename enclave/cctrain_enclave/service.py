@@ -180,6 +180,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
         party = current_party.get()
         session: UploadSession | None = None
         incoming = _Prefetch(request_iterator, idle_s=self.limits.upload_idle_s)
+        metrics = self.app.observer.metrics
         try:
             first = incoming.next()
             if first is None:
@@ -202,6 +203,7 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"expected a chunk, got {kind or 'an empty message'}",
                     )
+                metrics.ingested_bytes.inc(len(msg.chunk.ciphertext))
                 ack = session.add_chunk(msg.chunk)
                 if ack is not None:
                     yield pb.UploadResponse(ack=pb.Ack(next_index=ack))
@@ -210,16 +212,19 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
                 # connection, not a protocol violation. Keep the acknowledged prefix.
                 raise _ConnectionLost
             receipt = session.finish()
+            metrics.uploads.labels(outcome="accepted").inc()
             self.app.on_shard_accepted()
             yield pb.UploadResponse(receipt=receipt)
         except Refusal as exc:
             if session is not None:
                 session.reject()
+            metrics.uploads.labels(outcome="rejected").inc()
             log.warning("upload from %s refused (%s): %s", party, exc.code.name, exc.log_text)
             context.abort(exc.code, exc.message)
         except _Idle:
             if session is not None:
                 session.suspend()
+            metrics.uploads.labels(outcome="suspended").inc()
             log.info(
                 "upload from %s idle for %.0fs; suspended for resume",
                 party,
@@ -234,10 +239,12 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             # The client went away mid-stream: keep what was acknowledged.
             if session is not None:
                 session.suspend()
+            metrics.uploads.labels(outcome="suspended").inc()
             log.info("upload from %s interrupted; acknowledged prefix kept for resume", party)
         except Exception:
             if session is not None:
                 session.reject()
+            metrics.uploads.labels(outcome="rejected").inc()
             log.exception("internal error during upload from %s", party)
             context.abort(grpc.StatusCode.INTERNAL, "internal error; the upload was discarded")
         finally:

@@ -588,3 +588,26 @@ def test_each_genesis_share_opens_only_for_its_party(crashed: Crashed) -> None:
                 s.sealed,
                 info=state_share_info(c.signed.digest, view.run_id, other),
             )
+
+
+def test_health_is_not_serving_while_locked_and_serving_once_unlocked(
+    crashed: Crashed, tmp_path: Path
+) -> None:
+    """A load balancer asking the standard health service sees the locked enclave as not
+    ready (NOT_SERVING) until k parties unlocked it; the phase gauge says ``locked`` too."""
+    from grpc_health.v1 import health_pb2
+
+    from tests.hostile.helpers import health_check
+
+    c, state = crashed.consortium, crashed.copy(tmp_path / "state")
+    with running_enclave(c, state, sealing=False) as (address, app):
+        phase = app.observer.metrics.phase
+        assert health_check(address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert phase.labels(phase="locked")._value.get() == 1
+        assert _unlock_cli(address, c, "hospital-a", tmp_path).exit_code == 0
+        assert health_check(address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert _unlock_cli(address, c, RECIPIENT, tmp_path).exit_code == 0
+        assert health_check(address) == health_pb2.HealthCheckResponse.SERVING
+        current = [p for p in ("locked", "training", "awaiting_approval", "released")
+                   if phase.labels(phase=p)._value.get() == 1]  # fmt: skip
+        assert current in (["training"], ["awaiting_approval"], ["released"])  # it resumed
