@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 from cctrain import policy as P
+from cctrain.ids import PARTY_ID
 
 SCHEMA_ID = "https://cctrain.dev/schema/policy.schema.json"
 
@@ -87,7 +88,7 @@ def policy_schema() -> Json:
     party = _obj(
         "a party of the consortium",
         {
-            "id": _s("party id", pattern=P.PARTY_ID.pattern),
+            "id": _s("party id", pattern=PARTY_ID.pattern),
             "roles": _list(
                 "what the party does", _enum("a role", P.ROLES), minItems=1, uniqueItems=True
             ),
@@ -164,7 +165,7 @@ def policy_schema() -> Json:
                     "params": {"type": "object", "description": "the architecture's parameters"},
                     "source_sha256": _s("custom model source SHA-256", pattern="^[0-9a-f]{64}$"),
                     "package_sha256": _s("model package SHA-256", pattern="^[0-9a-f]{64}$"),
-                    "provider": _s("the model_provider party", pattern=P.PARTY_ID.pattern),
+                    "provider": _s("the model_provider party", pattern=PARTY_ID.pattern),
                     "module": _s("the package's module"),
                     "entry": _s("the package's entry point"),
                     "max_bytes": _int("most bytes of the package", minimum=1),
