@@ -9,11 +9,12 @@ its field, before refusing.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import hashlib
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -234,6 +235,15 @@ class Policy:
 # --------------------------------------------------------------------------- validation
 
 
+def unknown_key_message(key: Any, allowed: Iterable[str]) -> str:
+    """``unknown key``, with the closest allowed key when one is near enough to be a typo."""
+    if isinstance(key, str):
+        close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+        if close:
+            return f"unknown key; did you mean {close[0]!r}?"
+    return "unknown key"
+
+
 class _Checker:
     """Walks a parsed document, recording problems as ``field: message``."""
 
@@ -257,7 +267,7 @@ class _Checker:
         allowed = set(required) | set(optional)
         for key in doc:
             if key not in allowed:
-                self.add(f"{path}.{key}" if path else key, "unknown key")
+                self.add(f"{path}.{key}" if path else key, unknown_key_message(key, allowed))
         for key in required:
             if key not in doc:
                 self.add(f"{path}.{key}" if path else key, "missing required key")

@@ -88,6 +88,16 @@ def policy() -> None:
     """Check, sign and verify the consortium policy."""
 
 
+def _add_policy_authoring() -> None:
+    """`cctrain policy init | add-party | merge` (cctrain.cli.policy_tools)."""
+    from cctrain.cli.policy_tools import register
+
+    register(policy)
+
+
+_add_policy_authoring()
+
+
 @policy.command("check")
 @click.argument("policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(

@@ -1,0 +1,101 @@
+"""``cctrain policy init | add-party | merge``: writing the policy and collecting signatures.
+
+Registered on the ``policy`` group by :mod:`cctrain.cli.main`; the work is in
+:mod:`cctrain.authoring`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cctrain.commandline import BAD_INPUT, fail
+
+
+@click.command("init")
+@click.option(
+    "--scenario",
+    required=True,
+    type=click.Choice(["hospitals", "model-owner"]),
+    help="hospitals: data providers pool rows, a recipient gets the model; model-owner: a "
+    "model owner's package trains on the providers' rows.",
+)
+@click.option("--dp/--no-dp", default=False, show_default=True, help="Train with DP-SGD.")
+@click.option("--ranks", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--name", default="my-consortium", show_default=True, help="The policy's name.")
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def policy_init(
+    scenario: str, dp: bool, ranks: int, name: str, out_file: Path, force: bool
+) -> None:
+    """Write a commented policy template for SCENARIO to OUT (then: policy add-party)."""
+    from cctrain.authoring import policy_template
+
+    if out_file.exists() and not force:
+        fail(f"{out_file} exists; refusing to overwrite it (pass --force)", BAD_INPUT)
+    out_file.write_text(policy_template(scenario, dp=dp, ranks=ranks, name=name))
+    click.echo(f"wrote {out_file} ({scenario}, DP {'on' if dp else 'off'}, {ranks} rank(s))")
+    click.echo(
+        f"next: cctrain policy add-party PARTY-ID --roles ROLES --pub PARTY-ID.pub.json {out_file}"
+    )
+
+
+@click.command("add-party")
+@click.argument("party_id")
+@click.option(
+    "--roles",
+    required=True,
+    help="Comma-separated: data_provider, model_provider, recipient.",
+)
+@click.option(
+    "--pub",
+    "pub_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The party's PARTY-ID.pub.json, as cctrain keygen wrote it.",
+)
+@click.argument("policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def policy_add_party(party_id: str, roles: str, pub_file: Path, policy_file: Path) -> None:
+    """Add PARTY_ID to POLICY_FILE (TOML) in place, keeping its comments."""
+    from cctrain.authoring import PublicKeys, add_party
+
+    if policy_file.suffix != ".toml":
+        fail(f"{policy_file}: add-party edits TOML policies (.toml)", BAD_INPUT)
+    keys = PublicKeys.from_json(pub_file.read_bytes(), where=str(pub_file))
+    text, changes = add_party(policy_file.read_text(), party_id, roles, keys)
+    tmp = policy_file.with_name(policy_file.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(policy_file)  # all or nothing: a crash leaves the old file
+    click.echo(f"added {party_id} ({roles}) to {policy_file}")
+    for line in changes:
+        click.echo(f"  {line}")
+
+
+@click.command("merge")
+@click.argument(
+    "envelope_files",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(path_type=Path))
+def policy_merge(envelope_files: tuple[Path, ...], out_file: Path) -> None:
+    """Combine the signatures of ENVELOPE_FILES (each over the same policy) into OUT."""
+    from cctrain.authoring import merge_signed
+    from cctrain.policy import SignedPolicy
+
+    signed = [SignedPolicy.load(p) for p in envelope_files]
+    result = merge_signed(signed, names=[str(p) for p in envelope_files])
+    out_file.write_text(result.signed.envelope.to_json())
+    for path, brought in zip(envelope_files, result.contributions, strict=True):
+        click.echo(f"{path}: {', '.join(brought) or 'no new signature'}")
+    st = result.status
+    click.echo(f"wrote {out_file}; digest {result.signed.digest.hex()}")
+    click.echo(f"signed:  {', '.join(st.signed) or '-'}")
+    click.echo(f"missing: {', '.join(st.missing) or '-'}")
+
+
+def register(group: click.Group) -> None:
+    for command in (policy_init, policy_add_party, policy_merge):
+        group.add_command(command)
