@@ -29,7 +29,8 @@ place of the ``error: ...`` line (so that ``cmd --format json | jq`` sees either
 
 ``code`` is a stable slug: for cctrain's own errors the exception's kind (``PolicyFileError``
 is ``policy-file``, ``EnclaveUnavailableError`` is ``enclave-unavailable``), for click's usage
-errors ``usage``, ``missing-parameter``, ``bad-parameter``, ``no-such-option``; ``os-error`` for
+errors ``usage``, ``no-such-command``, ``no-such-option``, ``missing-parameter``,
+``bad-parameter``; ``os-error`` for
 a file that cannot be read or written, ``interrupted``; otherwise what the command names
 (``failed``, ``bad-input`` by default). A policy's problems are in ``"problems"``, one string
 each. Exit statuses are those of the table above, in either format. The ``--allow-simulated``
