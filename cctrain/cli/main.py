@@ -85,6 +85,8 @@ def _result(fmt: str, doc: dict[str, Any]) -> None:
 @click.version_option(package_name="cctrain")
 def main(verbose: bool) -> None:
     """Multi-party confidential training: attest, upload, train, release."""
+    global _banner_shown
+    _banner_shown = False  # once per invocation (several may run in one process)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
