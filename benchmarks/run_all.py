@@ -7,9 +7,11 @@
 Runs, in order: attestation verification (per platform, cold and cached), training (plain
 PyTorch vs cctrain vs cctrain+DP), ingest (cctrain encrypted upload vs a plain gRPC/TLS
 stream), end to end (the demo's flow for N parties) and the peer a user would pick instead
-(Flower FedAvg, in its own virtual environment). Writes ``benchmarks/results/latest.json``
+(Flower FedAvg, in its own virtual environment). Writes ``latest.json``
 (with machine info, versions and the git revision), ``latest.md`` (the table, with every
-target and whether it is met) and PNG plots beside them.
+target and whether it is met) and PNG plots beside them, into ``benchmarks/results/local/``
+(git-ignored) unless ``--publish`` is given, which updates the committed
+``benchmarks/results/latest.*``.
 """
 
 from __future__ import annotations
@@ -429,27 +431,57 @@ def render_plots(r: dict[str, Any], out_dir: Path) -> list[str]:
     return made
 
 
-def main() -> None:
+#: Where ``./dev bench`` writes by default: git-ignored, so a local run never touches the
+#: committed results. ``--publish`` writes the committed ``results/latest.*`` instead.
+LOCAL_RESULTS = HERE / "results" / "local"
+PUBLISHED_RESULTS = HERE / "results"
+
+
+def results_dir(out: Path | None, publish: bool) -> Path:
+    """The folder a run writes to: ``--out``, else the published results with ``--publish``,
+    else the untracked local folder."""
+    if out is not None and publish:
+        raise SystemExit(
+            "run_all: --out and --publish: give one (--publish writes benchmarks/results)"
+        )
+    if out is not None:
+        return out
+    return PUBLISHED_RESULTS if publish else LOCAL_RESULTS
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the smallest configurations (< 2 min)")
-    ap.add_argument("--out", type=Path, default=HERE / "results", help="where to write results")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"where to write results (default: {LOCAL_RESULTS.relative_to(HERE.parent)}, untracked)",
+    )
+    ap.add_argument(
+        "--publish",
+        action="store_true",
+        help="update the committed benchmarks/results/latest.* (and plots) instead",
+    )
     ap.add_argument(
         "--flower",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="run the Flower comparison (default: full mode, or quick when its venv exists)",
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    out = results_dir(args.out, args.publish)
     t0 = time.perf_counter()
     results = run_suite(args.quick, flower=args.flower)
     results["total_seconds"] = time.perf_counter() - t0
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    plots = render_plots(results, args.out)
-    (args.out / "latest.md").write_text(render_markdown(results, plots))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    plots = render_plots(results, out)
+    (out / "latest.md").write_text(render_markdown(results, plots))
     print(
-        f"\nwrote {args.out / 'latest.json'}, {args.out / 'latest.md'} and {len(plots)} plots "
+        f"\nwrote {out / 'latest.json'}, {out / 'latest.md'} and {len(plots)} plots "
         f"in {results['total_seconds']:.0f} s"
+        + ("" if args.publish else " (not published: add --publish to update benchmarks/results)")
     )
     print(render_markdown(results, plots).split("## Ingest")[0])
 

@@ -20,10 +20,27 @@ contract, and errors as one line on stderr, never a traceback.
 ===  ====================================================================================
 
 A bug is the one thing that still shows a traceback: any exception outside this contract.
+
+With ``--format json`` (every ``cctrain`` command takes it; text is the default) a command's
+result is one JSON document on stdout, and an error is one JSON object on **stdout** too, in
+place of the ``error: ...`` line (so that ``cmd --format json | jq`` sees either)::
+
+    {"error": {"code": "policy-file", "message": "...", "exit": 2}}
+
+``code`` is a stable slug: for cctrain's own errors the exception's kind (``PolicyFileError``
+is ``policy-file``, ``EnclaveUnavailableError`` is ``enclave-unavailable``), for click's usage
+errors ``usage``, ``no-such-command``, ``no-such-option``, ``missing-parameter``,
+``bad-parameter``; ``os-error`` for
+a file that cannot be read or written, ``interrupted``; otherwise what the command names
+(``failed``, ``bad-input`` by default). A policy's problems are in ``"problems"``, one string
+each. Exit statuses are those of the table above, in either format. The ``--allow-simulated``
+banner stays on stderr in both formats.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -55,9 +72,76 @@ def exit_status(exc: BaseException) -> int:
     return FAILED
 
 
-def fail(message: str, code: int = FAILED) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+#: The slug of an error a command names only by its exit status.
+_DEFAULT_SLUG = {FAILED: "failed", BAD_INPUT: "bad-input", UNAVAILABLE: "unavailable"}
+_DEFAULT_SLUG[INTERRUPTED] = "interrupted"
+
+#: Whether errors are JSON: set by :meth:`CommandGroup.main` from the command line, before
+#: click parses it (a usage error must be JSON too).
+_json_errors = False
+
+FORMATS = ("text", "json")
+
+
+def format_option(f: Any) -> Any:
+    """``--format text|json`` (default text), passed to the command as ``fmt``."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="text",
+        show_default=True,
+        help="Output format; json: one JSON document on stdout, errors included.",
+    )(f)
+
+
+def wants_json(args: Sequence[str]) -> bool:
+    """Whether ``args`` ask for ``--format json`` (anywhere, as click would take it)."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return False
+        if arg == "--format=json" or (arg == "--format" and args[i + 1 : i + 2] == ["json"]):
+            return True
+    return False
+
+
+def slug(name: str) -> str:
+    """``PolicyFileError`` -> ``policy-file``: the stable code of an error kind."""
+    name = name.removesuffix("Error") or name
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", name).lower()
+
+
+def error_document(
+    message: str, code: int, kind: str | None = None, problems: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The JSON mode's error object."""
+    err: dict[str, Any] = {
+        "code": kind or _DEFAULT_SLUG.get(code, "failed"),
+        "message": message.split(":\n  - ", 1)[0] if problems else message,
+        "exit": code,
+    }
+    if problems:
+        err["problems"] = list(problems)
+    return {"error": err}
+
+
+def fail(
+    message: str, code: int = FAILED, kind: str | None = None, problems: Sequence[str] = ()
+) -> NoReturn:
+    """End the command with ``error: message`` on stderr (in JSON mode: the error object on
+    stdout) and exit status ``code``. ``kind``: the JSON ``code`` slug (default: by status)."""
+    if _json_errors:
+        click.echo(json.dumps(error_document(message, code, kind, problems)))
+    else:
+        click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def fail_with(exc: BaseException, code: int) -> NoReturn:
+    """:func:`fail` for one of cctrain's errors: its kind, its problems."""
+    problems = getattr(exc, "problems", ())
+    fail(str(exc), code, slug(type(exc).__name__), problems)
 
 
 def _os_error_text(exc: OSError) -> str:
@@ -80,6 +164,8 @@ class CommandGroup(click.Group):
     ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        global _json_errors
+        _json_errors = wants_json(sys.argv[1:] if args is None else args)
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _NO_ARGS_IS_HELP as exc:  # a group run without a command: its help, as click does
@@ -87,14 +173,15 @@ class CommandGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            fail(exc.format_message() + where, BAD_INPUT)
+            kind = "usage" if type(exc) is click.UsageError else slug(type(exc).__name__)
+            fail(exc.format_message() + where, BAD_INPUT, kind)
         except click.ClickException as exc:
             fail(exc.format_message(), exc.exit_code)
         except click.Abort:
             fail("interrupted", INTERRUPTED)
         except CctrainError as exc:
-            fail(str(exc), exit_status(exc))
+            fail_with(exc, exit_status(exc))
         except OSError as exc:
-            fail(_os_error_text(exc), exit_status(exc))
+            fail(_os_error_text(exc), exit_status(exc), "os-error")
         # --help and --version end in click's Exit, which main() returns as a status.
         sys.exit(result if isinstance(result, int) else SUCCESS)

@@ -3,7 +3,8 @@
 Exit status (the contract, in full, is in :mod:`cctrain.commandline`): 0 success; 1 a check
 or an operation failed; 2 bad input (usage, a missing or malformed file, a policy or key that
 cannot be used); 3 the enclave cannot be reached (run the command again). Every error is one
-``error: ...`` line on stderr.
+``error: ...`` line on stderr; with ``--format json`` (every command takes it) the result and
+any error are one JSON document on stdout (``{"error": {"code", "message", "exit"}}``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,21 @@ import json
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cctrain.commandline import BAD_INPUT, FAILED, CommandGroup, fail
+from cctrain.commandline import (
+    BAD_INPUT,
+    FAILED,
+    CommandGroup,
+    error_document,
+    fail,
+    fail_with,
+    format_option,
+)
 from cctrain.errors import PolicyError, PolicyFileError
 
 
@@ -30,9 +40,26 @@ class _OnceSimulatedNotice(logging.Filter):
         return record.getMessage() != SIMULATED_WARNING
 
 
+_banner_shown = False
+
+
+def _quiet_simulated_repeats() -> None:
+    """Silence the SDK's own repeats of the banner in this process (a Python warning and a
+    log record at every verification): call only where the banner is, or will be, shown."""
+    warnings.filterwarnings("ignore", message="SIMULATED TEE: ")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _OnceSimulatedNotice) for f in handler.filters):
+            handler.addFilter(_OnceSimulatedNotice())
+
+
 def _simulated_banner() -> None:
-    """One line on stderr for --allow-simulated; the SDK's repeats of it (a Python warning and
-    a log record at every verification) are silenced in this process, not duplicated."""
+    """One line on stderr, once, for --allow-simulated, in either --format; the SDK's
+    repeats of it are silenced, not duplicated."""
+    global _banner_shown
+    _quiet_simulated_repeats()
+    if _banner_shown:
+        return
+    _banner_shown = True
     click.secho(
         "WARNING: accepting SIMULATED attestation. Its root key is public; this proves nothing. "
         "Local development only.",
@@ -40,9 +67,17 @@ def _simulated_banner() -> None:
         bold=True,
         err=True,
     )
-    warnings.filterwarnings("ignore", message="SIMULATED TEE: ")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_OnceSimulatedNotice())
+
+
+def _say(fmt: str) -> Callable[[str], None]:
+    """``click.echo`` in text mode; nothing in JSON mode (the document says it)."""
+    return click.echo if fmt == "text" else (lambda _line: None)
+
+
+def _result(fmt: str, doc: dict[str, Any]) -> None:
+    """The command's JSON document, in JSON mode."""
+    if fmt == "json":
+        click.echo(json.dumps(doc))
 
 
 @click.group(cls=CommandGroup)
@@ -50,6 +85,8 @@ def _simulated_banner() -> None:
 @click.version_option(package_name="cctrain")
 def main(verbose: bool) -> None:
     """Multi-party confidential training: attest, upload, train, release."""
+    global _banner_shown
+    _banner_shown = False  # once per invocation (several may run in one process)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -65,19 +102,22 @@ def main(verbose: bool) -> None:
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True
 )
-def keygen(party_id: str, out_dir: Path) -> None:
+@format_option
+def keygen(party_id: str, out_dir: Path, fmt: str) -> None:
     """Create PARTY_ID.key (0600: Ed25519 identity + X25519 HPKE) and PARTY_ID.pub.json."""
     from cctrain.crypto.keys import PartyKeys
     from cctrain.ids import PARTY_ID, is_party_id
 
     if not is_party_id(party_id):
-        fail(f"party id must match {PARTY_ID.pattern}", BAD_INPUT)
+        fail(f"party id must match {PARTY_ID.pattern}", BAD_INPUT, "bad-party-id")
     try:
         priv, pub = PartyKeys.generate(party_id).save(out_dir)
     except OSError as exc:
-        fail(f"cannot write the keys to {out_dir}: {exc.strerror}", BAD_INPUT)
-    click.echo(f"private key: {priv} (mode 0600; never share it)")
-    click.echo(f"public keys: {pub} (put them in the policy's [[parties]] entry)")
+        fail(f"cannot write the keys to {out_dir}: {exc.strerror}", BAD_INPUT, "os-error")
+    say = _say(fmt)
+    say(f"private key: {priv} (mode 0600; never share it)")
+    say(f"public keys: {pub} (put them in the policy's [[parties]] entry)")
+    _result(fmt, {"party_id": party_id, "private_key": str(priv), "public_keys": str(pub)})
 
 
 # --------------------------------------------------------------------------- policy
@@ -111,7 +151,10 @@ _add_policy_authoring()
     help="The model package (checked against the policy's pin, then run): the model "
     "owner's own check before it uploads.",
 )
-def policy_check(policy_file: Path, model_source: Path | None, model_package: Path | None) -> None:
+@format_option
+def policy_check(
+    policy_file: Path, model_source: Path | None, model_package: Path | None, fmt: str
+) -> None:
     """Validate a TOML/JSON policy strictly, print its digest, and check its training plan.
 
     The plan check builds the model, runs Opacus's validator and the gradient-mode checks,
@@ -126,32 +169,33 @@ def policy_check(policy_file: Path, model_source: Path | None, model_package: Pa
     except PolicyFileError:
         raise  # nothing to check: bad input
     except PolicyError as exc:
-        fail(str(exc), FAILED)  # the check this command exists for
-    click.echo(f"policy {p.name!r} is valid")
-    click.echo(f"digest: {p.digest.hex()}")
+        fail_with(exc, FAILED)  # the check this command exists for
+    say = _say(fmt)
+    say(f"policy {p.name!r} is valid")
+    say(f"digest: {p.digest.hex()}")
+    doc: dict[str, Any] = {"name": p.name, "digest": p.digest.hex(), "valid": True}
+
+    def not_checked(why: str) -> None:
+        say(f"training plan: NOT CHECKED ({why})")
+        _result(fmt, doc | {"training_plan": "not-checked", "training_plan_note": why})
+
     custom = p.training["model"]["name"] == "custom"
     source = model_source.read_bytes() if model_source is not None else None
     if source is not None and not custom:
         raise PolicyError("--model-source given, but the policy's model is not 'custom'")
     if custom and source is None:
-        click.echo("training plan: NOT CHECKED (custom model: pass --model-source FILE)")
+        not_checked("custom model: pass --model-source FILE")
         return
     package = model_package.read_bytes() if model_package is not None else None
     if package is not None and p.model_package is None:
         raise PolicyError("--model-package given, but the policy's model is not 'package'")
     if p.model_package is not None and package is None:
-        click.echo(
-            "training plan: NOT CHECKED (the model owner's package: its owner checks it "
-            "with --model-package FILE)"
-        )
+        not_checked("the model owner's package: its owner checks it with --model-package FILE")
         return
     try:
         from cctrain_enclave.trainer.precheck import check_training_plan
     except ImportError:
-        click.echo(
-            "training plan: NOT CHECKED (the trainer is not installed here: "
-            "pip install 'cctrain[enclave]')"
-        )
+        not_checked("the trainer is not installed here: pip install 'cctrain[enclave]'")
         return
     problems = check_training_plan(
         p,
@@ -160,10 +204,12 @@ def policy_check(policy_file: Path, model_source: Path | None, model_package: Pa
         model_package=package,
     )
     if problems:
-        fail(str(PolicyError("the policy's training plan cannot run", problems)), FAILED)
-    click.echo("training plan: ok (model built, one epoch trained on synthetic rows)")
+        plan = PolicyError("the policy's training plan cannot run", problems)
+        fail(str(plan), FAILED, "training-plan", plan.problems)
+    say("training plan: ok (model built, one epoch trained on synthetic rows)")
+    _result(fmt, doc | {"training_plan": "ok", "device": p.training.get("device", "cpu")})
     if p.training.get("device", "cpu") != "cpu":
-        click.echo(
+        say(
             f"training.device = {p.training['device']!r}: checked here on the CPU; the enclave "
             "checks its GPU when it starts (and refuses to start without one for 'cuda')"
         )
@@ -178,7 +224,8 @@ def policy_check(policy_file: Path, model_source: Path | None, model_package: Pa
     type=click.Path(path_type=Path),
     help="Signed envelope to add to (created if missing). Default: POLICY.signed.json",
 )
-def policy_sign(policy_file: Path, key_file: Path, envelope_file: Path | None) -> None:
+@format_option
+def policy_sign(policy_file: Path, key_file: Path, envelope_file: Path | None, fmt: str) -> None:
     """Add your signature over the exact POLICY_FILE bytes to the DSSE envelope."""
     from cctrain.crypto.keys import PartyKeys
     from cctrain.policy import SignedPolicy, load_policy_file
@@ -187,11 +234,14 @@ def policy_sign(policy_file: Path, key_file: Path, envelope_file: Path | None) -
     p = load_policy_file(policy_file)
     party = p.party(keys.party_id)
     if party is None:
-        fail(f"the policy names no party {keys.party_id!r}; refusing to sign", BAD_INPUT)
+        fail(
+            f"the policy names no party {keys.party_id!r}; refusing to sign", BAD_INPUT, "no-party"
+        )
     if party.signing_key != keys.signing_public:
         fail(
             f"the policy lists another signing key for {keys.party_id!r}; refusing to sign",
             BAD_INPUT,
+            "wrong-key",
         )
     envelope_file = envelope_file or policy_file.with_suffix(".signed.json")
     if envelope_file.exists():
@@ -201,21 +251,33 @@ def policy_sign(policy_file: Path, key_file: Path, envelope_file: Path | None) -
                 f"{envelope_file} holds another policy (digest {sp.digest.hex()}); "
                 "pass --envelope to write a new one",
                 BAD_INPUT,
+                "another-policy",
             )
     else:
         sp = SignedPolicy.new(p)
     sp = SignedPolicy(sp.envelope.sign(keys.party_id, keys.signing_key), sp.policy)
     envelope_file.write_text(sp.envelope.to_json())
     st = sp.status()
-    click.echo(f"signed as {keys.party_id}; digest {p.digest.hex()}")
-    click.echo(
+    say = _say(fmt)
+    say(f"signed as {keys.party_id}; digest {p.digest.hex()}")
+    say(
         f"signatures: {len(st.signed)}/{len(p.parties)}; missing: {', '.join(st.missing) or 'none'}"
+    )
+    _result(
+        fmt,
+        {
+            "signed_as": keys.party_id,
+            "digest": p.digest.hex(),
+            "envelope": str(envelope_file),
+            "signed": list(st.signed),
+            "missing": list(st.missing),
+        },
     )
 
 
 @policy.command("verify")
 @click.argument("envelope_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option
 def policy_verify(envelope_file: Path, fmt: str) -> None:
     """Show digest, who signed, who is missing; exit 1 unless fully signed and unexpired."""
     from cctrain.policy import SignedPolicy
@@ -225,7 +287,7 @@ def policy_verify(envelope_file: Path, fmt: str) -> None:
     except PolicyFileError:
         raise  # not a signed policy at all: bad input
     except PolicyError as exc:
-        fail(str(exc), FAILED)  # a signed policy whose payload is not a valid policy
+        fail_with(exc, FAILED)  # a signed policy whose payload is not a valid policy
     st = sp.status()
     problem = None
     try:
@@ -245,6 +307,7 @@ def policy_verify(envelope_file: Path, fmt: str) -> None:
                     "complete": problem is None,
                     "problem": problem,
                 }
+                | ({} if problem is None else error_document(problem, FAILED, "incomplete"))
             )
         )
     else:
@@ -263,11 +326,14 @@ def policy_verify(envelope_file: Path, fmt: str) -> None:
 
 
 @main.command()
-def measure() -> None:
+@format_option
+def measure(fmt: str) -> None:
     """Print the simulated-platform measurement of the installed enclave code (pin it in the policy)."""
     from cctrain.measure import code_measurement
 
-    click.echo(code_measurement().hex())
+    digest = code_measurement().hex()
+    _say(fmt)(digest)
+    _result(fmt, {"measurement": digest})
 
 
 # --------------------------------------------------------------------------- attestation
@@ -314,7 +380,7 @@ def attest() -> None:
 @click.option("--collateral", "collateral_path", type=click.Path(path_type=Path))
 @click.option("--at", "at", help="Verification time, ISO-8601 (default: now).")
 @click.option("--allow-simulated", is_flag=True, help="Accept the simulated root (insecure).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option
 def attest_verify(
     evidence_file: Path,
     platform: str,
@@ -330,6 +396,8 @@ def attest_verify(
     """Verify EVIDENCE (raw or hex). Exit 0 verified, 1 does not verify, 2 unparseable/bad args."""
     from cctrain.attestation.verify_cli import run_attest_verify
 
+    if allow_simulated:
+        _quiet_simulated_repeats()  # the banner follows if simulated evidence verifies
     code, doc = run_attest_verify(
         evidence_file,
         platform=platform,
@@ -342,6 +410,9 @@ def attest_verify(
         gpu_cert_files=gpu_cert_files,
     )
     if fmt == "json":
+        if code != 0:
+            kind = "not-verified" if code == FAILED else "bad-input"
+            doc = doc | error_document("; ".join(doc["errors"]) or kind, code, kind)
         click.echo(json.dumps(doc))
     else:
         status = "VERIFIED" if doc["verified"] else "NOT VERIFIED"
@@ -365,6 +436,7 @@ def attest_verify(
 
 
 def _session_options(f: Any) -> Any:
+    f = format_option(f)
     f = click.option(
         "--allow-simulated", is_flag=True, help="Accept simulated evidence (insecure)."
     )(f)
@@ -385,13 +457,19 @@ def _connect(
 
 @attest.command("enclave")
 @_session_options
-def attest_enclave(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
+def attest_enclave(
+    address: str, policy_file: Path, key_file: Path, allow_simulated: bool, fmt: str
+) -> None:
     """Attest a running enclave against the signed policy and print the verified claims."""
     from cctrain.client import EnclaveSession
 
     with _connect(EnclaveSession, address, policy_file, key_file, allow_simulated) as s:
-        click.echo(json.dumps(s.enclave.claims.to_json(), indent=2))
-        click.echo(f"policy digest: {s.policy.digest.hex()}")
+        claims, digest = s.enclave.claims.to_json(), s.policy.digest.hex()
+    if fmt == "json":
+        click.echo(json.dumps({"claims": claims, "policy_digest": digest}))
+        return
+    click.echo(json.dumps(claims, indent=2))
+    click.echo(f"policy digest: {digest}")
 
 
 # --------------------------------------------------------------------------- model owners
@@ -405,7 +483,7 @@ def model() -> None:
 @model.command("package")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_file", required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option
 def model_package(directory: Path, out_file: Path, fmt: str) -> None:
     """Build a package from DIRECTORY (flat *.py modules, optional weights.safetensors) and
     print the SHA-256 the policy pins (training.model.package_sha256)."""
@@ -425,7 +503,7 @@ def model_package(directory: Path, out_file: Path, fmt: str) -> None:
 
 @model.command("inspect")
 @click.argument("package_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option
 def model_inspect(package_file: Path, fmt: str) -> None:
     """Check PACKAGE_FILE's structure and print what it holds and its SHA-256."""
     from cctrain.client import file_sha256
@@ -458,6 +536,7 @@ def model_upload(
     allow_simulated: bool,
     receipt_out: Path | None,
     progress: bool | None,
+    fmt: str,
 ) -> None:
     """Attest the enclave, then stream PACKAGE_FILE encrypted to it; verify the receipt.
 
@@ -467,10 +546,11 @@ def model_upload(
 
     check_package_file(package_file)  # before connecting: a wrong file is bad input
     with _connect(ModelOwner, address, policy_file, key_file, allow_simulated) as owner:
-        receipt = owner.upload_package(package_file, progress=progress)
+        receipt = owner.upload_package(package_file, progress=_progress(progress, fmt))
     if receipt_out:
         receipt_out.write_text(json.dumps(receipt.to_json(), indent=2) + "\n")
-    click.echo(
+    _result(fmt, {"receipt": receipt.to_json()})
+    _say(fmt)(
         f"receipt verified: party={receipt.party_id} model package "
         f"sha256={receipt.plaintext_sha256.hex()} policy={receipt.policy_digest.hex()}"
     )
@@ -502,6 +582,7 @@ def upload(
     dataset: str | None,
     receipt_out: Path | None,
     progress: bool | None,
+    fmt: str,
 ) -> None:
     """Attest the enclave, then stream SHARD (.npz, .csv or .parquet) encrypted to it; verify the receipt."""
     from cctrain.client import DataOwner, check_shard_file
@@ -511,11 +592,14 @@ def upload(
     if dataset is not None:
         dataset_key(dataset)  # a bad label is bad input too
     with _connect(DataOwner, address, policy_file, key_file, allow_simulated) as owner:
-        receipt = owner.upload(shard, shard_id=shard_id, progress=progress, dataset=dataset)
+        receipt = owner.upload(
+            shard, shard_id=shard_id, progress=_progress(progress, fmt), dataset=dataset
+        )
     doc = receipt.to_json()
     if receipt_out:
         receipt_out.write_text(json.dumps(doc, indent=2) + "\n")
-    click.echo(
+    _result(fmt, {"receipt": doc})
+    _say(fmt)(
         f"receipt verified: party={receipt.party_id} shard={receipt.shard_id} rows={receipt.rows} "
         f"policy={receipt.policy_digest.hex()}"
     )
@@ -534,6 +618,7 @@ def withdraw(
     allow_simulated: bool,
     shard_id: str,
     receipt_out: Path | None,
+    fmt: str,
 ) -> None:
     """Withdraw one of your shards before training starts; verify the deletion receipt.
 
@@ -551,7 +636,8 @@ def withdraw(
         receipt = owner.withdraw(shard_id)
     if receipt_out:
         receipt_out.write_text(json.dumps(receipt.to_json(), indent=2) + "\n")
-    click.echo(
+    _result(fmt, {"receipt": receipt.to_json()})
+    _say(fmt)(
         f"withdrawn: party={receipt.party_id} shard={receipt.shard_id}; deletion receipt "
         f"verified: journal entry #{receipt.journal_seq} {receipt.journal_sha256.hex()}"
     )
@@ -562,7 +648,6 @@ def withdraw(
 
 @main.command()
 @_session_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def status(
     address: str, policy_file: Path, key_file: Path, allow_simulated: bool, fmt: str
 ) -> None:
@@ -601,6 +686,11 @@ def status(
         click.echo(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
 
 
+def _progress(progress: bool | None, fmt: str) -> bool | None:
+    """No progress bar in JSON mode unless asked for (it would be on stderr, but unasked)."""
+    return False if progress is None and fmt == "json" else progress
+
+
 def unlock_line(locked: bool, threshold: int, unlocked_by: Any) -> str:
     """``locked, 1 of 2 shares (hospital-a)`` or ``unlocked (2 of 2 shares)``."""
     who = list(unlocked_by)
@@ -613,7 +703,9 @@ def unlock_line(locked: bool, threshold: int, unlocked_by: Any) -> str:
 
 @main.command()
 @_session_options
-def unlock(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
+def unlock(
+    address: str, policy_file: Path, key_file: Path, allow_simulated: bool, fmt: str
+) -> None:
     """Return your share of the consortium-held state key to a restarted (locked) enclave.
 
     Attests the enclave, fetches and verifies its journal (and the genesis evidence), opens
@@ -625,7 +717,13 @@ def unlock(address: str, policy_file: Path, key_file: Path, allow_simulated: boo
 
     with _connect(EnclaveSession, address, policy_file, key_file, allow_simulated) as s:
         resp = s.unlock()
-    click.echo(unlock_line(resp.locked, resp.threshold, resp.unlocked_by))
+    _say(fmt)(unlock_line(resp.locked, resp.threshold, resp.unlocked_by))
+    doc = {
+        "locked": resp.locked,
+        "threshold": resp.threshold,
+        "unlocked_by": list(resp.unlocked_by),
+    }
+    _result(fmt, doc)
 
 
 @main.group()
@@ -635,17 +733,20 @@ def train() -> None:
 
 @train.command("start")
 @_session_options
-def train_start(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
+def train_start(
+    address: str, policy_file: Path, key_file: Path, allow_simulated: bool, fmt: str
+) -> None:
     """Request the start; refused with the reason unless every required provider has uploaded."""
     from cctrain.client import EnclaveSession
 
     with _connect(EnclaveSession, address, policy_file, key_file, allow_simulated) as s:
-        click.echo(f"phase: {s.start_training()}")
+        phase = s.start_training()
+    _say(fmt)(f"phase: {phase}")
+    _result(fmt, {"phase": phase})
 
 
 @main.command()
 @_session_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def watch(address: str, policy_file: Path, key_file: Path, allow_simulated: bool, fmt: str) -> None:
     """Stream training progress (step, epoch, loss, ε spent) until the run ends."""
     from cctrain.client import EnclaveSession
@@ -654,9 +755,24 @@ def watch(address: str, policy_file: Path, key_file: Path, allow_simulated: bool
         events = s.watch()
         if fmt == "json":
             for ev in events:
-                click.echo(json.dumps(ev.__dict__), nl=True)
+                click.echo(json.dumps(_progress_json(ev)), nl=True)
             return
         _watch_with_bar(events)
+
+
+def _progress_json(ev: Any) -> dict[str, Any]:
+    """One watch event: a step of training (1-based epoch; loss and ε null where the policy
+    does not release them) or a change of phase (no step, epoch or loss)."""
+    step = bool(ev.total_steps)
+    return {
+        "phase": ev.phase,
+        "step": ev.step if step else None,
+        "total_steps": ev.total_steps if step else None,
+        "epoch": ev.epoch + 1 if step else None,
+        "loss": ev.loss if step else None,
+        "epsilon": ev.epsilon,
+        "detail": ev.detail,
+    }
 
 
 def _watch_with_bar(events: Any) -> None:
@@ -672,20 +788,19 @@ def _watch_with_bar(events: Any) -> None:
         console=console,
         disable=not console.is_terminal,
     ) as bar:
-        task = bar.add_task("train", total=None, epoch=0, loss="-", eps="-")
+        task = bar.add_task("train", total=None, epoch="-", loss="-", eps="-")
         for ev in events:
             if not ev.total_steps:
                 console.print(f"phase: {ev.phase} {ev.detail}".rstrip())
                 continue
             eps = f"{ev.epsilon:.3f}" if ev.epsilon is not None else "-"
             loss = f"{ev.loss:.4f}" if ev.loss is not None else "-"
+            epoch = ev.epoch + 1  # the trainer counts from 0; people count from 1
             bar.update(
-                task, total=ev.total_steps, completed=ev.step, epoch=ev.epoch, loss=loss, eps=eps
+                task, total=ev.total_steps, completed=ev.step, epoch=epoch, loss=loss, eps=eps
             )
             if not console.is_terminal:
-                console.print(
-                    f"step {ev.step}/{ev.total_steps} epoch {ev.epoch} loss {loss} ε {eps}"
-                )
+                console.print(f"step {ev.step}/{ev.total_steps} epoch {epoch} loss {loss} ε {eps}")
 
 
 # --------------------------------------------------------------------------- release
@@ -698,32 +813,53 @@ def release() -> None:
 
 @release.command("approve")
 @_session_options
-def release_approve(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
+def release_approve(
+    address: str, policy_file: Path, key_file: Path, allow_simulated: bool, fmt: str
+) -> None:
     """Verify the release manifest, show what it says, and approve exactly it."""
     from cctrain.client import DataOwner
 
+    say = _say(fmt)
     with _connect(DataOwner, address, policy_file, key_file, allow_simulated) as o:
         m = o.release_manifest()
-        click.echo(f"model sha256: {m.manifest['model_sha256']}")
-        click.echo(f"metrics: {json.dumps(m.manifest['metrics'])}")
-        _privacy_summary(m.manifest, o.policy)
+        say(f"model sha256: {m.manifest['model_sha256']}")
+        say(f"metrics: {json.dumps(m.manifest['metrics'])}")
+        privacy = _privacy_summary(m.manifest, o.policy, say=say)
         approvals = o.approve_release()
-    click.echo(f"approved; approvals so far: {', '.join(approvals)}")
+    say(f"approved; approvals so far: {', '.join(approvals)}")
+    doc = {
+        "model_sha256": m.manifest["model_sha256"],
+        "manifest_sha256": m.manifest_sha256.hex(),
+        "metrics": m.manifest["metrics"],
+        "privacy": privacy,
+        "approvals": list(approvals),
+    }
+    _result(fmt, doc)
 
 
 @release.command("veto")
 @_session_options
-def release_veto(address: str, policy_file: Path, key_file: Path, allow_simulated: bool) -> None:
+def release_veto(
+    address: str, policy_file: Path, key_file: Path, allow_simulated: bool, fmt: str
+) -> None:
     """Verify the release manifest, show what it says, and veto exactly it: nothing of the
     run is released, and its sealed weights are deleted. Refused after the release."""
     from cctrain.client import DataOwner
 
     with _connect(DataOwner, address, policy_file, key_file, allow_simulated) as o:
         m = o.release_manifest()
-        click.echo(f"model sha256: {m.manifest['model_sha256']}")
-        click.echo(f"manifest sha256: {m.manifest_sha256.hex()}")
+        say = _say(fmt)
+        say(f"model sha256: {m.manifest['model_sha256']}")
+        say(f"manifest sha256: {m.manifest_sha256.hex()}")
         phase = o.veto_release()
-    click.echo(f"vetoed; phase: {phase} (nothing of this run will be released)")
+    say(f"vetoed; phase: {phase} (nothing of this run will be released)")
+    doc = {
+        "model_sha256": m.manifest["model_sha256"],
+        "manifest_sha256": m.manifest_sha256.hex(),
+        "vetoed": True,
+        "phase": phase,
+    }
+    _result(fmt, doc)
 
 
 @release.command("fetch")
@@ -732,7 +868,7 @@ def release_veto(address: str, policy_file: Path, key_file: Path, allow_simulate
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("release"), show_default=True
 )
 def release_fetch(
-    address: str, policy_file: Path, key_file: Path, allow_simulated: bool, out_dir: Path
+    address: str, policy_file: Path, key_file: Path, allow_simulated: bool, out_dir: Path, fmt: str
 ) -> None:
     """Fetch, verify and unseal the model: OUT/release.json (sealed) and OUT/model.safetensors."""
     from cctrain.client import Recipient
@@ -741,52 +877,69 @@ def release_fetch(
         model = r.fetch_model(save_to=out_dir / "release.json")
     (out_dir / "model.safetensors").write_bytes(model.weights)
     (out_dir / "manifest.json").write_text(json.dumps(model.manifest, indent=2) + "\n")
-    click.echo(
+    say = _say(fmt)
+    say(
         f"verified and unsealed: {out_dir / 'model.safetensors'} (sha256 {model.manifest['model_sha256']})"
     )
-    _privacy_summary(model.manifest, r.policy, weights=model.weights)
+    privacy = _privacy_summary(model.manifest, r.policy, weights=model.weights, say=say)
+    doc = {
+        "model": str(out_dir / "model.safetensors"),
+        "model_sha256": model.manifest["model_sha256"],
+        "release": str(out_dir / "release.json"),
+        "manifest": str(out_dir / "manifest.json"),
+        "privacy": privacy,
+    }
+    _result(fmt, doc)
 
 
 def _privacy_summary(
-    manifest: dict[str, Any], policy: Any, *, weights: bytes | None = None
-) -> None:
+    manifest: dict[str, Any],
+    policy: Any,
+    *,
+    weights: bytes | None = None,
+    say: Callable[[str], None] = click.echo,
+) -> dict[str, Any]:
     """What the release's privacy claims are (already checked against the policy), ε
     recomputed independently where dp-accounting is installed, and what DP does not cover.
     ``weights``: the unsealed (already checked) weights, where a sealed certificate's
-    tensor names are."""
+    tensor names are. Said line by line with ``say``; returned as a JSON document."""
     from cctrain.dpcheck import SEALED, certified_tensors, recompute_epsilon
     from cctrain.errors import ReleaseError
 
     cert = manifest.get("dp_certificate")
     outside = manifest.get("non_private_outputs") or []
+    doc: dict[str, Any] = {"dp_certificate": cert, "non_private_outputs": list(outside)}
     if cert is None:
-        click.echo("DP: none. Nothing released is private: " + ", ".join(outside))
-        return
-    click.echo(
+        say("DP: none. Nothing released is private: " + ", ".join(outside))
+        return doc
+    say(
         f"DP: ε = {cert['epsilon']:.4g} ≤ {cert['target_epsilon']:g}, δ = {cert['delta']:g} "
         f"({cert['accountant']}; σ = {cert['noise_multiplier']:.4g}, q = {cert['sample_rate']:.4g}, "
         f"{cert['steps']} steps, clip {cert['max_grad_norm']:g}; noise {cert['noise_source']}, "
         f"batches {cert['sampling']}): agrees with the policy"
     )
     if cert.get("tensor_names") == SEALED and weights is None:
-        click.echo(
+        say(
             "    covers: the model package's tensors, named only inside the sealed weights "
             f"(commitment {cert['tensor_names_sha256'][:16]}…; recipients check them)"
         )
     else:
         tensors = certified_tensors(cert, weights)
-        click.echo(f"    covers: {', '.join(tensors.covers)}")
+        doc["covers"] = list(tensors.covers)
+        doc["unchanged_from_initialisation"] = list(tensors.unchanged_from_initialisation)
+        say(f"    covers: {', '.join(tensors.covers)}")
         if tensors.unchanged_from_initialisation:
-            click.echo(
+            say(
                 "    released at their initial value: "
                 + ", ".join(tensors.unchanged_from_initialisation)
             )
     again = recompute_epsilon(cert)
+    doc["epsilon_recomputed"] = again
     if again is None:
-        click.echo("    ε not recomputed independently (pip install dp-accounting to do so)")
+        say("    ε not recomputed independently (pip install dp-accounting to do so)")
     else:
         diff = (again - cert["epsilon"]) / max(cert["epsilon"], 1e-12)
-        click.echo(
+        say(
             f"    ε recomputed with Google's dp-accounting: {again:.4g} ({diff:+.2%}; its RDP "
             "bound at fractional orders is slightly looser, see docs/dp.md)"
         )
@@ -796,10 +949,11 @@ def _privacy_summary(
                 f"{policy.privacy['target_epsilon']} by more than 1%"
             )
     if outside:
-        click.echo(
+        say(
             "OUTSIDE the DP guarantee (exact, opted in by release.non_private): "
             + ", ".join(outside)
         )
+    return doc
 
 
 @release.command("verify")
@@ -815,12 +969,14 @@ def _privacy_summary(
 @click.option(
     "--out", "out_file", type=click.Path(path_type=Path), help="Write the unsealed model here."
 )
+@format_option
 def release_verify(
     bundle: Path,
     policy_file: Path,
     key_file: Path | None,
     allow_simulated: bool,
     out_file: Path | None,
+    fmt: str,
 ) -> None:
     """Verify a release bundle offline: manifest signature, evidence, policy digest (and model hash)."""
     from cctrain.client import load_release_bundle, open_release, verify_release
@@ -832,26 +988,46 @@ def release_verify(
     rb = load_release_bundle(bundle)
     if allow_simulated:
         _simulated_banner()
+    say = _say(fmt)
     if key_file is None:
         rel = verify_release(rb, policy=sp.policy, allow_simulated=allow_simulated)
-        click.echo(
+        say(
             f"release verified: model sha256 {rel.manifest['model_sha256']}; "
             f"{len(rel.manifest['receipts'])} shards, each once; "
             f"approved by {', '.join(rel.approved_by) or 'nobody (none required)'} "
             "(weights not opened: no --key)"
         )
-        _privacy_summary(rel.manifest, sp.policy)
+        privacy = _privacy_summary(rel.manifest, sp.policy, say=say)
+        doc = {
+            "verified": True,
+            "unsealed": False,
+            "model_sha256": rel.manifest["model_sha256"],
+            "shards": len(rel.manifest["receipts"]),
+            "approved_by": list(rel.approved_by),
+            "privacy": privacy,
+        }
+        _result(fmt, doc)
         return
     model = open_release(
         rb, policy=sp.policy, keys=PartyKeys.load(key_file), allow_simulated=allow_simulated
     )
     if out_file:
         out_file.write_bytes(model.weights)
-    click.echo(
+    say(
         f"release verified and unsealed: model sha256 {model.manifest['model_sha256']}; "
         f"approved by {', '.join(model.release.approved_by) or 'nobody (none required)'}"
     )
-    _privacy_summary(model.manifest, sp.policy, weights=model.weights)
+    privacy = _privacy_summary(model.manifest, sp.policy, weights=model.weights, say=say)
+    doc = {
+        "verified": True,
+        "unsealed": True,
+        "model_sha256": model.manifest["model_sha256"],
+        "shards": len(model.manifest["receipts"]),
+        "approved_by": list(model.release.approved_by),
+        "model": str(out_file) if out_file else None,
+        "privacy": privacy,
+    }
+    _result(fmt, doc)
 
 
 # --------------------------------------------------------------------------- audit
@@ -881,7 +1057,7 @@ def release_verify(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the fetched journal here (verifiable later with --journal).",
 )
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option
 def audit_cmd(
     address: str | None,
     journal_file: Path | None,
@@ -901,9 +1077,9 @@ def audit_cmd(
     from cctrain.policy import SignedPolicy
 
     if (address is None) == (journal_file is None):
-        fail("give exactly one of --enclave HOST:PORT or --journal FILE", BAD_INPUT)
+        fail("give exactly one of --enclave HOST:PORT or --journal FILE", BAD_INPUT, "usage")
     if address is not None and key_file is None:
-        fail("--enclave needs --key: every request to the enclave is signed", BAD_INPUT)
+        fail("--enclave needs --key: every request to the enclave is signed", BAD_INPUT, "usage")
     sp = SignedPolicy.load(policy_file)
     sp.require_complete(check_expiry=False)  # a journal outlives its policy's expiry
     if address is not None:
@@ -918,7 +1094,7 @@ def audit_cmd(
         try:
             records = read_journal_file(journal_file)
         except OSError as exc:
-            fail(f"cannot read {journal_file}: {exc.strerror}", BAD_INPUT)
+            fail(f"cannot read {journal_file}: {exc.strerror}", BAD_INPUT, "os-error")
         if allow_simulated:
             _simulated_banner()
         report = audit(records, sp.policy, allow_simulated=allow_simulated)
@@ -952,7 +1128,7 @@ def _state_dir_option(f: Any) -> Any:
 
 @main.group(invoke_without_command=True)
 @_state_dir_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option
 @click.pass_context
 def ledger(ctx: click.Context, state_dir: Path | None, fmt: str) -> None:
     """The ε this party granted per dataset, across every policy, and each lifetime budget.
@@ -993,8 +1169,9 @@ def ledger(ctx: click.Context, state_dir: Path | None, fmt: str) -> None:
 @click.option("--dataset", help="A dataset name given at upload (upload --dataset), not a FILE.")
 @click.option("--epsilon", type=float, required=True, help="Lifetime ε budget of this dataset.")
 @_state_dir_option
+@format_option
 def ledger_budget(
-    file: Path | None, dataset: str | None, epsilon: float, state_dir: Path | None
+    file: Path | None, dataset: str | None, epsilon: float, state_dir: Path | None, fmt: str
 ) -> None:
     """Set a dataset's lifetime ε budget: uploads and approvals that would exceed it are
     refused. The dataset is FILE (named by its SHA-256) or the name given by --dataset."""
@@ -1012,7 +1189,14 @@ def ledger_budget(
     with PartyMemory(state_dir or default_state_dir()) as mem:
         mem.set_budget(digest, epsilon, label=name)
         granted = mem.granted(digest)
-    click.echo(
+    doc = {
+        "dataset_sha256": digest.hex(),
+        "label": name,
+        "budget": epsilon,
+        "granted": None if granted == float("inf") else granted,
+    }
+    _result(fmt, doc)
+    _say(fmt)(
         f"lifetime budget of {name} ({digest.hex()[:16]}…): ε {epsilon:g}; "
         f"granted so far: {'unbounded (no DP)' if granted == float('inf') else f'{granted:g}'}"
     )
@@ -1023,8 +1207,9 @@ def ledger_budget(
 
 @main.group("memory", invoke_without_command=True)
 @_state_dir_option
+@format_option
 @click.pass_context
-def memory_group(ctx: click.Context, state_dir: Path | None) -> None:
+def memory_group(ctx: click.Context, state_dir: Path | None, fmt: str) -> None:
     """The runs this party remembers: per policy, the newest journal head it verified.
 
     A session refuses an enclave whose journal does not extend it ("fork or rollback"),
@@ -1037,10 +1222,23 @@ def memory_group(ctx: click.Context, state_dir: Path | None) -> None:
 
     with PartyMemory(state_dir or default_state_dir()) as mem:
         runs = mem.all_runs()
+    if fmt == "json":
+        click.echo(json.dumps({"runs": [_run_json(r) for r in runs]}))
+        return
     if not runs:
         click.echo("no run remembered yet")
     for r in runs:
         click.echo(f"policy {r.policy_digest.hex()[:16]}…: {r.describe()}")
+
+
+def _run_json(r: Any) -> dict[str, Any]:
+    return {
+        "policy_digest": r.policy_digest.hex(),
+        "run_id": r.run_id.hex(),
+        "genesis_sha256": r.genesis_sha256.hex(),
+        "head": {"seq": r.head.seq, "sha256": r.head.sha256.hex()},
+        "phase": r.phase,
+    }
 
 
 @memory_group.command("forget")
@@ -1053,7 +1251,8 @@ def memory_group(ctx: click.Context, state_dir: Path | None) -> None:
     help="The signed policy of the run.",
 )
 @_state_dir_option
-def memory_forget(run_id: str, policy_file: Path, state_dir: Path | None) -> None:
+@format_option
+def memory_forget(run_id: str, policy_file: Path, state_dir: Path | None, fmt: str) -> None:
     """Forget RUN_ID (a prefix of at least 8 hex digits), an unreleased run the consortium
     knows was abandoned, so that a new run of the policy is accepted. Approvals and the ε
     ledger are kept; a released run is never forgotten."""
@@ -1064,7 +1263,8 @@ def memory_forget(run_id: str, policy_file: Path, state_dir: Path | None) -> Non
     digest = SignedPolicy.load(policy_file).digest
     with PartyMemory(state_dir or default_state_dir()) as mem:
         run = mem.forget_run(digest, run_id.lower())
-    click.echo(f"forgot {run.describe()}; approvals and the ε ledger are kept")
+    _result(fmt, {"forgot": _run_json(run)})
+    _say(fmt)(f"forgot {run.describe()}; approvals and the ε ledger are kept")
 
 
 # --------------------------------------------------------------------------- enclave
@@ -1077,9 +1277,17 @@ def enclave() -> None:
 
 def _add_enclave_serve() -> None:
     """`cctrain enclave serve` is the enclave's own command (one definition of its options)."""
+    import copy
+
     from cctrain_enclave.cli import serve_cmd
 
-    enclave.add_command(serve_cmd, "serve")
+    # Its output is the service's log; --format json makes its setup errors JSON.
+    cmd = copy.copy(serve_cmd)
+    serve = serve_cmd.callback
+    assert serve is not None
+    cmd.params = [*serve_cmd.params, *format_option(click.Command("-")).params]
+    cmd.callback = lambda fmt, **kw: serve(**kw)
+    enclave.add_command(cmd, "serve")
 
 
 _add_enclave_serve()
