@@ -1291,3 +1291,12 @@ def _add_enclave_serve() -> None:
 
 
 _add_enclave_serve()
+
+
+def _add_dashboard() -> None:
+    from cctrain.cli.dashboard import dashboard_cmd
+
+    main.add_command(dashboard_cmd, "dashboard")
+
+
+_add_dashboard()
