@@ -1,0 +1,4 @@
+FROM python:3.11.14-slim-bookworm
+ENV API_TOKEN=x
+USER 1
+HEALTHCHECK NONE
