@@ -54,6 +54,7 @@ BAD_ADDRESS = ("--enclave", "127.0.0.1:99999", *SESSION)
 #: command -> (bad arguments, exit status, error code)
 BAD_INPUT: dict[str, tuple[tuple[str, ...], int, str]] = {
     "attest enclave": (BAD_ADDRESS, 2, "enclave-address"),
+    "dashboard": (("--host", "10.1.2.3", *BAD_ADDRESS), 2, "input"),  # not loopback
     "attest verify": (("nope.bin",), 2, "bad-input"),
     "audit": (("--policy", "policy.signed.json"), 2, "usage"),
     "enclave serve": (("--policy", "nope.json", "--state-dir", "s"), 2, "bad-parameter"),
@@ -66,7 +67,14 @@ BAD_INPUT: dict[str, tuple[tuple[str, ...], int, str]] = {
     "model inspect": (("nope.pkg",), 2, "bad-parameter"),
     "model package": (("nope-dir", "-o", "x.pkg"), 2, "bad-parameter"),
     "model upload": (("nope.pkg", *BAD_ADDRESS), 2, "bad-parameter"),
+    "policy add-party": (
+        ("lab", "--roles", "chef", "--pub", "a-file", "fields-missing.toml"),
+        2,
+        "input",
+    ),
     "policy check": (("fields-missing.toml",), 1, "policy"),
+    "policy init": (("--scenario", "hospitals", "-o", "a-file"), 2, "bad-input"),
+    "policy merge": (("policy.signed.json", "a-file", "-o", "m.json"), 2, "policy-file"),
     "policy sign": (("policy.json", "--key", "garbage.key"), 2, "key-file"),
     "policy verify": (("unsigned.signed.json",), 1, "incomplete"),
     "release approve": (BAD_ADDRESS, 2, "enclave-address"),

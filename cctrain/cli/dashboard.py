@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+
+from cctrain.commandline import format_option
 
 
 @click.command("dashboard")
@@ -28,7 +31,9 @@ import click
     show_default=True,
     help="Seconds between two polls of the enclave.",
 )
+@format_option
 def dashboard_cmd(
+    fmt: str,
     address: str,
     policy_file: Path,
     key_file: Path,
@@ -71,12 +76,16 @@ def dashboard_cmd(
         except OSError as exc:
             raise InputError(f"--port: cannot listen on {host}:{port}: {exc.strerror}") from None
         assert view.party is not None
-        click.echo(f"dashboard of {view.party.id}: {server.url}", nl=True)
-        click.echo("(the URL's token is this launch's secret: do not share it; Ctrl-C stops)")
+        if fmt == "json":  # one document when serving starts (it runs until Ctrl-C)
+            click.echo(json.dumps({"party": view.party.id, "url": server.url}))
+        else:
+            click.echo(f"dashboard of {view.party.id}: {server.url}", nl=True)
+            click.echo("(the URL's token is this launch's secret: do not share it; Ctrl-C stops)")
         try:
             server.serve_forever()
         except KeyboardInterrupt:
-            click.echo("stopped")
+            if fmt == "text":
+                click.echo("stopped")
         finally:
             server.close()
     finally:

@@ -6,11 +6,22 @@ Registered on the ``policy`` group by :mod:`cctrain.cli.main`; the work is in
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cctrain.commandline import BAD_INPUT, fail
+from cctrain.commandline import BAD_INPUT, fail, format_option
+
+
+def _out(fmt: str, lines: list[str], doc: dict[str, Any]) -> None:
+    """The lines in text mode, the document in JSON mode."""
+    if fmt == "json":
+        click.echo(json.dumps(doc))
+    else:
+        for line in lines:
+            click.echo(line)
 
 
 @click.command("init")
@@ -26,8 +37,9 @@ from cctrain.commandline import BAD_INPUT, fail
 @click.option("--name", default="my-consortium", show_default=True, help="The policy's name.")
 @click.option("-o", "--out", "out_file", required=True, type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@format_option
 def policy_init(
-    scenario: str, dp: bool, ranks: int, name: str, out_file: Path, force: bool
+    scenario: str, dp: bool, ranks: int, name: str, out_file: Path, force: bool, fmt: str
 ) -> None:
     """Write a commented policy template for SCENARIO to OUT (then: policy add-party)."""
     from cctrain.authoring import policy_template
@@ -35,9 +47,14 @@ def policy_init(
     if out_file.exists() and not force:
         fail(f"{out_file} exists; refusing to overwrite it (pass --force)", BAD_INPUT)
     out_file.write_text(policy_template(scenario, dp=dp, ranks=ranks, name=name))
-    click.echo(f"wrote {out_file} ({scenario}, DP {'on' if dp else 'off'}, {ranks} rank(s))")
-    click.echo(
-        f"next: cctrain policy add-party PARTY-ID --roles ROLES --pub PARTY-ID.pub.json {out_file}"
+    _out(
+        fmt,
+        [
+            f"wrote {out_file} ({scenario}, DP {'on' if dp else 'off'}, {ranks} rank(s))",
+            f"next: cctrain policy add-party PARTY-ID --roles ROLES --pub PARTY-ID.pub.json "
+            f"{out_file}",
+        ],
+        {"written": str(out_file), "scenario": scenario, "dp": dp, "ranks": ranks},
     )
 
 
@@ -56,7 +73,10 @@ def policy_init(
     help="The party's PARTY-ID.pub.json, as cctrain keygen wrote it.",
 )
 @click.argument("policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def policy_add_party(party_id: str, roles: str, pub_file: Path, policy_file: Path) -> None:
+@format_option
+def policy_add_party(
+    party_id: str, roles: str, pub_file: Path, policy_file: Path, fmt: str
+) -> None:
     """Add PARTY_ID to POLICY_FILE (TOML) in place, keeping its comments."""
     from cctrain.authoring import PublicKeys, add_party
 
@@ -67,9 +87,16 @@ def policy_add_party(party_id: str, roles: str, pub_file: Path, policy_file: Pat
     tmp = policy_file.with_name(policy_file.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(policy_file)  # all or nothing: a crash leaves the old file
-    click.echo(f"added {party_id} ({roles}) to {policy_file}")
-    for line in changes:
-        click.echo(f"  {line}")
+    _out(
+        fmt,
+        [f"added {party_id} ({roles}) to {policy_file}", *(f"  {line}" for line in changes)],
+        {
+            "party": party_id,
+            "roles": roles.split(","),
+            "policy": str(policy_file),
+            "changes": changes,
+        },
+    )
 
 
 @click.command("merge")
@@ -80,7 +107,8 @@ def policy_add_party(party_id: str, roles: str, pub_file: Path, policy_file: Pat
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
 )
 @click.option("-o", "--out", "out_file", required=True, type=click.Path(path_type=Path))
-def policy_merge(envelope_files: tuple[Path, ...], out_file: Path) -> None:
+@format_option
+def policy_merge(envelope_files: tuple[Path, ...], out_file: Path, fmt: str) -> None:
     """Combine the signatures of ENVELOPE_FILES (each over the same policy) into OUT."""
     from cctrain.authoring import merge_signed
     from cctrain.policy import SignedPolicy
@@ -88,12 +116,24 @@ def policy_merge(envelope_files: tuple[Path, ...], out_file: Path) -> None:
     signed = [SignedPolicy.load(p) for p in envelope_files]
     result = merge_signed(signed, names=[str(p) for p in envelope_files])
     out_file.write_text(result.signed.envelope.to_json())
-    for path, brought in zip(envelope_files, result.contributions, strict=True):
-        click.echo(f"{path}: {', '.join(brought) or 'no new signature'}")
     st = result.status
-    click.echo(f"wrote {out_file}; digest {result.signed.digest.hex()}")
-    click.echo(f"signed:  {', '.join(st.signed) or '-'}")
-    click.echo(f"missing: {', '.join(st.missing) or '-'}")
+    pairs = list(zip(envelope_files, result.contributions, strict=True))
+    _out(
+        fmt,
+        [
+            *(f"{path}: {', '.join(brought) or 'no new signature'}" for path, brought in pairs),
+            f"wrote {out_file}; digest {result.signed.digest.hex()}",
+            f"signed:  {', '.join(st.signed) or '-'}",
+            f"missing: {', '.join(st.missing) or '-'}",
+        ],
+        {
+            "written": str(out_file),
+            "digest": result.signed.digest.hex(),
+            "contributions": {str(path): list(brought) for path, brought in pairs},
+            "signed": list(st.signed),
+            "missing": list(st.missing),
+        },
+    )
 
 
 def register(group: click.Group) -> None:
