@@ -1,11 +1,11 @@
-"""docs/tutorial-consortium.md runs as written: every command of its code blocks, in order, as
-a new user types them (the ``cctrain`` command in a shell, a fresh interpreter each), against
-the simulated enclave its step 4 starts. The commands are read from the page, so the page and
-this test cannot drift apart.
+"""The tutorials (docs/tutorial-*.md) run as written: every command of their code blocks, in
+order, as a new user types them (the ``cctrain`` command in a shell, a fresh interpreter each),
+against the simulated enclave the page starts. The commands are read from the pages, so a page
+and this test cannot drift apart.
 
 The only rewrite: ``HOST:PORT`` becomes the address the enclave wrote to its endpoint file. The
-``enclave serve`` line runs in the background (the page says: a second terminal), and is
-stopped at the end.
+``enclave serve`` line runs in the background (the pages say: a second terminal), and is
+stopped at the end. Each page runs in its own directory with its own enclave.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ TUTORIAL = REPO / "docs" / "tutorial-consortium.md"
 SERVE = "cctrain enclave serve "
 
 
-def _steps() -> list[tuple[str, str]]:
+def _steps(page: Path = TUTORIAL) -> list[tuple[str, str]]:
     """(language, code) of every command of the page: one per console line, one per
     python block."""
     out: list[tuple[str, str]] = []
-    for b in readme_blocks(TUTORIAL.read_text()):
+    for b in readme_blocks(page.read_text()):
         if b.language == "python":
             out.append(("python", b.code))
             continue
@@ -58,7 +58,9 @@ def test_the_page_has_the_whole_sequence() -> None:
         assert any(c.startswith(expected) for c in commands), expected
 
 
-def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
+def run_page(page: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """Run every step of ``page`` in a fresh directory; return it and each console command's
+    stdout, keyed by the command up to its first option."""
     work = tmp_path / "work"
     work.mkdir()
     shim = tmp_path / "bin" / "cctrain"
@@ -70,7 +72,7 @@ def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
     address = ""
     outputs: dict[str, str] = {}
     try:
-        for lang, code in _steps():
+        for lang, code in _steps(page):
             if lang == "python":
                 argv = [sys.executable, "-c", code]
             elif code.startswith(SERVE):
@@ -109,6 +111,23 @@ def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+    return work, outputs
+
+
+def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
+    work, outputs = run_page(TUTORIAL, tmp_path)
     assert "status:  complete" in outputs["cctrain policy verify policy.signed.json"]
     assert (work / "release" / "model.safetensors").is_file()
     assert (work / "release" / "release.json").is_file()
+
+
+def test_the_data_owner_tutorial_runs_as_written(tmp_path: Path) -> None:
+    work, outputs = run_page(REPO / "docs" / "tutorial-data-owner.md", tmp_path)
+    assert "providers_missing: hospital-b" in outputs["cctrain status"]
+    assert "shard=hospital-a-draft" in outputs["cctrain withdraw"]
+    assert "approved; approvals so far: hospital-a" in outputs["cctrain release approve"]
+    journal = outputs["cctrain audit"]
+    assert "shard withdrawn hospital-a/hospital-a-draft" in journal
+    assert "phase: released" in journal
+    assert (work / "journal.log").is_file()
+    assert (work / "draft.deletion.json").is_file()
