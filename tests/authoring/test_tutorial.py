@@ -131,3 +131,12 @@ def test_the_data_owner_tutorial_runs_as_written(tmp_path: Path) -> None:
     assert "phase: released" in journal
     assert (work / "journal.log").is_file()
     assert (work / "draft.deletion.json").is_file()
+
+
+def test_the_recipient_tutorial_runs_as_written(tmp_path: Path) -> None:
+    work, outputs = run_page(REPO / "docs" / "tutorial-recipient.md", tmp_path)
+    assert "verified and unsealed" in outputs["cctrain release fetch"]
+    assert "release verified and unsealed" in outputs["cctrain release verify release/release.json"]
+    assert (work / "model-again.safetensors").read_bytes() == (
+        work / "release" / "model.safetensors"
+    ).read_bytes()
