@@ -140,3 +140,13 @@ def test_the_recipient_tutorial_runs_as_written(tmp_path: Path) -> None:
     assert (work / "model-again.safetensors").read_bytes() == (
         work / "release" / "model.safetensors"
     ).read_bytes()
+
+
+def test_the_auditor_tutorial_runs_as_written(tmp_path: Path) -> None:
+    work, outputs = run_page(REPO / "docs" / "tutorial-auditor.md", tmp_path)
+    assert "phase: released" in outputs["cctrain audit"]
+    assert "release verified" in outputs["cctrain release verify release/release.json"]
+    assert outputs["cctrain attest verify evidence.bin"].startswith("VERIFIED (simulated)")
+    assert (work / "journal.log").read_bytes() == (
+        work / "enclave-state" / "journal.log"
+    ).read_bytes()
