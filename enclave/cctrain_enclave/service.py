@@ -241,11 +241,19 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
                 session.suspend()
             metrics.uploads.labels(outcome="suspended").inc()
             log.info("upload from %s interrupted; acknowledged prefix kept for resume", party)
-        except Exception:
+        except Exception as exc:
             if session is not None:
                 session.reject()
             metrics.uploads.labels(outcome="rejected").inc()
-            log.exception("internal error during upload from %s", party)
+            from cctrain_enclave.run import _code_locations
+
+            # The type and where, never the message (it may quote the shard's bytes).
+            log.error(
+                "internal error during upload from %s: %s\n%s",
+                party,
+                type(exc).__name__,
+                "".join(_code_locations(exc)),
+            )
             context.abort(grpc.StatusCode.INTERNAL, "internal error; the upload was discarded")
         finally:
             incoming.close()
