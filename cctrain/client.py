@@ -451,12 +451,14 @@ class EnclaveSession:
                 metadata=self.metadata("WatchTraining", req.SerializeToString()),
                 timeout=timeout,
             ):
+                # A phase change carries no step: protobuf's default 0.0 is not a loss.
+                phase_only = ev.total_steps == 0
                 yield TrainingProgress(
                     phase=ev.phase,
                     step=ev.step,
                     total_steps=ev.total_steps,
                     epoch=ev.epoch,
-                    loss=None if math.isnan(ev.loss) else ev.loss,
+                    loss=None if phase_only or math.isnan(ev.loss) else ev.loss,
                     epsilon=ev.epsilon if ev.epsilon >= 0 else None,
                     detail=ev.detail,
                 )
@@ -1146,7 +1148,7 @@ class TrainingProgress:
     step: int
     total_steps: int
     epoch: int
-    loss: float | None  # None unless the policy releases train_loss
+    loss: float | None  # None unless the policy releases train_loss, and on phase-only events
     epsilon: float | None
     detail: str
 
