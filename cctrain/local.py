@@ -31,11 +31,11 @@ class LocalEnclave:
         platform: str = "simulated",
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
-        python: str = sys.executable,
+        python: str | None = None,
     ) -> None:
         self.policy, self.state_dir, self.log = Path(policy), Path(state_dir), Path(log)
         self.argv = [
-            python, "-m", "cctrain_enclave", "serve", "--policy", str(self.policy),
+            python or sys.executable, "-m", "cctrain_enclave", "serve", "--policy", str(self.policy),
             "--state-dir", str(self.state_dir), "--platform", platform, *extra_args,
         ]  # fmt: skip
         self.env = dict(env) if env is not None else None
@@ -128,12 +128,12 @@ class LocalWorker:
         log: Path,
         platform: str = "simulated",
         env: Mapping[str, str] | None = None,
-        python: str = sys.executable,
+        python: str | None = None,
     ) -> None:
         self.log = Path(log)
         self.state_dir = Path(state_dir)
         self.argv = [
-            python, "-m", "cctrain_enclave", "worker", "--policy", str(policy),
+            python or sys.executable, "-m", "cctrain_enclave", "worker", "--policy", str(policy),
             "--rank", str(rank), "--rendezvous", rendezvous, "--platform", platform,
             "--state-dir", str(self.state_dir),
         ]  # fmt: skip
