@@ -27,7 +27,6 @@ stops the run (:class:`.links.LinkError`); it resumes from the last checkpoint o
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,8 +82,6 @@ class Coordinator:
         self.ranges: list[tuple[int, int]] = []
         self._params: list[nn.Parameter] = []
         self._sent = False
-        #: Seconds :meth:`start` took (rows and plan to every worker, their model built).
-        self.setup_seconds = 0.0
         #: Workers rank 0 still owes a read (their "ready" or this step's sums), or whose
         #: link failed: they are not waiting for a message, so :meth:`finish` skips them
         #: (gloo's send would block until the timeout); they end when the group closes.
@@ -108,60 +105,38 @@ class Coordinator:
     ) -> tuple[int, int]:
         """Send every worker its rows and the plan; returns rank 0's own row range. On any
         failure the workers that are ready are told the run stopped."""
-        t0 = time.perf_counter()
         try:
-            return self._start(
-                features=features,
-                labels=labels,
-                model=model,
-                plan=plan,
-                model_package=model_package,
-                custom_model_source=custom_model_source,
-            )
-        except BaseException:
-            self.finish("stopped")
-            raise
-        finally:
-            self.setup_seconds = time.perf_counter() - t0
-
-    def _start(
-        self,
-        *,
-        features: np.ndarray,
-        labels: np.ndarray,
-        model: nn.Module,
-        plan: Mapping[str, Any],
-        model_package: bytes | None,
-        custom_model_source: bytes | None,
-    ) -> tuple[int, int]:
-        self.ranges = partition(len(labels), self.session.world_size)
-        privacy = plan.get("privacy") or {}
-        self._clip = float(privacy["max_grad_norm"]) if privacy.get("enabled") else None
-        self._params = [p for p in model.parameters() if p.requires_grad]
-        for r in self.workers:
-            lo, hi = self.ranges[r]
+            self.ranges = partition(len(labels), self.session.world_size)
+            privacy = plan.get("privacy") or {}
+            self._clip = float(privacy["max_grad_norm"]) if privacy.get("enabled") else None
+            self._params = [p for p in model.parameters() if p.requires_grad]
             blobs = [
                 np.frombuffer(model_package or b"", np.uint8),
                 np.frombuffer(custom_model_source or b"", np.uint8),
             ]
-            self.links.send_msg(
-                r,
-                "setup",
-                dict(plan) | {"rows": hi - lo, "feature_shape": list(features.shape[1:])},
-                blobs,
-            )
             row_bytes = max(int(np.prod(features.shape[1:])) * features.itemsize, 1)
             per_chunk = max(ROWS_CHUNK_BYTES // row_bytes, 1)
-            for start in range(lo, hi, per_chunk):
-                end = min(start + per_chunk, hi)
-                self.links.send_msg(r, "rows", {}, [features[start:end], labels[start:end]])
-        for r in self.workers:
-            meta, _ = self.links.recv_msg(r, "ready")
-            if meta.get("error"):
-                raise CctrainError(f"rank {r} cannot train this plan: {meta['error']}")
-            self._owing.discard(r)
-        log.info("cluster: %d workers hold their rows", len(self.workers))
-        return self.ranges[0]
+            for r in self.workers:
+                lo, hi = self.ranges[r]
+                self.links.send_msg(
+                    r,
+                    "setup",
+                    dict(plan) | {"rows": hi - lo, "feature_shape": list(features.shape[1:])},
+                    blobs,
+                )
+                for start in range(lo, hi, per_chunk):
+                    end = min(start + per_chunk, hi)
+                    self.links.send_msg(r, "rows", {}, [features[start:end], labels[start:end]])
+            for r in self.workers:
+                meta, _ = self.links.recv_msg(r, "ready")
+                if meta.get("error"):
+                    raise CctrainError(f"rank {r} cannot train this plan: {meta['error']}")
+                self._owing.discard(r)
+            log.info("cluster: %d workers hold their rows", len(self.workers))
+            return self.ranges[0]
+        except BaseException:
+            self.finish("stopped")
+            raise
 
     # ---- steps
     def dispatch(self, step: int, idx: torch.Tensor) -> torch.Tensor:

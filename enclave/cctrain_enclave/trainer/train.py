@@ -664,12 +664,8 @@ def train(
                 features=features,
                 labels=labels,
                 model=model,
-                plan={
-                    "training": training,
-                    "privacy": privacy,
-                    "task": objective.task,
-                    "num_outputs": objective.num_outputs,
-                },
+                # Each worker checks it against its own signed policy's.
+                plan={"training": training, "privacy": privacy},
                 model_package=model_package,
                 custom_model_source=custom_model_source,
             )
