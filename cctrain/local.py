@@ -15,11 +15,80 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from cctrain.errors import CctrainError
 
 
-class LocalEnclave:
+class _ChildProcess:
+    """What both local processes share: the process, its log, a graceful stop, ``with``."""
+
+    #: seconds between SIGTERM and SIGKILL in :meth:`stop`
+    GRACE_S = 30.0
+
+    def __init__(
+        self, argv: list[str], *, log: Path, state_dir: Path, env: Mapping[str, str] | None
+    ) -> None:
+        self.argv, self.log, self.state_dir = argv, Path(log), Path(state_dir)
+        self.env = dict(env) if env is not None else None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env
+            )
+        return self.proc
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        """The process's id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        """Whether the process is still alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for crash-safety tests."""
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, *, grace_s: float | None = None) -> int | None:
+        """SIGTERM (graceful), SIGKILL after ``grace_s`` (default :attr:`GRACE_S`); the exit
+        status, or None when it never started."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=self.GRACE_S if grace_s is None else grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalEnclave(_ChildProcess):
     """``with LocalEnclave(policy=..., state_dir=..., log=...) as enclave: enclave.address``."""
 
     def __init__(
@@ -33,13 +102,12 @@ class LocalEnclave:
         extra_args: Sequence[str] = (),
         python: str | None = None,
     ) -> None:
-        self.policy, self.state_dir, self.log = Path(policy), Path(state_dir), Path(log)
-        self.argv = [
+        self.policy = Path(policy)
+        argv = [
             python or sys.executable, "-m", "cctrain_enclave", "serve", "--policy", str(self.policy),
-            "--state-dir", str(self.state_dir), "--platform", platform, *extra_args,
+            "--state-dir", str(state_dir), "--platform", platform, *extra_args,
         ]  # fmt: skip
-        self.env = dict(env) if env is not None else None
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(argv, log=log, state_dir=state_dir, env=env)
         self.address = ""
         #: ``host:port`` of rank 0's cluster rendezvous (``--cluster-listen``), else None.
         self.cluster_rendezvous: str | None = None
@@ -47,17 +115,13 @@ class LocalEnclave:
 
     def start(self, *, timeout: float = 120.0) -> str:
         """Start the server and return its ``host:port`` once it listens."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         endpoint = self.state_dir / "endpoint.json"
         endpoint.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env
-            )
+        proc = self._spawn()
         deadline = time.monotonic() + timeout
         while not endpoint.exists():
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise CctrainError(f"the enclave exited:\n{self.log.read_text()[-4000:]}")
             if time.monotonic() > deadline:
                 self.kill()
@@ -69,54 +133,14 @@ class LocalEnclave:
         self.startup_s = time.perf_counter() - t0
         return self.address
 
-    @property
-    def pid(self) -> int:
-        """The enclave process's id."""
-        assert self.proc is not None
-        return self.proc.pid
 
-    def running(self) -> bool:
-        """Whether the enclave process is still alive."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, for crash-safety tests."""
-        if self.running():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self, *, grace_s: float = 30.0) -> int | None:
-        """SIGTERM (graceful), SIGKILL after ``grace_s``; the exit status."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def __enter__(self) -> LocalEnclave:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class LocalWorker:
+class LocalWorker(_ChildProcess):
     """A cluster worker as a local child process: ``cctrain-enclave worker --rank R``.
 
     ``with LocalWorker(policy=..., rank=1, rendezvous=enclave.cluster_rendezvous, ...)``;
     :meth:`wait` returns its exit status once the run ended (it exits by itself then)."""
+
+    GRACE_S = 10.0
 
     def __init__(
         self,
@@ -130,23 +154,16 @@ class LocalWorker:
         env: Mapping[str, str] | None = None,
         python: str | None = None,
     ) -> None:
-        self.log = Path(log)
-        self.state_dir = Path(state_dir)
-        self.argv = [
+        argv = [
             python or sys.executable, "-m", "cctrain_enclave", "worker", "--policy", str(policy),
             "--rank", str(rank), "--rendezvous", rendezvous, "--platform", platform,
-            "--state-dir", str(self.state_dir),
+            "--state-dir", str(state_dir),
         ]  # fmt: skip
-        self.env = dict(env) if env is not None else None
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(argv, log=log, state_dir=state_dir, env=env)
 
     def start(self) -> None:
         """Start the worker process (it joins rank 0 and waits for training)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env
-            )
+        self._spawn()
 
     def wait(self, *, timeout: float = 120.0) -> int:
         """Wait for the worker to end (it does once the run ended); its exit status."""
@@ -160,28 +177,6 @@ class LocalWorker:
                 f"cluster worker did not end within {timeout:.0f} s:\n"
                 f"{self.log.read_text()[-2000:]}"
             ) from None
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> LocalWorker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def environment_with(**updates: str) -> dict[str, str]:

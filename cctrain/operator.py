@@ -30,7 +30,7 @@ from cctrain.authoring import MergeResult, PublicKeys, add_party, merge_signed, 
 from cctrain.client import EnclaveSession
 from cctrain.crypto.keys import PartyKeys
 from cctrain.errors import InputError, PolicyFileError
-from cctrain.local import LocalEnclave
+from cctrain.local import LocalEnclave, LocalWorker
 from cctrain.policy import Policy, SignedPolicy, parse_policy
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "PublicKeys",
     "connect",
     "local_enclave",
+    "local_worker",
     "merge",
     "public_keys",
     "sign",
@@ -65,6 +66,22 @@ class PolicyBuilder:
         self, scenario: str = "hospitals", *, dp: bool = False, ranks: int = 1, name: str = ""
     ) -> None:
         self._text = policy_template(scenario, dp=dp, ranks=ranks, name=name or "my-consortium")
+
+    @classmethod
+    def from_toml(cls, text: str) -> PolicyBuilder:
+        """A builder that starts from an existing policy's TOML text (nothing is checked
+        until :meth:`validate` or :meth:`write`)."""
+        builder = cls.__new__(cls)
+        builder._text = text
+        return builder
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PolicyBuilder:
+        """A builder that starts from the policy TOML in ``path``."""
+        try:
+            return cls.from_toml(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from None
 
     def add_party(
         self, party_id: str, roles: Iterable[str] | str, keys: PublicKeys | PartyKeys
@@ -153,6 +170,33 @@ def local_enclave(
         log=Path(log),
         platform=platform,
         extra_args=extra_args,
+    )
+
+
+def local_worker(
+    policy: str | Path,
+    *,
+    rank: int,
+    rendezvous: str,
+    state_dir: str | Path,
+    log: str | Path,
+    platform: str = "simulated",
+) -> LocalWorker:
+    """Rank ``rank`` (≥ 1) of a cluster as a local child process (``with ... as w``), joining
+    rank 0's ``rendezvous`` (``local_enclave(..., extra_args=("--cluster-listen",
+    "127.0.0.1:0")).cluster_rendezvous``); ``w.wait()`` once the run ended."""
+    path = Path(policy)
+    if not path.is_file():
+        raise PolicyFileError(f"{path}: no such signed policy")
+    if rank < 1:
+        raise InputError(f"rank: got {rank}, want ≥ 1 (rank 0 is the enclave itself)")
+    return LocalWorker(
+        policy=path,
+        rank=rank,
+        rendezvous=rendezvous,
+        state_dir=Path(state_dir),
+        log=Path(log),
+        platform=platform,
     )
 
 

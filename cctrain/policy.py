@@ -1429,6 +1429,12 @@ class SignedPolicy:
             hint = " (sign it first: cctrain policy sign)" if path.suffix == ".toml" else ""
             raise PolicyFileError(f"{path} is not a signed policy{hint}: {exc}") from None
 
+    def save(self, path: str | Path) -> Path:
+        """Write the envelope (the JSON :meth:`load` reads) to ``path``; the path."""
+        path = Path(path)
+        path.write_text(self.envelope.to_json())
+        return path
+
     def status(self) -> SignatureStatus:
         """Who signed, who has not, and whether the threshold is met."""
         signed, invalid = [], []

@@ -2,7 +2,9 @@
 consortium's keys and signatures, the local enclave, parallel uploads, the referee's table.
 
 This is the demos' plumbing, not part of cctrain: a real party runs the same ``cctrain``
-commands by hand or from its own scripts (or uses the Python SDK, ``cctrain.client``). Each
+commands by hand or from its own scripts (or uses the Python SDK, ``cctrain.client``); the
+operator's steps (writing the policy, merging the signatures, starting the enclave and its
+ranks) go through the operator's Python API, ``cctrain.operator``. Each
 demo (``python examples/<demo>/demo.py``) puts this folder on ``sys.path`` to import it; to
 copy a demo elsewhere, copy this file next to its folder.
 """
@@ -22,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cctrain import operator as op
 from cctrain.local import LocalEnclave, LocalWorker
 
 #: The virtual environment's scripts, where ``cctrain`` is installed next to this Python.
@@ -70,38 +73,53 @@ def keygen(work: Path, parties: Iterable[str]) -> None:
         cctrain("keygen", pid, "--out", str(work / pid), cwd=work)
 
 
-def fill_policy(
-    template: Path, work: Path, parties: Iterable[str], values: Mapping[str, str]
-) -> str:
-    """The policy template's text with every party's public keys (``@<party>.signing@``,
-    ``@<party>.hpke@``), an expiry a week from now (``@EXPIRES@``) and ``values``."""
+def write_policy(
+    template: Path,
+    work: Path,
+    parties: Iterable[str],
+    values: Mapping[str, str],
+    path: Path,
+    *,
+    ranks: int = 1,
+) -> Path:
+    """The operator writes the policy (``cctrain.operator``): the template's text with every
+    party's public keys (``@<party>.signing@``, ``@<party>.hpke@``, read from the
+    ``<party>.pub.json`` each party sent), an expiry a week from now (``@EXPIRES@``) and
+    ``values``; ``ranks > 1`` adds ``[cluster] ranks``. Validated before it is written."""
     text = template.read_text()
     for pid in parties:
-        pub = json.loads((work / pid / f"{pid}.pub.json").read_text())
-        text = text.replace(f"@{pid}.signing@", pub["signing_key"])
-        text = text.replace(f"@{pid}.hpke@", pub["hpke_key"])
+        pub = op.public_keys(work / pid / f"{pid}.pub.json")
+        text = text.replace(f"@{pid}.signing@", pub.signing_key)
+        text = text.replace(f"@{pid}.hpke@", pub.hpke_key)
     expires = (_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=7)).strftime(
         "%Y-%m-%dT%H:%M:%SZ"
     )
     for k, v in {"@EXPIRES@": expires, **values}.items():
         text = text.replace(k, v)
-    return text
+    builder = op.PolicyBuilder.from_toml(text)
+    if ranks > 1:  # data-parallel on several attested enclave ranks (docs/cluster.md)
+        builder.set("cluster.ranks", ranks)
+    builder.write(path)
+    return path
 
 
-def sign_by_every_party(work: Path, policy: Path, envelope: Path, parties: Iterable[str]) -> None:
-    """Every party signs ``policy`` with its own key, each adding its signature to
-    ``envelope``."""
+def collect_signatures(
+    work: Path, policy: Path, envelope: Path, parties: Sequence[str]
+) -> op.MergeResult:
+    """Every party signs ``policy`` on its own (``cctrain policy sign``, into its own
+    folder); the operator merges the signatures into ``envelope`` (``cctrain.operator.merge``)."""
+    signed = []
     for pid in parties:
+        own = work / pid / envelope.name
         cctrain(
-            "policy",
-            "sign",
-            str(policy),
-            "--key",
-            f"{pid}/{pid}.key",
-            "--envelope",
-            str(envelope),
+            "policy", "sign", str(policy), "--key", f"{pid}/{pid}.key", "--envelope", str(own),
             cwd=work,
-        )
+        )  # fmt: skip
+        signed.append(own)
+    result = op.merge(signed)
+    result.signed.save(envelope)
+    result.signed.require_complete()
+    return result
 
 
 def local_enclave(work: Path, envelope: Path, *, suffix: str = "", ranks: int = 1) -> LocalEnclave:
@@ -109,12 +127,12 @@ def local_enclave(work: Path, envelope: Path, *, suffix: str = "", ranks: int = 
     state and log in ``work``. ``ranks > 1``: it is rank 0 of a cluster, serving the
     rendezvous the workers (:func:`cluster_workers`) join."""
     say(
-        "the enclave starts (simulated TEE)"
+        "the operator starts the enclave (simulated TEE)"
         if ranks == 1
-        else f"the enclave starts as rank 0 of {ranks} (simulated TEE, --cluster-listen)"
+        else f"the operator starts the enclave as rank 0 of {ranks} (simulated TEE, --cluster-listen)"
     )
-    return LocalEnclave(
-        policy=envelope,
+    return op.local_enclave(
+        envelope,
         state_dir=work / f"enclave-state{suffix}",
         log=work / f"enclave{suffix}.log",
         extra_args=("--cluster-listen", "127.0.0.1:0") if ranks > 1 else (),
@@ -129,8 +147,8 @@ def cluster_workers(
     workers = []
     for r in range(1, ranks):
         assert enclave.cluster_rendezvous is not None
-        w = LocalWorker(
-            policy=envelope,
+        w = op.local_worker(
+            envelope,
             rank=r,
             rendezvous=enclave.cluster_rendezvous,
             state_dir=work / f"rank{r}-state{suffix}",

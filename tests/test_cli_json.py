@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -197,6 +198,20 @@ def test_session_commands_in_json_against_a_live_enclave(tmp_path: Path) -> None
         # the simulated banner: one line on stderr, nothing else (no raw warning, no log)
         assert attest.stderr.splitlines() == [attest.stderr.splitlines()[0]]
         assert attest.stderr.startswith(SIMULATED_BANNER)
+        saved = cctrain(
+            "attest", "enclave", *session, "--evidence-out", "ev", cwd=tmp_path, env=env
+        )
+        files = json.loads(saved.stdout)["evidence_files"]
+        assert files == ["ev/evidence.bin", "ev/cert-0.der"], saved.stderr
+        again = cctrain(*shlex.split(json.loads(saved.stdout)["verify_command"])[1:],
+                        "--format", "json", cwd=tmp_path, env=env)  # fmt: skip
+        assert json.loads(again.stdout)["verified"] is True, again.stdout
+        (tmp_path / "taken").write_text("a file, not a folder")
+        for folder, code in (("taken", "bad-parameter"), ("taken/ev", "unwritable")):
+            refused = cctrain(
+                "attest", "enclave", *session, "--evidence-out", folder, cwd=tmp_path, env=env
+            )
+            _one_json_error(refused, 2, code)
         status = cctrain("status", *session, cwd=tmp_path, env=env)
         assert json.loads(status.stdout)["phase"] == "collecting"
         start = cctrain("train", "start", *session, cwd=tmp_path, env=env)

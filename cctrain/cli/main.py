@@ -457,19 +457,71 @@ def _connect(
 
 @attest.command("enclave")
 @_session_options
+@click.option(
+    "--evidence-out",
+    "evidence_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also save the verified evidence in this folder (created): evidence.bin (the report), "
+    "cert-N.der (its certificates), collateral.json (if any), for `cctrain attest verify` "
+    "later, offline.",
+)
 def attest_enclave(
-    address: str, policy_file: Path, key_file: Path, allow_simulated: bool, fmt: str
+    address: str,
+    policy_file: Path,
+    key_file: Path,
+    allow_simulated: bool,
+    fmt: str,
+    evidence_dir: Path | None,
 ) -> None:
     """Attest a running enclave against the signed policy and print the verified claims."""
     from cctrain.client import EnclaveSession
 
     with _connect(EnclaveSession, address, policy_file, key_file, allow_simulated) as s:
         claims, digest = s.enclave.claims.to_json(), s.policy.digest.hex()
+        evidence = s.enclave.evidence
+    doc: dict[str, Any] = {"claims": claims, "policy_digest": digest}
+    if evidence_dir is not None:
+        doc["evidence_files"] = [str(p) for p in _save_evidence(evidence, evidence_dir)]
+        doc["verify_command"] = _verify_command(evidence, evidence_dir)
     if fmt == "json":
-        click.echo(json.dumps({"claims": claims, "policy_digest": digest}))
+        click.echo(json.dumps(doc))
         return
     click.echo(json.dumps(claims, indent=2))
     click.echo(f"policy digest: {digest}")
+    if evidence_dir is not None:
+        click.echo(f"evidence saved in {evidence_dir}; verify it offline with:")
+        click.echo(f"  {doc['verify_command']}")
+
+
+def _save_evidence(evidence: Any, folder: Path) -> list[Path]:
+    """The evidence's report, certificates and collateral as files in ``folder``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [folder / "evidence.bin"]
+        written[0].write_bytes(evidence.report)
+        for i, der in enumerate(evidence.certificates):
+            (folder / f"cert-{i}.der").write_bytes(der)
+            written.append(folder / f"cert-{i}.der")
+        if evidence.collateral:
+            (folder / "collateral.json").write_text(json.dumps(evidence.collateral, indent=2))
+            written.append(folder / "collateral.json")
+    except OSError as exc:
+        fail(f"--evidence-out: cannot write {folder}: {exc.strerror}", BAD_INPUT, "unwritable")
+    return written
+
+
+def _verify_command(evidence: Any, folder: Path) -> str:
+    import shlex
+
+    parts = ["cctrain", "attest", "verify", str(folder / "evidence.bin")]
+    parts += ["--platform", evidence.platform]
+    for i in range(len(evidence.certificates)):
+        parts += ["--cert", str(folder / f"cert-{i}.der")]
+    if evidence.collateral:
+        parts += ["--collateral", str(folder / "collateral.json")]
+    if evidence.platform == "simulated":
+        parts.append("--allow-simulated")
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 # --------------------------------------------------------------------------- model owners

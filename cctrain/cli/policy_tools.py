@@ -115,7 +115,7 @@ def policy_merge(envelope_files: tuple[Path, ...], out_file: Path, fmt: str) -> 
 
     signed = [SignedPolicy.load(p) for p in envelope_files]
     result = merge_signed(signed, names=[str(p) for p in envelope_files])
-    out_file.write_text(result.signed.envelope.to_json())
+    result.signed.save(out_file)
     st = result.status
     pairs = list(zip(envelope_files, result.contributions, strict=True))
     _out(

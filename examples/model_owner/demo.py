@@ -36,17 +36,17 @@ from _demo import (  # noqa: E402
     accuracy,
     arguments,
     cctrain,
+    collect_signatures,
     fetch_release,
-    fill_policy,
     fresh_workdir,
     keygen,
     local_enclave,
     print_accuracy_table,
     say,
     session,
-    sign_by_every_party,
     upload_in_parallel,
     watch,
+    write_policy,
     write_results,
 )
 from data import LABELS, DemoData, load_demo_data, write_csv  # noqa: E402
@@ -88,16 +88,14 @@ def pretrain(data: DemoData, plan_dir: Path, seed: int = 5) -> None:
     )
 
 
-def write_policy(work: Path, *, measurement: str, package_sha: str, data: DemoData) -> Path:
+def owner_policy(work: Path, *, measurement: str, package_sha: str, data: DemoData) -> Path:
     values = {
         "@NAME_SUFFIX@": "",
         "@MEASUREMENT@": measurement,
         "@PACKAGE_SHA256@": package_sha,
         "@FEATURE_COLUMNS@": json.dumps(list(data.feature_names)),
     }
-    path = work / "policy.toml"
-    path.write_text(fill_policy(HERE / "policy.toml.in", work, PARTIES, values))
-    return path
+    return write_policy(HERE / "policy.toml.in", work, PARTIES, values, work / "policy.toml")
 
 
 def run(work: Path, data: DemoData) -> dict[str, Any]:
@@ -124,10 +122,13 @@ def run(work: Path, data: DemoData) -> dict[str, Any]:
     )
 
     measurement = cctrain("measure", cwd=work).stdout.strip()
-    policy = write_policy(work, measurement=measurement, package_sha=built["sha256"], data=data)
+    policy = owner_policy(work, measurement=measurement, package_sha=built["sha256"], data=data)
     envelope = work / "policy.signed.json"
-    say("every party signs the policy; the model owner checks its package against it")
-    sign_by_every_party(work, policy, envelope, PARTIES)
+    say(
+        "every party signs the policy, the operator merges the signatures; the model owner "
+        "checks its package against it"
+    )
+    collect_signatures(work, policy, envelope, PARTIES)
     check = cctrain("policy", "check", str(policy), "--model-package", str(package), cwd=work)
     print("    " + check.stdout.strip().splitlines()[-1])
 

@@ -36,17 +36,17 @@ from _demo import (  # noqa: E402
     arguments,
     cctrain,
     cluster_workers,
+    collect_signatures,
     fetch_release,
-    fill_policy,
     fresh_workdir,
     keygen,
     local_enclave,
     print_accuracy_table,
     say,
     session,
-    sign_by_every_party,
     upload_in_parallel,
     watch,
+    write_policy,
     write_results,
 )
 from data import NUM_CLASSES, load_demo_data  # noqa: E402
@@ -71,7 +71,9 @@ def release_values(dp: bool) -> dict[str, str]:
     }
 
 
-def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str, ranks: int = 1) -> Path:
+def consortium_policy(
+    work: Path, *, dp: bool, measurement: str, suffix: str, ranks: int = 1
+) -> Path:
     privacy = (
         "enabled = true\ntarget_epsilon = 8.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n"
         'accountant = "rdp"\nnoise_source = "csprng"'
@@ -89,21 +91,17 @@ def write_policy(work: Path, *, dp: bool, measurement: str, suffix: str, ranks: 
         **release_values(dp),
     }
     path = work / f"policy{suffix}.toml"
-    text = fill_policy(HERE / "policy.toml.in", work, PARTIES, values)
-    if ranks > 1:  # data-parallel on several attested enclave ranks (docs/cluster.md)
-        text += f"\n[cluster]\nranks = {ranks}\n"
-    path.write_text(text)
-    return path
+    return write_policy(HERE / "policy.toml.in", work, PARTIES, values, path, ranks=ranks)
 
 
 def run_consortium(
     work: Path, *, dp: bool, measurement: str, data: object, ranks: int = 1
 ) -> dict[str, object]:
     suffix = "-dp" if dp else ""
-    policy = write_policy(work, dp=dp, measurement=measurement, suffix=suffix, ranks=ranks)
+    policy = consortium_policy(work, dp=dp, measurement=measurement, suffix=suffix, ranks=ranks)
     envelope = work / f"policy{suffix}.signed.json"
-    say(f"every party signs {policy.name}")
-    sign_by_every_party(work, policy, envelope, PARTIES)
+    say(f"every party signs {policy.name}; the operator merges the signatures")
+    collect_signatures(work, policy, envelope, PARTIES)
     verify = json.loads(
         cctrain("policy", "verify", str(envelope), "--format", "json", cwd=work).stdout
     )

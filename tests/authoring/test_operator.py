@@ -11,7 +11,7 @@ import pytest
 from cctrain import operator as op
 from cctrain.client import SimulatedEvidenceWarning
 from cctrain.crypto.keys import PartyKeys
-from cctrain.errors import InputError, PolicyError
+from cctrain.errors import InputError, PolicyError, PolicyFileError
 
 
 def test_build_sign_merge_serve_and_attest(tmp_path: Path) -> None:
@@ -36,8 +36,8 @@ def test_build_sign_merge_serve_and_attest(tmp_path: Path) -> None:
     result = op.merge([tmp_path / "a.signed.json", from_file])
     assert result.status.signed == ("hospital-a", "research-lab")
     result.signed.require_complete()
-    signed_path = tmp_path / "policy.signed.json"
-    signed_path.write_text(result.signed.envelope.to_json())
+    signed_path = result.signed.save(tmp_path / "policy.signed.json")
+    assert op.merge([signed_path]).signed.digest == policy.digest
     with op.local_enclave(signed_path, state_dir=tmp_path / "state", log=tmp_path / "log") as e:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SimulatedEvidenceWarning)
@@ -50,3 +50,29 @@ def test_build_sign_merge_serve_and_attest(tmp_path: Path) -> None:
             ) as session:
                 assert session.status().phase == "collecting"
                 assert session.policy.digest == policy.digest
+
+
+def test_a_builder_from_an_existing_policy_keeps_its_text_and_validates(tmp_path: Path) -> None:
+    lab = PartyKeys.generate("research-lab")
+    b = op.PolicyBuilder("hospitals", name="study-42").add_party("research-lab", "recipient", lab)
+    b.add_party("hospital-a", "data_provider", PartyKeys.generate("hospital-a"))
+    (tmp_path / "policy.toml").write_text(b.toml())
+    again = op.PolicyBuilder.from_file(tmp_path / "policy.toml")
+    assert again.toml() == b.toml()
+    again.set("cluster.ranks", 2)  # a table the text lacked is created
+    assert again.validate().cluster["ranks"] == 2
+    assert op.PolicyBuilder.from_toml(b.toml()).validate().digest == b.validate().digest
+    with pytest.raises(PolicyError, match="did you mean"):
+        op.PolicyBuilder.from_toml(b.toml().replace("[training]", "[trainig]")).validate()
+    with pytest.raises(InputError, match="cannot read"):
+        op.PolicyBuilder.from_file(tmp_path / "missing.toml")
+
+
+def test_a_local_worker_needs_a_policy_file_and_a_worker_rank(tmp_path: Path) -> None:
+    (tmp_path / "p.signed.json").write_text("{}")
+    with pytest.raises(InputError, match="rank: got 0"):
+        op.local_worker(tmp_path / "p.signed.json", rank=0, rendezvous="127.0.0.1:1",
+                        state_dir=tmp_path / "s", log=tmp_path / "log")  # fmt: skip
+    with pytest.raises(PolicyFileError, match="no such signed policy"):
+        op.local_worker(tmp_path / "nope.json", rank=1, rendezvous="127.0.0.1:1",
+                        state_dir=tmp_path / "s", log=tmp_path / "log")  # fmt: skip

@@ -146,7 +146,15 @@ def test_the_auditor_tutorial_runs_as_written(tmp_path: Path) -> None:
     work, outputs = run_page(REPO / "docs" / "tutorial-auditor.md", tmp_path)
     assert "phase: released" in outputs["cctrain audit"]
     assert "release verified" in outputs["cctrain release verify release/release.json"]
-    assert outputs["cctrain attest verify evidence.bin"].startswith("VERIFIED (simulated)")
+    live = outputs["cctrain attest verify evidence/evidence.bin"]
+    assert live.startswith("VERIFIED (simulated)")
+    assert "verify it offline with:" in outputs["cctrain attest enclave"]
+    assert sorted(p.name for p in (work / "evidence").iterdir()) == ["cert-0.der", "evidence.bin"]
+    released = outputs["cctrain attest verify release-evidence.bin"]
+    assert released.startswith("VERIFIED (simulated)")
+    # The same enclave: the live evidence and the release's carry one measurement.
+    measurement = [line for line in live.splitlines() if "measurement:" in line]
+    assert measurement and measurement[0] in released.splitlines()
     assert (work / "journal.log").read_bytes() == (
         work / "enclave-state" / "journal.log"
     ).read_bytes()
