@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,77 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path, GLOO_SOCKET_IFNAME="lo")
 
 
+# ----------------------------------------------------------------------- warm worker processes
+#
+# A worker process spends most of its start importing torch (seconds on 2 cores), and the
+# cluster tests start ~50 of them. So each worker comes from a process that imported torch
+# and the enclave's trainer *before* it was needed, then waits on its stdin for the command
+# line: it runs the very `python -m cctrain_enclave ARGS` entry point (runpy), in the process
+# the test holds, so killing it kills the worker. Only the imports happen early; nothing of a
+# worker's state (keys, nonce, store, links) exists before its command line arrives.
+
+_WARM = """
+import json, runpy, sys
+import torch  # noqa: F401 - what a worker spends its start on
+import cctrain_enclave.cli, cctrain_enclave.cluster.parallel, cctrain_enclave.trainer.train  # noqa
+line = sys.stdin.readline()
+if not line:
+    sys.exit(0)
+sys.argv = [sys.executable, *json.loads(line)]
+runpy.run_module("cctrain_enclave", run_name="__main__", alter_sys=True)
+"""
+
+#: Started, importing, waiting for their command line (at most two: a 3-rank test's workers).
+_ready: list[subprocess.Popen[str]] = []
+_PREFIX = [sys.executable, "-m", "cctrain_enclave"]
+
+
+def _warm() -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _WARM],
+        env=_env(),
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def spawn_worker(argv: list[str]) -> subprocess.Popen[str]:
+    """``subprocess.Popen(argv, env=_env(), text=True, stdout=PIPE, stderr=STDOUT)``, from a
+    warm process when ``argv`` is ``python -m cctrain_enclave ...``; another one starts
+    warming for the next worker."""
+    if argv[: len(_PREFIX)] != _PREFIX:
+        return subprocess.Popen(
+            argv, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    while _ready and _ready[0].poll() is not None:  # one that died while waiting
+        _ready.pop(0).communicate()
+    proc = _ready.pop(0) if _ready else _warm()
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(argv[len(_PREFIX) :]) + "\n")
+    proc.stdin.close()
+    proc.stdin = None  # communicate() would flush it
+    while len(_ready) < 2:
+        _ready.append(_warm())
+    return proc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_warm_workers_left() -> Iterator[None]:
+    yield
+    while _ready:
+        proc = _ready.pop()
+        assert proc.stdin is not None
+        proc.stdin.close()  # EOF: it exits 0 without running anything
+        proc.stdin = None
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 @contextmanager
 def cluster(
     policy: Policy, policy_path: Path, tmp: Path, *, worker_argvs: Any = None
@@ -69,11 +141,7 @@ def cluster(
         argv = worker_argv(policy_path, r, store.port, tmp / f"rank{r}")
         if worker_argvs is not None:
             argv = worker_argvs(r, argv)
-        procs.append(
-            subprocess.Popen(
-                argv, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-        )
+        procs.append(spawn_worker(argv))
     session = None
     try:
         session = form_cluster(

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from cctrain.policy import thaw
-from tests.cluster.conftest import DP, _env, worker_argv
+from tests.cluster.conftest import DP, _env, spawn_worker, worker_argv
 from tests.consortium import Consortium, make_consortium
 
 torch = pytest.importorskip("torch")
@@ -133,11 +133,7 @@ def run_cluster(
         argv = worker_argv(c.policy_path, r, store.port, tmp / f"rank{r}")
         if argv_for is not None:
             argv = argv_for(r, argv)
-        procs.append(
-            subprocess.Popen(
-                argv, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-        )
+        procs.append(spawn_worker(argv))
     deadline = time.monotonic() + START_S
     pending = [f"hello/{r}" for r in range(1, len(procs) + 1)]
     while pending and time.monotonic() < deadline:

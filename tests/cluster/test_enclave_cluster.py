@@ -7,7 +7,6 @@ refused."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from cctrain.client import DataOwner, Recipient
 from cctrain.errors import PolicyError, ReleaseError
 from cctrain.release import verify_manifest
-from tests.cluster.conftest import _env, worker_argv
+from tests.cluster.conftest import spawn_worker, worker_argv
 from tests.consortium import RECIPIENT, Consortium, make_consortium, running_enclave
 from tests.release.test_release import _quiet, upload_all
 
@@ -39,13 +38,7 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     c = make_consortium(tmp / "c", privacy=DP, cluster={"ranks": 2, "timeout_s": 60})
     with running_enclave(c, tmp / "state", cluster_listen=("127.0.0.1", 0)) as (address, app):
         port = int(app.cluster_address.rsplit(":", 1)[1])
-        worker = subprocess.Popen(
-            worker_argv(c.policy_path, 1, port, tmp / "rank1"),
-            env=_env(),
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        worker = spawn_worker(worker_argv(c.policy_path, 1, port, tmp / "rank1"))
         try:
             upload_all(address, c, tmp)
             with _quiet(DataOwner, address, c, "hospital-a") as owner:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cctrain.client import DataOwner, Recipient
-from tests.cluster.conftest import _env, worker_argv
+from tests.cluster.conftest import spawn_worker, worker_argv
 from tests.consortium import RECIPIENT, make_consortium, running_enclave
 from tests.release.test_release import _quiet, upload_all
 
@@ -29,13 +29,7 @@ DP = {
 
 
 def _worker(policy_path: Path, port: int, state: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        worker_argv(policy_path, 1, port, state),
-        env=_env(),
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    return spawn_worker(worker_argv(policy_path, 1, port, state))
 
 
 def test_a_killed_worker_pauses_the_run_and_a_restart_resumes_it(
