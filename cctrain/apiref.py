@@ -17,6 +17,7 @@ __all__ = ["MODULES", "render"]
 
 #: The public modules and, for each, the names documented (their ``__all__`` when they have one).
 MODULES: dict[str, tuple[str, ...] | None] = {
+    "cctrain.operator": None,
     "cctrain.client": None,
     "cctrain.package": None,
     "cctrain.policy": ("parse_policy", "load_policy_file", "Policy", "SignedPolicy"),
@@ -42,9 +43,13 @@ def _signature(name: str, obj: Any) -> str:
 
 
 def _public_methods(cls: type) -> list[tuple[str, Any]]:
-    out = []
-    for name, member in vars(cls).items():
-        if name.startswith("_"):
+    """The class's own public methods and properties, then those it inherits from a private
+    base (one the reference does not list on its own, such as ``cctrain.local``'s)."""
+    out: list[tuple[str, Any]] = []
+    own = [cls, *(b for b in cls.__mro__[1:] if b.__name__.startswith("_") and b is not object)]
+    members = [(n, m) for c in own for n, m in vars(c).items()]
+    for name, member in members:
+        if name.startswith("_") or any(name == seen for seen, _ in out):
             continue
         if isinstance(member, staticmethod | classmethod):
             member = member.__func__

@@ -199,6 +199,7 @@ class PublicKeys:
 
     @classmethod
     def from_json(cls, text: str | bytes, *, where: str = "public key file") -> PublicKeys:
+        """The keys in a ``PARTY.pub.json`` text; an error names ``where`` and the field."""
         try:
             doc = loads_json(text.decode() if isinstance(text, bytes) else text)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -306,6 +307,10 @@ def add_party(
 
 @dataclass(frozen=True)
 class MergeResult:
+    """What merging brought: ``signed``, the envelope with every signature (``.save(path)``);
+    ``status``, who signed and who is missing; ``contributions``, per input, the parties whose
+    signature it brought."""
+
     signed: SignedPolicy
     status: SignatureStatus
     #: per input (in order): the parties whose signature it brought
