@@ -55,7 +55,8 @@ def render(root: click.Group, prog: str) -> str:
         "",
         "Generated from the commands by `python -m cctrain.cli.reference`; do not edit by hand.",
         "Exit status everywhere: 0 success, 1 refused or verification failed, 2 usage or input "
-        "error.",
+        "error, 3 the enclave cannot be reached (run it again: an upload resumes), 130 "
+        "interrupted.",
         "",
     ]
     for path, cmd, sub in _commands(root, ctx, (prog,)):
