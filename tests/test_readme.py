@@ -3,39 +3,29 @@
 Every fenced ``python`` and ``console`` block of README.md is either run here, against a real
 simulated enclave on a loopback port, or marked ``<!-- not-tested: reason -->`` on the line
 before it; the marked ones are listed in NOT_TESTED (so marking one is a visible change here)
-and each shows up as a skip with its reason.
+and each shows up as a skip with its reason. (The CLI is shown by the tutorials,
+docs/tutorial-*.md, which tests/authoring/test_tutorial.py runs.)
 
 What runs is the README's text with only these rewrites, each checked to apply:
+``"10.0.0.5:7443"`` becomes the local enclave's address, and ``allow_simulated=True`` is added
+where the enclave's evidence is verified, as the README says to for the local simulated TEE.
 
-* ``HOST:PORT`` (CLI) and ``"10.0.0.5:7443"`` (SDK) become the local enclave's address;
-* ``--allow-simulated`` (CLI) and ``allow_simulated=True`` (SDK) are added where the
-  enclave's evidence is verified, as the README says to for the local simulated TEE.
-
-Between commands the test plays the other parties (their keys, their signatures, their
+Between snippets the test plays the other parties (their keys, their signatures, their
 uploads) and the operator (the enclave, started on the simulated platform).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shlex
-import subprocess
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cctrain.client import SimulatedEvidenceWarning
-from cctrain.crypto.keys import PartyKeys
-from cctrain.policy import SignedPolicy
-from tests.cli_process import cctrain, environment
 from tests.conftest import REPO
-from tests.consortium import Consortium, make_consortium, running_enclave
+from tests.consortium import make_consortium, running_enclave
 from tests.ingest.conftest import make_owner, write_shard
 
 README = REPO / "README.md"
@@ -96,22 +86,11 @@ def readme_blocks(text: str | None = None) -> list[Block]:
     return blocks
 
 
-CLI = "As a consortium (CLI)"
-CLI_SETUP, CLI_SESSION, CLI_LEDGER = (CLI, 0), (CLI, 2), (CLI, 4)
-OWNER, RECIPIENT_SDK, AUDITOR = (
-    ("As a data owner (Python SDK)", 0),
-    ("As a recipient (Python SDK)", 0),
-    ("As an auditor (any party)", 0),
-)
+OWNER, RECIPIENT_SDK, AUDITOR = (("Data owner", 0), ("Recipient", 0), ("Auditor", 0))
 #: The blocks the tests below run.
-RUN = frozenset({CLI_SETUP, CLI_SESSION, CLI_LEDGER, OWNER, RECIPIENT_SDK, AUDITOR})
+RUN = frozenset({OWNER, RECIPIENT_SDK, AUDITOR})
 #: The blocks marked not-tested, on purpose (the marker in README.md says why).
-NOT_TESTED = [
-    ("Quick start", 0),
-    (CLI, 1),
-    (CLI, 3),
-    ("The state key and `cctrain unlock`", 0),
-]
+NOT_TESTED = [("Quick start", 0)]
 
 
 def block(key: tuple[str, int]) -> Block:
@@ -149,125 +128,6 @@ def test_the_block_parser() -> None:
 )
 def test_not_tested(marked: Block) -> None:
     pytest.skip(f"{marked.where}: not-tested: {marked.not_tested}")
-
-
-# --------------------------------------------------------------------------- the CLI blocks
-
-HOST_PORT = "HOST:PORT"
-OTHER_PARTIES = ("hospital-b", "hospital-c", "research-lab")
-
-
-def commands(b: Block) -> list[str]:
-    """The block's command lines, without their comments."""
-    out = []
-    for line in b.code.splitlines():
-        command = line.split(" #", 1)[0].strip()
-        if command and not command.startswith("#"):
-            out.append(command)
-    return out
-
-
-def on_the_local_enclave(command: str, address: str) -> str:
-    assert HOST_PORT in command or command.startswith(
-        ("cctrain release verify", "cctrain audit")
-    ), command
-    return command.replace(HOST_PORT, address) + " --allow-simulated"
-
-
-def _digits_like_shard(path: Path, seed: int) -> Path:
-    """Rows the example policy takes (64 features, 10 classes)."""
-    rng = np.random.default_rng(seed)
-    np.savez(
-        path,
-        features=rng.normal(size=(120, 64)).astype(np.float32),
-        labels=rng.integers(0, 10, size=120).astype(np.int64),
-    )
-    return path
-
-
-def _write_example_policy(work: Path, measurement: str) -> None:
-    """What the consortium writes: the example policy, with every party's public keys and
-    the pinned measurement; a short run; hospital-a must approve the release."""
-    text = (REPO / "examples" / "three_hospitals" / "policy.toml.in").read_text()
-    for pid in ("hospital-a", *OTHER_PARTIES):
-        pub = json.loads((work / f"{pid}.pub.json").read_text())
-        text = text.replace(f"@{pid}.signing@", pub["signing_key"])
-        text = text.replace(f"@{pid}.hpke@", pub["hpke_key"])
-    values = {
-        "@NAME_SUFFIX@": "-readme",
-        "@EXPIRES@": "2099-01-01T00:00:00Z",
-        "@MEASUREMENT@": measurement,
-        "@PRIVACY@": "enabled = false",
-        "@LR@": "0.05",
-        "@EPOCHS@": "2",
-        "@BATCH@": "32",
-        "@METRICS@": '["train_loss", "steps"]',
-        "@NON_PRIVATE@": "",
-        "approvals_required_from = []": 'approvals_required_from = ["hospital-a"]',
-    }
-    for k, v in values.items():
-        assert k in text, k
-        text = text.replace(k, v)
-    (work / "policy.toml").write_text(text)
-
-
-def test_the_cli_blocks(tmp_path: Path) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    shim = tmp_path / "bin" / "cctrain"
-    shim.parent.mkdir()
-    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m cctrain.cli "$@"\n')
-    shim.chmod(0o755)
-    env = environment(tmp_path / "home", PATH=f"{shim.parent}{os.pathsep}{os.environ['PATH']}")
-
-    def sh(command: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            ["/bin/sh", "-c", command],
-            cwd=work,
-            env=env,
-            text=True,
-            capture_output=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, f"{command}\n{proc.stdout}\n{proc.stderr}"
-        return proc
-
-    for pid in OTHER_PARTIES:  # the other parties made their keys too
-        PartyKeys.generate(pid).save(work)
-    for command in commands(block(CLI_SETUP)):
-        proc = sh(command)
-        if command.startswith("cctrain measure"):
-            _write_example_policy(work, proc.stdout.strip())
-        if command.startswith("cctrain policy sign"):
-            for pid in OTHER_PARTIES:  # every party signs
-                signed = cctrain(
-                    "policy", "sign", "policy.toml", "--key", f"{pid}.key", cwd=work, env=env
-                )
-                assert signed.returncode == 0, signed.stderr
-        if command.startswith("cctrain policy verify"):
-            assert "status:  complete" in proc.stdout
-
-    keys = {pid: PartyKeys.load(work / f"{pid}.key") for pid in ("hospital-a", *OTHER_PARTIES)}
-    consortium = Consortium(work, keys, SignedPolicy.load(work / "policy.signed.json"))
-    _digits_like_shard(work / "hospital-a.npz", seed=0)
-    out = []
-    with running_enclave(consortium, tmp_path / "state") as (address, _app):
-        for i, pid in enumerate(("hospital-b", "hospital-c"), start=1):  # the other providers
-            with make_owner(address, consortium, pid) as owner:
-                owner.upload(_digits_like_shard(tmp_path / f"{pid}.npz", i), state_dir=tmp_path)
-        for command in commands(block(CLI_SESSION)):
-            out.append(sh(on_the_local_enclave(command, address)).stdout)
-    text = "\n".join(out)
-    assert "receipt verified: party=hospital-a shard=hospital-a rows=120" in text
-    assert "approved; approvals so far: hospital-a" in text
-    assert "verified and unsealed" in text and "release verified and unsealed" in text
-    assert (work / "release" / "model.safetensors").is_file()
-    assert out[-1].rstrip().endswith("phase: released")  # the saved journal, verified offline
-    ledger = [sh(command).stdout for command in commands(block(CLI_LEDGER))]
-    # This example policy has no DP: its grant has no bound, which the ledger says.
-    assert "lifetime budget of hospital-a.npz" in ledger[0], ledger[0]
-    assert "granted so far: unbounded (no DP)" in ledger[0], ledger[0]
-    assert "ε granted unbounded (no DP), budget 8" in ledger[1], ledger[1]
 
 
 # --------------------------------------------------------------------------- the SDK blocks

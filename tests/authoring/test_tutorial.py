@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -116,6 +117,10 @@ def run_page(page: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
     work, outputs = run_page(TUTORIAL, tmp_path)
+    measurement = (work / "measurement.txt").read_text().strip()
+    assert re.fullmatch("[0-9a-f]{96}", measurement), measurement
+    # the page's edit applied: the policy the enclave served (and the party attested) pins it
+    assert f'measurements = ["{measurement}"]' in (work / "policy.toml").read_text()
     assert "status:  complete" in outputs["cctrain policy verify policy.signed.json"]
     assert (work / "release" / "model.safetensors").is_file()
     assert (work / "release" / "release.json").is_file()
@@ -131,6 +136,11 @@ def test_the_data_owner_tutorial_runs_as_written(tmp_path: Path) -> None:
     assert "phase: released" in journal
     assert (work / "journal.log").is_file()
     assert (work / "draft.deletion.json").is_file()
+    # This policy has no DP: its grant has no bound, which the ledger says.
+    budget = outputs["cctrain ledger budget hospital-a.npz"]
+    assert "lifetime budget of hospital-a.npz" in budget, budget
+    assert "granted so far: unbounded (no DP)" in budget, budget
+    assert "ε granted unbounded (no DP), budget 8" in outputs["cctrain ledger"]
 
 
 def test_the_recipient_tutorial_runs_as_written(tmp_path: Path) -> None:
