@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from cctrain.commandline import CommandGroup
-from cctrain_enclave.providers.detect import PLATFORMS
+from cctrain_enclave.platforms import PLATFORMS
 
 
 def serve_command(

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 from cctrain.errors import AttestationError, NoEvidenceProviderError
+from cctrain_enclave.platforms import PLATFORMS
 
 from .base import EvidenceProvider
 from .configfs_tsm import ConfigfsTsm, ConfigfsTsmProvider, platform_of
@@ -32,8 +33,6 @@ from .tdx_guest import DEVICE as TDX_DEVICE
 from .tdx_guest import TdxGuestProvider
 
 log = logging.getLogger("cctrain.enclave")
-
-PLATFORMS = ("auto", "sev-snp", "tdx", "sgx", "arm-cca", "aws-nitro", "simulated")
 
 
 def searched_paths(root: Path = Path("/")) -> tuple[Path, ...]:
