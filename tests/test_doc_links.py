@@ -13,10 +13,6 @@ from tests.conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
-#: Pages another branch is writing, linked already: tolerated while absent. Remove an entry
-#: once its page is in (test_pending_pages_are_still_pending says so).
-PENDING = {REPO / "docs" / "tutorial-model-owner.md"}
-
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
@@ -95,8 +91,7 @@ def problems(page: Path, root: Path = REPO) -> list[str]:
             continue  # outside the repository (../shared/DESIGN.md): not this test's to check
         where = f"{page.relative_to(root)}: ({target})"
         if not dest.exists():
-            if dest not in {p.resolve() for p in PENDING}:
-                out.append(f"{where}: no such file {dest.relative_to(root)}")
+            out.append(f"{where}: no such file {dest.relative_to(root)}")
             continue
         if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             out.append(f"{where}: no heading #{anchor} in {dest.name}")
@@ -122,7 +117,3 @@ def test_a_broken_link_is_caught(tmp_path: Path) -> None:
         "docs/a.md: (#nowhere): no heading #nowhere in a.md",
     ]
 
-
-def test_pending_pages_are_still_pending() -> None:
-    done = [str(p.relative_to(REPO)) for p in PENDING if p.exists()]
-    assert not done, f"{done} exist now: remove them from PENDING in tests/test_doc_links.py"
