@@ -302,6 +302,35 @@ def add_party(
     return re.sub(r"(?<=[^\n])\n\[\[parties\]\]", "\n\n[[parties]]", out), changes
 
 
+def pin_package(text: str, package_sha256: str) -> tuple[str, str]:
+    """``text`` (a policy in TOML) with ``training.model.package_sha256`` set to the package's
+    hash, and a line saying what it replaced. Only a package model (``name = "package"``)
+    takes a pin; comments and layout are kept."""
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    if not re.fullmatch(r"[0-9a-f]{64}", package_sha256):
+        raise InputError(f"package sha256: got {package_sha256!r}, want 64 lowercase hex digits")
+    try:
+        doc = tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise PolicyFileError(f"policy is not valid TOML: {exc}") from None
+    training = doc.get("training")
+    model = training.get("model") if isinstance(training, Mapping) else None
+    if not isinstance(model, Mapping) or model.get("name") != "package":
+        got = model.get("name") if isinstance(model, Mapping) else None
+        raise PolicyError(
+            "training.model: a pin needs a package model",
+            [
+                f"training.model.name: got {got!r}, want 'package' (policy init --scenario model-owner)"
+            ],
+        )
+    before = model.get("package_sha256")
+    model["package_sha256"] = package_sha256  # type: ignore[index]
+    change = f"training.model.package_sha256: {before!s} -> {package_sha256}"
+    return tomlkit.dumps(doc), change
+
+
 # --------------------------------------------------------------------------- merge
 
 

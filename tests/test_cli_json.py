@@ -76,6 +76,7 @@ BAD_INPUT: dict[str, tuple[tuple[str, ...], int, str]] = {
     "policy check": (("fields-missing.toml",), 1, "policy"),
     "policy init": (("--scenario", "hospitals", "-o", "a-file"), 2, "bad-input"),
     "policy merge": (("policy.signed.json", "a-file", "-o", "m.json"), 2, "policy-file"),
+    "policy pin-package": (("fields-missing.toml", "a-file"), 2, "package"),
     "policy sign": (("policy.json", "--key", "garbage.key"), 2, "key-file"),
     "policy verify": (("unsigned.signed.json",), 1, "incomplete"),
     "release approve": (BAD_ADDRESS, 2, "enclave-address"),

@@ -116,4 +116,3 @@ def test_a_broken_link_is_caught(tmp_path: Path) -> None:
         "docs/a.md: (no-such-page.md): no such file docs/no-such-page.md",
         "docs/a.md: (#nowhere): no heading #nowhere in a.md",
     ]
-

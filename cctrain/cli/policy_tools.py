@@ -1,4 +1,4 @@
-"""``cctrain policy init | add-party | merge``: writing the policy and collecting signatures.
+"""``cctrain policy init | add-party | pin-package | merge``: writing the policy and collecting signatures.
 
 Registered on the ``policy`` group by :mod:`cctrain.cli.main`; the work is in
 :mod:`cctrain.authoring`.
@@ -99,6 +99,37 @@ def policy_add_party(
     )
 
 
+@click.command("pin-package")
+@click.argument("policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("package_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@format_option
+def policy_pin_package(policy_file: Path, package_file: Path, fmt: str) -> None:
+    """Pin PACKAGE_FILE in POLICY_FILE (TOML) in place: training.model.package_sha256 becomes
+    the package's SHA-256, after its structure is checked (cctrain model inspect)."""
+    import hashlib
+
+    from cctrain.authoring import pin_package
+    from cctrain.package import check_package_file
+
+    if policy_file.suffix != ".toml":
+        fail(f"{policy_file}: pin-package edits TOML policies (.toml)", BAD_INPUT)
+    check_package_file(package_file)
+    h = hashlib.sha256()
+    with open(package_file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    sha = h.hexdigest()
+    text, change = pin_package(policy_file.read_text(), sha)
+    tmp = policy_file.with_name(policy_file.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(policy_file)  # all or nothing: a crash leaves the old file
+    _out(
+        fmt,
+        [f"pinned {package_file} in {policy_file}", f"  {change}"],
+        {"policy": str(policy_file), "package": str(package_file), "package_sha256": sha},
+    )
+
+
 @click.command("merge")
 @click.argument(
     "envelope_files",
@@ -137,5 +168,5 @@ def policy_merge(envelope_files: tuple[Path, ...], out_file: Path, fmt: str) -> 
 
 
 def register(group: click.Group) -> None:
-    for command in (policy_init, policy_add_party, policy_merge):
+    for command in (policy_init, policy_add_party, policy_pin_package, policy_merge):
         group.add_command(command)

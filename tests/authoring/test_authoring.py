@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cctrain.authoring import PublicKeys, add_party, merge_signed, policy_template
+from cctrain.authoring import PublicKeys, add_party, merge_signed, pin_package, policy_template
 from cctrain.cli import main
 from cctrain.crypto.keys import PartyKeys
 from cctrain.errors import InputError, PolicyError
@@ -110,6 +110,21 @@ def test_the_model_owner_template_wants_only_the_package_hash(dp: bool) -> None:
     text = text.replace("REPLACE-sha256-of-the-package", "ab" * 32)
     p = parse_policy(text.encode(), "toml")
     assert p.model_provider == "lab"
+
+
+def test_pin_package_sets_the_hash_keeps_the_comments_and_refuses_a_builtin_model() -> None:
+    text = _filled("model-owner", dp=False)
+    pinned, change = pin_package(text, "cd" * 32)
+    assert change == f"training.model.package_sha256: REPLACE-sha256-of-the-package -> {'cd' * 32}"
+    assert parse_policy(pinned.encode(), "toml").model_package["package_sha256"] == "cd" * 32
+    assert pinned == text.replace("REPLACE-sha256-of-the-package", "cd" * 32)  # nothing else
+    again, change = pin_package(pinned, "ef" * 32)  # a new build of the package: pinned again
+    assert change.startswith(f"training.model.package_sha256: {'cd' * 32} -> ")
+    with pytest.raises(PolicyError) as info:
+        pin_package(_filled("hospitals", dp=False), "cd" * 32)
+    assert info.value.problems[0].startswith("training.model.name: got 'mlp', want 'package'")
+    with pytest.raises(InputError, match="want 64 lowercase hex digits"):
+        pin_package(text, "CD" * 32)
 
 
 def test_add_party_keeps_every_comment_and_line() -> None:

@@ -223,6 +223,8 @@ def test_the_model_owner_tutorial_runs_as_written(tmp_path: Path) -> None:
     assert (
         f'package_sha256 = "{package_sha}"' in outputs["cctrain model package my-plan -o model.pkg"]
     )
+    pinned = outputs["cctrain policy pin-package policy.toml model.pkg"]
+    assert f"REPLACE-sha256-of-the-package -> {package_sha}" in pinned
     # The signed policy pins that package, provided by the model owner, released to it alone.
     policy = SignedPolicy.load(work / "policy.signed.json").policy
     model = thaw(policy.training)["model"]

@@ -50,7 +50,7 @@ def check_training_plan(
     """Every reason the policy's model and training cannot run (empty list: they can).
 
     A model package arrives only after the enclave started: without ``model_package`` its
-    model is not checked (the model owner runs this check with it: ``cctrain model check``).
+    model is not checked (the model owner runs this check with it: ``cctrain policy check --model-package``).
 
     ``device`` ("cpu" or "cuda") is where the epoch on synthetic rows runs: the enclave passes
     the ``training.device`` it resolved at start (:func:`.train.resolve_device`, which refuses
