@@ -1,4 +1,5 @@
-"""``cctrain policy init | add-party | pin-package | merge``: writing the policy and collecting signatures.
+"""``cctrain policy init | add-party | pin-package | merge``: writing the policy, collecting
+signatures.
 
 Registered on the ``policy`` group by :mod:`cctrain.cli.main`; the work is in
 :mod:`cctrain.authoring`.
@@ -13,6 +14,13 @@ from typing import Any
 import click
 
 from cctrain.commandline import BAD_INPUT, fail, format_option
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Replace ``path``'s text all or nothing: a crash leaves the old file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _out(fmt: str, lines: list[str], doc: dict[str, Any]) -> None:
@@ -84,9 +92,7 @@ def policy_add_party(
         fail(f"{policy_file}: add-party edits TOML policies (.toml)", BAD_INPUT)
     keys = PublicKeys.from_json(pub_file.read_bytes(), where=str(pub_file))
     text, changes = add_party(policy_file.read_text(), party_id, roles, keys)
-    tmp = policy_file.with_name(policy_file.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(policy_file)  # all or nothing: a crash leaves the old file
+    _replace_text(policy_file, text)
     _out(
         fmt,
         [f"added {party_id} ({roles}) to {policy_file}", *(f"  {line}" for line in changes)],
@@ -106,23 +112,16 @@ def policy_add_party(
 def policy_pin_package(policy_file: Path, package_file: Path, fmt: str) -> None:
     """Pin PACKAGE_FILE in POLICY_FILE (TOML) in place: training.model.package_sha256 becomes
     the package's SHA-256, after its structure is checked (cctrain model inspect)."""
-    import hashlib
-
     from cctrain.authoring import pin_package
+    from cctrain.client import file_sha256
     from cctrain.package import check_package_file
 
     if policy_file.suffix != ".toml":
         fail(f"{policy_file}: pin-package edits TOML policies (.toml)", BAD_INPUT)
     check_package_file(package_file)
-    h = hashlib.sha256()
-    with open(package_file, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    sha = h.hexdigest()
+    sha = file_sha256(package_file)[0].hex()
     text, change = pin_package(policy_file.read_text(), sha)
-    tmp = policy_file.with_name(policy_file.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(policy_file)  # all or nothing: a crash leaves the old file
+    _replace_text(policy_file, text)
     _out(
         fmt,
         [f"pinned {package_file} in {policy_file}", f"  {change}"],
