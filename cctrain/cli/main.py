@@ -481,8 +481,9 @@ def attest_enclave(
         evidence = s.enclave.evidence
     doc: dict[str, Any] = {"claims": claims, "policy_digest": digest}
     if evidence_dir is not None:
-        doc["evidence_files"] = [str(p) for p in _save_evidence(evidence, evidence_dir)]
-        doc["verify_command"] = _verify_command(evidence, evidence_dir)
+        written = _save_evidence(evidence, evidence_dir)
+        doc["evidence_files"] = [str(p) for p in written]
+        doc["verify_command"] = _verify_command(evidence.platform, written)
     if fmt == "json":
         click.echo(json.dumps(doc))
         return
@@ -510,16 +511,15 @@ def _save_evidence(evidence: Any, folder: Path) -> list[Path]:
     return written
 
 
-def _verify_command(evidence: Any, folder: Path) -> str:
+def _verify_command(platform: str, written: list[Path]) -> str:
+    """The ``cctrain attest verify`` line for the files :func:`_save_evidence` wrote."""
     import shlex
 
-    parts = ["cctrain", "attest", "verify", str(folder / "evidence.bin")]
-    parts += ["--platform", evidence.platform]
-    for i in range(len(evidence.certificates)):
-        parts += ["--cert", str(folder / f"cert-{i}.der")]
-    if evidence.collateral:
-        parts += ["--collateral", str(folder / "collateral.json")]
-    if evidence.platform == "simulated":
+    report, *rest = written
+    parts = ["cctrain", "attest", "verify", str(report), "--platform", platform]
+    for path in rest:
+        parts += ["--collateral" if path.suffix == ".json" else "--cert", str(path)]
+    if platform == "simulated":
         parts.append("--allow-simulated")
     return " ".join(shlex.quote(p) for p in parts)
 
