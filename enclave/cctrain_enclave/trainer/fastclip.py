@@ -1,26 +1,48 @@
-"""Per-sample gradient clipping for models whose every trainable parameter is in ``nn.Linear``.
+"""Per-sample gradient clipping without per-sample backward passes, layer by layer from a table.
 
 Opacus's hooks mode materialises a (batch × parameters) tensor of per-sample gradients; ghost
-clipping avoids that but runs a second backward pass. For a Linear layer neither is needed:
-with ``a_i`` the layer input and ``b_i`` the gradient of sample i's loss w.r.t. the layer
-output (one ``autograd.grad`` call gives all ``b``), the per-sample gradient is ``b_i a_iᵀ``, so
+clipping avoids that but runs a second backward pass. For the layers in :data:`LAYER_RULES`
+neither is needed: with ``a_i`` the layer input of sample i and ``b_i`` the gradient of sample
+i's loss w.r.t. the layer output (one ``autograd.grad`` call gives all ``b``), each rule gives
 
-* its squared norm is ``‖a_i‖²·‖b_i‖²`` (+ ``‖b_i‖²`` for the bias), a row reduction, and
-* the clipped sum ``Σ_i c_i b_i a_iᵀ`` is one matmul ``(c ⊙ B)ᵀ A``,
+* the per-sample squared gradient norm of the layer's parameters, and
+* the clipped sum ``Σ_i c_i ∇_θ loss_i`` for per-sample factors ``c``,
 
-which costs about what the ordinary backward does. For inputs with extra (sequence)
-dimensions the norm uses the ghost-norm identity ``‖A_iᵀB_i‖² = ⟨A_iA_iᵀ, B_iB_iᵀ⟩``.
+at about the cost of the ordinary backward:
+
+* ``nn.Linear``: the per-sample gradient is ``b_i a_iᵀ``; its squared norm ``‖a_i‖²·‖b_i‖²``
+  (a row reduction), the clipped sum one matmul ``(c ⊙ B)ᵀ A``. With extra (sequence)
+  dimensions the norm uses the ghost-norm identity ``‖B_iᵀA_i‖² = ⟨A_iA_iᵀ, B_iB_iᵀ⟩`` or,
+  when the sequence is longer than the weight is big, the per-sample gradient itself.
+* ``nn.Conv1d`` / ``nn.Conv2d``: a convolution is a Linear layer applied to the unfolded
+  (im2col) input, one per group; padding (any ``padding_mode``, ``"same"``), stride and
+  dilation go into the unfold, so the Linear identity applies with the output positions as
+  the sequence.
+* ``nn.Embedding``: sample i's gradient puts ``Σ_t b_it`` on row ``idx_it``; its squared norm is
+  ``Σ_{t,t'} [idx_it = idx_it'] ⟨b_it, b_it'⟩``; positions holding ``padding_idx`` contribute
+  nothing (that row gets no gradient, as in torch).
+* ``nn.LayerNorm`` / ``nn.RMSNorm`` / ``nn.GroupNorm``: the per-sample gradients are small
+  (``Σ_t b_it ⊙ x̂_it`` for the weight, ``Σ_t b_it`` for the bias, ``x̂`` recomputed from the
+  captured input), so they are formed and reduced directly.
+
 The clip factor is Opacus's, ``min(1, C / (‖g_i‖ + 1e-6))``, so the result equals Opacus's
-clipped gradient sum (a test checks it against Opacus's hooks mode).
+clipped gradient sum (tests/enclave/test_fastclip_layers.py checks each layer type against
+Opacus's hooks mode, or against the per-sample definition where Opacus is wrong).
+
+Only layers of *exactly* a type in the table qualify: a subclass may compute something else
+in ``forward`` (Opacus's ``RNNLinear`` in ``DPLSTM`` is one). Layers without parameters
+(activations, pooling, dropout, reshapes, functional attention) need no rule.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cctrain.errors import CctrainError
@@ -28,7 +50,10 @@ from cctrain.errors import CctrainError
 from .objective import CROSS_ENTROPY, Objective
 
 __all__ = [
+    "LAYER_RULES",
     "FastClipUnsupported",
+    "FastClipper",
+    "LayerRule",
     "LinearClipper",
     "fast_clip_runtime_reasons",
     "fast_clip_unsupported_reasons",
@@ -37,37 +62,268 @@ __all__ = [
 #: Opacus adds this to the norm before dividing, so we do too (equality, not just closeness).
 _NORM_EPS = 1e-6
 
+#: ``(squared norms (B,), clipped_sums(c) -> [(parameter, Σ_i c_i g_i)])`` of one layer call.
+Prepared = tuple[torch.Tensor, Callable[[torch.Tensor], list[tuple[nn.Parameter, torch.Tensor]]]]
+
 
 class FastClipUnsupported(CctrainError):
     """The model does something the fast path cannot clip correctly; use ghost or hooks."""
 
 
+@dataclass(frozen=True)
+class LayerRule:
+    """How the fast path clips one layer type.
+
+    ``prepare(layer, input, grad_output)`` returns the per-sample squared norms of the
+    layer's trainable parameters and a function of the clip factors giving their clipped sums;
+    ``refuse(layer)`` says why a configuration of the layer is not supported (``None``: it is).
+    """
+
+    prepare: Callable[[nn.Module, torch.Tensor, torch.Tensor], Prepared]
+    refuse: Callable[[nn.Module], str | None] = lambda _m: None
+
+
+def _trainable(p: nn.Parameter | None) -> bool:
+    return p is not None and p.requires_grad
+
+
+def _per_sample(
+    pairs: list[tuple[nn.Parameter | None, torch.Tensor]], batch: int, like: torch.Tensor
+) -> Prepared:
+    """Rules whose per-sample gradients ``(B, *param.shape)`` are small: form and reduce them."""
+    kept = [(p, g.reshape(batch, -1)) for p, g in pairs if p is not None and _trainable(p)]
+    squared = torch.zeros(batch, dtype=like.dtype, device=like.device)
+    for _, g in kept:
+        squared += g.square().sum(1)
+
+    def sums(clip: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        return [(p, (clip.to(g.dtype) @ g).view(p.shape)) for p, g in kept]
+
+    return squared, sums
+
+
+def _outer(
+    a: torch.Tensor, b: torch.Tensor, batch: int, groups: int
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Per-sample ``G_n = B_n A_nᵀ`` for ``a`` (B·g, I, L), ``b`` (B·g, O, L): the squared norm
+    per sample (summed over groups) and ``c -> Σ_i c_i G_i`` shaped (g, O, I).
+
+    The ghost identity costs B·g·L² memory, the per-sample gradients B·g·O·I; the smaller wins.
+    """
+    n, i_dim, length = a.shape
+    o_dim = b.shape[1]
+    if length * length <= o_dim * i_dim:
+        squared = (torch.bmm(a.transpose(1, 2), a) * torch.bmm(b.transpose(1, 2), b)).sum((1, 2))
+        b4 = b.view(batch, groups, o_dim, length)
+        a4 = a.view(batch, groups, i_dim, length)
+
+        def ghost_sum(clip: torch.Tensor) -> torch.Tensor:
+            scaled = b4 * clip.view(-1, 1, 1, 1)
+            if groups == 1:
+                # (O, B·L) @ (B·L, I): one matmul.
+                return (
+                    scaled[:, 0].transpose(0, 1).reshape(o_dim, -1)
+                    @ a4[:, 0].transpose(0, 1).reshape(i_dim, -1).t()
+                ).unsqueeze(0)
+            return torch.einsum("bgol,bgil->goi", scaled, a4)
+
+        return squared.view(batch, groups).sum(1), ghost_sum
+    grads = torch.bmm(b, a.transpose(1, 2))  # (B·g, O, I)
+    squared = grads.square().sum((1, 2)).view(batch, groups).sum(1)
+    flat = grads.view(batch, -1)
+
+    def direct_sum(clip: torch.Tensor) -> torch.Tensor:
+        return (clip @ flat).view(groups, o_dim, i_dim)
+
+    return squared, direct_sum
+
+
+def _linear(m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> Prepared:
+    assert isinstance(m, nn.Linear)
+    batch = a.shape[0]
+    w, bias = m.weight, m.bias
+    grads_b: list[tuple[nn.Parameter, Callable[[torch.Tensor], torch.Tensor]]] = []
+    if a.dim() == 2:
+        b_sq = b.square().sum(1)
+        squared = torch.zeros_like(b_sq)
+        if _trainable(w):
+            squared.addcmul_(a.square().sum(1), b_sq)
+            grads_b.append((w, lambda c: (b * c.view(-1, 1)).t() @ a))
+        if _trainable(bias):
+            assert bias is not None
+            squared += b_sq
+            grads_b.append((bias, lambda c: c @ b))
+    else:
+        a3 = a.reshape(batch, -1, a.shape[-1]).transpose(1, 2)  # (B, I, T)
+        b3 = b.reshape(batch, -1, b.shape[-1]).transpose(1, 2)  # (B, O, T)
+        squared = torch.zeros(batch, dtype=b.dtype, device=b.device)
+        if _trainable(w):
+            w_sq, w_sum = _outer(a3, b3, batch, 1)
+            squared += w_sq
+            grads_b.append((w, lambda c: w_sum(c)[0]))
+        if _trainable(bias):
+            assert bias is not None
+            per = b3.sum(2)  # (B, O)
+            squared += per.square().sum(1)
+            grads_b.append((bias, lambda c: c @ per))
+    return squared, lambda c: [(p, fn(c)) for p, fn in grads_b]
+
+
+def _conv(m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> Prepared:
+    assert isinstance(m, nn.Conv1d | nn.Conv2d)
+    nd = 1 if isinstance(m, nn.Conv1d) else 2
+    if a.dim() != nd + 2:
+        raise FastClipUnsupported(f"an nn.Conv{nd}d layer ran on an unbatched input")
+    batch, groups = a.shape[0], m.groups
+    pad = list(m._reversed_padding_repeated_twice)
+    mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+    x = F.pad(a, pad, mode=mode) if any(pad) else a
+    kernel, stride, dilation = tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)
+    if nd == 1:
+        x = x.unsqueeze(2)
+        kernel, stride, dilation = (1, *kernel), (1, *stride), (1, *dilation)
+    cols = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (B, C_in·k, L)
+    length = cols.shape[-1]
+    out = b.reshape(batch * groups, m.out_channels // groups, length)
+    squared = torch.zeros(batch, dtype=b.dtype, device=b.device)
+    grads_b: list[tuple[nn.Parameter, Callable[[torch.Tensor], torch.Tensor]]] = []
+    if _trainable(m.weight):
+        w_sq, w_sum = _outer(cols.view(batch * groups, -1, length), out, batch, groups)
+        squared += w_sq
+        grads_b.append((m.weight, lambda c: w_sum(c).reshape(m.weight.shape)))
+    if _trainable(m.bias):
+        assert m.bias is not None
+        per = b.reshape(batch, m.out_channels, -1).sum(2)
+        squared += per.square().sum(1)
+        grads_b.append((m.bias, lambda c: c @ per))
+    return squared, lambda c: [(p, fn(c)) for p, fn in grads_b]
+
+
+def _embedding(m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> Prepared:
+    assert isinstance(m, nn.Embedding)
+    batch = a.shape[0]
+    idx = a.reshape(batch, -1)
+    rows = b.reshape(batch, idx.shape[1], -1)
+    if m.padding_idx is not None:
+        # torch gives the padding row no gradient: those positions contribute nothing.
+        rows = rows * (idx != m.padding_idx).unsqueeze(-1).to(rows.dtype)
+    if idx.shape[1] == 1:
+        squared = rows.square().sum((1, 2))
+    else:
+        same = (idx.unsqueeze(2) == idx.unsqueeze(1)).to(rows.dtype)
+        squared = (torch.bmm(rows, rows.transpose(1, 2)) * same).sum((1, 2))
+    weight = m.weight
+
+    def sums(clip: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        scaled = (rows * clip.view(-1, 1, 1)).reshape(-1, rows.shape[-1])
+        grad = torch.zeros_like(weight).index_add_(0, idx.reshape(-1), scaled)
+        return [(weight, grad)]
+
+    return squared, sums
+
+
+def _refuse_embedding(m: nn.Module) -> str | None:
+    assert isinstance(m, nn.Embedding)
+    if m.scale_grad_by_freq:
+        return "scale_grad_by_freq scales by token counts over the whole batch (it mixes samples)"
+    if m.sparse:
+        return "sparse=True gradients are not supported by the fast path"
+    if m.max_norm is not None:
+        return "max_norm renormalises the weight in place during the forward pass"
+    return None
+
+
+def _normalisation(
+    m: nn.Module, b: torch.Tensor, xhat: torch.Tensor, reduce: tuple[int, ...]
+) -> Prepared:
+    weight = getattr(m, "weight", None)
+    bias = getattr(m, "bias", None)
+    pairs: list[tuple[nn.Parameter | None, torch.Tensor]] = []
+    if _trainable(weight):
+        g = b * xhat
+        pairs.append((weight, g.sum(reduce) if reduce else g))
+    if _trainable(bias):
+        pairs.append((bias, b.sum(reduce) if reduce else b))
+    return _per_sample(pairs, b.shape[0], b)
+
+
+def _layer_norm(m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> Prepared:
+    assert isinstance(m, nn.LayerNorm)
+    shape = tuple(m.normalized_shape)
+    xhat = F.layer_norm(a, shape, None, None, m.eps)
+    return _normalisation(m, b, xhat, tuple(range(1, a.dim() - len(shape))))
+
+
+def _rms_norm(m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> Prepared:
+    assert isinstance(m, nn.RMSNorm)
+    shape = tuple(m.normalized_shape)
+    xhat = F.rms_norm(a, shape, None, m.eps)
+    return _normalisation(m, b, xhat, tuple(range(1, a.dim() - len(shape))))
+
+
+def _group_norm(m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> Prepared:
+    assert isinstance(m, nn.GroupNorm)
+    if a.dim() < 2:
+        raise FastClipUnsupported("an nn.GroupNorm layer ran on an unbatched input")
+    xhat = F.group_norm(a, m.num_groups, None, None, m.eps)
+    # weight/bias are (C,): reduce the spatial dimensions, keep (B, C).
+    return _normalisation(m, b, xhat, tuple(range(2, a.dim())))
+
+
+#: The layer types the fast path clips (exact types: a subclass may compute something else).
+LAYER_RULES: dict[type[nn.Module], LayerRule] = {
+    nn.Linear: LayerRule(_linear),
+    nn.Conv1d: LayerRule(_conv),
+    nn.Conv2d: LayerRule(_conv),
+    nn.Embedding: LayerRule(_embedding, _refuse_embedding),
+    nn.LayerNorm: LayerRule(_layer_norm),
+    nn.RMSNorm: LayerRule(_rms_norm),
+    nn.GroupNorm: LayerRule(_group_norm),
+}
+
+
+def _rule_names() -> str:
+    return ", ".join(f"nn.{t.__name__}" for t in LAYER_RULES)
+
+
 def fast_clip_unsupported_reasons(model: nn.Module) -> list[str]:
     """Why the fast path cannot privatise ``model`` from its structure (empty when it can).
 
-    Only layers of *exactly* ``nn.Linear`` qualify: a subclass may compute something else in
-    ``forward`` (Opacus's ``RNNLinear`` in ``DPLSTM`` is one). A parameter shared by two layers
-    (tied weights) has a per-sample gradient that is the sum of two outer products, whose
-    norm the per-layer identity cannot give. A layer that runs twice in one pass has the same
-    problem; that shows only when the model runs (:func:`fast_clip_runtime_reasons`).
+    Every trainable parameter must belong to a layer whose exact type has a rule in
+    :data:`LAYER_RULES` (and whose configuration the rule accepts). A parameter shared by two
+    layers (tied weights) has a per-sample gradient that is the sum of two layers' terms,
+    whose norm the per-layer identities cannot give. A layer that runs twice in one pass has
+    the same problem; that shows only when the model runs (:func:`fast_clip_runtime_reasons`).
     """
     reasons: list[str] = []
     owners: dict[int, list[str]] = {}
-    linear_params: set[int] = set()
+    ruled: dict[int, nn.Module] = {}
+    kind: dict[int, str] = {}
     for mname, m in model.named_modules():
         for pname, p in m.named_parameters(recurse=False, remove_duplicate=False):
             owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
-            if type(m) is nn.Linear:
-                linear_params.add(id(p))
+            kind.setdefault(id(p), type(m).__name__)
+            if type(m) in LAYER_RULES:
+                ruled[id(p)] = m
+    refused: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if id(p) not in linear_params:
-            reasons.append(f"parameter {name!r} is not the weight or bias of an nn.Linear layer")
+        layer = ruled.get(id(p))
+        if layer is None:
+            reasons.append(
+                f"parameter {name!r} is in a {kind[id(p)]} layer, which has no fast-clipping "
+                f"rule (the fast path clips only {_rule_names()}, exact types)"
+            )
         elif len(owners[id(p)]) > 1:
             reasons.append(
                 f"parameter {name!r} is shared by {', '.join(owners[id(p)])} (tied weights)"
             )
+        elif id(layer) not in refused:
+            why = LAYER_RULES[type(layer)].refuse(layer)
+            if why is not None:
+                refused.add(id(layer))
+                reasons.append(f"parameter {name!r}: nn.{type(layer).__name__} with {why}")
     return reasons
 
 
@@ -82,13 +338,13 @@ def fast_clip_runtime_reasons(
     objective's loss; empty when it gets them right.
 
     One forward pass; the fast path's unclipped per-sample sum must equal autograd's gradient
-    of the summed loss for every parameter. It differs when a Linear layer runs twice, when its
+    of the summed loss for every parameter. It differs when a layer runs twice, when its
     output is changed in place, or when a parameter is also used outside its layer's call
     (e.g. ``x @ layer.weight.T``), none of which the structure shows.
     """
     if fast_clip_unsupported_reasons(model):
         return []  # the structural reasons say it already
-    clipper = LinearClipper(model)
+    clipper = FastClipper(model)
     params = [p for p in model.parameters() if p.requires_grad]
     names = {id(p): n for n, p in model.named_parameters()}
     try:
@@ -110,13 +366,14 @@ def fast_clip_runtime_reasons(
         if float((t - f).norm()) > 1e-4 * float(t.norm()) + 1e-6:
             reasons.append(
                 f"parameter {names[id(p)]!r}: the fast path's gradient differs from autograd's "
-                "(the parameter is used outside its nn.Linear call)"
+                "(the parameter is used outside its layer's call)"
             )
     return reasons
 
 
-class LinearClipper:
-    """Captures Linear inputs/outputs during a forward pass and returns clipped gradient sums."""
+class FastClipper:
+    """Captures the inputs/outputs of the ruled layers during a forward pass and returns
+    clipped gradient sums."""
 
     def __init__(self, model: nn.Module) -> None:
         reasons = fast_clip_unsupported_reasons(model)
@@ -125,9 +382,9 @@ class LinearClipper:
         self._layers = [
             m
             for m in model.modules()
-            if type(m) is nn.Linear and any(p.requires_grad for p in m.parameters())
+            if type(m) in LAYER_RULES and any(p.requires_grad for p in m.parameters())
         ]
-        self._records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor, int]] = []
+        self._records: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int]] = []
         self._armed = False
         self._handles = [m.register_forward_hook(self._capture) for m in self._layers]
 
@@ -135,12 +392,11 @@ class LinearClipper:
         self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
     ) -> None:
         if self._armed:
-            assert isinstance(module, nn.Linear)
             self._records.append((module, inputs[0].detach(), output, output._version))
 
     @contextmanager
     def capture(self) -> Iterator[None]:
-        """Record the Linear layers of the forward pass run inside this block."""
+        """Record the ruled layers of the forward pass run inside this block."""
         self._records.clear()
         self._armed = True
         try:
@@ -156,54 +412,56 @@ class LinearClipper:
         self, loss_sum: torch.Tensor, *, max_grad_norm: float
     ) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """``Σ_i clip(∇ loss_i)`` per parameter, ``loss_sum = Σ_i loss_i`` of the captured pass."""
-        records, self._records = self._records, []
-        self._check(records)
-        outputs = [out for _, _, out, _ in records]
-        backprops = torch.autograd.grad(loss_sum, outputs)
-        squared = torch.zeros(records[0][1].shape[0], dtype=loss_sum.dtype, device=loss_sum.device)
-        flat: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
-        for (layer, a, _, _), b in zip(records, backprops, strict=True):
-            if a.dim() == 2:
-                b_sq = b.square().sum(1)
-                if layer.weight.requires_grad:
-                    squared.addcmul_(a.square().sum(1), b_sq)
-                if layer.bias is not None and layer.bias.requires_grad:
-                    squared += b_sq
-            else:
-                a = a.reshape(a.shape[0], -1, a.shape[-1])
-                b = b.reshape(b.shape[0], -1, b.shape[-1])
-                if layer.weight.requires_grad:
-                    squared += (
-                        torch.bmm(a, a.transpose(1, 2)) * torch.bmm(b, b.transpose(1, 2))
-                    ).sum((1, 2))
-                if layer.bias is not None and layer.bias.requires_grad:
-                    squared += b.sum(1).square().sum(1)
-            flat.append((layer, a, b))
+        squared, prepared = self._prepare(loss_sum)
         clip = (max_grad_norm / (squared.sqrt() + _NORM_EPS)).clamp(max=1.0)
-        grads: list[tuple[nn.Parameter, torch.Tensor]] = []
-        for layer, a, b in flat:
-            scaled = b * clip.view(-1, *([1] * (b.dim() - 1)))
-            if layer.weight.requires_grad:
-                if a.dim() == 2:
-                    grads.append((layer.weight, scaled.t() @ a))
-                else:
-                    grads.append((layer.weight, torch.einsum("bto,bti->oi", scaled, a)))
-            if layer.bias is not None and layer.bias.requires_grad:
-                grads.append((layer.bias, scaled.reshape(-1, scaled.shape[-1]).sum(0)))
-        return grads
+        return [pair for sums in prepared for pair in sums(clip)]
+
+    def per_sample_norms(self, loss_sum: torch.Tensor) -> torch.Tensor:
+        """The per-sample gradient norms ``‖∇ loss_i‖`` over all trainable parameters (B,)."""
+        return self._prepare(loss_sum)[0].sqrt()
+
+    def _prepare(
+        self, loss_sum: torch.Tensor
+    ) -> tuple[
+        torch.Tensor, list[Callable[[torch.Tensor], list[tuple[nn.Parameter, torch.Tensor]]]]
+    ]:
+        records, self._records = self._records, []
+        batch = self._check(records)
+        outputs = [out for _, _, out, _ in records]
+        backprops = torch.autograd.grad(loss_sum, outputs, allow_unused=True)
+        squared = torch.zeros(batch, dtype=loss_sum.dtype, device=loss_sum.device)
+        prepared = []
+        for (layer, a, out, _), b in zip(records, backprops, strict=True):
+            if b is None:  # the output does not reach the loss: zero gradients
+                b = torch.zeros_like(out)
+            sq, sums = LAYER_RULES[type(layer)].prepare(layer, a, b.detach())
+            squared += sq
+            prepared.append(sums)
+        return squared, prepared
 
     @staticmethod
-    def _check(records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor, int]]) -> None:
+    def _check(records: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int]]) -> int:
         if not records:
-            raise FastClipUnsupported("no Linear layer ran in the captured forward pass")
+            raise FastClipUnsupported("no layer with a fast-clipping rule ran in the forward pass")
+        batch = records[0][1].shape[0] if records[0][1].dim() else 0
         seen: set[int] = set()
-        for layer, _, out, version in records:
+        for layer, a, out, version in records:
+            name = f"nn.{type(layer).__name__}"
             if id(layer) in seen:
-                # A layer used twice has per-sample gradients that are sums of two outer
-                # products; the norm identity above would miss the cross term.
-                raise FastClipUnsupported("a Linear layer ran twice in one forward pass")
+                # A layer used twice has per-sample gradients that are sums of two terms;
+                # the per-layer norm identities would miss the cross term.
+                raise FastClipUnsupported(f"a layer ({name}) ran twice in one forward pass")
             seen.add(id(layer))
             if out._version != version:
                 raise FastClipUnsupported(
-                    "a Linear layer's output was modified in place (e.g. ReLU(inplace=True))"
+                    f"a layer's ({name}) output was modified in place (e.g. ReLU(inplace=True))"
                 )
+            if a.dim() == 0 or out.dim() == 0 or a.shape[0] != batch or out.shape[0] != batch:
+                raise FastClipUnsupported(
+                    f"a layer ({name}) ran on a tensor whose first dimension is not the batch"
+                )
+        return batch
+
+
+#: The name of the Linear-only clipper this generalises (kept for callers and tests).
+LinearClipper = FastClipper
