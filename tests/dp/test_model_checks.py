@@ -131,26 +131,23 @@ def test_serve_and_policy_check_refuse_a_plan_that_cannot_run(
         assert text in out
 
 
+PRELU = b"""
+from torch import nn
+
+
+def build_model(shape, classes):
+    # nn.PReLU's slope is a trainable parameter the fast path has no rule for.
+    return nn.Sequential(nn.Linear(shape[0], 8), nn.PReLU(), nn.Linear(8, classes))
+"""
+
+
 def test_an_explicit_mode_that_cannot_clip_the_model_is_refused(tmp_path: Path) -> None:
-    c = make_consortium(
-        tmp_path / "c",
-        data={
-            "features": {"shape": [1, 6, 6], "dtype": "float32"},
-            "labels": {"num_classes": 2},
-            "max_rows": 1000,
-            "max_bytes": 1 << 20,
-            "formats": ["npz"],
-        },
-        training={
-            "model": {"name": "cnn", "params": {"channels": [4], "hidden": 8}},
-            "optimizer": {"name": "sgd", "lr": 0.1},
-            "epochs": 1,
-            "batch_size": 16,
-        },
-        privacy=DP | {"grad_sample_mode": "fast"},
-    )
-    problems = _refused(c, tmp_path / "state", None)
-    assert any("grad_sample_mode 'fast'" in p and "nn.Linear" in p for p in problems)
+    c, path = _custom(tmp_path, PRELU, DP | {"grad_sample_mode": "fast"})
+    problems = _refused(c, tmp_path / "state", path)
+    assert any(
+        "grad_sample_mode 'fast'" in p and "PReLU layer, which has no fast-clipping rule" in p
+        for p in problems
+    ), problems
 
 
 def test_a_plan_that_runs_passes_both_checks(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from opacus.grad_sample import GradSampleModule
@@ -324,3 +325,63 @@ def test_a_layer_without_a_batch_dimension_is_refused() -> None:
     with pytest.raises(FastClipUnsupported, match="first dimension is not the batch"):
         clipper.clipped_gradient_sum(out.sum(), max_grad_norm=1.0)
     clipper.close()
+
+
+def test_the_registry_cnn_trains_the_same_with_fast_and_with_opacus_hooks() -> None:
+    """End to end through ``train`` (float32, same seed, same sampler and noise keys): the
+    registry CNN (Conv2d + GroupNorm + Linear) under ``fast`` ends at Opacus hooks' weights."""
+    from cctrain_enclave.trainer import TrainingRandomness, train
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 1, 8, 8)).astype(np.float32)
+    y = (x.reshape(256, -1) @ rng.normal(size=(64, 3))).argmax(1).astype(np.int64)
+    training = {
+        "task": "classification",
+        "model": {"name": "cnn", "params": {"channels": [4, 8], "hidden": 8, "groups": 2}},
+        "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.5, "weight_decay": 0.0},
+        "epochs": 1,
+        "batch_size": 16,
+        "seed": 0,
+    }
+    results = {}
+    for mode in ("fast", "hooks"):
+        privacy = {
+            "enabled": True,
+            "target_epsilon": 3.0,
+            "delta": 1e-5,
+            "max_grad_norm": 0.5,
+            "accountant": "rdp",
+            "noise_source": "insecure-fast",
+            "grad_sample_mode": mode,
+        }
+        results[mode] = train(
+            x,
+            y,
+            num_classes=3,
+            training=training,
+            privacy=privacy,
+            simulated_platform=True,
+            checkpoint=None,
+            progress=None,
+            randomness=TrainingRandomness.fixed_for_tests(0),
+        )
+    fast, hooks = results["fast"], results["hooks"]
+    assert fast.dp_certificate is not None and hooks.dp_certificate is not None
+    assert fast.dp_certificate["grad_sample_mode"] == "fast"
+    assert fast.dp_certificate["steps"] == hooks.dp_certificate["steps"] > 0
+    assert fast.state_dict.keys() == hooks.state_dict.keys()
+    for name, value in fast.state_dict.items():
+        torch.testing.assert_close(value, hooks.state_dict[name], rtol=1e-4, atol=1e-5)
+    start = train(  # the same initial weights, (almost) not trained
+        x,
+        y,
+        num_classes=3,
+        training=training | {"epochs": 1, "optimizer": {"name": "sgd", "lr": 1e-12}},
+        privacy={"enabled": False},
+        simulated_platform=True,
+        checkpoint=None,
+        progress=None,
+        randomness=TrainingRandomness.fixed_for_tests(0),
+    )
+    moved = max(float((fast.state_dict[k] - v).abs().max()) for k, v in start.state_dict.items())
+    assert moved > 100 * 1e-4  # it trained, far beyond the tolerance of the comparison

@@ -146,12 +146,14 @@ def test_an_unreachable_budget_is_refused():
         _train(x, y, _training(epochs=1), _privacy(target_epsilon=1e-9))
 
 
-def test_auto_picks_fast_for_linear_models_and_ghost_otherwise():
+def test_auto_picks_fast_for_the_built_in_models_and_ghost_otherwise():
     mlp = build_builtin_model("mlp", (12,), 3, {})
     cnn = build_builtin_model("cnn", (1, 8, 8), 3, {})
     assert resolve_grad_sample_mode(mlp, "auto") == "fast"
-    assert resolve_grad_sample_mode(cnn, "auto") == "ghost"
+    assert resolve_grad_sample_mode(cnn, "auto") == "fast"  # Conv2d + GroupNorm have rules
     assert resolve_grad_sample_mode(cnn, "hooks") == "hooks"
+    prelu = nn.Sequential(nn.Linear(12, 8), nn.PReLU(), nn.Linear(8, 3))  # no rule for PReLU
+    assert resolve_grad_sample_mode(prelu, "auto") == "ghost"
 
 
 # --------------------------------------------------------------------------- accounting
@@ -277,8 +279,8 @@ def test_fast_clipping_equals_opacus_on_sequence_inputs():
 
 
 def test_fast_clipping_refuses_what_it_cannot_clip():
-    with pytest.raises(FastClipUnsupported, match="not the weight or bias"):
-        LinearClipper(build_builtin_model("cnn", (1, 8, 8), 3, {}))
+    with pytest.raises(FastClipUnsupported, match="BatchNorm1d layer, which has no fast-clipping"):
+        LinearClipper(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
     shared = nn.Linear(4, 4)
     model = nn.Sequential(shared, nn.ReLU(), shared)
     clipper = LinearClipper(model)

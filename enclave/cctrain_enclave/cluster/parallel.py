@@ -258,9 +258,9 @@ def follow(session: ClusterSession, policy: Policy) -> str:
         params = [p for p in model.parameters() if p.requires_grad]
         clipper = None
         if dp:
-            from cctrain_enclave.trainer.fastclip import LinearClipper
+            from cctrain_enclave.trainer.fastclip import FastClipper
 
-            clipper = LinearClipper(model)
+            clipper = FastClipper(model)
     except Exception as exc:  # noqa: BLE001 - reported to rank 0, which fails the run
         links.send_msg(0, "ready", {"error": f"{type(exc).__name__}: {exc}"})
         raise

@@ -10,8 +10,9 @@ Parts, each small:
 * Step engines (registry ``GRAD_SAMPLE_MODES``) do one DP-SGD step on a Poisson batch:
   ``hooks`` and ``ghost`` are Opacus's GradSampleModule + DPOptimizer (assembled directly
   rather than through ``PrivacyEngine.make_private``, whose secure mode needs torchcsprng and
-  whose DataLoader fetches rows one by one); ``fast`` is :mod:`.fastclip` for Linear-only
-  models. All add noise from the configured :mod:`.noise` source, divide by the expected
+  whose DataLoader fetches rows one by one); ``fast`` is :mod:`.fastclip` for models
+  built from the layers it has rules for (Linear, Conv1d/2d, Embedding, LayerNorm, RMSNorm,
+  GroupNorm). All add noise from the configured :mod:`.noise` source, divide by the expected
   batch size, and share the sampler and accountant, so ε does not depend on the mode.
 """
 
@@ -39,7 +40,7 @@ from torch import nn
 
 from cctrain.errors import PolicyError
 
-from .fastclip import LinearClipper, fast_clip_runtime_reasons, fast_clip_unsupported_reasons
+from .fastclip import FastClipper, fast_clip_runtime_reasons, fast_clip_unsupported_reasons
 from .noise import NOISE_SOURCES, GaussianSource
 from .objective import CROSS_ENTROPY, Objective, ObjectiveCriterion, classification
 
@@ -343,7 +344,9 @@ def resolve_grad_sample_mode(
 ) -> str:
     """``auto``: the fastest mode that is exact for this model: fast, then ghost, then hooks.
 
-    Fast needs every trainable parameter in a layer of exactly ``nn.Linear``, none shared;
+    Fast needs every trainable parameter in a layer whose exact type has a rule in
+    :data:`.fastclip.LAYER_RULES` (Linear, Conv1d/2d, Embedding, LayerNorm, RMSNorm,
+    GroupNorm), none shared;
     Opacus's ghost clipping raises on tied Linear/Embedding weights. Given ``example`` (a
     :func:`synthetic_batch`), a mode is chosen only if its clipped gradient sum equals the
     per-sample definition on it (:func:`clipping_problems`); if none does, ``hooks`` is
@@ -632,7 +635,7 @@ class _EngineBase:
         self.noise_draws.close()
 
 
-class FastLinearEngine(_EngineBase):
+class FastEngine(_EngineBase):
     """:mod:`.fastclip` clipping; the wrapped optimiser is the plain torch one."""
 
     def __init__(
@@ -645,7 +648,7 @@ class FastLinearEngine(_EngineBase):
         objective: Objective = CROSS_ENTROPY,
     ) -> None:
         super().__init__(model, optimizer, plan, noise, objective=objective)
-        self.clipper = LinearClipper(model)
+        self.clipper = FastClipper(model)
 
     def clipped_sums(
         self, x: torch.Tensor, y: torch.Tensor
@@ -678,6 +681,10 @@ class FastLinearEngine(_EngineBase):
     def close(self) -> None:
         super().close()
         self.clipper.close()
+
+
+#: The engine's name when the fast path clipped Linear layers only.
+FastLinearEngine = FastEngine
 
 
 class _OpacusEngine(_EngineBase):
@@ -773,7 +780,7 @@ class EngineFactory(Protocol):
 
 
 GRAD_SAMPLE_MODES: dict[str, EngineFactory] = {
-    "fast": FastLinearEngine,
+    "fast": FastEngine,
     "hooks": OpacusHooksEngine,
     "ghost": OpacusGhostEngine,
 }

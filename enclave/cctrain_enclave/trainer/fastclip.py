@@ -302,7 +302,7 @@ def fast_clip_unsupported_reasons(model: nn.Module) -> list[str]:
     for mname, m in model.named_modules():
         for pname, p in m.named_parameters(recurse=False, remove_duplicate=False):
             owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
-            kind.setdefault(id(p), type(m).__name__)
+            kind[id(p)] = type(m).__name__  # the innermost owner
             if type(m) in LAYER_RULES:
                 ruled[id(p)] = m
     refused: set[int] = set()

@@ -34,7 +34,7 @@ from .dp import (
     GRAD_SAMPLE_MODES,
     DpPlan,
     DpStepEngine,
-    FastLinearEngine,
+    FastEngine,
     PrivacyLedger,
     plan_privacy,
     synthetic_batch,
@@ -655,7 +655,7 @@ def train(
             guard.attach(optimizer)
         if cluster is not None:
             # Data-parallel over the cluster's ranks (.cluster.parallel): this is rank 0.
-            if plan is not None and not isinstance(engine, FastLinearEngine):
+            if plan is not None and not isinstance(engine, FastEngine):
                 raise PolicyError(
                     "more than one rank needs the fast per-sample clipping path",
                     problems=[f"grad_sample_mode resolved to {plan.grad_sample_mode!r}"],
