@@ -7,22 +7,31 @@ optimiser and batch size, three ways:
   backward / step), nothing else;
 * ``cctrain``: ``train(...)`` with privacy disabled, end to end (setup + final evaluation);
 * ``dp-<mode>``: ``train(...)`` with DP (Poisson sampling, RDP accountant, CSPRNG noise),
-  for each grad-sample mode: Opacus ``hooks``, Opacus ``ghost``, cctrain ``fast`` (Linear-only
-  models), end to end, noise calibration included.
+  for each grad-sample mode: Opacus ``hooks``, Opacus ``ghost``, cctrain ``fast`` (the layers
+  of ``fastclip.LAYER_RULES``: Linear, Conv, Embedding, LayerNorm/RMSNorm/GroupNorm), end to
+  end, noise calibration included.
+
+Workloads: MLPs, the registry CNN (Conv2d + GroupNorm), and a transformer block (token +
+position embeddings, causal self-attention in plain functional code, LayerNorm, MLP) built
+through the training-plan API as a model package, as a model owner would.
 
 Each is timed over whole runs (end to end) and over epochs 2..E (steady state, N rows per
 epoch); medians over ``--repeats`` are reported with their ratio to ``plain``. ``--quick`` keeps the whole script under a minute; ``--json PATH`` writes
-the results. Targets: cctrain/plain >= 0.95, dp-fast/plain >= 0.5 for the MLP.
+the results; ``--only cnn,transformer`` runs the workloads whose names contain one of the
+words. Targets: cctrain/plain >= 0.95, dp-fast/plain >= 0.8 (steady state).
 
     .venv/bin/python benchmarks/bench_training.py --quick
+    .venv/bin/python benchmarks/bench_training.py --quick --only cnn
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +40,53 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cctrain.package import build_package
 from cctrain_enclave.trainer import build_builtin_model, train
+
+#: A transformer block as a model owner's training plan (``plan.py`` of a model package):
+#: token + position embeddings, pre-LayerNorm causal self-attention (functional softmax), an
+#: MLP, a final LayerNorm and a linear head on the mean over positions. Features are token
+#: ids stored as float32 (NPZ rows are float32).
+TRANSFORMER_PLAN = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, seq, vocab, dim, heads, classes):
+        super().__init__()
+        self.heads = heads
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(seq, dim)
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+        self.lnf = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        # Clamped: the enclave's model checks run on a Gaussian synthetic batch, not tokens.
+        idx = x.round().long().clamp(0, self.tok.num_embeddings - 1)
+        b, t = idx.shape
+        # Positions per sample (B, T), so the position embedding's gradient is per sample too.
+        pos = torch.arange(t, device=idx.device).expand(b, t)
+        h = self.tok(idx) + self.pos(pos)
+        q, k, v = self.qkv(self.ln1(h)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2)) / (q.shape[-1] ** 0.5)
+        mask = torch.ones(t, t, dtype=torch.bool, device=idx.device).triu(1)
+        att = att.masked_fill(mask, float("-inf")).softmax(-1)
+        h = h + self.proj((att @ v).transpose(1, 2).reshape(b, t, -1))
+        h = h + self.fc2(F.gelu(self.fc1(self.ln2(h))))
+        return self.head(self.lnf(h).mean(1))
+
+
+def build_model(feature_shape, num_outputs, vocab=64, dim=64, heads=4):
+    return Block(feature_shape[0], vocab, dim, heads, num_outputs)
+"""
 
 
 @dataclass(frozen=True)
@@ -42,6 +97,33 @@ class Workload:
     rows: int
     epochs: int
     modes: tuple[str, ...]
+    #: ``normal``: Gaussian features; ``tokens``: integer token ids (as float32) below 64.
+    data: str = "normal"
+    #: A model package's ``plan.py`` (the model is then ``{"name": "package", ...}``).
+    plan: str | None = None
+
+    def package(self) -> bytes | None:
+        return None if self.plan is None else build_package({"plan.py": self.plan})
+
+    def build(self, num_classes: int) -> torch.nn.Module:
+        """The model as the plain loop builds it: the registry's, or the plan's entry point."""
+        if self.plan is None:
+            return build_builtin_model(
+                self.model["name"], self.feature_shape, num_classes, self.model["params"]
+            )
+        module = types.ModuleType("bench_plan")
+        exec(compile(self.plan, "plan.py", "exec"), module.__dict__)  # noqa: S102 - our own text
+        return module.build_model(self.feature_shape, num_classes, **self.model["params"])
+
+
+def _package_model(plan: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "package",
+        "package_sha256": hashlib.sha256(build_package({"plan.py": plan})).hexdigest(),
+        "module": "plan",
+        "entry": "build_model",
+        "params": params,
+    }
 
 
 def _workloads(quick: bool) -> list[Workload]:
@@ -76,7 +158,18 @@ def _workloads(quick: bool) -> list[Workload]:
             (1, 16, 16),
             2_500 * scale,
             3,
-            ("ghost", "hooks"),
+            ("fast", "ghost", "hooks"),
+        ),
+        Workload(
+            "transformer-t32-d64",
+            _package_model(TRANSFORMER_PLAN, {"vocab": 64, "dim": 64, "heads": 4}),
+            (32,),
+            2_000 * scale,
+            3,
+            # Opacus ghost fails on it (a .view on a transposed tensor in its Linear norm).
+            ("fast", "hooks"),
+            data="tokens",
+            plan=TRANSFORMER_PLAN,
         ),
     ]
     return work
@@ -84,6 +177,11 @@ def _workloads(quick: bool) -> list[Workload]:
 
 def _data(w: Workload, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
+    if w.data == "tokens":
+        tokens = rng.integers(0, 64, size=(w.rows, *w.feature_shape))
+        # The label: which class's tokens (token % classes) are most frequent in the row.
+        counts = np.stack([(tokens % num_classes == c).sum(1) for c in range(num_classes)], 1)
+        return tokens.astype(np.float32), counts.argmax(1).astype(np.int64)
     x = rng.normal(size=(w.rows, *w.feature_shape)).astype(np.float32)
     proj = rng.normal(size=(int(np.prod(w.feature_shape)), num_classes))
     y = (x.reshape(w.rows, -1) @ proj).argmax(1).astype(np.int64)
@@ -118,7 +216,7 @@ def plain_loop(
     torch.manual_seed(0)
     _sync(device)
     start = time.perf_counter()
-    model = build_builtin_model(w.model["name"], w.feature_shape, num_classes, w.model["params"])
+    model = w.build(num_classes)
     model.to(device)
     opt = training["optimizer"]
     optimizer = torch.optim.SGD(
@@ -148,7 +246,12 @@ def _rates(samples: int, start: float, epoch_ends: list[float], rows: int) -> tu
 
 
 def cctrain_run(
-    x: np.ndarray, y: np.ndarray, training: dict[str, Any], privacy: dict[str, Any], classes: int
+    x: np.ndarray,
+    y: np.ndarray,
+    training: dict[str, Any],
+    privacy: dict[str, Any],
+    classes: int,
+    package: bytes | None = None,
 ) -> tuple[float, float]:
     """``train`` end to end (setup, calibration, final evaluation included), and steady state."""
     epoch_ends: list[float] = []
@@ -163,6 +266,7 @@ def cctrain_run(
         checkpoint=None,
         progress=lambda _event: epoch_ends.append(time.perf_counter()),
         progress_every=10**9,  # events at epoch ends only
+        model_package=package,
     )
     end = time.perf_counter()  # end to end includes the final evaluation
     samples = int(result.metrics["samples"])
@@ -183,7 +287,8 @@ def _privacy(mode: str, rows: int) -> dict[str, Any]:
 
 
 TARGET_NO_DP = 0.95
-TARGET_DP_MLP = 0.5
+#: DP with cctrain's fast clipping / plain non-DP, steady state, every model it covers.
+TARGET_DP_FAST = 0.8
 
 
 def run(
@@ -207,6 +312,7 @@ def run(
     )
     for w in workloads or _workloads(quick):
         x, y = _data(w, classes)
+        package = w.package()
         training = _training(w, batch_size) | {
             "device": "cuda" if device.startswith("cuda") else "cpu"
         }
@@ -214,9 +320,13 @@ def run(
         runs |= {f"dp-{m}": [] for m in w.modes}
         for _ in range(repeats):  # interleaved, so drifting machine load hits all alike
             runs["plain"].append(plain_loop(x, y, w, training, classes, device))
-            runs["cctrain"].append(cctrain_run(x, y, training, {"enabled": False}, classes))
+            runs["cctrain"].append(
+                cctrain_run(x, y, training, {"enabled": False}, classes, package)
+            )
             for m in w.modes:
-                runs[f"dp-{m}"].append(cctrain_run(x, y, training, _privacy(m, w.rows), classes))
+                runs[f"dp-{m}"].append(
+                    cctrain_run(x, y, training, _privacy(m, w.rows), classes, package)
+                )
         base_e2e = statistics.median(r[0] for r in runs["plain"])
         base_steady = statistics.median(r[1] for r in runs["plain"])
         log(f"{w.name}: {w.rows} rows, {w.epochs} epochs")
@@ -244,7 +354,7 @@ def run(
         "device": device,
         "threads": threads,
         "repeats": repeats,
-        "targets": {"cctrain_over_plain": TARGET_NO_DP, "dp_mlp_over_plain": TARGET_DP_MLP},
+        "targets": {"cctrain_over_plain": TARGET_NO_DP, "dp_fast_over_plain": TARGET_DP_FAST},
         "results": results,
     }
 
@@ -266,6 +376,12 @@ def main() -> None:
     parser.add_argument(
         "--tiny", action="store_true", help="one tiny workload, seconds (gpu_check.sh --dry-run)"
     )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated words: run only the workloads whose names contain one "
+        "(e.g. cnn,transformer)",
+    )
     args = parser.parse_args()
     workloads = None
     if args.tiny:
@@ -279,6 +395,14 @@ def main() -> None:
                 ("fast", "hooks"),
             )
         ]
+    if args.only:
+        words = [w for w in args.only.split(",") if w]
+        workloads = [
+            w for w in workloads or _workloads(args.quick) if any(s in w.name for s in words)
+        ]
+        if not workloads:
+            names = ", ".join(w.name for w in _workloads(args.quick))
+            parser.error(f"--only {args.only!r} matches none of: {names}")
     out = run(
         args.quick,
         args.repeats,
