@@ -12,7 +12,12 @@ optimiser and batch size, three ways:
 
 Each is timed over whole runs (end to end) and over epochs 2..E (steady state, N rows per
 epoch); medians over ``--repeats`` are reported with their ratio to ``plain``. ``--quick`` keeps the whole script under a minute; ``--json PATH`` writes
-the results. Targets: cctrain/plain >= 0.95, dp-fast/plain >= 0.5 for the MLP.
+the results. Targets: cctrain/plain >= 0.95, dp-fast/plain >= 0.5 for the MLP (end to end too).
+
+``--split`` prints where each DP run's time goes (one run per workload and mode, after a
+warm-up run): noise calibration, the config and model checks, the budget guard, the engine
+(Opacus wrapping), the first step, the other steps, the final evaluation and ε. Every DP run
+calibrates from nothing (the accountant's curve cache is cleared first), as the enclave does.
 
     .venv/bin/python benchmarks/bench_training.py --quick
 """
@@ -31,7 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cctrain_enclave.trainer import build_builtin_model, train
+from cctrain_enclave.trainer import build_builtin_model, rdp, train
+from cctrain_enclave.trainer import dp as dp_module
+from cctrain_enclave.trainer import objective as objective_module
+from cctrain_enclave.trainer import train as train_module
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,7 @@ def cctrain_run(
     x: np.ndarray, y: np.ndarray, training: dict[str, Any], privacy: dict[str, Any], classes: int
 ) -> tuple[float, float]:
     """``train`` end to end (setup, calibration, final evaluation included), and steady state."""
+    rdp.clear_cache()  # a run calibrates from nothing (one run per enclave process)
     epoch_ends: list[float] = []
     start = time.perf_counter()
     result = train(
@@ -182,6 +191,92 @@ def _privacy(mode: str, rows: int) -> dict[str, Any]:
     }
 
 
+class _Split:
+    """Times the parts of one ``train`` call by wrapping the functions it calls (module
+    attributes, restored after): what the split of a DP run's time is."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def _add(self, part: str, took: float) -> None:
+        self.seconds[part] = self.seconds.get(part, 0.0) + took
+
+    def wrap(self, owner: Any, name: str, part: str) -> None:
+        real = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self._add(part, time.perf_counter() - start)
+
+        self._undo.append((owner, name, real))
+        setattr(owner, name, timed)
+
+    def wrap_engine(self, mode: str) -> None:
+        modes = dp_module.GRAD_SAMPLE_MODES
+        real = modes[mode]
+        split = self
+
+        def build(*args: Any, **kwargs: Any) -> Any:
+            if isinstance(args[3], dp_module._ZeroNoise):  # the model check's engine
+                return real(*args, **kwargs)
+            start = time.perf_counter()
+            engine = real(*args, **kwargs)
+            split._add("engine (wrapping)", time.perf_counter() - start)
+            step = engine.step
+            calls = [0]
+
+            def timed_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                t0 = time.perf_counter()
+                try:
+                    return step(x, y)
+                finally:
+                    calls[0] += 1
+                    part = "first step (warm-up)" if calls[0] == 1 else "other steps"
+                    split._add(part, time.perf_counter() - t0)
+
+            engine.step = timed_step
+            return engine
+
+        self._undo.append((modes, mode, real))
+        modes[mode] = build
+
+    def restore(self) -> None:
+        for owner, name, real in reversed(self._undo):
+            if isinstance(owner, dict):
+                owner[name] = real
+            else:
+                setattr(owner, name, real)
+        self._undo.clear()
+
+
+def dp_split(
+    x: np.ndarray, y: np.ndarray, training: dict[str, Any], privacy: dict[str, Any], classes: int
+) -> dict[str, float]:
+    """Seconds per part of one DP ``train`` run (and ``total``, ``other``)."""
+    split = _Split()
+    split.wrap(dp_module, "calibrate_noise", "noise calibration")
+    split.wrap(dp_module, "validate_dp_config", "config + model checks")
+    split.wrap(dp_module, "resolve_grad_sample_mode", "mode resolution")
+    split.wrap(train_module, "PrivacyLedger", "budget guard (ledger)")
+    split.wrap(dp_module.PrivacyLedger, "epsilon", "final ε")
+    split.wrap(objective_module.Objective, "evaluate", "evaluation")
+    split.wrap_engine(privacy["grad_sample_mode"])
+    try:
+        start = time.perf_counter()
+        cctrain_run(x, y, training, privacy, classes)
+        total = time.perf_counter() - start
+    finally:
+        split.restore()
+    out = dict(split.seconds)
+    out["other (data, sampler, noise source)"] = total - sum(out.values())
+    out["total"] = total
+    return out
+
+
 TARGET_NO_DP = 0.95
 TARGET_DP_MLP = 0.5
 
@@ -195,12 +290,14 @@ def run(
     log: Any = print,
     workloads: list[Workload] | None = None,
     device: str = "cpu",
+    split: bool = False,
 ) -> dict[str, Any]:
     """Every workload three ways (plus DP modes), interleaved over ``repeats``; medians."""
     torch.set_num_threads(threads)
     repeats = repeats or (2 if quick else 3)
     classes = 10
     results: list[dict[str, Any]] = []
+    splits: list[dict[str, Any]] = []
     log(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch_size}, "
         f"repeats={repeats}, device {device}"
@@ -239,6 +336,15 @@ def run(
                     "steady_ratio": steady / base_steady,
                 }
             )
+        if split:
+            for m in w.modes:
+                parts = dp_split(x, y, training, _privacy(m, w.rows), classes)
+                total = parts["total"]
+                log(f"  dp-{m} split of {total:.3f} s:")
+                for part, took in parts.items():
+                    if part != "total":
+                        log(f"    {part:38s} {took:7.3f} s {100 * took / total:5.1f}%")
+                splits.append({"workload": w.name, "way": f"dp-{m}", "seconds": parts})
     return {
         "batch_size": batch_size,
         "device": device,
@@ -246,6 +352,7 @@ def run(
         "repeats": repeats,
         "targets": {"cctrain_over_plain": TARGET_NO_DP, "dp_mlp_over_plain": TARGET_DP_MLP},
         "results": results,
+        "dp_splits": splits,
     }
 
 
@@ -265,6 +372,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check)")
     parser.add_argument(
         "--tiny", action="store_true", help="one tiny workload, seconds (gpu_check.sh --dry-run)"
+    )
+    parser.add_argument(
+        "--split", action="store_true", help="print where each DP run's time goes (setup parts)"
     )
     args = parser.parse_args()
     workloads = None
@@ -286,6 +396,7 @@ def main() -> None:
         threads=args.threads,
         workloads=workloads,
         device=args.device,
+        split=args.split,
     )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
