@@ -18,7 +18,13 @@ through the training-plan API as a model package, as a model owner would.
 Each is timed over whole runs (end to end) and over epochs 2..E (steady state, N rows per
 epoch); medians over ``--repeats`` are reported with their ratio to ``plain``. ``--quick`` keeps the whole script under a minute; ``--json PATH`` writes
 the results; ``--only cnn,transformer`` runs the workloads whose names contain one of the
-words. Targets: cctrain/plain >= 0.95, dp-fast/plain >= 0.8 (steady state).
+words. Targets: cctrain/plain >= 0.95, dp-fast/plain >= 0.8 (steady state), DP end to end
+>= 0.5x plain at 10k rows.
+
+``--split`` prints where each DP run's time goes (one run per workload and mode, after a
+warm-up run): noise calibration, the config and model checks, the budget guard, the engine
+(Opacus wrapping), the first step, the other steps, the final evaluation and ε. Every DP run
+calibrates from nothing (the accountant's curve cache is cleared first), as the enclave does.
 
     .venv/bin/python benchmarks/bench_training.py --quick
     .venv/bin/python benchmarks/bench_training.py --quick --only cnn
@@ -41,7 +47,10 @@ import torch
 import torch.nn.functional as F
 
 from cctrain.package import build_package
-from cctrain_enclave.trainer import build_builtin_model, train
+from cctrain_enclave.trainer import build_builtin_model, rdp, train
+from cctrain_enclave.trainer import dp as dp_module
+from cctrain_enclave.trainer import objective as objective_module
+from cctrain_enclave.trainer import train as train_module
 
 #: A transformer block as a model owner's training plan (``plan.py`` of a model package):
 #: token + position embeddings, pre-LayerNorm causal self-attention (functional softmax), an
@@ -254,6 +263,7 @@ def cctrain_run(
     package: bytes | None = None,
 ) -> tuple[float, float]:
     """``train`` end to end (setup, calibration, final evaluation included), and steady state."""
+    rdp.clear_cache()  # a run calibrates from nothing (one run per enclave process)
     epoch_ends: list[float] = []
     start = time.perf_counter()
     result = train(
@@ -286,6 +296,92 @@ def _privacy(mode: str, rows: int) -> dict[str, Any]:
     }
 
 
+class _Split:
+    """Times the parts of one ``train`` call by wrapping the functions it calls (module
+    attributes, restored after): what the split of a DP run's time is."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def _add(self, part: str, took: float) -> None:
+        self.seconds[part] = self.seconds.get(part, 0.0) + took
+
+    def wrap(self, owner: Any, name: str, part: str) -> None:
+        real = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self._add(part, time.perf_counter() - start)
+
+        self._undo.append((owner, name, real))
+        setattr(owner, name, timed)
+
+    def wrap_engine(self, mode: str) -> None:
+        modes = dp_module.GRAD_SAMPLE_MODES
+        real = modes[mode]
+        split = self
+
+        def build(*args: Any, **kwargs: Any) -> Any:
+            if isinstance(args[3], dp_module._ZeroNoise):  # the model check's engine
+                return real(*args, **kwargs)
+            start = time.perf_counter()
+            engine = real(*args, **kwargs)
+            split._add("engine (wrapping)", time.perf_counter() - start)
+            step = engine.step
+            calls = [0]
+
+            def timed_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                t0 = time.perf_counter()
+                try:
+                    return step(x, y)
+                finally:
+                    calls[0] += 1
+                    part = "first step (warm-up)" if calls[0] == 1 else "other steps"
+                    split._add(part, time.perf_counter() - t0)
+
+            engine.step = timed_step
+            return engine
+
+        self._undo.append((modes, mode, real))
+        modes[mode] = build
+
+    def restore(self) -> None:
+        for owner, name, real in reversed(self._undo):
+            if isinstance(owner, dict):
+                owner[name] = real
+            else:
+                setattr(owner, name, real)
+        self._undo.clear()
+
+
+def dp_split(
+    x: np.ndarray, y: np.ndarray, training: dict[str, Any], privacy: dict[str, Any], classes: int
+) -> dict[str, float]:
+    """Seconds per part of one DP ``train`` run (and ``total``, ``other``)."""
+    split = _Split()
+    split.wrap(dp_module, "calibrate_noise", "noise calibration")
+    split.wrap(dp_module, "validate_dp_config", "config + model checks")
+    split.wrap(dp_module, "resolve_grad_sample_mode", "mode resolution")
+    split.wrap(train_module, "PrivacyLedger", "budget guard (ledger)")
+    split.wrap(dp_module.PrivacyLedger, "epsilon", "final ε")
+    split.wrap(objective_module.Objective, "evaluate", "evaluation")
+    split.wrap_engine(privacy["grad_sample_mode"])
+    try:
+        start = time.perf_counter()
+        cctrain_run(x, y, training, privacy, classes)
+        total = time.perf_counter() - start
+    finally:
+        split.restore()
+    out = dict(split.seconds)
+    out["other (data, sampler, noise source)"] = total - sum(out.values())
+    out["total"] = total
+    return out
+
+
 TARGET_NO_DP = 0.95
 #: DP with cctrain's fast clipping / plain non-DP, steady state, every model it covers.
 TARGET_DP_FAST = 0.8
@@ -300,12 +396,14 @@ def run(
     log: Any = print,
     workloads: list[Workload] | None = None,
     device: str = "cpu",
+    split: bool = False,
 ) -> dict[str, Any]:
     """Every workload three ways (plus DP modes), interleaved over ``repeats``; medians."""
     torch.set_num_threads(threads)
     repeats = repeats or (2 if quick else 3)
     classes = 10
     results: list[dict[str, Any]] = []
+    splits: list[dict[str, Any]] = []
     log(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch_size}, "
         f"repeats={repeats}, device {device}"
@@ -349,6 +447,15 @@ def run(
                     "steady_ratio": steady / base_steady,
                 }
             )
+        if split:
+            for m in w.modes:
+                parts = dp_split(x, y, training, _privacy(m, w.rows), classes)
+                total = parts["total"]
+                log(f"  dp-{m} split of {total:.3f} s:")
+                for part, took in parts.items():
+                    if part != "total":
+                        log(f"    {part:38s} {took:7.3f} s {100 * took / total:5.1f}%")
+                splits.append({"workload": w.name, "way": f"dp-{m}", "seconds": parts})
     return {
         "batch_size": batch_size,
         "device": device,
@@ -356,6 +463,7 @@ def run(
         "repeats": repeats,
         "targets": {"cctrain_over_plain": TARGET_NO_DP, "dp_fast_over_plain": TARGET_DP_FAST},
         "results": results,
+        "dp_splits": splits,
     }
 
 
@@ -381,6 +489,9 @@ def main() -> None:
         default=None,
         help="comma-separated words: run only the workloads whose names contain one "
         "(e.g. cnn,transformer)",
+    )
+    parser.add_argument(
+        "--split", action="store_true", help="print where each DP run's time goes (setup parts)"
     )
     args = parser.parse_args()
     workloads = None
@@ -410,6 +521,7 @@ def main() -> None:
         threads=args.threads,
         workloads=workloads,
         device=args.device,
+        split=args.split,
     )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

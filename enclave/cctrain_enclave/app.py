@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib
+import importlib.util
 import logging
 import threading
 import time
@@ -46,7 +47,10 @@ from cctrain_enclave.state.state_key import LockedState, UnlockProgress
 log = logging.getLogger("cctrain.enclave")
 
 #: What the trainer imports (the ``enclave`` extra), then the trainer itself.
-TRAINER_MODULES = ("torch", "opacus", "safetensors", "cctrain_enclave.trainer")
+TRAINER_MODULES = ("torch", "safetensors", "cctrain_enclave.trainer")
+#: Looked up, not imported, at start-up: Opacus loads when a DP run needs it (4-6 s and
+#: ~100 MB that a run without privacy never pays).
+TRAINER_LAZY_MODULES = ("opacus",)
 
 
 def require_trainer(*, formats: tuple[str, ...] = ()) -> None:
@@ -54,9 +58,12 @@ def require_trainer(*, formats: tuple[str, ...] = ()) -> None:
     upload and then fail (or hang) at the start of training, after every party uploaded.
     Nor without the reader of a shard format the policy allows (pyarrow for Parquet)."""
     extra = ("pyarrow", "pyarrow.parquet", "pyarrow.compute") if "parquet" in formats else ()
-    for name in (*TRAINER_MODULES, *extra):
+    for name in (*TRAINER_MODULES, *TRAINER_LAZY_MODULES, *extra):
         try:
-            importlib.import_module(name)
+            if name not in TRAINER_LAZY_MODULES:
+                importlib.import_module(name)
+            elif importlib.util.find_spec(name) is None:
+                raise ModuleNotFoundError(f"No module named {name!r}")
         except Exception as exc:  # noqa: BLE001 - a broken install raises more than ImportError
             raise TrainerUnavailableError(
                 f"the trainer cannot be loaded: importing {name} failed "

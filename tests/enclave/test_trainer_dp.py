@@ -314,7 +314,8 @@ def test_every_mode_trains_under_the_same_accounting(mode, model, shape):
     # Same sampler, same plan: the accounting does not depend on how gradients are clipped.
     accountant = create_accountant("rdp")
     accountant.history = [(cert["noise_multiplier"], 1 / 16, 3 * 16)]
-    assert cert["epsilon"] == accountant.get_epsilon(1e-5)
+    # The certificate's ε is .rdp's, equal to Opacus's accountant to float accuracy.
+    assert cert["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
     # Deterministic (fixed keys): chance is ~1/3, so this says it learnt despite the noise.
     assert result.metrics["train_accuracy"] > 0.45
 
