@@ -197,7 +197,8 @@ def test_model_owner_receives_the_trained_model(trained: dict[str, Any]) -> None
     model, receipt, package = trained["model"], trained["receipt"], trained["package"]
     assert receipt.shard_id == PACKAGE_SHARD_ID
     assert receipt.rows == 0
-    assert receipt.plaintext_sha256 == hashlib.sha256(package).digest()
+    assert receipt.package_sha256 == hashlib.sha256(package).digest()
+    assert receipt.commitment != receipt.package_sha256  # salted, even for the public pin
     m = model.manifest
     assert m["model"]["name"] == "package"
     assert m["model"]["package_sha256"] == package_sha256(package)
