@@ -176,12 +176,14 @@ def test_the_published_commitment_opens_with_the_data_key_only(
     (receipt, journal), and a duplicate is still found by the enclave's own tag."""
     shard = write_shard(tmp_path / "shard.npz", rows=3000)
     plain = hashlib.sha256(shard.read_bytes()).digest()
-    owner = _KeyKeeper(
-        enclave[0],
-        policy=consortium.signed,
-        key=consortium.keys["hospital-a"],
-        allow_simulated=True,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SimulatedEvidenceWarning)
+        owner = _KeyKeeper(
+            enclave[0],
+            policy=consortium.signed,
+            key=consortium.keys["hospital-a"],
+            allow_simulated=True,
+        )
     owner.keys_used = []
     try:
         receipt = owner.upload(shard, chunk_size=4096, state_dir=tmp_path / "owner")
