@@ -94,8 +94,11 @@ from cctrain.protocol import (
     MD_SIG,
     MD_TIME,
     Receipt,
+    commitment_key,
+    commitment_opening_info,
     evidence_from_pb,
     expected_chunk_count,
+    opens_commitment,
     request_signing_bytes,
     sha256,
     shard_commitment,
@@ -953,6 +956,11 @@ class DataOwner(EnclaveSession):
             plaintext_size=size,
             chunk_count=expected_chunk_count(size, chunk_size),
             created_unix_ms=int(time.time() * 1000),
+            commitment_key_sealed=hpke.seal(
+                self.keys.hpke_key.public_key(),
+                commitment_key(data_key),
+                info=commitment_opening_info(self.policy.digest, self.keys.party_id, shard_id),
+            ),
         )
         header_bytes = header.SerializeToString()
         return header_bytes, sign_header(self.keys.signing_key, header_bytes), data_key
@@ -1108,7 +1116,7 @@ class DataOwner(EnclaveSession):
             commitment = bytes(body.commitment)
             dataset = self.memory.shard_dataset(
                 self.policy.digest, body.party_id, body.shard_id, commitment
-            )
+            ) or self._known_dataset(body.shard_id, commitment)
             self.memory.grant(
                 self.policy,
                 dataset_sha256=dataset or commitment,
@@ -1118,6 +1126,28 @@ class DataOwner(EnclaveSession):
                 status="approved",
                 what="approve this release",
             )
+
+    def _known_dataset(self, shard_id: str, commitment: bytes) -> bytes | None:
+        """A dataset of this party's ledger (named by its file's SHA-256) that this shard's
+        salted commitment opens to: for a shard uploaded from another machine. Its header in
+        the journal carries the commitment key sealed to this party's own key."""
+        held = self.verified_journal().shard(self.keys.party_id, shard_id)
+        if held is None or not held.header.commitment_key_sealed:
+            return None
+        try:
+            key = hpke.open_sealed(
+                self.keys.hpke_key,
+                held.header.commitment_key_sealed,
+                info=commitment_opening_info(self.policy.digest, self.keys.party_id, shard_id),
+            )
+        except hpke.HpkeError:
+            return None
+        known = {g.dataset_sha256 for g in self.memory.grants()}
+        known |= {d for d, _eps, _label in self.memory.budgets()}
+        for d in sorted(known):
+            if opens_commitment(commitment, key, d):
+                return d
+        return None
 
     # -- consent
 

@@ -62,6 +62,7 @@ DUPLICATE_TAG_INFO = b"cctrain/duplicate-tag/v1"
 RECEIPT_SIG_TAG = b"cctrain/receipt/v1\x00"
 MANIFEST_SIG_TAG = b"cctrain/release-manifest/v1\x00"
 SHARD_KEY_INFO_TAG = b"cctrain/shard-key/v1"
+COMMITMENT_OPENING_INFO_TAG = b"cctrain/commitment-opening/v1"
 RELEASE_KEY_INFO_TAG = b"cctrain/release-key/v1"
 REQUEST_SIG_TAG = b"cctrain/rpc-request/v2\x00"
 APPROVAL_SIG_TAG = b"cctrain/release-approval/v1\x00"
@@ -125,6 +126,13 @@ def evidence_from_pb(msg: pb.Evidence) -> Evidence:
 
 def shard_key_info(policy_digest: bytes, party_id: str, shard_id: str) -> bytes:
     return info_for(SHARD_KEY_INFO_TAG, policy_digest, party_id.encode(), shard_id.encode())
+
+
+def commitment_opening_info(policy_digest: bytes, party_id: str, shard_id: str) -> bytes:
+    """HPKE info of a header's ``commitment_key_sealed`` (sealed to the party's own key)."""
+    return info_for(
+        COMMITMENT_OPENING_INFO_TAG, policy_digest, party_id.encode(), shard_id.encode()
+    )
 
 
 def release_key_info(policy_digest: bytes, recipient_id: str, manifest_sha256: bytes) -> bytes:

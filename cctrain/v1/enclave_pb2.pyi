@@ -44,7 +44,7 @@ class AttestResponse(_message.Message):
     def __init__(self, evidence: _Optional[_Union[Evidence, _Mapping]] = ..., hpke_public_key: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., tls_certificate: _Optional[bytes] = ..., policy_digest: _Optional[bytes] = ..., locked: _Optional[bool] = ..., gpu_evidence: _Optional[_Iterable[_Union[Evidence, _Mapping]]] = ...) -> None: ...
 
 class ShardHeader(_message.Message):
-    __slots__ = ("version", "policy_digest", "party_id", "shard_id", "format", "encapsulated_key", "nonce_prefix", "chunk_size", "plaintext_size", "chunk_count", "created_unix_ms")
+    __slots__ = ("version", "policy_digest", "party_id", "shard_id", "format", "encapsulated_key", "nonce_prefix", "chunk_size", "plaintext_size", "chunk_count", "created_unix_ms", "commitment_key_sealed")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PARTY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class ShardHeader(_message.Message):
     PLAINTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_KEY_SEALED_FIELD_NUMBER: _ClassVar[int]
     version: int
     policy_digest: bytes
     party_id: str
@@ -67,7 +68,8 @@ class ShardHeader(_message.Message):
     plaintext_size: int
     chunk_count: int
     created_unix_ms: int
-    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., format: _Optional[str] = ..., encapsulated_key: _Optional[bytes] = ..., nonce_prefix: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., plaintext_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+    commitment_key_sealed: bytes
+    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., format: _Optional[str] = ..., encapsulated_key: _Optional[bytes] = ..., nonce_prefix: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., plaintext_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., commitment_key_sealed: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("header", "signature", "resume_from")
