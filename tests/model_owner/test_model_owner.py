@@ -264,8 +264,6 @@ def _send_raw(mo: Any, path: Path, tmp: Path, *, fmt: str = UPLOAD_FORMAT) -> An
         chunk_size=1 << 16,
         progress=None,
         receipts_dir=tmp / "receipts",
-        commitment=hashlib.sha256(data).digest(),
-        size=len(data),
         on_refused=lambda: None,
     )
 
