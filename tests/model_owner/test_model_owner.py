@@ -256,7 +256,6 @@ def _bare_owner(address: str, c: Consortium, party: str) -> Any:
 
 def _send_raw(mo: Any, path: Path, tmp: Path, *, fmt: str = UPLOAD_FORMAT) -> Any:
     """Bypass the SDK's own checks: stream ``path`` as a package, as a hostile client would."""
-    data = path.read_bytes()
     return mo._send_file(
         path,
         fmt=fmt,
