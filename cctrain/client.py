@@ -34,6 +34,7 @@ from typing import Any, Self
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from cctrain.attestation.base import CollateralGetter, Evidence, VerifiedClaims
@@ -93,14 +94,19 @@ from cctrain.protocol import (
     MD_SIG,
     MD_TIME,
     Receipt,
+    commitment_key,
+    commitment_opening_info,
     evidence_from_pb,
     expected_chunk_count,
+    opens_commitment,
     request_signing_bytes,
     sha256,
+    shard_commitment,
     shard_key_info,
     sign_approval,
     sign_consent,
     sign_header,
+    sign_trailer,
     state_share_commitment,
     state_share_info,
     state_unlock_info,
@@ -685,6 +691,26 @@ def check_shard_file(path: str | Path) -> str:
 ProgressFn = Callable[[int, int], None]
 
 
+@dataclass
+class _UploadOutcome:
+    """What one upload stream's request generator (on gRPC's thread) learned: the
+    commitment it signed, or why it sent no trailer."""
+
+    commitment: bytes | None = None
+    plaintext_sha256: bytes | None = None
+    error: CctrainError | None = None
+
+
+def _file_fingerprint(path: Path) -> tuple[int, bytes]:
+    """(size, a fingerprint of the file's size and modification time): a resume record
+    applies only to the file it was made for (the trailer's commitment, which the enclave
+    checks against what it decrypted, is what catches a file changed in place)."""
+    st = path.stat()
+    return st.st_size, sha256(
+        b"cctrain/resume-fingerprint/v1\x00%d:%d" % (st.st_size, st.st_mtime_ns)
+    )
+
+
 class DataOwner(EnclaveSession):
     """A data provider: attests the enclave, then uploads encrypted shards and keeps receipts."""
 
@@ -701,10 +727,16 @@ class DataOwner(EnclaveSession):
         """Stream the shard at ``path`` encrypted to the attested enclave; return its verified
         receipt (resuming an upload this party began, from the chunk the enclave holds).
 
+        The file is read once: it is hashed as it is sent, and the party's signed trailer
+        carries the commitment after the last chunk (on a resume the prefix the enclave
+        already holds is read again, to hash it).
+
         ``dataset`` names the data in this party's ε ledger: every file uploaded under the
         same name (another export of the same rows, to any policy) counts against one
-        lifetime budget. Without it, the ledger names the data by the file's SHA-256 (its
-        commitment), and another export of the same rows is another dataset to it.
+        lifetime budget. Without it, the ledger names the data by the file's SHA-256, and
+        another export of the same rows is another dataset to it. The ledger is checked
+        once the file is hashed, before the trailer: a dataset whose lifetime budget this
+        policy would exceed is then not committed to, and the enclave keeps nothing of it.
         """
         self._require_unlocked()
         path = Path(path)
@@ -715,23 +747,25 @@ class DataOwner(EnclaveSession):
         party = self.keys.party_id
         state_dir = Path(state_dir) if state_dir is not None else self.state_dir
         receipts_dir = state_dir / "receipts" / self.policy.digest.hex()[:16]
+        memory_dir = self.memory.state_dir
+        created: list[bytes] = []  # the commitment of a grant this call created
 
-        try:
-            commitment, size = file_sha256(path)
-        except OSError as exc:
-            raise ShardError(f"cannot read shard {path}: {exc.strerror}") from None
-        # The ε ledger first: nothing is sent of a dataset whose lifetime budget this policy
-        # would exceed.
-        created = self.memory.grant(
-            self.policy,
-            dataset_sha256=commitment if dataset is None else dataset_key(dataset),
-            plaintext_sha256=commitment,
-            party_id=party,
-            shard_id=shard_id,
-            status="uploaded",
-            what=f"upload {path.name}",
-            label=dataset,
-        )
+        def before_trailer(plaintext_sha256: bytes, commitment: bytes) -> None:
+            # The ε ledger, before committing: nothing is accepted of a dataset whose
+            # lifetime budget this policy would exceed. This runs on gRPC's request thread:
+            # a connection of its own (SQLite connections stay on their thread).
+            memory = PartyMemory(memory_dir)
+            if memory.grant(
+                self.policy,
+                dataset_sha256=plaintext_sha256 if dataset is None else dataset_key(dataset),
+                plaintext_sha256=commitment,
+                party_id=party,
+                shard_id=shard_id,
+                status="uploaded",
+                what=f"upload {path.name}",
+                label=dataset,
+            ):
+                created.append(commitment)
 
         def refused() -> None:
             # Refused: this upload gave the policy nothing of the dataset. Only a grant this
@@ -739,7 +773,7 @@ class DataOwner(EnclaveSession):
             # shard id: another process of this party may have had it accepted (this one is
             # then refused ALREADY_EXISTS) or be streaming it.
             if created and not self._enclave_holds(shard_id):
-                self.memory.forget_grant(self.policy.digest, party, shard_id, commitment)
+                self.memory.forget_grant(self.policy.digest, party, shard_id, created[0])
 
         return self._send_file(
             path,
@@ -748,9 +782,8 @@ class DataOwner(EnclaveSession):
             chunk_size=chunk_size,
             progress=progress,
             receipts_dir=receipts_dir,
-            commitment=commitment,
-            size=size,
             on_refused=refused,
+            before_trailer=before_trailer,
         )
 
     def _send_file(
@@ -762,35 +795,54 @@ class DataOwner(EnclaveSession):
         chunk_size: int,
         progress: ProgressFn | bool | None,
         receipts_dir: Path,
-        commitment: bytes,
-        size: int,
         on_refused: Callable[[], None],
+        before_trailer: Callable[[bytes, bytes], None] | None = None,
     ) -> Receipt:
-        """Stream ``path`` (whose SHA-256 is ``commitment``) as ``shard_id``, resuming where
-        the enclave holds a prefix of this same upload; the verified receipt."""
+        """Stream ``path`` as ``shard_id`` in one pass (hashed as it is sent; the signed
+        trailer commits to it), resuming where the enclave holds a prefix of this same
+        upload; the verified receipt. ``before_trailer(plaintext_sha256, commitment)`` runs
+        once the file is hashed: if it raises, no trailer is sent (the enclave keeps nothing)
+        and its exception is this call's."""
         party, digest = self.keys.party_id, self.policy.digest
+        try:
+            size, fingerprint = _file_fingerprint(path)
+        except OSError as exc:
+            raise ShardError(f"cannot read shard {path}: {exc.strerror}") from None
         status = self.unary("UploadStatus", pb.UploadStatusRequest(shard_id=shard_id))
+        saved = self.memory.load_resume(digest, party, shard_id)
         if status.state == pb.UploadStatusResponse.ACCEPTED:
-            receipt = self._check_receipt(status.receipt, shard_id, commitment, size, None)
+            # A receipt whose answer was lost: its commitment is checked where this party
+            # still holds the data key of that upload (one more read of the file).
+            key = None
+            if saved is not None:
+                body = pb.ReceiptBody.FromString(status.receipt.body)
+                if sha256(saved[0]) == bytes(body.header_sha256):
+                    key = saved[2]
+            expected = None
+            if key is not None:
+                try:
+                    plain, _ = file_sha256(path)
+                except OSError as exc:
+                    raise ShardError(f"cannot read shard {path}: {exc.strerror}") from None
+                expected = shard_commitment(key, plain)
+            receipt = self._check_receipt(status.receipt, shard_id, expected, size, None)
             self._save_receipt(receipts_dir, receipt)
+            self.memory.drop_resume(digest, party, shard_id)
             self._remember(receipt)
             return receipt
 
-        saved = self.memory.load_resume(digest, party, shard_id)
         resume_from = 0
         if (
             saved is not None
             and status.state == pb.UploadStatusResponse.PARTIAL
             and sha256(saved[0]) == bytes(status.header_sha256)
-            and saved[3] == commitment
+            and saved[3] == fingerprint
         ):
             header_bytes, signature, data_key, _ = saved
             resume_from = int(status.next_index)
             log.info("resuming upload of %s from chunk %d", shard_id, resume_from)
         else:
-            header_bytes, signature, data_key = self._new_header(
-                fmt, shard_id, chunk_size, size, commitment
-            )
+            header_bytes, signature, data_key = self._new_header(fmt, shard_id, chunk_size, size)
             self.memory.save_resume(
                 digest,
                 party,
@@ -798,19 +850,27 @@ class DataOwner(EnclaveSession):
                 header=header_bytes,
                 signature=signature,
                 data_key=data_key,
-                plaintext_sha256=commitment,
+                plaintext_sha256=fingerprint,
             )
         header = pb.ShardHeader()
         header.ParseFromString(header_bytes)
         report = _progress_reporter(progress, size, path.name)
-        requests = self._requests(
-            path, header, header_bytes, signature, data_key, resume_from, report
-        )
+        outcome = _UploadOutcome()
         receipt_msg = None
         try:
             for attempt in range(20):
+                outcome = _UploadOutcome()
                 requests = self._requests(
-                    path, header, header_bytes, signature, data_key, resume_from, report
+                    path,
+                    header,
+                    header_bytes,
+                    signature,
+                    data_key,
+                    resume_from,
+                    report,
+                    signing_key=self.keys.signing_key,
+                    outcome=outcome,
+                    before_trailer=before_trailer,
                 )
                 try:
                     responses = self.stub.Upload(requests, metadata=self.metadata("Upload", b""))
@@ -819,6 +879,8 @@ class DataOwner(EnclaveSession):
                             receipt_msg = resp.receipt
                     break
                 except grpc.RpcError as exc:
+                    if outcome.error is not None:
+                        raise outcome.error from None
                     # ABORTED: the enclave is still tearing down our previous, broken stream
                     # for this shard; it changed nothing. Retry shortly with a fresh stream.
                     if exc.code() != grpc.StatusCode.ABORTED or attempt == 19:
@@ -833,11 +895,19 @@ class DataOwner(EnclaveSession):
                 again = type(err) if isinstance(err, EnclaveUnavailableError) else ProtocolError
                 err = again(f"{err}; run the upload again to resume", code=err.code)
             raise err from None
+        except CctrainError:  # before_trailer refused: no trailer went, nothing is kept
+            self.memory.drop_resume(digest, party, shard_id)
+            raise
         finally:
             report(None, None)
+        if outcome.error is not None:
+            self.memory.drop_resume(digest, party, shard_id)
+            raise outcome.error
         if receipt_msg is None:
             raise ProtocolError("the enclave closed the upload without a receipt")
-        receipt = self._check_receipt(receipt_msg, shard_id, commitment, size, sha256(header_bytes))
+        receipt = self._check_receipt(
+            receipt_msg, shard_id, outcome.commitment, size, sha256(header_bytes)
+        )
         self._save_receipt(receipts_dir, receipt)
         self.memory.drop_resume(digest, party, shard_id)
         self._remember(receipt)
@@ -866,7 +936,7 @@ class DataOwner(EnclaveSession):
         return bool(status.state != pb.UploadStatusResponse.UNKNOWN)
 
     def _new_header(
-        self, fmt: str, shard_id: str, chunk_size: int, size: int, commitment: bytes
+        self, fmt: str, shard_id: str, chunk_size: int, size: int
     ) -> tuple[bytes, bytes, bytes]:
         data_key = os.urandom(32)
         enc = hpke.seal(
@@ -885,8 +955,12 @@ class DataOwner(EnclaveSession):
             chunk_size=chunk_size,
             plaintext_size=size,
             chunk_count=expected_chunk_count(size, chunk_size),
-            plaintext_sha256=commitment,
             created_unix_ms=int(time.time() * 1000),
+            commitment_key_sealed=hpke.seal(
+                self.keys.hpke_key.public_key(),
+                commitment_key(data_key),
+                info=commitment_opening_info(self.policy.digest, self.keys.party_id, shard_id),
+            ),
         )
         header_bytes = header.SerializeToString()
         return header_bytes, sign_header(self.keys.signing_key, header_bytes), data_key
@@ -900,20 +974,31 @@ class DataOwner(EnclaveSession):
         data_key: bytes,
         resume_from: int,
         report: Callable[[int | None, int | None], None],
+        *,
+        signing_key: Ed25519PrivateKey,
+        outcome: _UploadOutcome,
+        before_trailer: Callable[[bytes, bytes], None] | None = None,
     ) -> Iterator[pb.UploadRequest]:
+        """The header, the chunks (the file read once, hashed as it is sealed), then the
+        party's signed trailer. On a resume the acknowledged prefix is read and hashed first
+        (the only bytes read twice)."""
         yield pb.UploadRequest(
             header=pb.UploadHeader(
                 header=header_bytes, signature=signature, resume_from=resume_from
             )
         )
-        sealer = StreamSealer(data_key, header.nonce_prefix, sha256(header_bytes))
+        header_sha256 = sha256(header_bytes)
+        sealer = StreamSealer(data_key, header.nonce_prefix, header_sha256)
         cs = header.chunk_size
+        hasher = hashlib.sha256()
         with open(path, "rb") as fh:
-            fh.seek(resume_from * cs)
+            for _ in range(resume_from):
+                hasher.update(fh.read(cs))
             sent = resume_from * cs
             report(sent, None)
             for index in range(resume_from, header.chunk_count):
                 block = fh.read(cs)
+                hasher.update(block)
                 last = index == header.chunk_count - 1
                 # Filled in place: a nested message passed to a constructor is copied.
                 req = pb.UploadRequest()
@@ -923,15 +1008,41 @@ class DataOwner(EnclaveSession):
                 yield req
                 sent += len(block)
                 report(sent, None)
+            if sent != header.plaintext_size or fh.read(1):
+                outcome.error = ShardError(
+                    f"{path} changed size while it was uploaded; nothing of it was kept"
+                )
+                return
+        plaintext_sha256 = hasher.digest()
+        commitment = shard_commitment(data_key, plaintext_sha256)
+        if before_trailer is not None:
+            try:
+                before_trailer(plaintext_sha256, commitment)
+            except CctrainError as exc:
+                outcome.error = exc  # no trailer: the enclave refuses and keeps nothing
+                return
+        outcome.commitment = commitment
+        outcome.plaintext_sha256 = plaintext_sha256
+        yield pb.UploadRequest(
+            trailer=sign_trailer(
+                signing_key,
+                header_sha256=header_sha256,
+                plaintext_size=int(header.plaintext_size),
+                chunk_count=int(header.chunk_count),
+                commitment=commitment,
+            )
+        )
 
     def _check_receipt(
         self,
         msg: pb.SignedReceipt,
         shard_id: str,
-        commitment: bytes,
+        commitment: bytes | None,
         size: int,
         header_sha256: bytes | None,
     ) -> Receipt:
+        """``commitment``: the one this party signed (None where it cannot know it: a lost
+        answer after the upload's data key was forgotten)."""
         r = verify_receipt(
             msg, enclave_key=self.enclave.signing_public_key, policy_digest=self.policy.digest
         )
@@ -940,7 +1051,7 @@ class DataOwner(EnclaveSession):
             problems.append(f"party {r.party_id!r}")
         if r.shard_id != shard_id:
             problems.append(f"shard {r.shard_id!r}")
-        if r.plaintext_sha256 != commitment:
+        if commitment is not None and r.commitment != commitment:
             problems.append("plaintext commitment (the file changed, or another upload)")
         if r.plaintext_size != size:
             problems.append("size")
@@ -1002,10 +1113,10 @@ class DataOwner(EnclaveSession):
             body.ParseFromString(unb64(r["body"]))  # verified with the manifest already
             if body.party_id != self.keys.party_id:
                 continue
-            commitment = bytes(body.plaintext_sha256)
+            commitment = bytes(body.commitment)
             dataset = self.memory.shard_dataset(
                 self.policy.digest, body.party_id, body.shard_id, commitment
-            )
+            ) or self._known_dataset(body.shard_id, commitment)
             self.memory.grant(
                 self.policy,
                 dataset_sha256=dataset or commitment,
@@ -1015,6 +1126,28 @@ class DataOwner(EnclaveSession):
                 status="approved",
                 what="approve this release",
             )
+
+    def _known_dataset(self, shard_id: str, commitment: bytes) -> bytes | None:
+        """A dataset of this party's ledger (named by its file's SHA-256) that this shard's
+        salted commitment opens to: for a shard uploaded from another machine. Its header in
+        the journal carries the commitment key sealed to this party's own key."""
+        held = self.verified_journal().shard(self.keys.party_id, shard_id)
+        if held is None or not held.header.commitment_key_sealed:
+            return None
+        try:
+            key = hpke.open_sealed(
+                self.keys.hpke_key,
+                held.header.commitment_key_sealed,
+                info=commitment_opening_info(self.policy.digest, self.keys.party_id, shard_id),
+            )
+        except hpke.HpkeError:
+            return None
+        known = {g.dataset_sha256 for g in self.memory.grants()}
+        known |= {d for d, _eps, _label in self.memory.budgets()}
+        for d in sorted(known):
+            if opens_commitment(commitment, key, d):
+                return d
+        return None
 
     # -- consent
 
@@ -1067,7 +1200,7 @@ class DataOwner(EnclaveSession):
         # saw the withdrawal, and this party would not be asked.
         self.verified_journal()
         accepted = self.journal_records[receipt.accepted_seq].entry.shard_accepted
-        commitment = pb.ShardHeader.FromString(accepted.header.header).plaintext_sha256
+        commitment = pb.ReceiptBody.FromString(accepted.receipt.body).commitment
         refunded = party in self.policy.release["approvals_required_from"]
         self.memory.set_status(
             self.policy.digest,
@@ -1298,17 +1431,21 @@ class ModelOwner(DataOwner, Recipient):
             )
         check_package_file(path)
         state_dir = Path(state_dir) if state_dir is not None else self.state_dir
-        return self._send_file(
+        receipt = self._send_file(
             path,
             fmt=UPLOAD_FORMAT,
             shard_id=PACKAGE_SHARD_ID,
             chunk_size=chunk_size,
             progress=progress,
             receipts_dir=state_dir / "receipts" / self.policy.digest.hex()[:16],
-            commitment=commitment,
-            size=size,
             on_refused=lambda: None,
         )
+        if receipt.package_sha256 != commitment:
+            raise ReceiptError(
+                "the enclave's receipt does not name the pinned package's SHA-256 "
+                f"({receipt.package_sha256.hex() or 'none'})"
+            )
+        return receipt
 
     def upload(self, path: str | Path, **kwargs: Any) -> Receipt:
         """A model owner that is also a data provider uploads data here; its package with

@@ -62,6 +62,7 @@ from cctrain.protocol import (
     expected_chunk_count,
     quoted,
     verify_signature,
+    verify_trailer,
 )
 from cctrain.untrusted import loads_json
 from cctrain.v1 import enclave_pb2 as pb
@@ -259,10 +260,17 @@ class AcceptedShard:
     receipt: pb.SignedReceipt
     rows: int
     seq: int
+    #: The enclave's duplicate tag of its plaintext (see cctrain_enclave.quotas).
+    duplicate_tag: bytes = b""
 
     @property
     def header_sha256(self) -> bytes:
         return hashlib.sha256(self.header_raw).digest()
+
+    @property
+    def commitment(self) -> bytes:
+        """The salted plaintext commitment its receipt (and the party's trailer) carries."""
+        return bytes(pb.ReceiptBody.FromString(self.receipt.body).commitment)
 
     @property
     def is_model_package(self) -> bool:
@@ -552,10 +560,6 @@ def _check_header(r: _Refuse, policy: Policy, uh: pb.UploadHeader) -> pb.ShardHe
         )
         r.check(msg.shard_id == PACKAGE_SHARD_ID, f"model package named {msg.shard_id!r}")
         r.check(
-            pkg is not None and msg.plaintext_sha256.hex() == pkg["package_sha256"],
-            "the model package is not the one the policy pins",
-        )
-        r.check(
             pkg is not None and 0 < msg.plaintext_size <= int(pkg["max_bytes"]),
             "model package size outside training.model.max_bytes",
         )
@@ -615,7 +619,6 @@ def _check_receipt(
         "policy digest": (body.policy_digest, state.policy_digest),
         "party": (body.party_id, header.party_id),
         "shard": (body.shard_id, header.shard_id),
-        "plaintext commitment": (body.plaintext_sha256, header.plaintext_sha256),
         "plaintext size": (body.plaintext_size, header.plaintext_size),
         "header digest": (body.header_sha256, hashlib.sha256(header_raw).digest()),
         "enclave key": (body.enclave_signing_key, state.signing_public_key),
@@ -624,14 +627,47 @@ def _check_receipt(
     }
     for name, (got, wanted) in want.items():
         r.check(got == wanted, f"receipt {name} does not match its entry")
+    _check_trailer(r, policy, record.entry.shard_accepted, header, header_raw, body)
     if header.format == PACKAGE_UPLOAD_FORMAT:
         r.check(body.rows == 0, f"a model package's receipt claims {body.rows} rows")
+        pkg = policy.model_package
+        r.check(
+            pkg is not None and body.package_sha256.hex() == pkg["package_sha256"],
+            "the model package is not the one the policy pins",
+        )
     else:
         r.check(
             int(policy.data["min_rows"]) <= body.rows <= int(policy.data["max_rows"]),
             f"receipt rows {body.rows} outside the policy's data.min_rows..max_rows",
         )
     return body
+
+
+def _check_trailer(
+    r: _Refuse,
+    policy: Policy,
+    sa: jpb.ShardAccepted,
+    header: pb.ShardHeader,
+    header_raw: bytes,
+    body: pb.ReceiptBody,
+) -> None:
+    """The party's signed trailer: over this header, its size and chunk count, and the
+    commitment the receipt carries (the party, not only the enclave, vouches for it)."""
+    t = sa.trailer
+    party = policy.party(header.party_id)
+    r.check(
+        sa.HasField("trailer")
+        and party is not None
+        and verify_trailer(Ed25519PublicKey.from_public_bytes(party.signing_public_raw), t),
+        f"upload trailer is not signed by the policy key of {header.party_id!r}",
+    )
+    r.check(
+        bytes(t.header_sha256) == hashlib.sha256(header_raw).digest()
+        and t.plaintext_size == header.plaintext_size
+        and t.chunk_count == header.chunk_count,
+        "upload trailer is not for its header",
+    )
+    r.check(t.commitment == body.commitment, "receipt commitment does not match the trailer")
 
 
 def manifest_rows(doc: Mapping[str, Any]) -> list[tuple[str, int]]:
@@ -875,6 +911,7 @@ def _on_shard(r: _Refuse, state: RunState, record: Record, policy: Policy) -> di
         receipt=sa.receipt,
         rows=int(body.rows),
         seq=record.seq,
+        duplicate_tag=bytes(sa.duplicate_tag),
     )
     return {"shards": (*state.shards, shard)}
 
@@ -1232,7 +1269,7 @@ def describe(record: Record) -> dict[str, Any]:
             "shard": h.shard_id,
             "rows": int(body.rows),
             "bytes": int(h.plaintext_size),
-            "commitment": h.plaintext_sha256.hex(),
+            "commitment": body.commitment.hex(),
         }
     elif kind == "uploads_closed":
         uc = e.uploads_closed

@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     delta           REAL,
     status          TEXT NOT NULL,     -- uploaded | approved | withdrawn | withdrawn-counted
     updated_ms      INTEGER NOT NULL,
-    plaintext_sha256 BLOB NOT NULL,    -- the shard file's commitment (= dataset unless named)
+    plaintext_sha256 BLOB NOT NULL,    -- the receipt's (salted) commitment to the shard file
     PRIMARY KEY (dataset_sha256, policy_digest, shard_id)
 );
 CREATE TABLE IF NOT EXISTS uploads (   -- resumable uploads: the signed header and data key
@@ -108,7 +108,7 @@ CREATE TABLE IF NOT EXISTS uploads (   -- resumable uploads: the signed header a
     header          BLOB NOT NULL,
     signature       BLOB NOT NULL,
     data_key        BLOB NOT NULL,
-    plaintext_sha256 BLOB NOT NULL,
+    plaintext_sha256 BLOB NOT NULL,    -- the file's size+mtime fingerprint (resume the same file)
     PRIMARY KEY (policy_digest, party_id, shard_id)
 );
 CREATE TABLE IF NOT EXISTS datasets (  -- a label the owner gave a dataset (upload --dataset)

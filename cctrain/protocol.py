@@ -9,12 +9,15 @@ on dataclasses.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import struct
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError
 
 from cctrain.attestation.base import Evidence
@@ -24,9 +27,12 @@ from cctrain.ids import SHARD_ID as SHARD_ID  # re-exported
 from cctrain.untrusted import loads_json
 from cctrain.v1 import enclave_pb2 as pb
 
-HEADER_VERSION = 1
+#: 2: no plaintext_sha256 in the header; the commitment comes in the signed UploadTrailer.
+HEADER_VERSION = 2
 #: 2: receipts name the journal entry that records them (journal_seq, journal_prev_sha256).
-RECEIPT_VERSION = 2
+#: 3: ``commitment`` is the salted commitment (:func:`shard_commitment`), not the plain
+#: SHA-256; a model package's receipt carries its plain SHA-256 as ``package_sha256``.
+RECEIPT_VERSION = 3
 APPROVAL_VERSION = 2  # 2: release_index (the SDK's count of this policy's releases)
 CONSENT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -48,9 +54,15 @@ def quoted(value: object, limit: int = 64) -> str:
 
 
 HEADER_SIG_TAG = b"cctrain/shard-header/v1\x00"
+TRAILER_SIG_TAG = b"cctrain/upload-trailer/v1\x00"
+#: HKDF info of the key a shard's commitment is keyed with (derived from its data key).
+COMMITMENT_KEY_INFO = b"cctrain/commitment/v2"
+#: HKDF info of the enclave's key for duplicate-shard tags (derived from its signing key).
+DUPLICATE_TAG_INFO = b"cctrain/duplicate-tag/v1"
 RECEIPT_SIG_TAG = b"cctrain/receipt/v1\x00"
 MANIFEST_SIG_TAG = b"cctrain/release-manifest/v1\x00"
 SHARD_KEY_INFO_TAG = b"cctrain/shard-key/v1"
+COMMITMENT_OPENING_INFO_TAG = b"cctrain/commitment-opening/v1"
 RELEASE_KEY_INFO_TAG = b"cctrain/release-key/v1"
 REQUEST_SIG_TAG = b"cctrain/rpc-request/v2\x00"
 APPROVAL_SIG_TAG = b"cctrain/release-approval/v1\x00"
@@ -114,6 +126,13 @@ def evidence_from_pb(msg: pb.Evidence) -> Evidence:
 
 def shard_key_info(policy_digest: bytes, party_id: str, shard_id: str) -> bytes:
     return info_for(SHARD_KEY_INFO_TAG, policy_digest, party_id.encode(), shard_id.encode())
+
+
+def commitment_opening_info(policy_digest: bytes, party_id: str, shard_id: str) -> bytes:
+    """HPKE info of a header's ``commitment_key_sealed`` (sealed to the party's own key)."""
+    return info_for(
+        COMMITMENT_OPENING_INFO_TAG, policy_digest, party_id.encode(), shard_id.encode()
+    )
 
 
 def release_key_info(policy_digest: bytes, recipient_id: str, manifest_sha256: bytes) -> bytes:
@@ -187,6 +206,69 @@ def sign_header(key: Ed25519PrivateKey, header_bytes: bytes) -> bytes:
     return key.sign(HEADER_SIG_TAG + header_bytes)
 
 
+def commitment_key(data_key: bytes) -> bytes:
+    """The key a shard's commitment is an HMAC under: HKDF-SHA256 of its data key (no salt,
+    info ``cctrain/commitment/v2``). Whoever holds it (the party, the enclave) can open the
+    commitment; it decrypts nothing."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=COMMITMENT_KEY_INFO).derive(
+        data_key
+    )
+
+
+def shard_commitment(data_key: bytes, plaintext_sha256: bytes) -> bytes:
+    """The published commitment to a shard's plaintext (receipt, manifest, journal):
+    HMAC-SHA256(:func:`commitment_key`, SHA-256 of the plaintext). Salted by the data key, so
+    nobody without it can confirm a guessed dataset by hashing it."""
+    return hmac.new(commitment_key(data_key), plaintext_sha256, hashlib.sha256).digest()
+
+
+def opens_commitment(commitment: bytes, key: bytes, plaintext_sha256: bytes) -> bool:
+    """Whether ``commitment`` is the commitment to a plaintext of SHA-256
+    ``plaintext_sha256`` under the commitment ``key`` (:func:`commitment_key` of the data
+    key) — how a party opens its receipt's commitment to an auditor it chooses."""
+    want = hmac.new(key, plaintext_sha256, hashlib.sha256).digest()
+    return hmac.compare_digest(want, commitment)
+
+
+def trailer_signing_bytes(
+    header_sha256: bytes, plaintext_size: int, chunk_count: int, commitment: bytes
+) -> bytes:
+    """What a party signs after its last chunk (fixed layout, no protobuf in between)."""
+    return header_sha256 + struct.pack(">QQ", plaintext_size, chunk_count) + commitment
+
+
+def sign_trailer(
+    key: Ed25519PrivateKey,
+    *,
+    header_sha256: bytes,
+    plaintext_size: int,
+    chunk_count: int,
+    commitment: bytes,
+) -> pb.UploadTrailer:
+    """The party's signed UploadTrailer: binds ``commitment`` to exactly this header."""
+    signed = trailer_signing_bytes(header_sha256, plaintext_size, chunk_count, commitment)
+    return pb.UploadTrailer(
+        header_sha256=header_sha256,
+        plaintext_size=plaintext_size,
+        chunk_count=chunk_count,
+        commitment=commitment,
+        signature=key.sign(TRAILER_SIG_TAG + signed),
+    )
+
+
+def verify_trailer(key: Ed25519PublicKey, trailer: pb.UploadTrailer) -> bool:
+    """The trailer's signature under the party's key (its fields are compared by the caller)."""
+    if len(trailer.header_sha256) != 32 or len(trailer.commitment) != 32:
+        return False
+    signed = trailer_signing_bytes(
+        bytes(trailer.header_sha256),
+        int(trailer.plaintext_size),
+        int(trailer.chunk_count),
+        bytes(trailer.commitment),
+    )
+    return verify_signature(key, TRAILER_SIG_TAG, signed, bytes(trailer.signature))
+
+
 def verify_signature(key: Ed25519PublicKey, tag: bytes, data: bytes, signature: bytes) -> bool:
     try:
         key.verify(signature, tag + data)
@@ -202,7 +284,8 @@ class Receipt:
     policy_digest: bytes
     party_id: str
     shard_id: str
-    plaintext_sha256: bytes
+    #: The salted commitment (:func:`shard_commitment`), not the plain SHA-256.
+    commitment: bytes
     rows: int
     plaintext_size: int
     header_sha256: bytes
@@ -213,16 +296,19 @@ class Receipt:
     journal_prev_sha256: bytes
     body: bytes
     signature: bytes
+    #: A model package's plain SHA-256 (the policy's public pin); empty for data shards.
+    package_sha256: bytes = b""
 
     def to_json(self) -> dict[str, object]:
         import base64
 
         return {
-            "type": "cctrain-receipt/v1",
+            "type": "cctrain-receipt/v2",  # v2: "commitment" (salted), no "plaintext_sha256"
             "policy_digest": self.policy_digest.hex(),
             "party_id": self.party_id,
             "shard_id": self.shard_id,
-            "plaintext_sha256": self.plaintext_sha256.hex(),
+            "commitment": self.commitment.hex(),
+            **({"package_sha256": self.package_sha256.hex()} if self.package_sha256 else {}),
             "rows": self.rows,
             "plaintext_size": self.plaintext_size,
             "header_sha256": self.header_sha256.hex(),
@@ -258,7 +344,7 @@ def verify_receipt(
         policy_digest=body.policy_digest,
         party_id=body.party_id,
         shard_id=body.shard_id,
-        plaintext_sha256=body.plaintext_sha256,
+        commitment=body.commitment,
         rows=body.rows,
         plaintext_size=body.plaintext_size,
         header_sha256=body.header_sha256,
@@ -268,6 +354,7 @@ def verify_receipt(
         journal_prev_sha256=body.journal_prev_sha256,
         body=bytes(signed.body),
         signature=bytes(signed.signature),
+        package_sha256=bytes(body.package_sha256),
     )
 
 

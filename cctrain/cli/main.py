@@ -604,7 +604,7 @@ def model_upload(
     _result(fmt, {"receipt": receipt.to_json()})
     _say(fmt)(
         f"receipt verified: party={receipt.party_id} model package "
-        f"sha256={receipt.plaintext_sha256.hex()} policy={receipt.policy_digest.hex()}"
+        f"sha256={receipt.package_sha256.hex()} policy={receipt.policy_digest.hex()}"
     )
 
 

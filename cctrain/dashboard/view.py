@@ -255,7 +255,7 @@ class PartyView:
                     "shard": r.shard_id,
                     "rows": r.rows,
                     "bytes": r.plaintext_size,
-                    "commitment": r.plaintext_sha256.hex(),
+                    "commitment": r.commitment.hex(),
                     "journal_seq": r.journal_seq,
                     "accepted": _dt.datetime.fromtimestamp(
                         r.accepted_unix_ms / 1000, _dt.timezone.utc

@@ -44,7 +44,7 @@ class AttestResponse(_message.Message):
     def __init__(self, evidence: _Optional[_Union[Evidence, _Mapping]] = ..., hpke_public_key: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., tls_certificate: _Optional[bytes] = ..., policy_digest: _Optional[bytes] = ..., locked: _Optional[bool] = ..., gpu_evidence: _Optional[_Iterable[_Union[Evidence, _Mapping]]] = ...) -> None: ...
 
 class ShardHeader(_message.Message):
-    __slots__ = ("version", "policy_digest", "party_id", "shard_id", "format", "encapsulated_key", "nonce_prefix", "chunk_size", "plaintext_size", "chunk_count", "plaintext_sha256", "created_unix_ms")
+    __slots__ = ("version", "policy_digest", "party_id", "shard_id", "format", "encapsulated_key", "nonce_prefix", "chunk_size", "plaintext_size", "chunk_count", "created_unix_ms", "commitment_key_sealed")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PARTY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -55,8 +55,8 @@ class ShardHeader(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     PLAINTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
-    PLAINTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_KEY_SEALED_FIELD_NUMBER: _ClassVar[int]
     version: int
     policy_digest: bytes
     party_id: str
@@ -67,9 +67,9 @@ class ShardHeader(_message.Message):
     chunk_size: int
     plaintext_size: int
     chunk_count: int
-    plaintext_sha256: bytes
     created_unix_ms: int
-    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., format: _Optional[str] = ..., encapsulated_key: _Optional[bytes] = ..., nonce_prefix: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., plaintext_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., plaintext_sha256: _Optional[bytes] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+    commitment_key_sealed: bytes
+    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., format: _Optional[str] = ..., encapsulated_key: _Optional[bytes] = ..., nonce_prefix: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., plaintext_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., commitment_key_sealed: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("header", "signature", "resume_from")
@@ -91,13 +91,29 @@ class Chunk(_message.Message):
     ciphertext: bytes
     def __init__(self, index: _Optional[int] = ..., last: _Optional[bool] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
+class UploadTrailer(_message.Message):
+    __slots__ = ("header_sha256", "plaintext_size", "chunk_count", "commitment", "signature")
+    HEADER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    header_sha256: bytes
+    plaintext_size: int
+    chunk_count: int
+    commitment: bytes
+    signature: bytes
+    def __init__(self, header_sha256: _Optional[bytes] = ..., plaintext_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class UploadRequest(_message.Message):
-    __slots__ = ("header", "chunk")
+    __slots__ = ("header", "chunk", "trailer")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
     header: UploadHeader
     chunk: Chunk
-    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    trailer: UploadTrailer
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., trailer: _Optional[_Union[UploadTrailer, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("next_index",)
@@ -114,12 +130,12 @@ class SignedReceipt(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ReceiptBody(_message.Message):
-    __slots__ = ("version", "policy_digest", "party_id", "shard_id", "plaintext_sha256", "rows", "plaintext_size", "header_sha256", "accepted_unix_ms", "enclave_signing_key", "journal_seq", "journal_prev_sha256")
+    __slots__ = ("version", "policy_digest", "party_id", "shard_id", "commitment", "rows", "plaintext_size", "header_sha256", "accepted_unix_ms", "enclave_signing_key", "journal_seq", "journal_prev_sha256", "package_sha256")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PARTY_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
-    PLAINTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     PLAINTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
     HEADER_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -127,11 +143,12 @@ class ReceiptBody(_message.Message):
     ENCLAVE_SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_PREV_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_SHA256_FIELD_NUMBER: _ClassVar[int]
     version: int
     policy_digest: bytes
     party_id: str
     shard_id: str
-    plaintext_sha256: bytes
+    commitment: bytes
     rows: int
     plaintext_size: int
     header_sha256: bytes
@@ -139,7 +156,8 @@ class ReceiptBody(_message.Message):
     enclave_signing_key: bytes
     journal_seq: int
     journal_prev_sha256: bytes
-    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., plaintext_sha256: _Optional[bytes] = ..., rows: _Optional[int] = ..., plaintext_size: _Optional[int] = ..., header_sha256: _Optional[bytes] = ..., accepted_unix_ms: _Optional[int] = ..., enclave_signing_key: _Optional[bytes] = ..., journal_seq: _Optional[int] = ..., journal_prev_sha256: _Optional[bytes] = ...) -> None: ...
+    package_sha256: bytes
+    def __init__(self, version: _Optional[int] = ..., policy_digest: _Optional[bytes] = ..., party_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., commitment: _Optional[bytes] = ..., rows: _Optional[int] = ..., plaintext_size: _Optional[int] = ..., header_sha256: _Optional[bytes] = ..., accepted_unix_ms: _Optional[int] = ..., enclave_signing_key: _Optional[bytes] = ..., journal_seq: _Optional[int] = ..., journal_prev_sha256: _Optional[bytes] = ..., package_sha256: _Optional[bytes] = ...) -> None: ...
 
 class UploadResponse(_message.Message):
     __slots__ = ("ack", "receipt")

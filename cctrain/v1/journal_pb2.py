@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cctrain.v1 import enclave_pb2 as cctrain_dot_v1_dot_enclave__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x63train/v1/journal.proto\x12\ncctrain.v1\x1a\x18\x63\x63train/v1/enclave.proto\"6\n\x12SignedJournalEntry\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x80\x05\n\x0cJournalEntry\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0bprev_sha256\x18\x03 \x01(\x0c\x12\x15\n\rpolicy_digest\x18\x04 \x01(\x0c\x12\x14\n\x0ctime_unix_ms\x18\x05 \x01(\x03\x12&\n\x07genesis\x18\x10 \x01(\x0b\x32\x13.cctrain.v1.GenesisH\x00\x12\x33\n\x0eshard_accepted\x18\x11 \x01(\x0b\x32\x19.cctrain.v1.ShardAcceptedH\x00\x12\x33\n\x0euploads_closed\x18\x12 \x01(\x0b\x32\x19.cctrain.v1.UploadsClosedH\x00\x12\x31\n\ncheckpoint\x18\x13 \x01(\x0b\x32\x1b.cctrain.v1.CheckpointSavedH\x00\x12-\n\x08manifest\x18\x14 \x01(\x0b\x32\x19.cctrain.v1.ManifestBuiltH\x00\x12/\n\x08\x61pproval\x18\x15 \x01(\x0b\x32\x1b.cctrain.v1.ReleaseApprovedH\x00\x12(\n\x08released\x18\x16 \x01(\x0b\x32\x14.cctrain.v1.ReleasedH\x00\x12\'\n\x06\x66\x61iled\x18\x17 \x01(\x0b\x32\x15.cctrain.v1.RunFailedH\x00\x12,\n\x07\x65xpired\x18\x18 \x01(\x0b\x32\x19.cctrain.v1.PolicyExpiredH\x00\x12\x35\n\x0fshard_withdrawn\x18\x19 \x01(\x0b\x32\x1a.cctrain.v1.ShardWithdrawnH\x00\x12+\n\x06vetoed\x18\x1a \x01(\x0b\x32\x19.cctrain.v1.ReleaseVetoedH\x00\x42\x06\n\x04\x62ody\"\xf5\x01\n\x07Genesis\x12\x14\n\x0cstate_format\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\x0c\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x13\n\x0bmeasurement\x18\x04 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x05 \x01(\x0c\x12\x1a\n\x12signing_public_key\x18\x06 \x01(\x0c\x12\x17\n\x0ftls_spki_sha256\x18\x07 \x01(\x0c\x12&\n\x08\x65vidence\x18\x08 \x01(\x0b\x32\x14.cctrain.v1.Evidence\x12\'\n\tstate_key\x18\t \x01(\x0b\x32\x14.cctrain.v1.StateKey\"T\n\x08StateKey\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\'\n\x06shares\x18\x03 \x03(\x0b\x32\x17.cctrain.v1.SealedShare\"E\n\x0bSealedShare\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\x12\x14\n\x0cshare_sha256\x18\x03 \x01(\x0c\"e\n\rShardAccepted\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.cctrain.v1.UploadHeader\x12*\n\x07receipt\x18\x02 \x01(\x0b\x32\x19.cctrain.v1.SignedReceipt\"[\n\x08ShardRef\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x10\n\x08shard_id\x18\x02 \x01(\t\x12\x15\n\rheader_sha256\x18\x03 \x01(\x0c\x12\x14\n\x0c\x61\x63\x63\x65pted_seq\x18\x04 \x01(\x04\"K\n\rUploadsClosed\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.cctrain.v1.ShardRef\x12\x14\n\x0crequested_by\x18\x02 \x01(\t\"K\n\x0f\x43heckpointSaved\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\x19\n\x11\x63heckpoint_sha256\x18\x03 \x01(\x0c\"=\n\rManifestBuilt\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x1a\n\x12manifest_signature\x18\x02 \x01(\x0c\"?\n\x0fReleaseApproved\x12,\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x1a.cctrain.v1.SignedApproval\"R\n\x08Released\x12\x17\n\x0fmanifest_sha256\x18\x01 \x01(\x0c\x12-\n\tapprovals\x18\x02 \x03(\x0b\x32\x1a.cctrain.v1.SignedApproval\"\x1b\n\tRunFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"i\n\x0eShardWithdrawn\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.cctrain.v1.SignedConsent\x12\x15\n\rheader_sha256\x18\x02 \x01(\x0c\x12\x14\n\x0c\x61\x63\x63\x65pted_seq\x18\x03 \x01(\x04\"8\n\rReleaseVetoed\x12\'\n\x04veto\x18\x01 \x01(\x0b\x32\x19.cctrain.v1.SignedConsent\"9\n\rPolicyExpired\x12\x17\n\x0f\x65xpires_unix_ms\x18\x01 \x01(\x03\x12\x0f\n\x07refused\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x63train/v1/journal.proto\x12\ncctrain.v1\x1a\x18\x63\x63train/v1/enclave.proto\"6\n\x12SignedJournalEntry\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x80\x05\n\x0cJournalEntry\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0bprev_sha256\x18\x03 \x01(\x0c\x12\x15\n\rpolicy_digest\x18\x04 \x01(\x0c\x12\x14\n\x0ctime_unix_ms\x18\x05 \x01(\x03\x12&\n\x07genesis\x18\x10 \x01(\x0b\x32\x13.cctrain.v1.GenesisH\x00\x12\x33\n\x0eshard_accepted\x18\x11 \x01(\x0b\x32\x19.cctrain.v1.ShardAcceptedH\x00\x12\x33\n\x0euploads_closed\x18\x12 \x01(\x0b\x32\x19.cctrain.v1.UploadsClosedH\x00\x12\x31\n\ncheckpoint\x18\x13 \x01(\x0b\x32\x1b.cctrain.v1.CheckpointSavedH\x00\x12-\n\x08manifest\x18\x14 \x01(\x0b\x32\x19.cctrain.v1.ManifestBuiltH\x00\x12/\n\x08\x61pproval\x18\x15 \x01(\x0b\x32\x1b.cctrain.v1.ReleaseApprovedH\x00\x12(\n\x08released\x18\x16 \x01(\x0b\x32\x14.cctrain.v1.ReleasedH\x00\x12\'\n\x06\x66\x61iled\x18\x17 \x01(\x0b\x32\x15.cctrain.v1.RunFailedH\x00\x12,\n\x07\x65xpired\x18\x18 \x01(\x0b\x32\x19.cctrain.v1.PolicyExpiredH\x00\x12\x35\n\x0fshard_withdrawn\x18\x19 \x01(\x0b\x32\x1a.cctrain.v1.ShardWithdrawnH\x00\x12+\n\x06vetoed\x18\x1a \x01(\x0b\x32\x19.cctrain.v1.ReleaseVetoedH\x00\x42\x06\n\x04\x62ody\"\xf5\x01\n\x07Genesis\x12\x14\n\x0cstate_format\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\x0c\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x13\n\x0bmeasurement\x18\x04 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x05 \x01(\x0c\x12\x1a\n\x12signing_public_key\x18\x06 \x01(\x0c\x12\x17\n\x0ftls_spki_sha256\x18\x07 \x01(\x0c\x12&\n\x08\x65vidence\x18\x08 \x01(\x0b\x32\x14.cctrain.v1.Evidence\x12\'\n\tstate_key\x18\t \x01(\x0b\x32\x14.cctrain.v1.StateKey\"T\n\x08StateKey\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\'\n\x06shares\x18\x03 \x03(\x0b\x32\x17.cctrain.v1.SealedShare\"E\n\x0bSealedShare\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\x12\x14\n\x0cshare_sha256\x18\x03 \x01(\x0c\"\xa8\x01\n\rShardAccepted\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.cctrain.v1.UploadHeader\x12*\n\x07receipt\x18\x02 \x01(\x0b\x32\x19.cctrain.v1.SignedReceipt\x12*\n\x07trailer\x18\x03 \x01(\x0b\x32\x19.cctrain.v1.UploadTrailer\x12\x15\n\rduplicate_tag\x18\x04 \x01(\x0c\"[\n\x08ShardRef\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x10\n\x08shard_id\x18\x02 \x01(\t\x12\x15\n\rheader_sha256\x18\x03 \x01(\x0c\x12\x14\n\x0c\x61\x63\x63\x65pted_seq\x18\x04 \x01(\x04\"K\n\rUploadsClosed\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.cctrain.v1.ShardRef\x12\x14\n\x0crequested_by\x18\x02 \x01(\t\"K\n\x0f\x43heckpointSaved\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\x19\n\x11\x63heckpoint_sha256\x18\x03 \x01(\x0c\"=\n\rManifestBuilt\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x1a\n\x12manifest_signature\x18\x02 \x01(\x0c\"?\n\x0fReleaseApproved\x12,\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x1a.cctrain.v1.SignedApproval\"R\n\x08Released\x12\x17\n\x0fmanifest_sha256\x18\x01 \x01(\x0c\x12-\n\tapprovals\x18\x02 \x03(\x0b\x32\x1a.cctrain.v1.SignedApproval\"\x1b\n\tRunFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"i\n\x0eShardWithdrawn\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.cctrain.v1.SignedConsent\x12\x15\n\rheader_sha256\x18\x02 \x01(\x0c\x12\x14\n\x0c\x61\x63\x63\x65pted_seq\x18\x03 \x01(\x04\"8\n\rReleaseVetoed\x12\'\n\x04veto\x18\x01 \x01(\x0b\x32\x19.cctrain.v1.SignedConsent\"9\n\rPolicyExpired\x12\x17\n\x0f\x65xpires_unix_ms\x18\x01 \x01(\x03\x12\x0f\n\x07refused\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,26 +42,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATEKEY']._serialized_end=1097
   _globals['_SEALEDSHARE']._serialized_start=1099
   _globals['_SEALEDSHARE']._serialized_end=1168
-  _globals['_SHARDACCEPTED']._serialized_start=1170
-  _globals['_SHARDACCEPTED']._serialized_end=1271
-  _globals['_SHARDREF']._serialized_start=1273
-  _globals['_SHARDREF']._serialized_end=1364
-  _globals['_UPLOADSCLOSED']._serialized_start=1366
-  _globals['_UPLOADSCLOSED']._serialized_end=1441
-  _globals['_CHECKPOINTSAVED']._serialized_start=1443
-  _globals['_CHECKPOINTSAVED']._serialized_end=1518
-  _globals['_MANIFESTBUILT']._serialized_start=1520
-  _globals['_MANIFESTBUILT']._serialized_end=1581
-  _globals['_RELEASEAPPROVED']._serialized_start=1583
-  _globals['_RELEASEAPPROVED']._serialized_end=1646
-  _globals['_RELEASED']._serialized_start=1648
-  _globals['_RELEASED']._serialized_end=1730
-  _globals['_RUNFAILED']._serialized_start=1732
-  _globals['_RUNFAILED']._serialized_end=1759
-  _globals['_SHARDWITHDRAWN']._serialized_start=1761
-  _globals['_SHARDWITHDRAWN']._serialized_end=1866
-  _globals['_RELEASEVETOED']._serialized_start=1868
-  _globals['_RELEASEVETOED']._serialized_end=1924
-  _globals['_POLICYEXPIRED']._serialized_start=1926
-  _globals['_POLICYEXPIRED']._serialized_end=1983
+  _globals['_SHARDACCEPTED']._serialized_start=1171
+  _globals['_SHARDACCEPTED']._serialized_end=1339
+  _globals['_SHARDREF']._serialized_start=1341
+  _globals['_SHARDREF']._serialized_end=1432
+  _globals['_UPLOADSCLOSED']._serialized_start=1434
+  _globals['_UPLOADSCLOSED']._serialized_end=1509
+  _globals['_CHECKPOINTSAVED']._serialized_start=1511
+  _globals['_CHECKPOINTSAVED']._serialized_end=1586
+  _globals['_MANIFESTBUILT']._serialized_start=1588
+  _globals['_MANIFESTBUILT']._serialized_end=1649
+  _globals['_RELEASEAPPROVED']._serialized_start=1651
+  _globals['_RELEASEAPPROVED']._serialized_end=1714
+  _globals['_RELEASED']._serialized_start=1716
+  _globals['_RELEASED']._serialized_end=1798
+  _globals['_RUNFAILED']._serialized_start=1800
+  _globals['_RUNFAILED']._serialized_end=1827
+  _globals['_SHARDWITHDRAWN']._serialized_start=1829
+  _globals['_SHARDWITHDRAWN']._serialized_end=1934
+  _globals['_RELEASEVETOED']._serialized_start=1936
+  _globals['_RELEASEVETOED']._serialized_end=1992
+  _globals['_POLICYEXPIRED']._serialized_start=1994
+  _globals['_POLICYEXPIRED']._serialized_end=2051
 # @@protoc_insertion_point(module_scope)

@@ -94,12 +94,16 @@ class SealedShare(_message.Message):
     def __init__(self, party_id: _Optional[str] = ..., sealed: _Optional[bytes] = ..., share_sha256: _Optional[bytes] = ...) -> None: ...
 
 class ShardAccepted(_message.Message):
-    __slots__ = ("header", "receipt")
+    __slots__ = ("header", "receipt", "trailer", "duplicate_tag")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_TAG_FIELD_NUMBER: _ClassVar[int]
     header: _enclave_pb2.UploadHeader
     receipt: _enclave_pb2.SignedReceipt
-    def __init__(self, header: _Optional[_Union[_enclave_pb2.UploadHeader, _Mapping]] = ..., receipt: _Optional[_Union[_enclave_pb2.SignedReceipt, _Mapping]] = ...) -> None: ...
+    trailer: _enclave_pb2.UploadTrailer
+    duplicate_tag: bytes
+    def __init__(self, header: _Optional[_Union[_enclave_pb2.UploadHeader, _Mapping]] = ..., receipt: _Optional[_Union[_enclave_pb2.SignedReceipt, _Mapping]] = ..., trailer: _Optional[_Union[_enclave_pb2.UploadTrailer, _Mapping]] = ..., duplicate_tag: _Optional[bytes] = ...) -> None: ...
 
 class ShardRef(_message.Message):
     __slots__ = ("party_id", "shard_id", "header_sha256", "accepted_seq")

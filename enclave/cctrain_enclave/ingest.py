@@ -17,6 +17,11 @@ Design (see DESIGN.md, protocol step 2):
   its parser records each chunk's SHA-256 as it streams, and once the commitment matched
   reads the file by random access to the stored chunks (:class:`StoredPieces`), each
   decrypted, authenticated and compared with that digest again.
+* The commitment is not in the header (the owner would have to read its shard twice to
+  sign it first) but in the owner's signed :class:`UploadTrailer` after the last chunk,
+  bound to the header by its SHA-256: the enclave computes the same (size, chunk count,
+  the salted commitment of the SHA-256 of what it decrypted) and accepts only on equality.
+  A model package's plain SHA-256 is checked against the policy's pin the same way.
 * Only after the whole plaintext matches the signed commitment and the schema
   is the ciphertext moved (one rename) to ``shards/<header sha256>.ct`` and the
   shard journaled (:meth:`EnclaveState.accept_shard`), which signs the receipt.
@@ -59,8 +64,10 @@ from cctrain.protocol import (
     SHARD_ID,
     expected_chunk_count,
     quoted,
+    shard_commitment,
     shard_key_info,
     verify_signature,
+    verify_trailer,
 )
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal, StoredShardError
@@ -120,11 +127,17 @@ class ParsedHeader:
 
 
 def read_committed(
-    path: Path, header: ParsedHeader, key: bytes, consume: Callable[[bytes], None], *, what: str
+    path: Path,
+    header: ParsedHeader,
+    key: bytes,
+    consume: Callable[[bytes], None],
+    *,
+    commitment: bytes,
+    what: str,
 ) -> None:
     """Decrypt a stored shard once, in order, handing each chunk's plaintext to ``consume``
     (a shard parser) as soon as it authenticates; return only if the whole plaintext is what
-    the header commits to (SHA-256). Whatever is checked or trained must be these bytes:
+    the receipt commits to (``commitment``: the salted commitment of its SHA-256). Whatever is checked or trained must be these bytes:
     reading the file a second time would let a host that owns the disk, with a provider that
     holds the data key, swap it in between. So what ``consume`` built may be used only once
     this returned: a chunk that fails, or a commitment that does not match, raises."""
@@ -140,10 +153,9 @@ def read_committed(
             consume(pt)
         if fh.read(1):
             raise ShardError(f"{what} is longer than its header says (altered at rest)")
-    if hasher.digest() != header.msg.plaintext_sha256:
+    if not hmac.compare_digest(shard_commitment(key, hasher.digest()), commitment):
         raise ShardError(
-            f"{what} does not match the plaintext commitment of its signed header "
-            "(re-encrypted at rest)"
+            f"{what} does not match the plaintext commitment of its receipt (re-encrypted at rest)"
         )
 
 
@@ -357,6 +369,7 @@ class ShardStore:
             ParsedHeader(shard.header_raw, shard.header, shard.header_sha256),
             self.data_key(shard.header),
             consume,
+            commitment=shard.commitment,
             what="its stored ciphertext",
         )
 
@@ -585,7 +598,12 @@ class UploadSession:
         except DecodeError:
             raise Refusal(bad, "upload header: malformed ShardHeader bytes") from None
         if msg.version != HEADER_VERSION:
-            raise Refusal(bad, f"upload header: version {msg.version}, want {HEADER_VERSION}")
+            raise Refusal(
+                bad,
+                f"upload header: ShardHeader version {msg.version} is not supported, this "
+                f"enclave takes version {HEADER_VERSION} (the commitment in a signed trailer); "
+                "upgrade the client",
+            )
         if msg.policy_digest != self.policy.digest:
             raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -618,8 +636,8 @@ class UploadSession:
             raise Refusal(
                 bad, "upload header: chunk_count does not match plaintext_size/chunk_size"
             )
-        if len(msg.nonce_prefix) != NONCE_PREFIX_SIZE or len(msg.plaintext_sha256) != 32:
-            raise Refusal(bad, "upload header: nonce_prefix must be 7 bytes, plaintext_sha256 32")
+        if len(msg.nonce_prefix) != NONCE_PREFIX_SIZE:
+            raise Refusal(bad, "upload header: nonce_prefix must be 7 bytes")
         return ParsedHeader(bytes(uh.header), msg, hashlib.sha256(uh.header).digest())
 
     def _check_data_header(self, msg: pb.ShardHeader, is_provider: bool) -> int:
@@ -645,9 +663,10 @@ class UploadSession:
         return int(schema["max_bytes"])
 
     def _check_package_header(self, msg: pb.ShardHeader) -> int:
-        """A model package's header: from the policy's model provider, committing to exactly
-        the pinned bytes. Checked before any byte of it is received, so a package the policy
-        does not pin is neither stored nor run."""
+        """A model package's header: from the policy's model provider, under the package's
+        shard id. That it is exactly the pinned bytes is checked at :meth:`finish`, on the
+        plain SHA-256 of what was decrypted, before anything of it is accepted: a package the
+        policy does not pin is then refused and nothing of it kept, so it is never run."""
         pkg = self.policy.model_package
         if pkg is None:
             raise Refusal(
@@ -665,16 +684,18 @@ class UploadSession:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"upload header: a model package is uploaded as {PACKAGE_SHARD_ID!r}",
             )
-        if len(msg.plaintext_sha256) != 32 or not hmac.compare_digest(
-            msg.plaintext_sha256.hex(), str(pkg["package_sha256"])
-        ):
+        return int(pkg["max_bytes"])
+
+    def _check_package_pin(self, plaintext_sha256: bytes) -> None:
+        pkg = self.policy.model_package
+        assert pkg is not None  # checked with the header
+        if not hmac.compare_digest(plaintext_sha256.hex(), str(pkg["package_sha256"])):
             raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"model package has SHA-256 {msg.plaintext_sha256.hex()[:64]}, the policy pins "
+                f"model package has SHA-256 {plaintext_sha256.hex()}, the policy pins "
                 f"{pkg['package_sha256']} (training.model.package_sha256); nothing of it was "
-                "received",
+                "kept",
             )
-        return int(pkg["max_bytes"])
 
     def _parser(self, fmt: str) -> Any:
         if fmt == PACKAGE_FORMAT_NAME:
@@ -781,6 +802,42 @@ class UploadSession:
             ).encode(),
         )
 
+    # -- the trailer
+    trailer: pb.UploadTrailer | None = None
+
+    def add_trailer(self, trailer: pb.UploadTrailer) -> None:
+        """The party's signed commitment, after the last chunk and only once. Its signature
+        and its header fields are checked now; the commitment itself at :meth:`finish`, once
+        every chunk was hashed."""
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if self.trailer is not None:
+            raise Refusal(bad, "upload trailer: a second trailer (send exactly one)")
+        if not self.finished:
+            raise Refusal(
+                bad,
+                f"upload trailer before the final chunk (got {self.next_index} of "
+                f"{self.header.chunk_count} chunks)",
+            )
+        party = self.policy.party(self.party_id)
+        assert party is not None  # the header was signed by it
+        if not verify_trailer(ed25519_public(party.signing_key), trailer):
+            raise Refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"upload trailer is not signed by the policy key of party {self.party_id!r}",
+            )
+        msg = self.header.msg
+        if (
+            not hmac.compare_digest(bytes(trailer.header_sha256), self.header.sha256)
+            or trailer.plaintext_size != msg.plaintext_size
+            or trailer.chunk_count != msg.chunk_count
+        ):
+            raise Refusal(
+                bad,
+                "upload trailer is for another upload (its header digest, plaintext size or "
+                "chunk count is not this upload's)",
+            )
+        self.trailer = trailer
+
     # -- endings
     def finish(self) -> pb.SignedReceipt:
         """Check the commitment and the schema, then journal the shard: the receipt."""
@@ -790,11 +847,22 @@ class UploadSession:
                 bad,
                 f"stream ended before the final chunk (got {self.next_index} of {self.header.chunk_count})",
             )
-        self._sink.close(drain=True)
-        if self.hasher.digest() != self.header.msg.plaintext_sha256:
+        if self.trailer is None:
             raise Refusal(
-                bad, "decrypted shard does not match the plaintext commitment in the header"
+                bad,
+                "stream ended without the upload trailer (the party's signed commitment); "
+                "nothing of the upload was kept",
             )
+        self._sink.close(drain=True)
+        plaintext_sha256 = self.hasher.digest()
+        commitment = shard_commitment(self.key, plaintext_sha256)
+        if not hmac.compare_digest(commitment, bytes(self.trailer.commitment)):
+            raise Refusal(
+                bad, "decrypted shard does not match the plaintext commitment in the trailer"
+            )
+        is_package = self.header.msg.format == PACKAGE_FORMAT_NAME
+        if is_package:
+            self._check_package_pin(plaintext_sha256)
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
@@ -818,6 +886,9 @@ class UploadSession:
             header_signature=self.header_signature,
             header=self.header.msg,
             rows=rows,
+            trailer=self.trailer,
+            plaintext_sha256=plaintext_sha256,
+            package_sha256=plaintext_sha256 if is_package else b"",
         )
         self._moved_to = None
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -11,18 +11,30 @@ filling the host's disk or holding every upload slot, and from uploading the sam
 twice under two shard ids. Only byte-identical shards are duplicates: the same rows in
 another archive (another zip timestamp, one more blank CSV line) are not detected. Refusals
 quote only counts and sizes, never data.
+
+The plaintext SHA-256 is known only once a shard was received (it is in no header, and the
+published commitment is salted by each shard's own data key), so duplicates are found when
+the journal accepts a shard, by its *duplicate tag*: an HMAC of party ‖ plaintext SHA-256
+under a key derived from the enclave's signing key. The journal carries the tag; nobody but
+the enclave can compute one, so it confirms no guessed dataset.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cctrain.journal import AcceptedShard
 from cctrain.package import UPLOAD_FORMAT as PACKAGE_UPLOAD_FORMAT
 from cctrain.policy import Policy
+from cctrain.protocol import DUPLICATE_TAG_INFO
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal
 
@@ -33,23 +45,39 @@ class Holding:
 
     shard_id: str
     plaintext_size: int
-    plaintext_sha256: bytes
+    #: :func:`duplicate_tag` of its plaintext; empty while unknown (a partial upload).
+    duplicate_tag: bytes = b""
 
     @classmethod
-    def of(cls, header: pb.ShardHeader, shard_id: str | None = None) -> Holding:
+    def of(
+        cls, header: pb.ShardHeader, shard_id: str | None = None, *, duplicate_tag: bytes = b""
+    ) -> Holding:
         """What a shard with this header holds (``shard_id``: the name it is stored under)."""
         return cls(
             header.shard_id if shard_id is None else shard_id,
             int(header.plaintext_size),
-            bytes(header.plaintext_sha256),
+            duplicate_tag,
         )
+
+
+def duplicate_tag(signing_key: Ed25519PrivateKey, party_id: str, plaintext_sha256: bytes) -> bytes:
+    """HMAC-SHA256(HKDF-SHA256(enclave signing key, info ``cctrain/duplicate-tag/v1``),
+    len(party) ‖ party ‖ plaintext SHA-256): equal for a provider's byte-identical shards,
+    unlinkable across providers, computable by the enclave alone."""
+    raw = signing_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=DUPLICATE_TAG_INFO).derive(raw)
+    party = party_id.encode()
+    msg = len(party).to_bytes(4, "big") + party + plaintext_sha256
+    return hmac.new(key, msg, hashlib.sha256).digest()
 
 
 def accepted_holdings(shards: Iterable[AcceptedShard], party: str) -> list[Holding]:
     """The provider's accepted data shards, as holdings (a model package is not data: the
     policy's pin bounds it to one exact file, outside the data limits)."""
     return [
-        Holding.of(s.header)
+        Holding.of(s.header, duplicate_tag=s.duplicate_tag)
         for s in shards
         if s.party_id == party and s.header.format != PACKAGE_UPLOAD_FORMAT
     ]
@@ -60,15 +88,11 @@ def check_provider_limits(policy: Policy, new: Holding, holdings: Iterable[Holdi
     share. ``holdings`` are the provider's other shards (the one being uploaded, under the
     same id, is replaced by it and not counted)."""
     limits = policy.limits
-    shard_id, plaintext_size, plaintext_sha256 = (
-        new.shard_id,
-        new.plaintext_size,
-        new.plaintext_sha256,
-    )
+    shard_id, plaintext_size, tag = new.shard_id, new.plaintext_size, new.duplicate_tag
     others = [h for h in holdings if h.shard_id != shard_id]
-    if not limits["allow_duplicate_shards"]:
+    if not limits["allow_duplicate_shards"] and tag:
         for h in others:
-            if h.plaintext_sha256 == plaintext_sha256:
+            if h.duplicate_tag and hmac.compare_digest(h.duplicate_tag, tag):
                 raise Refusal(
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"shard {shard_id!r} has the same content (plaintext SHA-256) as your shard "

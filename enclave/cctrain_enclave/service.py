@@ -198,10 +198,17 @@ class EnclaveServicer(pb_grpc.EnclaveServicer):
             )
             for msg in incoming:
                 kind = msg.WhichOneof("kind")
+                if kind == "trailer":
+                    session.add_trailer(msg.trailer)
+                    continue
                 if kind != "chunk":
                     raise Refusal(
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        f"expected a chunk, got {kind or 'an empty message'}",
+                        f"expected a chunk or the trailer, got {kind or 'an empty message'}",
+                    )
+                if session.trailer is not None:
+                    raise Refusal(
+                        grpc.StatusCode.INVALID_ARGUMENT, "a chunk arrived after the upload trailer"
                     )
                 metrics.ingested_bytes.inc(len(msg.chunk.ciphertext))
                 ack = session.add_chunk(msg.chunk)

@@ -245,7 +245,7 @@ def test_the_model_owner_tutorial_runs_as_written(tmp_path: Path) -> None:
         "model-package",
         0,
     )
-    assert receipt["plaintext_sha256"] == package_sha
+    assert receipt["package_sha256"] == package_sha
     # Before the package came, the hospitals' rows were in and the run waited for it.
     assert "phase: collecting" in outputs["cctrain status"]
     assert "providers_missing: model-owner" in outputs["cctrain status"]

@@ -46,7 +46,9 @@ from cctrain.protocol import (
     MD_SIG,
     MD_TIME,
     sha256,
+    shard_commitment,
     sign_header,
+    sign_trailer,
 )
 from cctrain.v1 import enclave_pb2 as pb
 from tests.campaigns._common import DELIBERATE, FULL, Figures, LogWatch, report
@@ -313,7 +315,7 @@ def shard_headers(draw: st.DrawFn, ctx: Context, party: str) -> bytes:
     size = draw(st.sampled_from([1, 4096, 5000, 8 << 20, (8 << 20) + 1]) | uints(64))
     chunk = draw(st.sampled_from([4096, 4095, 1 << 20, 4 << 20, (4 << 20) + 1, 0]) | uints(32))
     base: dict[str, Any] = {
-        "version": 1,
+        "version": 2,
         "policy_digest": ctx.policy_digest,
         "party_id": party,
         "shard_id": shard_id,
@@ -322,7 +324,6 @@ def shard_headers(draw: st.DrawFn, ctx: Context, party: str) -> bytes:
         "chunk_size": chunk,
         "plaintext_size": size,
         "chunk_count": max(1, -(-size // chunk)) if chunk else 1,
-        "plaintext_sha256": draw(st.binary(min_size=32, max_size=32)),
         "created_unix_ms": int(time.time() * 1000),
     }
     if draw(st.booleans()):
@@ -418,14 +419,14 @@ def shard_bytes(rows: int, data_seed: int, classes: int = 2) -> bytes:
 def sealed_upload(
     ctx: Context, party: str, data: bytes, shard_id: str, chunk_size: int = 4096
 ) -> tuple[bytes, pb.UploadRequest, list[pb.UploadRequest]]:
-    """(header bytes, header message, chunk messages) of a real upload of ``data``."""
+    """(header bytes, header message, chunk messages then the signed trailer) of a real
+    upload of ``data``."""
     header_bytes, signature, data_key = DataOwner._new_header(
         ctx.sessions[party],  # type: ignore[arg-type]
         "npz",
         shard_id,
         chunk_size,
         len(data),
-        sha256(data),
     )
     header = pb.ShardHeader.FromString(header_bytes)
     sealer = StreamSealer(data_key, header.nonce_prefix, sha256(header_bytes))
@@ -439,6 +440,14 @@ def sealed_upload(
             i, data[i * chunk_size : (i + 1) * chunk_size], last=i == n - 1
         )
         chunks.append(req)
+    trailer = sign_trailer(
+        ctx.consortium.keys[party].signing_key,
+        header_sha256=sha256(header_bytes),
+        plaintext_size=len(data),
+        chunk_count=n,
+        commitment=shard_commitment(data_key, sha256(data)),
+    )
+    chunks.append(pb.UploadRequest(trailer=trailer))
     head = pb.UploadRequest(header=pb.UploadHeader(header=header_bytes, signature=signature))
     return header_bytes, head, chunks
 
@@ -465,7 +474,7 @@ def planned_uploads(draw: st.DrawFn, ctx: Context) -> Case:
     chunk_size = 4096
     shard_id = draw(st.sampled_from(PLAN_ID_CHOICES))
     header_bytes, head, chunks = sealed_upload(ctx, party, data, shard_id, chunk_size)
-    n = len(chunks)
+    n = len(chunks) - 1  # the chunks (the signed trailer comes last)
     mutation = draw(st.sampled_from(MUTATIONS))
     i = draw(st.integers(0, n - 1))
     j = draw(st.integers(0, n - 1))

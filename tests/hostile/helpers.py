@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cctrain.client import TLS_SERVER_NAME, DataOwner, _parse_address, fetch_server_certificate
-from cctrain.protocol import sha256
 from cctrain.v1 import enclave_pb2 as pb
 
 #: How long a health check may take. Generous on purpose: what the flood tests tell apart is
@@ -91,5 +90,5 @@ def signed_metadata(owner: DataOwner, method: str, body: bytes = b"") -> list[tu
 
 def upload_header_request(owner: DataOwner, shard_id: str, *, size: int = 1 << 16) -> Any:
     """A valid signed upload header for ``size`` bytes (never followed by data)."""
-    header, sig, _key = owner._new_header("npz", shard_id, 1 << 14, size, sha256(shard_id.encode()))
+    header, sig, _key = owner._new_header("npz", shard_id, 1 << 14, size)
     return pb.UploadRequest(header=pb.UploadHeader(header=header, signature=sig))

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cctrain.protocol import sha256, sign_header
+from cctrain.protocol import sign_header
 from cctrain.v1 import enclave_pb2 as pb
 from tests.consortium import make_consortium, running_enclave
 from tests.hostile.helpers import signed_metadata
@@ -26,7 +26,7 @@ def test_a_long_party_id_in_a_header_is_cut_in_the_log(
     c = make_consortium(tmp_path / "c")
     with running_enclave(c, tmp_path / "state") as (address, _app):
         with make_owner(address, c, "hospital-a") as a:
-            raw, _sig, _key = a._new_header("npz", "s", 1 << 14, 1 << 16, sha256(b"x"))
+            raw, _sig, _key = a._new_header("npz", "s", 1 << 14, 1 << 16)
             header = pb.ShardHeader.FromString(raw)
             header.party_id = "x" * 1_700  # the longest a header (≤ 2048 bytes) can carry
             raw = header.SerializeToString()

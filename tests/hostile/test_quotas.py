@@ -167,7 +167,6 @@ def test_limits_are_validated(tmp_path: Path) -> None:
 def test_a_shard_the_parser_refused_is_not_received_to_its_end(tmp_path: Path) -> None:
     """A malformed shard is refused as soon as the parser sees it: the provider does not
     get to make the enclave receive and store the rest (up to data.max_bytes)."""
-    import hashlib
     import queue
 
     from cctrain.v1 import enclave_pb2 as pb
@@ -182,14 +181,26 @@ def test_a_shard_the_parser_refused_is_not_received_to_its_end(tmp_path: Path) -
     with running_enclave(c, tmp_path / "state", limits=limits) as (address, _app):
         with make_owner(address, c, "hospital-a") as a:
             data = bad.read_bytes()
-            header_bytes, sig, key = a._new_header(
-                "csv", "bad", 1 << 14, len(data), hashlib.sha256(data).digest()
-            )
+            from cctrain.client import _UploadOutcome
+
+            header_bytes, sig, key = a._new_header("csv", "bad", 1 << 14, len(data))
             header = pb.ShardHeader()
             header.ParseFromString(header_bytes)
-            requests = list(a._requests(bad, header, header_bytes, sig, key, 0, lambda *_: None))
+            requests = list(
+                a._requests(
+                    bad,
+                    header,
+                    header_bytes,
+                    sig,
+                    key,
+                    0,
+                    lambda *_: None,
+                    signing_key=a.keys.signing_key,
+                    outcome=_UploadOutcome(),
+                )
+            )
             box: queue.Queue[object] = queue.Queue()
-            for req in requests[:-1]:  # everything but the final chunk
+            for req in requests[:-2]:  # everything but the final chunk (and the trailer)
                 box.put(req)
             call = open_stream(a.stub.Upload, box, metadata=signed_metadata(a, "Upload"))
             msg, err = first_response(call, timeout=45.0)

@@ -21,7 +21,15 @@ from cctrain.client import DataOwner
 from cctrain.crypto import hpke
 from cctrain.crypto.keys import PartyKeys
 from cctrain.crypto.stream import StreamSealer
-from cctrain.protocol import MD_PARTY, MD_TIME, sha256, shard_key_info, sign_header
+from cctrain.protocol import (
+    MD_PARTY,
+    MD_TIME,
+    sha256,
+    shard_commitment,
+    shard_key_info,
+    sign_header,
+    sign_trailer,
+)
 from cctrain.v1 import enclave_pb2 as pb
 from tests.consortium import Consortium
 from tests.ingest.conftest import write_shard
@@ -40,13 +48,18 @@ def build_upload(
     chunk_size: int = CHUNK,
     header_edit: Callable[[pb.ShardHeader], None] | None = None,
     header_suffix: bytes = b"",
+    trailer: bool = True,
+    trailer_signer: PartyKeys | None = None,
+    trailer_fields: dict[str, Any] | None = None,
 ) -> tuple[pb.UploadRequest, list[pb.UploadRequest]]:
-    """A correct header message and chunk messages, with optional deliberate faults."""
+    """A correct header message and chunk messages, then the signed trailer (the last
+    message, unless ``trailer`` is False), with optional deliberate faults:
+    ``trailer_fields`` replaces fields before the trailer is signed."""
     digest = policy_digest or owner.policy.digest
     party = owner.keys.party_id
     key = os.urandom(32)
     header = pb.ShardHeader(
-        version=1,
+        version=2,
         policy_digest=digest,
         party_id=party,
         shard_id=shard_id,
@@ -60,7 +73,6 @@ def build_upload(
         chunk_size=chunk_size,
         plaintext_size=len(data),
         chunk_count=max(1, -(-len(data) // chunk_size)),
-        plaintext_sha256=hashlib.sha256(data).digest(),
         created_unix_ms=int(time.time() * 1000),
     )
     if header_edit:
@@ -78,6 +90,16 @@ def build_upload(
                 chunk=pb.Chunk(index=i, last=last, ciphertext=sealer.seal(i, block, last=last))
             )
         )
+    if trailer:
+        fields: dict[str, Any] = {
+            "header_sha256": sha256(hb),
+            "plaintext_size": len(data),
+            "chunk_count": n,
+            "commitment": shard_commitment(key, hashlib.sha256(data).digest()),
+        }
+        fields |= trailer_fields or {}
+        signed = sign_trailer((trailer_signer or signer or owner.keys).signing_key, **fields)
+        chunks.append(pb.UploadRequest(trailer=signed))
     return pb.UploadRequest(header=pb.UploadHeader(header=hb, signature=sig)), chunks
 
 
@@ -168,7 +190,7 @@ def test_dropped_chunk(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> No
 def test_stream_ends_without_final_chunk(
     owner: DataOwner, enclave: Any, shard_bytes: bytes
 ) -> None:
-    header, chunks = build_upload(owner, shard_bytes)
+    header, chunks = build_upload(owner, shard_bytes, trailer=False)
     expect_rejection(
         owner,
         [header, *chunks[:-1]],
@@ -179,7 +201,7 @@ def test_stream_ends_without_final_chunk(
 
 
 def test_chunk_after_final(owner: DataOwner, enclave: Any, shard_bytes: bytes) -> None:
-    header, chunks = build_upload(owner, shard_bytes)
+    header, chunks = build_upload(owner, shard_bytes, trailer=False)
     extra = pb.UploadRequest(chunk=pb.Chunk(index=len(chunks), last=False, ciphertext=b"\0" * 32))
     expect_rejection(
         owner, [header, *chunks, extra], grpc.StatusCode.INVALID_ARGUMENT, "after the final chunk"

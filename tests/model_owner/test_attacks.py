@@ -46,6 +46,8 @@ from cctrain.protocol import (
     MANIFEST_SIG_TAG,
     RECEIPT_SIG_TAG,
     RECEIPT_VERSION,
+    shard_commitment,
+    sign_trailer,
 )
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
@@ -133,17 +135,19 @@ class _Forger:
             chunk_size=1 << 16,
             chunk_count=1,
             nonce_prefix=bytes(7),
-            plaintext_sha256=hashlib.sha256(content).digest(),
             encapsulated_key=bytes(32),
         ).SerializeToString()
         signing = self.c.keys[signer or party].signing_key
         prev = self.records[-1]
+        plain = hashlib.sha256(content).digest()
+        commitment = shard_commitment(bytes(32), plain)
         body = pb.ReceiptBody(
             version=RECEIPT_VERSION,
             policy_digest=self.policy.digest,
             party_id=party,
             shard_id=shard_id,
-            plaintext_sha256=hashlib.sha256(content).digest(),
+            commitment=commitment,
+            package_sha256=plain if fmt == UPLOAD_FORMAT else b"",
             rows=rows,
             plaintext_size=len(content),
             header_sha256=hashlib.sha256(header).digest(),
@@ -159,6 +163,13 @@ class _Forger:
                     ),
                     receipt=pb.SignedReceipt(
                         body=body, signature=self.key.sign(RECEIPT_SIG_TAG + body)
+                    ),
+                    trailer=sign_trailer(
+                        signing,
+                        header_sha256=hashlib.sha256(header).digest(),
+                        plaintext_size=len(content),
+                        chunk_count=1,
+                        commitment=commitment,
                     ),
                 )
             )
@@ -277,18 +288,17 @@ def test_hostile_uploads_around_the_package_keep_nothing(tmp_path: Path) -> None
             expect_rejection(mo, [header, *chunks], denied, "is not a data_provider")
             header, chunks = build_upload(mo, package, shard_id="second", fmt=UPLOAD_FORMAT)
             expect_rejection(mo, [header, *chunks], bad, "a model package is uploaded as")
-            pin = hashlib.sha256(package).digest()
-
-            def claim_pin(h: pb.ShardHeader) -> None:
-                h.plaintext_sha256 = pin
-
             other = bytearray(package)
             other[-1] ^= 1  # the last weight byte: the structure still parses
             for data in (bytes(other), package[:-4]):
+                # The header no longer carries a hash: the enclave checks the pin on the
+                # plain SHA-256 of what it decrypted, before it accepts anything.
                 header, chunks = build_upload(
-                    mo, data, shard_id=PACKAGE_SHARD_ID, fmt=UPLOAD_FORMAT, header_edit=claim_pin
+                    mo, data, shard_id=PACKAGE_SHARD_ID, fmt=UPLOAD_FORMAT
                 )
-                expect_rejection(mo, [header, *chunks], bad, "does not match the plaintext")
+                expect_rejection(
+                    mo, [header, *chunks], grpc.StatusCode.FAILED_PRECONDITION, "the policy pins"
+                )
             assert [p for p in (tmp_path / "state" / "uploads").rglob("*") if p.is_file()] == []
             assert list((tmp_path / "state" / "shards").iterdir()) == []
             mo.upload_package(tmp_path / "model.pkg", state_dir=tmp_path / OWNER)

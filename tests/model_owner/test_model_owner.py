@@ -197,7 +197,8 @@ def test_model_owner_receives_the_trained_model(trained: dict[str, Any]) -> None
     model, receipt, package = trained["model"], trained["receipt"], trained["package"]
     assert receipt.shard_id == PACKAGE_SHARD_ID
     assert receipt.rows == 0
-    assert receipt.plaintext_sha256 == hashlib.sha256(package).digest()
+    assert receipt.package_sha256 == hashlib.sha256(package).digest()
+    assert receipt.commitment != receipt.package_sha256  # salted, even for the public pin
     m = model.manifest
     assert m["model"]["name"] == "package"
     assert m["model"]["package_sha256"] == package_sha256(package)
@@ -255,7 +256,6 @@ def _bare_owner(address: str, c: Consortium, party: str) -> Any:
 
 def _send_raw(mo: Any, path: Path, tmp: Path, *, fmt: str = UPLOAD_FORMAT) -> Any:
     """Bypass the SDK's own checks: stream ``path`` as a package, as a hostile client would."""
-    data = path.read_bytes()
     return mo._send_file(
         path,
         fmt=fmt,
@@ -263,8 +263,6 @@ def _send_raw(mo: Any, path: Path, tmp: Path, *, fmt: str = UPLOAD_FORMAT) -> An
         chunk_size=1 << 16,
         progress=None,
         receipts_dir=tmp / "receipts",
-        commitment=hashlib.sha256(data).digest(),
-        size=len(data),
         on_refused=lambda: None,
     )
 

@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from cctrain.cli import main
-from cctrain.client import DataOwner, Recipient
+from cctrain.client import DataOwner, Recipient, _UploadOutcome
 from cctrain.consent import verify_deletion_receipt
 from cctrain.errors import (
     JournalError,
@@ -480,12 +480,21 @@ def test_a_withdrawal_while_an_upload_of_the_same_id_streams(tmp_path: Path) -> 
     with running_enclave(c, state) as (address, _app):
         with session(DataOwner, address, c, "hospital-a") as o:
             size = shard.stat().st_size
-            commitment = hashlib.sha256(shard.read_bytes()).digest()
-            header_bytes, sig, key = o._new_header("npz", "streaming", 4096, size, commitment)
+            header_bytes, sig, key = o._new_header("npz", "streaming", 4096, size)
             header = pb.ShardHeader()
             header.ParseFromString(header_bytes)
             messages = list(
-                o._requests(shard, header, header_bytes, sig, key, 0, lambda _s, _t: None)
+                o._requests(
+                    shard,
+                    header,
+                    header_bytes,
+                    sig,
+                    key,
+                    0,
+                    lambda _s, _t: None,
+                    signing_key=o.keys.signing_key,
+                    outcome=_UploadOutcome(),
+                )
             )
             assert len(messages) > 3
             outbox: queue.Queue[Any] = queue.Queue()

@@ -698,8 +698,8 @@ def test_the_verdict_is_on_the_bytes_hashed_not_on_the_file(tmp_path: Path, fmt:
             return header, signature, key
 
         @staticmethod
-        def _requests(*args: Any) -> Any:
-            messages = list(DataOwner._requests(*args))
+        def _requests(*args: Any, **kw: Any) -> Any:
+            messages = list(DataOwner._requests(*args, **kw))
             yield from messages[:-1]
             assert release_last_chunk.wait(60)
             yield messages[-1]

@@ -54,7 +54,12 @@ from cctrain.v1 import enclave_pb2 as pb
 from cctrain.v1 import journal_pb2 as jpb
 from cctrain_enclave.errors import Refusal, StateDirectoryError, StateError
 from cctrain_enclave.providers._common import own_measurement
-from cctrain_enclave.quotas import Holding, accepted_holdings, check_provider_limits
+from cctrain_enclave.quotas import (
+    Holding,
+    accepted_holdings,
+    check_provider_limits,
+    duplicate_tag,
+)
 from cctrain_enclave.state.journal_file import JournalFile
 from cctrain_enclave.state.sealing import STATE_KEY_LABEL, BoundSealer, atomic_write, fsync_dir
 from cctrain_enclave.state.state_key import LockedState, new_consortium_key
@@ -533,9 +538,21 @@ class EnclaveState:
             )
 
     def accept_shard(
-        self, *, header_raw: bytes, header_signature: bytes, header: pb.ShardHeader, rows: int
+        self,
+        *,
+        header_raw: bytes,
+        header_signature: bytes,
+        header: pb.ShardHeader,
+        rows: int,
+        trailer: pb.UploadTrailer,
+        plaintext_sha256: bytes,
+        package_sha256: bytes = b"",
     ) -> pb.SignedReceipt:
         """Journal an upload that passed every check and return its signed receipt.
+
+        ``trailer`` is the party's signed commitment (checked against what was decrypted);
+        ``plaintext_sha256`` the plain hash of that plaintext, which is never published: it
+        only enters the entry's duplicate tag, keyed by the enclave.
 
         Under the state lock, so an upload either lands before uploads close (and is in the
         training set) or is refused: never a receipt for a shard training does not use.
@@ -558,10 +575,11 @@ class EnclaveState:
             refuse_withdrawn_id(view, header.party_id, header.shard_id)
             # Checked at the header already; again here, atomically with the entry, for
             # concurrent uploads of one provider.
+            tag = duplicate_tag(self.keys.signing, header.party_id, plaintext_sha256)
             if header.format != PACKAGE_UPLOAD_FORMAT:
                 check_provider_limits(
                     self.policy,
-                    Holding.of(header),
+                    Holding.of(header, duplicate_tag=tag),
                     accepted_holdings(view.shards, header.party_id),
                 )
             body = pb.ReceiptBody(
@@ -569,7 +587,7 @@ class EnclaveState:
                 policy_digest=self.policy.digest,
                 party_id=header.party_id,
                 shard_id=header.shard_id,
-                plaintext_sha256=header.plaintext_sha256,
+                commitment=bytes(trailer.commitment),
                 rows=rows,
                 plaintext_size=header.plaintext_size,
                 header_sha256=hashlib.sha256(header_raw).digest(),
@@ -577,6 +595,7 @@ class EnclaveState:
                 enclave_signing_key=self.keys.signing_public,
                 journal_seq=view.head.seq + 1,
                 journal_prev_sha256=view.head.sha256,
+                package_sha256=package_sha256,
             ).SerializeToString()
             receipt = pb.SignedReceipt(
                 body=body, signature=self.keys.signing.sign(RECEIPT_SIG_TAG + body)
@@ -586,6 +605,8 @@ class EnclaveState:
                 jpb.ShardAccepted(
                     header=pb.UploadHeader(header=header_raw, signature=header_signature),
                     receipt=receipt,
+                    trailer=trailer,
+                    duplicate_tag=tag,
                 ),
             )
             return receipt
