@@ -277,8 +277,15 @@ def _owner_main(spec: dict[str, Any]) -> None:
     if spec["kind"] == "cctrain":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SimulatedEvidenceWarning)
+            # The party's memory (its view of the enclave's journal) lives in the owner state
+            # directory, fresh for each enclave: by default it is ~/.cctrain, where a second
+            # repeat's new enclave would look to it like the host rolled the state back.
             owner = DataOwner(
-                spec["address"], policy=spec["policy"], key=spec["key"], allow_simulated=True
+                spec["address"],
+                policy=spec["policy"],
+                key=spec["key"],
+                allow_simulated=True,
+                state_dir=spec["owner_state"],
             )
         if prof is not None:
             _profile_request_thread(owner, Path(spec["profile_out"] + ".requests"))
@@ -434,7 +441,7 @@ def bench_config(
                             "key": cons["keys"][i],
                             "file": str(f),
                             "shard_id": f"shard-{r}",
-                            "owner_state": str(work / f"owner-state-{i}"),
+                            "owner_state": str(work / f"owner-state-{size_mib}-{owners}-{r}-{i}"),
                         }
                         for i, f in enumerate(files)
                     ]
