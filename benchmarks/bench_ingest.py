@@ -60,9 +60,16 @@ from _machine import machine_info  # noqa: E402
 MIB = 1 << 20
 CHUNK_SIZE = 1 << 20
 FEATURES = 256
-TARGET_RATIO = 0.9
+TARGET_RATIO = 0.6
 TARGET_MBPS = 300.0
+#: The throughput target holds for shards of at least this size (issue #16: at 1 GiB).
+TARGET_MBPS_FROM_MIB = 1024
+#: Measured throughput over the threaded bound of the same run (:func:`pipeline_bound`).
+TARGET_OF_BOUND = 0.9
 TARGET_RSS_MULTIPLE = 2.0
+#: The peak-RSS target holds for shards of at least this size (below it, the interpreter's
+#: own baseline dominates).
+TARGET_RSS_FROM_MIB = 64
 PLAIN_METHOD = "/bench.Sink/Upload"
 START_TIMEOUT_S = 60.0
 
@@ -174,9 +181,6 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path)
 
 
-PRELOADED_MESSAGE = "trainer libraries loaded"  # cctrain_enclave.run.PRELOADED_MESSAGE
-
-
 def start_enclave(
     policy: str, state_dir: Path, *, profile_out: Path | None = None
 ) -> ServerProcess:
@@ -185,15 +189,7 @@ def start_enclave(
         argv = [sys.executable, "-m", "cctrain_enclave", *serve]
     else:
         argv = _self_argv("--_enclave-profiled", str(profile_out), *serve)
-    server = ServerProcess(argv, state_dir, _env())
-    # Measure a warm enclave: in service, the trainer's torch/Opacus import (run in the
-    # background at start-up) is long done before owners upload; here it would compete.
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while PRELOADED_MESSAGE not in server.log_path.read_text(errors="replace"):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    return server
+    return ServerProcess(argv, state_dir, _env())
 
 
 def _profiled(gen: Iterator[Any], prof: cProfile.Profile, out: Any) -> Iterator[Any]:
@@ -277,8 +273,15 @@ def _owner_main(spec: dict[str, Any]) -> None:
     if spec["kind"] == "cctrain":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SimulatedEvidenceWarning)
+            # The party's memory (its view of the enclave's journal) lives in the owner state
+            # directory, fresh for each enclave: by default it is ~/.cctrain, where a second
+            # repeat's new enclave would look to it like the host rolled the state back.
             owner = DataOwner(
-                spec["address"], policy=spec["policy"], key=spec["key"], allow_simulated=True
+                spec["address"],
+                policy=spec["policy"],
+                key=spec["key"],
+                allow_simulated=True,
+                state_dir=spec["owner_state"],
             )
         if prof is not None:
             _profile_request_thread(owner, Path(spec["profile_out"] + ".requests"))
@@ -434,7 +437,7 @@ def bench_config(
                             "key": cons["keys"][i],
                             "file": str(f),
                             "shard_id": f"shard-{r}",
-                            "owner_state": str(work / f"owner-state-{i}"),
+                            "owner_state": str(work / f"owner-state-{size_mib}-{owners}-{r}-{i}"),
                         }
                         for i, f in enumerate(files)
                     ]
@@ -475,12 +478,195 @@ def bench_config(
     }
 
 
-def _targets(res: dict[str, Any]) -> dict[str, bool]:
+def _targets(res: dict[str, Any]) -> dict[str, bool | None]:
+    """Each target: met (True), missed (False), or not applicable at this size (None)."""
+    size = res["size_mib"]
     return {
         f"ratio>={TARGET_RATIO}": res["ratio"] >= TARGET_RATIO,
-        f"cctrain>={TARGET_MBPS:g}MB/s": res["cctrain_mbps"] >= TARGET_MBPS,
-        f"peak_rss<{TARGET_RSS_MULTIPLE:g}x_shard": res["rss_over_shard"] < TARGET_RSS_MULTIPLE,
+        f"cctrain>={TARGET_MBPS:g}MB/s@>={TARGET_MBPS_FROM_MIB}MiB": (
+            res["cctrain_mbps"] >= TARGET_MBPS if size >= TARGET_MBPS_FROM_MIB else None
+        ),
+        f"of_bound>={TARGET_OF_BOUND:.0%}": (
+            res["of_bound"] >= TARGET_OF_BOUND if "of_bound" in res else None
+        ),
+        f"peak_rss<{TARGET_RSS_MULTIPLE:g}x_shard@>={TARGET_RSS_FROM_MIB}MiB": (
+            res["rss_over_shard"] < TARGET_RSS_MULTIPLE if size >= TARGET_RSS_FROM_MIB else None
+        ),
     }
+
+
+# -- the stated bound -------------------------------------------------------------------------
+
+#: Which thread does each per-byte stage in today's pipeline (client and enclave share the
+#: machine's cores). "tls" is the plain gRPC/TLS stream of the same run: both of its ends.
+STAGE_THREADS: dict[str, str] = {
+    "client_read": "client request thread",
+    "aes_gcm_encrypt": "client request thread",
+    "protobuf_encode": "client request thread",
+    "tls_stream": "grpc/tls (both ends)",
+    "protobuf_decode": "enclave handler",
+    "aes_gcm_decrypt": "enclave handler",
+    "sha256": "enclave sink",
+    "npz_validate": "enclave sink",
+    "write_fsync": "enclave sink",
+}
+#: Stages that run before the stream starts (the client's commitment pass, while it reads
+#: the shard twice): serial with everything else whatever the threading.
+PRE_PASS = ("client_prehash_read", "client_prehash_sha256")
+#: Stages that are mostly waiting on the disk, not CPU: they do not take a core.
+IO_STAGES = ("write_fsync",)
+
+
+def _per_byte(fn: Any, nbytes: int, *, min_s: float = 0.25, rounds: int = 3) -> float:
+    """Seconds per byte of ``fn()`` (which processes ``nbytes``): best of ``rounds`` batches
+    of at least ``min_s`` (the best, not the median: the machine is shared, and the bound
+    should be what the code can do here, not what a neighbour left of it)."""
+    best = float("inf")
+    for _ in range(rounds):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            el = time.perf_counter() - t0
+            if el >= min_s:
+                break
+        best = min(best, el / (n * nbytes))
+    return best
+
+
+def client_prehashes() -> bool:
+    """Whether ``DataOwner.upload`` still hashes the whole file before it streams it."""
+    import inspect
+
+    from cctrain.client import DataOwner
+
+    return "file_sha256(" in inspect.getsource(DataOwner.upload)
+
+
+def stage_costs(work: Path, *, chunk_size: int = CHUNK_SIZE) -> dict[str, float]:
+    """Per-byte cost (seconds per MB = 10^6 bytes) of each stage but TLS, measured now on
+    ``chunk_size`` chunks, one at a time: what each would reach alone (MB/s) is 1/cost. The
+    TLS stage is the plain gRPC/TLS stream measured in the same run (:func:`with_tls`)."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from cctrain.crypto.stream import StreamOpener, StreamSealer
+    from cctrain.v1 import enclave_pb2 as pb
+    from cctrain_enclave.shards import open_parser
+
+    block = os.urandom(chunk_size)
+    key, prefix, ad = AESGCM.generate_key(256), os.urandom(7), os.urandom(32)
+    sealer, opener = StreamSealer(key, prefix, ad), StreamOpener(key, prefix, ad)
+    ct = sealer.seal(3, block, last=False)
+    req = pb.UploadRequest()
+    req.chunk.index, req.chunk.ciphertext = 3, ct
+    wire = req.SerializeToString()
+
+    def encode() -> None:
+        r = pb.UploadRequest()
+        r.chunk.index, r.chunk.last = 3, False
+        r.chunk.ciphertext = ct
+        r.SerializeToString()
+
+    def decode() -> None:
+        r = pb.UploadRequest()
+        r.ParseFromString(wire)
+        _ = r.chunk.ciphertext
+
+    costs: dict[str, float] = {}
+    costs["aes_gcm_encrypt"] = _per_byte(lambda: sealer.seal(3, block, last=False), chunk_size)
+    costs["aes_gcm_decrypt"] = _per_byte(lambda: opener.open(3, ct, last=False), chunk_size)
+    costs["protobuf_encode"] = _per_byte(encode, chunk_size)
+    costs["protobuf_decode"] = _per_byte(decode, chunk_size)
+    costs["sha256"] = _per_byte(lambda: hashlib.sha256(block).digest(), chunk_size)
+
+    # Reading the shard file (page cache: the benchmark just wrote it) and the NPZ parser.
+    probe = work / "stage-probe.npz"
+    make_shard(probe, 64 * MIB)
+    size = probe.stat().st_size
+    buf = bytearray(chunk_size)
+
+    def read_all() -> None:
+        with open(probe, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+
+    costs["client_read"] = _per_byte(read_all, size, min_s=0.1, rounds=2)
+    chunks = []
+    with open(probe, "rb") as fh:
+        while c := fh.read(chunk_size):
+            chunks.append(c)
+    data = {
+        "features": {"shape": [FEATURES], "dtype": "float32"},
+        "labels": {"num_classes": 2},
+        "formats": ["npz"],
+        "max_rows": 1 << 40,
+        "max_bytes": 1 << 40,
+    }
+
+    def validate() -> None:
+        p = open_parser("npz", data)
+        for c in chunks:
+            p.feed(c)
+        p.finish()
+
+    costs["npz_validate"] = _per_byte(validate, size, min_s=0.1, rounds=2)
+    chunks.clear()
+    probe.unlink()
+    costs["client_prehash_read"] = costs["client_read"]
+    costs["client_prehash_sha256"] = costs["sha256"]
+    costs["write_fsync"] = 1.0 / (disk_write_fsync_mbps(work, 128 * MIB) * 1e6)
+    return {k: v * 1e6 for k, v in costs.items()}  # seconds per MB
+
+
+def with_tls(costs: dict[str, float], plain_mbps: float) -> dict[str, float]:
+    return {**costs, "tls_stream": 1.0 / plain_mbps}
+
+
+def pipeline_bound(
+    costs_s_per_mb: dict[str, float], *, prehash: bool, cores: int = 2
+) -> dict[str, Any]:
+    """The limit the stage costs put on the cctrain pipeline here (MB/s).
+
+    * serial: one byte after the other through every stage, 1 / Σ costs;
+    * threaded: stages on their threads (:data:`STAGE_THREADS`) run at once, so the stream
+      goes no faster than its slowest thread, nor than the CPU work of all of them spread
+      over ``cores`` cores (client and enclave share them; disk waits take no core). The
+      client's commitment pre-pass (``prehash``) runs before the stream, in series with it.
+
+    The TLS stage is the measured plain stream, which already kept both cores busy; so the
+    threaded bound counts it as its own thread and leaves it out of the CPU sum (a bound that
+    is, if anything, generous to cctrain)."""
+    stream = {k: v for k, v in costs_s_per_mb.items() if k in STAGE_THREADS}
+    pre = sum(costs_s_per_mb[k] for k in PRE_PASS) if prehash else 0.0
+    serial = pre + sum(stream.values())
+    threads: dict[str, float] = {}
+    for stage, cost in stream.items():
+        threads[STAGE_THREADS[stage]] = threads.get(STAGE_THREADS[stage], 0.0) + cost
+    slowest = max(threads, key=lambda t: threads[t])
+    cpu = sum(v for k, v in stream.items() if k not in IO_STAGES and k != "tls_stream")
+    threaded = pre + max(threads[slowest], cpu / cores)
+    return {
+        "serial_mbps": 1.0 / serial,
+        "threaded_mbps": 1.0 / threaded,
+        "threads_s_per_mb": threads,
+        "slowest_thread": slowest,
+        "cpu_s_per_mb_over_cores": cpu / cores,
+        "prehash": prehash,
+        "cores": cores,
+    }
+
+
+def format_bound(costs: dict[str, float], bound: dict[str, Any]) -> str:
+    alone = ", ".join(f"{k} {1.0 / v:.0f}" for k, v in sorted(costs.items(), key=lambda kv: -kv[1]))
+    threads = ", ".join(f"{k} {1.0 / v:.0f}" for k, v in bound["threads_s_per_mb"].items())
+    return (
+        f"  stage alone (MB/s): {alone}\n"
+        f"  threads (MB/s): {threads}; slowest: {bound['slowest_thread']}\n"
+        f"  bound: serial {bound['serial_mbps']:.0f} MB/s, threaded {bound['threaded_mbps']:.0f} "
+        f"MB/s ({bound['cores']} cores, client pre-pass {'yes' if bound['prehash'] else 'no'})"
+    )
 
 
 @contextlib.contextmanager
@@ -531,6 +717,8 @@ def run(
         disk_mbps = disk_write_fsync_mbps(work, min(max(sizes_mib), 256) * MIB)
         if verbose:
             print(f"  disk write+fsync ceiling (same run): {disk_mbps:.0f} MB/s", flush=True)
+        costs = stage_costs(work)
+        prehash = client_prehashes()
         for size in sizes_mib:
             shard_files: list[Path] = []
             for n in owners:
@@ -539,6 +727,10 @@ def run(
                     make_shard(f, size * MIB, seed=len(shard_files))
                     shard_files.append(f)
                 res = bench_config(work, size, n, repeats, shard_files[:n])
+                res["stage_s_per_mb"] = with_tls(costs, res["plain_mbps"])
+                res["bound"] = pipeline_bound(res["stage_s_per_mb"], prehash=prehash)
+                res["of_bound"] = res["cctrain_mbps"] / res["bound"]["threaded_mbps"]
+                res["of_serial_bound"] = res["cctrain_mbps"] / res["bound"]["serial_mbps"]
                 res["targets_met"] = _targets(res)
                 results.append(res)
                 if verbose:
@@ -549,17 +741,23 @@ def run(
         "machine": machine_info(),
         "chunk_size": CHUNK_SIZE,
         "disk_write_fsync_mbps": disk_mbps,
+        "stage_s_per_mb": costs,
+        "client_prehash": prehash,
         "targets": {
             "ratio": TARGET_RATIO,
             "cctrain_mbps": TARGET_MBPS,
+            "cctrain_mbps_from_mib": TARGET_MBPS_FROM_MIB,
+            "of_bound": TARGET_OF_BOUND,
             "rss_over_shard": TARGET_RSS_MULTIPLE,
+            "rss_from_mib": TARGET_RSS_FROM_MIB,
         },
         "results": results,
     }
 
 
 def format_row(res: dict[str, Any]) -> str:
-    met = " ".join(f"{k}:{'yes' if v else 'NO'}" for k, v in res["targets_met"].items())
+    word = {True: "met", False: "MISSED", None: "n/a"}
+    met = " ".join(f"{k}:{word[v]}" for k, v in res["targets_met"].items())
     fair = ""
     if res["owners"] > 1:
         fair = f"  fairness c={res['cctrain_fairness']:.2f} p={res['plain_fairness']:.2f}"
@@ -567,7 +765,15 @@ def format_row(res: dict[str, Any]) -> str:
         f"{res['size_mib']:>5} MiB x{res['owners']:<2}  cctrain {res['cctrain_mbps']:7.1f} MB/s  "
         f"plain {res['plain_mbps']:7.1f} MB/s  ratio {res['ratio']:.2f}  enclave peak RSS "
         f"{res['enclave_peak_rss_bytes'] / MIB:7.1f} MiB = {res['rss_over_shard']:.2f}x shard"
-        f"{fair}\n      targets: {met}"
+        f"{fair}\n"
+        + (format_bound(res["stage_s_per_mb"], res["bound"]) + "\n" if "bound" in res else "")
+        + (
+            f"  measured {res['cctrain_mbps']:.0f} MB/s = {res['of_bound']:.0%} of the threaded "
+            f"bound, {res['of_serial_bound']:.0%} of the serial one\n"
+            if "of_bound" in res
+            else ""
+        )
+        + f"      targets: {met}"
     )
 
 

@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import importlib.util
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,12 +32,13 @@ import grpc
 from cctrain.attestation.binding import spki_sha256
 from cctrain.errors import CctrainError, InputError, NoSealingKeyError, PolicyError
 from cctrain.journal import RunState
-from cctrain.policy import SignedPolicy, gpu_allowed
+from cctrain.policy import SignedPolicy
 from cctrain.v1 import enclave_pb2 as pb
 from cctrain_enclave.errors import Refusal, StateDirectoryError, TrainerUnavailableError
 from cctrain_enclave.ingest import ShardStore
 from cctrain_enclave.keys import TlsIdentity
 from cctrain_enclave.metrics import RunObserver
+from cctrain_enclave.plancheck import PlanCheck, check_in_process
 from cctrain_enclave.providers.base import EvidenceProvider
 from cctrain_enclave.run import RunContext, RunController
 from cctrain_enclave.state import EnclaveState, checked_consent, unusable
@@ -145,10 +147,18 @@ class EnclaveApp:
         self._check_state_key(provider)
         self._check_gpus(provider)
         self.custom_model_source = self._load_custom_model_source(config.model_source)
-        self._check_training_plan(provider)
+        check = self._start_plan_check(provider)
+        try:
+            # Meanwhile (the verdict comes before any state or listener exists):
+            self.tls = TlsIdentity.generate(list(config.hosts))
+            self._tls_spki = spki_sha256(self.tls.cert)
+        except BaseException:
+            if check is not None:
+                check.cancel()
+            raise
+        if check is not None:
+            check.result()
         self.cluster_store = self._open_rendezvous(config)
-        self.tls = TlsIdentity.generate(list(config.hosts))
-        self._tls_spki = spki_sha256(self.tls.cert)
         #: Serialises Unlock and shutdown: the keyed parts are built at most once.
         self._unlock_lock = threading.Lock()
         self._closing = False
@@ -294,28 +304,25 @@ class EnclaveApp:
         assert self._locked is not None
         return self._locked.unlock_public, self._locked.view.signing_public_key, True
 
-    def _check_training_plan(self, provider: EvidenceProvider) -> None:
+    def _start_plan_check(self, provider: EvidenceProvider) -> PlanCheck | None:
         """Build the model and train an epoch on synthetic rows, on the policy's
         ``training.device``, before accepting any data: a plan that cannot run here (a CUDA
-        device this machine lacks, first) is refused now, not after every party uploaded."""
-        require_trainer(formats=tuple(self.policy.data["formats"]))
-        from cctrain_enclave.trainer.precheck import check_training_plan
-        from cctrain_enclave.trainer.train import TrainingDeviceError, resolve_device
+        device this machine lacks, first) is refused at start, not after every party uploaded.
 
-        try:
-            device = resolve_device(
-                str(self.policy.training.get("device", "cpu")), allow_gpu=gpu_allowed(self.policy)
+        The serving process must not hold torch while shards stream in (300+ MB, more than a
+        shard's ingest budget), so the check runs in a child process (:mod:`.plancheck`)
+        while the rest of the start-up goes on; ``_open`` waits for its verdict. Where torch
+        is loaded already (an embedding process, the tests) nothing is saved by a child: the
+        check runs here, now (None)."""
+        simulated = provider.platform == "simulated"
+        if "torch" in sys.modules:
+            check_in_process(
+                self.policy, custom_model_source=self.custom_model_source, simulated=simulated
             )
-        except TrainingDeviceError as exc:
-            raise TrainingDeviceError(f"refusing to start: {exc}") from None
-        problems = check_training_plan(
-            self.policy,
-            custom_model_source=self.custom_model_source,
-            simulated_platform=provider.platform == "simulated",
-            device=device.type,
+            return None
+        return PlanCheck(
+            self.policy, custom_model_source=self.custom_model_source, simulated=simulated
         )
-        if problems:
-            raise PolicyError("the policy's training plan cannot run; refusing to start", problems)
 
     def _load_custom_model_source(self, path: Path | None) -> bytes | None:
         """Custom model code must be the exact source the policy pins; checked before any import."""

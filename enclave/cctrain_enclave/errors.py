@@ -62,6 +62,12 @@ class StateDirectoryError(StateError, InputError):
     or in use by another enclave process. A setup problem (exit status 2), not tampering."""
 
 
+class TrainingDeviceError(InputError):
+    """``training.device`` names a device this machine lacks, or one the policy does not let
+    the data reach: a setup problem, refused when the enclave starts. (Here, not in the
+    trainer, so the serving process can raise it without importing torch.)"""
+
+
 class TrainerUnavailableError(InputError):
     """torch, Opacus or safetensors (the ``enclave`` extra) cannot be imported: an enclave
     without them would accept uploads it can never train on, so it does not start."""

@@ -62,17 +62,6 @@ log = logging.getLogger("cctrain.enclave.run")
 #: Phases after which nothing more happens (a watch ends there).
 FINAL = frozenset({"released", "failed", "expired", "awaiting_approval", "vetoed"})
 
-PRELOADED_MESSAGE = "trainer libraries loaded"
-
-
-def _preload_trainer() -> None:
-    try:
-        import cctrain_enclave.trainer  # noqa: F401
-    except Exception:  # noqa: BLE001 - the training thread reports import problems itself
-        log.debug("trainer preload failed", exc_info=True)
-    else:
-        log.info(PRELOADED_MESSAGE)
-
 
 @dataclass(frozen=True)
 class RunContext:
@@ -112,10 +101,8 @@ class RunController:
                 state.resume_release()
             except Refusal as exc:  # expired meanwhile: journaled, the phase shows it
                 log.warning("release not resumed: %s", exc.message)
-        elif phase == "collecting":
-            # Importing torch and Opacus takes seconds; do it while the shards arrive,
-            # not after the last receipt.
-            threading.Thread(target=_preload_trainer, name="cctrain-preload", daemon=True).start()
+        # No trainer import while collecting: torch and Opacus (300+ MB resident) would sit
+        # beside every upload's buffers; the training thread imports them when it starts.
 
     # -- phase events (called by the state, holding its lock, after each journal entry)
     def _on_transition(self, view: RunState) -> None:

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from cctrain.dpcheck import LISTED
-from cctrain.errors import CctrainError, InputError, PolicyError, ShardError
+from cctrain.errors import CctrainError, PolicyError, ShardError
 from cctrain.policy import metric_direction
+from cctrain_enclave.errors import TrainingDeviceError
 
 from .checkpoint import Checkpointer, CheckpointError
 from .dp import (
@@ -153,11 +154,6 @@ class TrainingResult:
 
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class TrainingDeviceError(InputError):
-    """``training.device`` names a device this machine lacks, or one the policy does not let
-    the data reach: a setup problem, refused when the enclave starts."""
 
 
 def _why_no_cuda() -> str:
