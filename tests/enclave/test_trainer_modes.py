@@ -112,7 +112,8 @@ def test_dplstm_never_gets_the_fast_path_and_trains_exactly() -> None:
     model = Lstm()
     assert _mode(model, (5, 4)) == "ghost"  # its RNNLinear layers subclass nn.Linear
     assert any(
-        "RNNLinear layer, which has no fast-clipping rule" in p for p in _problems(model, (5, 4), "fast")
+        "RNNLinear layer, which has no fast-clipping rule" in p
+        for p in _problems(model, (5, 4), "fast")
     )
     assert clipping_problems(model, "ghost", synthetic_batch((5, 4), 3)) == []
     assert clipping_problems(model, "hooks", synthetic_batch((5, 4), 3)) == []
