@@ -25,6 +25,7 @@ calibrates from nothing (the accountant's curve cache is cleared first), as the 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import time
@@ -39,7 +40,6 @@ import torch.nn.functional as F
 from cctrain_enclave.trainer import build_builtin_model, rdp, train
 from cctrain_enclave.trainer import dp as dp_module
 from cctrain_enclave.trainer import objective as objective_module
-from cctrain_enclave.trainer import train as train_module
 
 
 @dataclass(frozen=True)
@@ -276,6 +276,9 @@ def dp_split(
     out["total"] = total
     return out
 
+
+#: The module (the package's ``train`` attribute is the function of that name).
+train_module = importlib.import_module("cctrain_enclave.trainer.train")
 
 TARGET_NO_DP = 0.95
 TARGET_DP_MLP = 0.5
