@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import statistics
 import time
@@ -50,7 +51,6 @@ from cctrain.package import build_package
 from cctrain_enclave.trainer import build_builtin_model, rdp, train
 from cctrain_enclave.trainer import dp as dp_module
 from cctrain_enclave.trainer import objective as objective_module
-from cctrain_enclave.trainer import train as train_module
 
 #: A transformer block as a model owner's training plan (``plan.py`` of a model package):
 #: token + position embeddings, pre-LayerNorm causal self-attention (functional softmax), an
@@ -381,6 +381,9 @@ def dp_split(
     out["total"] = total
     return out
 
+
+#: The module (the package's ``train`` attribute is the function of that name).
+train_module = importlib.import_module("cctrain_enclave.trainer.train")
 
 TARGET_NO_DP = 0.95
 #: DP with cctrain's fast clipping / plain non-DP, steady state, every model it covers.

@@ -325,6 +325,7 @@ def shard_headers(draw: st.DrawFn, ctx: Context, party: str) -> bytes:
         "plaintext_size": size,
         "chunk_count": max(1, -(-size // chunk)) if chunk else 1,
         "created_unix_ms": int(time.time() * 1000),
+        "commitment_key_sealed": draw(blobs()),
     }
     if draw(st.booleans()):
         from cctrain.client import x25519_public_raw

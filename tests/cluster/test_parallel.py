@@ -83,9 +83,11 @@ def test_partition_covers_every_row_once() -> None:
             assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
 
 
-def test_a_cluster_plan_that_cannot_clip_fast_is_refused_before_any_data(tmp_path: Path) -> None:
-    """The registry CNN needs Opacus's clipping, which a cluster does not run: the plan check
-    (the enclave's at start, `cctrain policy check`'s) says so, not a failure after uploads."""
+@pytest.mark.parametrize("mode", ["auto", "fast"])
+def test_a_cluster_plan_check_accepts_the_cnn_with_fast_clipping(tmp_path: Path, mode: str) -> None:
+    """A cluster runs cctrain's fast clipping only (a plan naming Opacus's modes is refused when
+    the policy is checked). The registry CNN (Conv2d + GroupNorm) has fast rules now, so the
+    plan check (the enclave's at start, `cctrain policy check`'s) finds nothing against it."""
     from cctrain_enclave.trainer.precheck import check_training_plan
 
     c = make_consortium(
@@ -103,10 +105,10 @@ def test_a_cluster_plan_that_cannot_clip_fast_is_refused_before_any_data(tmp_pat
             "epochs": 1,
             "batch_size": 16,
         },
-        privacy=DP | {"grad_sample_mode": "auto"},
+        privacy=DP | {"grad_sample_mode": mode},
         cluster={"ranks": 2},
     )
     problems = check_training_plan(
         c.signed.policy, custom_model_source=None, simulated_platform=True
     )
-    assert len(problems) == 1 and "needs cctrain's fast per-sample clipping" in problems[0]
+    assert problems == []

