@@ -271,6 +271,9 @@ def _owner_main(spec: dict[str, Any]) -> None:
     size = path.stat().st_size
     prof = cProfile.Profile() if spec.get("profile_out") else None
     if spec["kind"] == "cctrain":
+        from cctrain.alloc import tune_for_streaming
+
+        tune_for_streaming()  # as ``cctrain upload`` does (cctrain/cli/main.py)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SimulatedEvidenceWarning)
             # The party's memory (its view of the enclave's journal) lives in the owner state
@@ -551,9 +554,13 @@ def stage_costs(work: Path, *, chunk_size: int = CHUNK_SIZE) -> dict[str, float]
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+    # The allocator as the client and the enclave run it (cctrain.alloc: both tune it).
+    from cctrain.alloc import tune_for_streaming
     from cctrain.crypto.stream import StreamOpener, StreamSealer
     from cctrain.v1 import enclave_pb2 as pb
     from cctrain_enclave.shards import open_parser
+
+    tune_for_streaming()
 
     block = os.urandom(chunk_size)
     key, prefix, ad = AESGCM.generate_key(256), os.urandom(7), os.urandom(32)

@@ -637,9 +637,11 @@ def upload(
     fmt: str,
 ) -> None:
     """Attest the enclave, then stream SHARD (.npz, .csv or .parquet) encrypted to it; verify the receipt."""
+    from cctrain.alloc import tune_for_streaming
     from cctrain.client import DataOwner, check_shard_file
     from cctrain.memory import dataset_key
 
+    tune_for_streaming()  # this process streams the shard: keep its chunk buffers mapped
     check_shard_file(shard)  # before connecting: a wrong file is bad input, not a failed upload
     if dataset is not None:
         dataset_key(dataset)  # a bad label is bad input too

@@ -36,12 +36,14 @@ def serve_command(
     metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
 ) -> None:
+    from cctrain.alloc import tune_for_streaming
     from cctrain_enclave.app import AppConfig
     from cctrain_enclave.limits import ServerLimits
     from cctrain_enclave.metrics import configure_logging
     from cctrain_enclave.server import serve
 
     configure_logging(log_format)
+    tune_for_streaming()  # uploads stream through this process: keep chunk buffers mapped
     hosts = (host,) + tuple(h for h in ("127.0.0.1", "localhost") if h != host)
     config = AppConfig(
         policy_path=policy_file,
