@@ -32,11 +32,16 @@ sys.path.insert(0, str(HERE))
 from _machine import machine_info  # noqa: E402
 
 TARGETS = {
-    "ingest_ratio": 0.9,
+    "ingest_ratio": 0.6,
     "ingest_mbps": 300.0,
+    "ingest_mbps_from_mib": 1024,
+    "ingest_of_bound": 0.9,
     "ingest_rss_over_shard": 2.0,
+    "ingest_rss_from_mib": 64,
     "train_no_dp_ratio": 0.95,
-    "train_dp_mlp_ratio": 0.5,
+    "train_dp_fast_ratio": 0.8,
+    "train_dp_e2e_ratio": 0.5,
+    "train_dp_e2e_rows": 10_000,
     "snp_cached_ms": 5.0,
     "dcap_collateral_cached_ms": 20.0,
     "cluster_sealed_over_plain": 1.5,
@@ -151,24 +156,37 @@ def target_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             (
                 f"ingest {size}: cctrain / plain gRPC-TLS",
                 f"{res['ratio']:.2f}×",
-                "≥ 0.9×",
+                f"≥ {TARGETS['ingest_ratio']}×",
                 _yes(res["ratio"] >= TARGETS["ingest_ratio"]),
             )
         )
+        big = res["size_mib"] >= TARGETS["ingest_mbps_from_mib"]
         rows.append(
             (
                 f"ingest {size}: cctrain throughput",
                 f"{res['cctrain_mbps']:.0f} MB/s",
-                "≥ 300 MB/s",
-                _yes(res["cctrain_mbps"] >= TARGETS["ingest_mbps"]),
+                f"≥ 300 MB/s (at ≥ {TARGETS['ingest_mbps_from_mib']} MiB)",
+                _yes(res["cctrain_mbps"] >= TARGETS["ingest_mbps"] if big else None),
             )
         )
+        if "of_bound" in res:
+            b = res["bound"]
+            rows.append(
+                (
+                    f"ingest {size}: cctrain / stated bound (threaded {b['threaded_mbps']:.0f}, "
+                    f"serial {b['serial_mbps']:.0f} MB/s)",
+                    f"{res['of_bound']:.0%}",
+                    f"≥ {TARGETS['ingest_of_bound']:.0%}",
+                    _yes(res["of_bound"] >= TARGETS["ingest_of_bound"]),
+                )
+            )
+        counted = res["size_mib"] >= TARGETS["ingest_rss_from_mib"]
         rows.append(
             (
                 f"ingest {size}: enclave peak RSS / shard",
                 f"{res['rss_over_shard']:.2f}×",
-                "< 2×",
-                _yes(res["rss_over_shard"] < TARGETS["ingest_rss_over_shard"]),
+                f"< 2× (at ≥ {TARGETS['ingest_rss_from_mib']} MiB)",
+                _yes(res["rss_over_shard"] < TARGETS["ingest_rss_over_shard"] if counted else None),
             )
         )
     tr = r.get("training", {})
@@ -182,15 +200,24 @@ def target_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     _yes(res["steady_ratio"] >= TARGETS["train_no_dp_ratio"]),
                 )
             )
-        if res["way"] == "dp-fast" and res["model"] == "mlp":
+        if res["way"] == "dp-fast":
             rows.append(
                 (
                     f"training {res['workload']}: cctrain DP (fast) / plain, steady",
                     f"{res['steady_ratio']:.2f}×",
-                    "≥ 0.5×",
-                    _yes(res["steady_ratio"] >= TARGETS["train_dp_mlp_ratio"]),
+                    f"≥ {TARGETS['train_dp_fast_ratio']}×",
+                    _yes(res["steady_ratio"] >= TARGETS["train_dp_fast_ratio"]),
                 )
             )
+            if res.get("rows") == TARGETS["train_dp_e2e_rows"]:
+                rows.append(
+                    (
+                        f"training {res['workload']}: cctrain DP (fast) / plain, end to end",
+                        f"{res['end_to_end_ratio']:.2f}×",
+                        f"≥ {TARGETS['train_dp_e2e_ratio']}× (at 10k rows)",
+                        _yes(res["end_to_end_ratio"] >= TARGETS["train_dp_e2e_ratio"]),
+                    )
+                )
     cl = r.get("cluster", {})
     if "sealed_over_plain_links" in cl:
         rows.append(
