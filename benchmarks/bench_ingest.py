@@ -509,9 +509,10 @@ STAGE_THREADS: dict[str, str] = {
     "tls_stream": "grpc/tls (both ends)",
     "protobuf_decode": "enclave handler",
     "aes_gcm_decrypt": "enclave handler",
-    "sha256": "enclave sink",
-    "npz_validate": "enclave sink",
-    "write_fsync": "enclave sink",
+    # ingest._ChunkSink: a check thread (hash + validator) and a store thread (write + fsync).
+    "sha256": "enclave check",
+    "npz_validate": "enclave check",
+    "write_fsync": "enclave store",
 }
 #: Stages that run before the stream starts (the client's commitment pass, while it reads
 #: the shard twice): serial with everything else whatever the threading.

@@ -426,11 +426,15 @@ class ShardStore:
 
 
 class _ChunkSink:
-    """Hashes plaintext and appends ciphertext on a worker thread, in arrival order.
+    """Checks plaintext and stores ciphertext on two worker threads, each in arrival order.
 
-    ``hashlib`` and file I/O release the GIL, so this work overlaps with receiving
-    and decrypting the next chunks; fsyncs for acknowledgements happen here too,
-    and an ack is reported only once its fsync completed.
+    The *check* thread hashes each chunk's plaintext and feeds the streaming validator; the
+    *store* thread appends the ciphertext and fsyncs it for acknowledgements. ``hashlib``,
+    file writes and fsync release the GIL, so the two overlap with each other and with
+    receiving and decrypting the next chunks (one thread doing both was the slowest stage of
+    the pipeline: ``benchmarks/bench_ingest.py`` prints each stage's cost). An ack is
+    reported only once its fsync completed; the commitment and the validator's verdict are
+    read at ``finish``, after both threads drained, so neither depends on their interleaving.
     """
 
     _STOP = object()
@@ -440,33 +444,45 @@ class _ChunkSink:
     ) -> None:
         self._fh, self._hasher, self._on_sync = fh, hasher, on_sync
         self._validator = validator
-        self._q: queue.Queue[Any] = queue.Queue(depth)
+        self._check_q: queue.Queue[Any] = queue.Queue(depth)
+        self._store_q: queue.Queue[Any] = queue.Queue(depth)
         self._durable: list[int] = []
         self._error: BaseException | None = None
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._work, name="cctrain-upload-sink", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, args=(q, do), name=name, daemon=True)
+            for q, do, name in (
+                (self._check_q, self._check_chunk, "cctrain-upload-check"),
+                (self._store_q, self._store, "cctrain-upload-store"),
+            )
+        ]
+        for t in self._threads:
+            t.start()
 
-    def _work(self) -> None:
+    def _check_chunk(self, pt: bytes) -> None:
+        self._hasher.update(pt)
+        if self._validator is not None:
+            self._validator.feed(pt)
+
+    def _store(self, item: Any) -> None:
+        if isinstance(item, int):
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._on_sync(item)
+            with self._lock:
+                self._durable.append(item)
+        else:
+            self._fh.write(item)
+
+    def _work(self, q: queue.Queue[Any], do: Callable[[Any], None]) -> None:
         while True:
-            item = self._q.get()
+            item = q.get()
             if item is self._STOP:
                 return
             if self._error is not None:
                 continue  # drain without doing more work after a failure
             try:
-                if isinstance(item, int):
-                    self._fh.flush()
-                    os.fsync(self._fh.fileno())
-                    self._on_sync(item)
-                    with self._lock:
-                        self._durable.append(item)
-                else:
-                    pt, ct = item
-                    self._hasher.update(pt)
-                    if self._validator is not None:
-                        self._validator.feed(pt)
-                    self._fh.write(ct)
+                do(item)
             except BaseException as exc:  # noqa: BLE001 - re-raised on the handler thread
                 self._error = exc
 
@@ -476,11 +492,12 @@ class _ChunkSink:
 
     def add(self, plaintext: bytes, ciphertext: bytes) -> None:
         self._check()
-        self._q.put((plaintext, ciphertext))
+        self._store_q.put(ciphertext)
+        self._check_q.put(plaintext)
 
     def sync(self, next_index: int) -> None:
         self._check()
-        self._q.put(next_index)
+        self._store_q.put(next_index)
 
     def take_durable(self) -> int | None:
         """The newest acknowledgement index made durable since the last call."""
@@ -493,8 +510,10 @@ class _ChunkSink:
     def close(self, *, drain: bool) -> None:
         if not drain:
             self._error = self._error or InterruptedError("upload abandoned")
-        self._q.put(self._STOP)
-        self._thread.join()
+        self._check_q.put(self._STOP)
+        self._store_q.put(self._STOP)
+        for t in self._threads:
+            t.join()
         if drain:
             self._check()
 
